@@ -7,3 +7,5 @@
 //! from a [`config::Config`].
 
 pub mod nix;
+pub mod db;
+pub mod storage;

@@ -1,0 +1,24 @@
+// The tables of migrations/*/…_init/up.sql.
+
+diesel::table! {
+    narinfos (hash) {
+        hash -> Text,
+        store_path -> Text,
+        nar_file -> Text,
+        upstream_nar_url -> Text,
+        narinfo -> Text,
+        nar_size -> BigInt,
+        file_size -> Nullable<BigInt>,
+        created_at -> BigInt,
+        last_accessed_at -> BigInt,
+    }
+}
+
+diesel::table! {
+    nars (file) {
+        file -> Text,
+        size -> BigInt,
+        created_at -> BigInt,
+        last_accessed_at -> BigInt,
+    }
+}

@@ -1,0 +1,216 @@
+//! SQLite through diesel. Queries are synchronous, so each runs on tokio's blocking pool with a
+//! connection from a small r2d2 pool; WAL mode lets readers proceed while one writer writes.
+
+use std::path::Path;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use diesel::prelude::*;
+use diesel::r2d2::{ConnectionManager, CustomizeConnection, Pool, PooledConnection};
+use diesel::sqlite::SqliteConnection;
+use diesel_migrations::{EmbeddedMigrations, MigrationHarness, embed_migrations};
+
+use super::schema::{narinfos, nars};
+use super::{Database, DbError, NarInfoRecord};
+
+const MIGRATIONS: EmbeddedMigrations = embed_migrations!("migrations/sqlite");
+
+type Conn = PooledConnection<ConnectionManager<SqliteConnection>>;
+
+#[derive(Debug)]
+struct Pragmas;
+
+impl CustomizeConnection<SqliteConnection, diesel::r2d2::Error> for Pragmas {
+    fn on_acquire(&self, conn: &mut SqliteConnection) -> Result<(), diesel::r2d2::Error> {
+        diesel::sql_query("PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; PRAGMA busy_timeout = 10000;")
+            .execute(conn)
+            .map(|_| ())
+            .map_err(diesel::r2d2::Error::QueryError)
+    }
+}
+
+pub struct SqliteDatabase {
+    pool: Pool<ConnectionManager<SqliteConnection>>,
+}
+
+#[derive(Queryable, Selectable, Insertable, AsChangeset)]
+#[diesel(table_name = narinfos, treat_none_as_null = true)]
+#[diesel(check_for_backend(diesel::sqlite::Sqlite))]
+struct NarInfoRow {
+    hash: String,
+    store_path: String,
+    nar_file: String,
+    upstream_nar_url: String,
+    narinfo: String,
+    nar_size: i64,
+    file_size: Option<i64>,
+}
+
+impl From<NarInfoRow> for NarInfoRecord {
+    fn from(r: NarInfoRow) -> Self {
+        Self {
+            hash: r.hash,
+            store_path: r.store_path,
+            nar_file: r.nar_file,
+            upstream_nar_url: r.upstream_nar_url,
+            narinfo: r.narinfo,
+            nar_size: r.nar_size.max(0) as u64,
+            file_size: r.file_size.map(|s| s.max(0) as u64),
+        }
+    }
+}
+
+fn q(e: diesel::result::Error) -> DbError {
+    DbError::Query(e.to_string())
+}
+
+fn size(n: u64) -> i64 {
+    i64::try_from(n).unwrap_or(i64::MAX)
+}
+
+impl SqliteDatabase {
+    /// Opens (creating if needed) the database file and applies pending migrations.
+    pub async fn open(path: &Path) -> Result<Self, DbError> {
+        let url = path.to_string_lossy().into_owned();
+        tokio::task::spawn_blocking(move || {
+            let pool = Pool::builder()
+                .max_size(4)
+                .connection_timeout(Duration::from_secs(10))
+                .connection_customizer(Box::new(Pragmas))
+                .build(ConnectionManager::<SqliteConnection>::new(url))
+                .map_err(|e| DbError::Connection(e.to_string()))?;
+            let mut conn = pool.get().map_err(|e| DbError::Connection(e.to_string()))?;
+            conn.run_pending_migrations(MIGRATIONS).map_err(|e| DbError::Migration(e.to_string()))?;
+            Ok(Self { pool })
+        })
+        .await
+        .map_err(|e| DbError::Connection(e.to_string()))?
+    }
+
+    async fn with<T, F>(&self, f: F) -> Result<T, DbError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut Conn) -> Result<T, diesel::result::Error> + Send + 'static,
+    {
+        let pool = self.pool.clone();
+        tokio::task::spawn_blocking(move || {
+            let mut conn = pool.get().map_err(|e| DbError::Connection(e.to_string()))?;
+            f(&mut conn).map_err(q)
+        })
+        .await
+        .map_err(|e| DbError::Connection(e.to_string()))?
+    }
+}
+
+#[async_trait]
+impl Database for SqliteDatabase {
+    async fn get_narinfo(&self, hash: &str) -> Result<Option<NarInfoRecord>, DbError> {
+        let hash = hash.to_string();
+        self.with(move |c| {
+            narinfos::table
+                .find(hash)
+                .select(NarInfoRow::as_select())
+                .first(c)
+                .optional()
+                .map(|r| r.map(Into::into))
+        })
+        .await
+    }
+
+    async fn put_narinfo(&self, r: &NarInfoRecord, now: i64) -> Result<(), DbError> {
+        let row = NarInfoRow {
+            hash: r.hash.clone(),
+            store_path: r.store_path.clone(),
+            nar_file: r.nar_file.clone(),
+            upstream_nar_url: r.upstream_nar_url.clone(),
+            narinfo: r.narinfo.clone(),
+            nar_size: size(r.nar_size),
+            file_size: r.file_size.map(size),
+        };
+        self.with(move |c| {
+            diesel::insert_into(narinfos::table)
+                .values((&row, narinfos::created_at.eq(now), narinfos::last_accessed_at.eq(now)))
+                .on_conflict(narinfos::hash)
+                .do_update()
+                .set((&row, narinfos::last_accessed_at.eq(now)))
+                .execute(c)
+                .map(|_| ())
+        })
+        .await
+    }
+
+    async fn narinfo_for_nar(&self, nar_file: &str) -> Result<Option<NarInfoRecord>, DbError> {
+        let nar_file = nar_file.to_string();
+        self.with(move |c| {
+            narinfos::table
+                .filter(narinfos::nar_file.eq(nar_file))
+                .select(NarInfoRow::as_select())
+                .first(c)
+                .optional()
+                .map(|r| r.map(Into::into))
+        })
+        .await
+    }
+
+    async fn put_nar(&self, file: &str, nar_size: u64, now: i64) -> Result<(), DbError> {
+        let file = file.to_string();
+        self.with(move |c| {
+            diesel::insert_into(nars::table)
+                .values((
+                    nars::file.eq(&file),
+                    nars::size.eq(size(nar_size)),
+                    nars::created_at.eq(now),
+                    nars::last_accessed_at.eq(now),
+                ))
+                .on_conflict(nars::file)
+                .do_update()
+                .set((nars::size.eq(size(nar_size)), nars::last_accessed_at.eq(now)))
+                .execute(c)
+                .map(|_| ())
+        })
+        .await
+    }
+
+    async fn touch(&self, hashes: &[String], files: &[String], now: i64) -> Result<(), DbError> {
+        if hashes.is_empty() && files.is_empty() {
+            return Ok(());
+        }
+        let (hashes, files) = (hashes.to_vec(), files.to_vec());
+        self.with(move |c| {
+            c.transaction(|c| {
+                for chunk in hashes.chunks(500) {
+                    diesel::update(narinfos::table.filter(narinfos::hash.eq_any(chunk)))
+                        .set(narinfos::last_accessed_at.eq(now))
+                        .execute(c)?;
+                }
+                for chunk in files.chunks(500) {
+                    diesel::update(nars::table.filter(nars::file.eq_any(chunk)))
+                        .set(nars::last_accessed_at.eq(now))
+                        .execute(c)?;
+                }
+                Ok(())
+            })
+        })
+        .await
+    }
+
+    async fn ping(&self) -> Result<(), DbError> {
+        self.with(|c| diesel::sql_query("SELECT 1").execute(c).map(|_| ())).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn conformance() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let db = SqliteDatabase::open(&dir.path().join("db.sqlite")).await.expect("open");
+        super::super::conformance::run(&db).await;
+        // Reopening applies no migration twice and keeps the data.
+        drop(db);
+        let db = SqliteDatabase::open(&dir.path().join("db.sqlite")).await.expect("reopen");
+        assert!(db.get_narinfo("p404n8pan3pvrll7pci95yg83idrvkdx").await.expect("get").is_some());
+    }
+}

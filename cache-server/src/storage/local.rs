@@ -1,0 +1,149 @@
+//! Storage in a local directory. Objects are committed by `rename(2)` from a staging directory on
+//! the same file system, so a reader sees a file either complete or not at all.
+
+use std::io::SeekFrom;
+use std::path::{Path, PathBuf};
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use futures_util::StreamExt;
+use tokio::io::{AsyncReadExt, AsyncSeekExt, AsyncWriteExt};
+use tokio_util::io::ReaderStream;
+
+use super::{ByteRange, Object, Storage, StorageError, validate_key};
+
+const READ_CHUNK: usize = 256 * 1024;
+
+pub struct LocalStorage {
+    root: PathBuf,
+    staging: PathBuf,
+}
+
+impl LocalStorage {
+    /// Uses `root` for objects and `root/.staging` for partial writes.
+    pub async fn open(root: impl Into<PathBuf>) -> std::io::Result<Self> {
+        let root = root.into();
+        let staging = root.join(".staging");
+        tokio::fs::create_dir_all(&staging).await?;
+        // Anything left in staging is from an interrupted write: never complete, never served.
+        let mut dir = tokio::fs::read_dir(&staging).await?;
+        while let Some(entry) = dir.next_entry().await? {
+            let _ = tokio::fs::remove_file(entry.path()).await;
+        }
+        Ok(Self { root, staging })
+    }
+
+    fn path(&self, key: &str) -> Result<PathBuf, StorageError> {
+        validate_key(key)?;
+        Ok(self.root.join(key))
+    }
+
+    async fn commit(&self, from: &Path, key: &str) -> Result<(), StorageError> {
+        let to = self.path(key)?;
+        if let Some(parent) = to.parent() {
+            tokio::fs::create_dir_all(parent).await?;
+        }
+        match tokio::fs::rename(from, &to).await {
+            Ok(()) => Ok(()),
+            // Another file system (the source was staged elsewhere): copy into our own staging
+            // first so that the final step is still an atomic rename.
+            Err(e) if e.raw_os_error() == Some(18) => {
+                let staged = self.staging_path();
+                tokio::fs::copy(from, &staged).await?;
+                tokio::fs::File::open(&staged).await?.sync_all().await?;
+                tokio::fs::rename(&staged, &to).await?;
+                tokio::fs::remove_file(from).await?;
+                Ok(())
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    fn staging_path(&self) -> PathBuf {
+        let mut n = [0u8; 12];
+        // Randomness only makes the name unique; fall back to the time if the OS has none.
+        if getrandom::fill(&mut n).is_err() {
+            let t = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+            n[..8].copy_from_slice(&(t.as_nanos() as u64).to_le_bytes());
+        }
+        let name: String = n.iter().map(|b| format!("{b:02x}")).collect();
+        self.staging.join(name)
+    }
+}
+
+#[async_trait]
+impl Storage for LocalStorage {
+    async fn get(&self, key: &str, range: Option<ByteRange>) -> Result<Option<Object>, StorageError> {
+        let path = self.path(key)?;
+        let mut file = match tokio::fs::File::open(&path).await {
+            Ok(f) => f,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(e.into()),
+        };
+        let total = file.metadata().await?.len();
+        let (start, end) = match range {
+            None => (0, total),
+            Some(r) => r.resolve(total).ok_or(StorageError::RangeNotSatisfiable { total })?,
+        };
+        if start > 0 {
+            file.seek(SeekFrom::Start(start)).await?;
+        }
+        let body = ReaderStream::with_capacity(file.take(end - start), READ_CHUNK).boxed();
+        Ok(Some(Object { total, range: (start, end), body }))
+    }
+
+    async fn size(&self, key: &str) -> Result<Option<u64>, StorageError> {
+        match tokio::fs::metadata(self.path(key)?).await {
+            Ok(m) => Ok(Some(m.len())),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    async fn put_file(&self, key: &str, file: &Path) -> Result<(), StorageError> {
+        self.commit(file, key).await
+    }
+
+    async fn put_bytes(&self, key: &str, data: Bytes) -> Result<(), StorageError> {
+        validate_key(key)?;
+        let staged = self.staging_path();
+        let mut f = tokio::fs::File::create(&staged).await?;
+        f.write_all(&data).await?;
+        f.sync_all().await?;
+        drop(f);
+        let result = self.commit(&staged, key).await;
+        if result.is_err() {
+            let _ = tokio::fs::remove_file(&staged).await;
+        }
+        result
+    }
+
+    async fn delete(&self, key: &str) -> Result<(), StorageError> {
+        match tokio::fs::remove_file(self.path(key)?).await {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(e.into()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn conformance() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let storage = LocalStorage::open(dir.path().join("store")).await.expect("open");
+        super::super::conformance::run(&storage, dir.path()).await;
+    }
+
+    #[tokio::test]
+    async fn staging_is_emptied_at_open() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        std::fs::create_dir_all(dir.path().join(".staging")).expect("mkdir");
+        std::fs::write(dir.path().join(".staging/partial"), b"half").expect("write");
+        let _storage = LocalStorage::open(dir.path()).await.expect("open");
+        assert!(!dir.path().join(".staging/partial").exists());
+    }
+}
