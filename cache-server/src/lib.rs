@@ -6,6 +6,14 @@
 //! (translating requests to flows and results to status codes). [`server`] wires them together
 //! from a [`config::Config`].
 
-pub mod nix;
+pub mod cache;
+pub mod config;
 pub mod db;
+pub mod http;
+pub mod lock;
+pub mod metrics;
+pub mod nix;
+pub mod server;
 pub mod storage;
+pub mod upstream;
+mod util;

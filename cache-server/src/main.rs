@@ -1,1 +1,82 @@
-fn main() {}
+//! `nixcache`: the command line.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use nixcache::config::{LogFormat, ServeArgs, write_secret};
+use nixcache::nix::SecretKey;
+use tracing_subscriber::EnvFilter;
+
+#[derive(Parser)]
+#[command(name = "nixcache", version, about = "A pull-through Nix binary cache proxy")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Serve the cache.
+    Serve(ServeArgs),
+    /// Generate a signing key pair in Nix's format and print the public key.
+    Keygen {
+        /// Key name, e.g. `cache.example.org-1`.
+        #[arg(long)]
+        name: String,
+        /// Where to write the secret key (created with mode 0600; never overwritten).
+        #[arg(long, value_name = "PATH")]
+        secret_key_file: PathBuf,
+        /// Where to write the public key as well.
+        #[arg(long, value_name = "PATH")]
+        public_key_file: Option<PathBuf>,
+    },
+    /// Apply database migrations and exit.
+    Migrate(ServeArgs),
+}
+
+fn init_logging(format: LogFormat) {
+    let filter = EnvFilter::try_from_env("NIXCACHE_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    match format {
+        LogFormat::Json => builder.json().init(),
+        LogFormat::Text => builder.init(),
+    }
+}
+
+fn keygen(name: &str, secret: &PathBuf, public: Option<&PathBuf>) -> anyhow::Result<()> {
+    let key = SecretKey::generate(name)?;
+    write_secret(secret, &key.to_file_contents())
+        .map_err(|e| anyhow::anyhow!("writing {}: {e}", secret.display()))?;
+    if let Some(p) = public {
+        std::fs::write(p, key.public_key().to_string()).map_err(|e| anyhow::anyhow!("writing {}: {e}", p.display()))?;
+    }
+    println!("{}", key.public_key());
+    Ok(())
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Keygen { name, secret_key_file, public_key_file } => keygen(&name, &secret_key_file, public_key_file.as_ref()),
+        Command::Serve(args) => args.resolve().map_err(Into::into).and_then(|config| {
+            init_logging(config.log_format);
+            actix_web::rt::System::new().block_on(nixcache::server::serve(config))
+        }),
+        Command::Migrate(args) => args.resolve().map_err(Into::into).and_then(|config| {
+            init_logging(config.log_format);
+            actix_web::rt::System::new().block_on(async {
+                nixcache::server::open_database(&config).await?;
+                tracing::info!("database is up to date");
+                Ok(())
+            })
+        }),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("nixcache: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -60,14 +60,7 @@ impl LocalStorage {
     }
 
     fn staging_path(&self) -> PathBuf {
-        let mut n = [0u8; 12];
-        // Randomness only makes the name unique; fall back to the time if the OS has none.
-        if getrandom::fill(&mut n).is_err() {
-            let t = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
-            n[..8].copy_from_slice(&(t.as_nanos() as u64).to_le_bytes());
-        }
-        let name: String = n.iter().map(|b| format!("{b:02x}")).collect();
-        self.staging.join(name)
+        self.staging.join(crate::util::unique_name())
     }
 }
 

@@ -1,0 +1,123 @@
+//! The request flows, written once against the seams (`Storage`, `Database`, `Lock`, upstreams):
+//! narinfo lookups in [`narinfo`], NAR downloads and serving in [`nar`].
+
+mod access;
+mod nar;
+mod narinfo;
+pub mod verify;
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+
+use crate::db::Database;
+use crate::lock::Lock;
+use crate::metrics::Metrics;
+use crate::nix::{SecretKey, StoreHash};
+use crate::storage::Storage;
+use crate::upstream::Upstreams;
+
+pub use access::AccessLog;
+pub use nar::{NarBody, NarHead};
+
+/// Tunables of the flows.
+#[derive(Clone, Debug)]
+pub struct CacheSettings {
+    pub store_dir: String,
+    /// How long a narinfo that no upstream had is answered 404 without asking again.
+    pub negative_ttl: Duration,
+    /// Narinfos kept in memory in front of the database.
+    pub memory_entries: u64,
+    /// Upstream connect-to-headers time, and how long a waiting client waits for a download to start.
+    pub first_byte_timeout: Duration,
+    /// Longest pause between two chunks of an upstream NAR before the download is abandoned.
+    pub stall_timeout: Duration,
+    /// Lifetime of a distributed lock between extensions.
+    pub lock_ttl: Duration,
+    /// Local directory where downloads are written before they are committed to storage.
+    pub staging_dir: PathBuf,
+}
+
+pub struct Cache {
+    settings: CacheSettings,
+    storage: Arc<dyn Storage>,
+    db: Arc<dyn Database>,
+    lock: Arc<dyn Lock>,
+    upstreams: Upstreams,
+    key: SecretKey,
+    /// Served narinfo bodies by store hash: a warm hit is one memory lookup.
+    narinfos: moka::sync::Cache<StoreHash, Bytes>,
+    /// Store hashes no upstream had, for `negative_ttl`.
+    negative: moka::sync::Cache<StoreHash, ()>,
+    /// NAR downloads in progress in this process, by NAR file name.
+    downloads: Mutex<HashMap<String, Arc<nar::Download>>>,
+    access: AccessLog,
+    metrics: Metrics,
+}
+
+impl Cache {
+    pub fn new(
+        settings: CacheSettings,
+        storage: Arc<dyn Storage>,
+        db: Arc<dyn Database>,
+        lock: Arc<dyn Lock>,
+        upstreams: Upstreams,
+        key: SecretKey,
+        metrics: Metrics,
+    ) -> Arc<Self> {
+        let narinfos = moka::sync::Cache::builder()
+            .max_capacity(settings.memory_entries)
+            .time_to_idle(Duration::from_secs(3600))
+            .build();
+        let negative = moka::sync::Cache::builder().max_capacity(100_000).time_to_live(settings.negative_ttl).build();
+        Arc::new(Self {
+            settings,
+            storage,
+            db,
+            lock,
+            upstreams,
+            key,
+            narinfos,
+            negative,
+            downloads: Mutex::new(HashMap::new()),
+            access: AccessLog::default(),
+            metrics,
+        })
+    }
+
+    pub fn public_key(&self) -> String {
+        self.key.public_key().to_string()
+    }
+
+    pub fn upstreams(&self) -> &Upstreams {
+        &self.upstreams
+    }
+
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
+    }
+
+    /// Writes batched access times to the database.
+    pub async fn flush_access_log(&self) {
+        if let Err(e) = self.access.flush(self.db.as_ref(), crate::util::unix_now()).await {
+            self.metrics.backend_errors.with_label_values(&["database"]).inc();
+            tracing::warn!(error = %e, "could not record access times; will retry");
+        }
+    }
+
+    /// Whether the database answers (for `/readyz`).
+    pub async fn check_database(&self) -> Result<(), crate::db::DbError> {
+        self.db.ping().await
+    }
+
+    /// Forgets downloads that are no longer running (used by the download task itself).
+    fn finish_download(&self, file: &str, dl: &Arc<nar::Download>) {
+        let mut downloads = self.downloads.lock().unwrap_or_else(|e| e.into_inner());
+        if downloads.get(file).is_some_and(|d| Arc::ptr_eq(d, dl)) {
+            downloads.remove(file);
+        }
+    }
+}

@@ -1,0 +1,354 @@
+//! `GET|HEAD /nar/<file>`: storage, or one shared download per NAR.
+//!
+//! A missing NAR is fetched by one task per process, which writes it to a staging file while
+//! verifying it, and commits it to storage only when every check passes. Every client asking for
+//! it meanwhile — the first one included — follows that staging file as it grows, so the first
+//! byte never waits for the last, and no client's departure affects the download.
+
+use std::io;
+use std::os::unix::fs::FileExt;
+use std::path::PathBuf;
+use std::sync::{Arc, OnceLock};
+use std::time::Instant;
+
+use bytes::Bytes;
+use futures_util::stream::{self, BoxStream};
+use futures_util::{StreamExt, TryStreamExt};
+use reqwest::Url;
+use tokio::io::AsyncWriteExt;
+use tokio::sync::watch;
+use tracing::{info, instrument, warn};
+
+use super::Cache;
+use super::verify::Verifier;
+use crate::db::NarInfoRecord;
+use crate::nix::{NarFile, NarInfo};
+use crate::storage::{ByteRange, Object, StorageError, nar_key};
+use crate::upstream::{UpstreamError, upstream_error_kind};
+use crate::util::{unique_name, unix_now};
+
+const FOLLOW_CHUNK: usize = 256 * 1024;
+
+/// Where a download stands; followers watch it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Phase {
+    /// Waiting for the lock or the upstream's headers.
+    Starting,
+    /// `written` bytes are in the staging file; `length` is the final size when known.
+    Streaming { written: u64, length: Option<u64> },
+    /// Verified and committed; the staging file holds all `size` bytes.
+    Complete { size: u64 },
+    /// Someone else committed it before this download began: read it from storage.
+    Stored,
+    /// Abandoned; nothing was committed.
+    Failed,
+}
+
+pub(super) struct Download {
+    phase: watch::Sender<Phase>,
+    /// The staging file, open for reading, set before the first `Streaming`.
+    reader: OnceLock<Arc<std::fs::File>>,
+}
+
+/// A NAR response body.
+pub enum NarBody {
+    /// From storage; ranges honoured.
+    Stored(Object),
+    /// Following a download in progress; the whole file, `length` when known.
+    Live { length: Option<u64>, body: BoxStream<'static, io::Result<Bytes>> },
+}
+
+/// What a HEAD request learns.
+pub struct NarHead {
+    pub length: Option<u64>,
+}
+
+#[derive(Debug, thiserror::Error)]
+enum DownloadError {
+    #[error(transparent)]
+    Upstream(#[from] UpstreamError),
+    #[error("upstream no longer has it")]
+    Gone,
+    #[error("upstream stalled for {0:?}")]
+    Stalled(std::time::Duration),
+    #[error("upstream Content-Length {got} is not FileSize {want}")]
+    Length { got: u64, want: u64 },
+    #[error("verification failed: {0}")]
+    Verify(#[from] super::verify::VerifyError),
+    #[error("stored narinfo unusable: {0}")]
+    Record(String),
+    #[error("staging: {0}")]
+    Staging(#[from] io::Error),
+    #[error("storage: {0}")]
+    Storage(#[from] StorageError),
+    #[error("lock: {0}")]
+    Lock(#[from] crate::lock::LockError),
+    #[error("lock still held elsewhere")]
+    Busy,
+}
+
+/// Removes the staging file unless disarmed.
+struct Staged(Option<PathBuf>);
+
+impl Drop for Staged {
+    fn drop(&mut self) {
+        if let Some(p) = self.0.take() {
+            let _ = std::fs::remove_file(p);
+        }
+    }
+}
+
+impl Cache {
+    /// The NAR `file`, from storage or by following its download. `Ok(None)` is a 404.
+    pub async fn nar(self: &Arc<Self>, file: NarFile, range: Option<ByteRange>) -> Result<Option<NarBody>, StorageError> {
+        if let Some(object) = self.stored(&file, range).await? {
+            self.metrics.nar_requests.with_label_values(&["storage"]).inc();
+            return Ok(Some(NarBody::Stored(object)));
+        }
+        let Some(download) = self.download(&file).await else {
+            self.metrics.nar_requests.with_label_values(&["miss"]).inc();
+            return Ok(None);
+        };
+        let mut rx = download.phase.subscribe();
+        // Wait until the download has begun, bounded by the time an upstream has to answer.
+        // (The watch's read guard must not outlive this statement: it would block the sender.)
+        let phase = match tokio::time::timeout(self.settings.first_byte_timeout * 2, rx.wait_for(|p| *p != Phase::Starting)).await {
+            Ok(Ok(p)) => *p,
+            _ => Phase::Failed,
+        };
+        match phase {
+            Phase::Starting | Phase::Failed => {
+                self.metrics.nar_requests.with_label_values(&["miss"]).inc();
+                Ok(None)
+            }
+            Phase::Stored => {
+                self.metrics.nar_requests.with_label_values(&["storage"]).inc();
+                Ok(self.stored(&file, range).await?.map(NarBody::Stored))
+            }
+            Phase::Streaming { length, .. } => {
+                self.metrics.nar_requests.with_label_values(&["live"]).inc();
+                Ok(Some(NarBody::Live { length, body: follow(download, rx) }))
+            }
+            Phase::Complete { size } => {
+                // Committed already; the staging file (still open) holds it all.
+                self.metrics.nar_requests.with_label_values(&["live"]).inc();
+                Ok(Some(NarBody::Live { length: Some(size), body: follow(download, rx) }))
+            }
+        }
+    }
+
+    /// HEAD: whether nixcache has, or can get, the NAR, without downloading it.
+    pub async fn nar_head(&self, file: &NarFile) -> Option<NarHead> {
+        let name = file.file_name();
+        match self.storage.size(&nar_key(file)).await {
+            Ok(Some(size)) => return Some(NarHead { length: Some(size) }),
+            Ok(None) => {}
+            Err(e) => {
+                self.metrics.backend_errors.with_label_values(&["storage"]).inc();
+                warn!(file = %name, error = %e, "storage unavailable");
+                return None;
+            }
+        }
+        let record = self.db.narinfo_for_nar(&name).await.ok()??;
+        let info = NarInfo::parse(&record.narinfo).ok()?;
+        Some(NarHead { length: info.file_hash.and(info.file_size) })
+    }
+
+    async fn stored(&self, file: &NarFile, range: Option<ByteRange>) -> Result<Option<Object>, StorageError> {
+        match self.storage.get(&nar_key(file), range).await {
+            Ok(Some(o)) => {
+                self.access.nar(&file.file_name());
+                Ok(Some(o))
+            }
+            Ok(None) => Ok(None),
+            Err(e @ StorageError::RangeNotSatisfiable { .. }) => Err(e),
+            Err(e) => {
+                self.metrics.backend_errors.with_label_values(&["storage"]).inc();
+                warn!(file = %file, error = %e, "storage unavailable; answering 404");
+                Ok(None)
+            }
+        }
+    }
+
+    /// The download of `file` in progress in this process, or a new one, or `None` when no
+    /// narinfo names this NAR.
+    async fn download(self: &Arc<Self>, file: &NarFile) -> Option<Arc<Download>> {
+        let name = file.file_name();
+        if let Some(d) = self.downloads.lock().unwrap_or_else(|e| e.into_inner()).get(&name) {
+            return Some(d.clone());
+        }
+        let record = match self.db.narinfo_for_nar(&name).await {
+            Ok(Some(r)) => r,
+            Ok(None) => return None,
+            Err(e) => {
+                self.metrics.backend_errors.with_label_values(&["database"]).inc();
+                warn!(file = %name, error = %e, "database unavailable; answering 404");
+                return None;
+            }
+        };
+        let download = {
+            let mut downloads = self.downloads.lock().unwrap_or_else(|e| e.into_inner());
+            if let Some(d) = downloads.get(&name) {
+                return Some(d.clone());
+            }
+            let d = Arc::new(Download { phase: watch::Sender::new(Phase::Starting), reader: OnceLock::new() });
+            downloads.insert(name.clone(), d.clone());
+            d
+        };
+        let this = self.clone();
+        let (d, f) = (download.clone(), *file);
+        tokio::spawn(async move { this.run_download(f, d, record).await });
+        Some(download)
+    }
+
+    #[instrument(skip_all, fields(file = %file))]
+    async fn run_download(self: Arc<Self>, file: NarFile, download: Arc<Download>, record: NarInfoRecord) {
+        let started = Instant::now();
+        let result = self.fetch(&file, &download, &record).await;
+        let outcome = match &result {
+            Ok(Phase::Stored) => "already_stored",
+            Ok(_) => "ok",
+            Err(_) => "failed",
+        };
+        self.metrics.nar_downloads.with_label_values(&[outcome]).inc();
+        match result {
+            Ok(phase) => {
+                if let Phase::Complete { size } = phase {
+                    info!(size, seconds = started.elapsed().as_secs_f64(), "NAR cached");
+                }
+                download.phase.send_replace(phase);
+            }
+            Err(e) => {
+                if let DownloadError::Upstream(u) = &e {
+                    self.metrics.upstream_errors.with_label_values(&["nar", upstream_error_kind(u)]).inc();
+                }
+                warn!(error = %e, "NAR download failed; nothing stored");
+                download.phase.send_replace(Phase::Failed);
+            }
+        }
+        self.finish_download(&file.file_name(), &download);
+    }
+
+    async fn fetch(&self, file: &NarFile, download: &Download, record: &NarInfoRecord) -> Result<Phase, DownloadError> {
+        let key = nar_key(file);
+        // Across replicas, the lock makes one of them the downloader; the others find it stored.
+        let wait = self.settings.stall_timeout;
+        let guard = self.lock.acquire(&format!("nar:{}", file.file_name()), self.settings.lock_ttl, wait).await?;
+        let guard = guard.ok_or(DownloadError::Busy)?;
+        if self.storage.size(&key).await?.is_some() {
+            return Ok(Phase::Stored);
+        }
+
+        let info = NarInfo::parse(&record.narinfo).map_err(|e| DownloadError::Record(e.to_string()))?;
+        let url = Url::parse(&record.upstream_nar_url).map_err(|e| DownloadError::Record(e.to_string()))?;
+        let mut verifier = Verifier::new(&info)?;
+        let upstream = self.upstream_for(&url).ok_or_else(|| DownloadError::Record("no upstream configured".into()))?;
+        let mut response = upstream.nar(&url).await?.ok_or(DownloadError::Gone)?;
+        let expected = verifier.expected_file_size();
+        if let (Some(got), Some(want)) = (response.length, expected) {
+            if got != want {
+                return Err(DownloadError::Length { got, want });
+            }
+        }
+        let length = expected.or(response.length);
+
+        let path = self.settings.staging_dir.join(unique_name());
+        let mut staged = Staged(Some(path.clone()));
+        let mut out = tokio::fs::File::create(&path).await?;
+        let reader = std::fs::File::open(&path)?;
+        let _ = download.reader.set(Arc::new(reader));
+        download.phase.send_replace(Phase::Streaming { written: 0, length });
+
+        let mut written = 0u64;
+        let mut extended = Instant::now();
+        loop {
+            let next = tokio::time::timeout(self.settings.stall_timeout, response.body.next()).await;
+            let chunk = match next {
+                Err(_) => return Err(DownloadError::Stalled(self.settings.stall_timeout)),
+                Ok(None) => break,
+                Ok(Some(chunk)) => chunk?,
+            };
+            verifier.update(&chunk).await?;
+            out.write_all(&chunk).await?;
+            // Followers read the file directly: the bytes must be in it before they are announced.
+            out.flush().await?;
+            written += chunk.len() as u64;
+            download.phase.send_replace(Phase::Streaming { written, length });
+            if extended.elapsed() > self.settings.lock_ttl / 3 {
+                guard.extend(self.settings.lock_ttl).await?;
+                extended = Instant::now();
+            }
+        }
+        let size = verifier.finish().await?;
+        out.sync_all().await?;
+        drop(out);
+        self.storage.put_file(&key, &path).await?;
+        staged.0 = None;
+        if let Err(e) = self.db.put_nar(&file.file_name(), size, unix_now()).await {
+            // The NAR is committed and valid; only its bookkeeping row is missing.
+            self.metrics.backend_errors.with_label_values(&["database"]).inc();
+            warn!(error = %e, "could not record stored NAR");
+        }
+        drop(guard);
+        Ok(Phase::Complete { size })
+    }
+
+    /// The upstream a NAR URL belongs to (its URL is under the upstream's), else the first one:
+    /// the URL is what matters, the upstream only lends its client and timeouts.
+    fn upstream_for(&self, url: &Url) -> Option<Arc<crate::upstream::HttpUpstream>> {
+        let all = self.upstreams.all();
+        all.iter()
+            .find(|u| url.as_str().starts_with(u.url().as_str()))
+            .or_else(|| all.first())
+            .cloned()
+    }
+}
+
+/// The bytes of a download as they land in its staging file, ending when it is complete, failing
+/// if it fails.
+fn follow(download: Arc<Download>, rx: watch::Receiver<Phase>) -> BoxStream<'static, io::Result<Bytes>> {
+    struct State {
+        download: Arc<Download>,
+        rx: watch::Receiver<Phase>,
+        pos: u64,
+    }
+    let state = State { download, rx, pos: 0 };
+    stream::try_unfold(state, |mut s| async move {
+        loop {
+            let phase = *s.rx.borrow_and_update();
+            let (available, complete) = match phase {
+                Phase::Streaming { written, .. } => (written, false),
+                Phase::Complete { size } => (size, true),
+                Phase::Failed => return Err(io::Error::other("upstream download failed")),
+                Phase::Starting | Phase::Stored => (0, false),
+            };
+            if s.pos < available {
+                let Some(file) = s.download.reader.get().cloned() else {
+                    return Err(io::Error::other("staging file missing"));
+                };
+                let (pos, len) = (s.pos, ((available - s.pos) as usize).min(FOLLOW_CHUNK));
+                let chunk = tokio::task::spawn_blocking(move || {
+                    let mut buf = vec![0u8; len];
+                    let n = file.read_at(&mut buf, pos)?;
+                    buf.truncate(n);
+                    Ok::<_, io::Error>(buf)
+                })
+                .await
+                .map_err(io::Error::other)??;
+                if chunk.is_empty() {
+                    return Err(io::Error::other("staging file shorter than announced"));
+                }
+                s.pos += chunk.len() as u64;
+                return Ok(Some((Bytes::from(chunk), s)));
+            }
+            if complete {
+                return Ok(None);
+            }
+            if s.rx.changed().await.is_err() {
+                return Err(io::Error::other("download abandoned"));
+            }
+        }
+    })
+    .into_stream()
+    .boxed()
+}

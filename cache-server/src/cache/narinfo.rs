@@ -1,0 +1,151 @@
+//! `GET|HEAD /<hash>.narinfo`: memory, database, then the upstreams in priority order.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use futures_util::TryStreamExt;
+use tracing::{debug, info, instrument, warn};
+
+use super::Cache;
+use super::verify::verifiable;
+use crate::db::NarInfoRecord;
+use crate::nix::{NarFile, NarInfo, StoreHash};
+use crate::storage::narinfo_key;
+use crate::upstream::{HttpUpstream, UpstreamError, upstream_error_kind};
+use crate::upstream::http::Lookup;
+use crate::util::unix_now;
+
+impl Cache {
+    /// The narinfo for `hash` as nixcache serves it, or `None` (a 404) when nobody has it or it
+    /// cannot be had right now. Never an error: a 5xx would fail the client's build.
+    pub async fn narinfo(self: &Arc<Self>, hash: StoreHash) -> Option<Bytes> {
+        if let Some(body) = self.narinfos.get(&hash) {
+            self.access.narinfo(hash.as_str());
+            self.metrics.narinfo_lookups.with_label_values(&["memory"]).inc();
+            return Some(body);
+        }
+        match self.db.get_narinfo(hash.as_str()).await {
+            Ok(Some(record)) => {
+                let body = Bytes::from(record.narinfo);
+                self.narinfos.insert(hash, body.clone());
+                self.access.narinfo(hash.as_str());
+                self.metrics.narinfo_lookups.with_label_values(&["database"]).inc();
+                return Some(body);
+            }
+            Ok(None) => {}
+            Err(e) => {
+                // The database is down: hits can still be served from the copy in storage, but a
+                // miss cannot be recorded, so it is answered 404.
+                self.metrics.backend_errors.with_label_values(&["database"]).inc();
+                warn!(%hash, error = %e, "database unavailable; answering from storage");
+                return self.narinfo_from_storage(hash).await;
+            }
+        }
+        if self.negative.contains_key(&hash) {
+            self.metrics.narinfo_lookups.with_label_values(&["negative"]).inc();
+            return None;
+        }
+        // The lookup runs in its own task: a client that goes away does not cancel it halfway
+        // through storing what it found.
+        let this = self.clone();
+        tokio::spawn(async move { this.narinfo_from_upstreams(hash).await }).await.unwrap_or(None)
+    }
+
+    async fn narinfo_from_storage(&self, hash: StoreHash) -> Option<Bytes> {
+        let object = self.storage.get(&narinfo_key(&hash), None).await.ok()??;
+        let chunks: Vec<Bytes> = object.body.try_collect().await.ok()?;
+        let body = Bytes::from(chunks.concat());
+        self.narinfos.insert(hash, body.clone());
+        Some(body)
+    }
+
+    #[instrument(skip_all, fields(hash = %hash))]
+    async fn narinfo_from_upstreams(self: Arc<Self>, hash: StoreHash) -> Option<Bytes> {
+        let wait = self.settings.first_byte_timeout * (self.upstreams.all().len() as u32 + 1);
+        let _guard = match self.lock.acquire(&format!("narinfo:{hash}"), self.settings.lock_ttl, wait).await {
+            Ok(g) => g,
+            Err(e) => {
+                self.metrics.backend_errors.with_label_values(&["lock"]).inc();
+                warn!(error = %e, "lock unavailable; looking up without it");
+                None
+            }
+        };
+        // Someone else may have fetched it while we waited for the lock.
+        if let Ok(Some(record)) = self.db.get_narinfo(hash.as_str()).await {
+            let body = Bytes::from(record.narinfo);
+            self.narinfos.insert(hash, body.clone());
+            return Some(body);
+        }
+        if self.negative.contains_key(&hash) {
+            return None;
+        }
+        for upstream in self.upstreams.in_order() {
+            match upstream.narinfo(&hash).await {
+                Ok(Lookup::Found(info)) => match self.accept(&upstream, hash, info).await {
+                    Ok(body) => {
+                        self.metrics.narinfo_lookups.with_label_values(&["upstream"]).inc();
+                        return Some(body);
+                    }
+                    Err(AcceptError::Unverifiable(e)) => {
+                        warn!(upstream = upstream.label(), error = %e, "narinfo rejected");
+                    }
+                    Err(AcceptError::Backend(e)) => {
+                        self.metrics.backend_errors.with_label_values(&["database"]).inc();
+                        warn!(error = %e, "could not store narinfo; answering 404");
+                        return None;
+                    }
+                },
+                Ok(Lookup::Missing) => debug!(upstream = upstream.label(), "not there"),
+                Err(e) => {
+                    self.metrics.upstream_errors.with_label_values(&[upstream.label(), upstream_error_kind(&e)]).inc();
+                    warn!(upstream = upstream.label(), error = %e, "upstream lookup failed");
+                }
+            }
+        }
+        self.metrics.narinfo_lookups.with_label_values(&["miss"]).inc();
+        self.negative.insert(hash, ());
+        None
+    }
+
+    /// Stores an upstream's verified narinfo, pointing at nixcache's own NAR URL and signed with
+    /// nixcache's key (the upstream's signatures are kept).
+    async fn accept(&self, upstream: &HttpUpstream, hash: StoreHash, info: NarInfo) -> Result<Bytes, AcceptError> {
+        verifiable(&info).map_err(|e| AcceptError::Unverifiable(e.to_string()))?;
+        let nar_url = upstream.nar_url(&info.url).map_err(|e: UpstreamError| AcceptError::Unverifiable(e.to_string()))?;
+        // NARs are named by their file hash; without one, by the NAR hash (any file that
+        // decompresses to it is right, so FileSize of the upstream's file no longer applies).
+        let file = NarFile { hash: info.file_hash.unwrap_or(info.nar_hash), compression: info.compression() };
+        let mut served = info;
+        served.url = file.url();
+        if served.file_hash.is_none() {
+            served.file_size = None;
+        }
+        served.sign(&self.key);
+        let text = served.to_text();
+        let body = Bytes::from(text.clone());
+        let record = NarInfoRecord {
+            hash: hash.to_string(),
+            store_path: served.store_path.to_string(),
+            nar_file: file.file_name(),
+            upstream_nar_url: nar_url.to_string(),
+            narinfo: text,
+            nar_size: served.nar_size,
+            file_size: served.file_size,
+        };
+        // Storage first: the database row is what makes it a hit, and its copy in storage is what
+        // serves hits while the database is down.
+        self.storage
+            .put_bytes(&narinfo_key(&hash), body.clone())
+            .await
+            .map_err(|e| AcceptError::Backend(e.to_string()))?;
+        self.db.put_narinfo(&record, unix_now()).await.map_err(|e| AcceptError::Backend(e.to_string()))?;
+        self.narinfos.insert(hash, body.clone());
+        info!(store_path = %served.store_path, upstream = upstream.label(), "narinfo cached");
+        Ok(body)
+    }
+}
+
+enum AcceptError {
+    Unverifiable(String),
+    Backend(String),
+}

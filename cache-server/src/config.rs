@@ -1,0 +1,428 @@
+//! The server's one configuration type. Every setting is a `serve` flag, an environment variable
+//! `NIXCACHE_<FLAG>` and a key of the optional TOML file given by `--config` (the flag's name, e.g.
+//! `data-dir = "/var/lib/nixcache"`). Flags win over the environment, which wins over the file,
+//! which wins over the defaults.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+use std::time::Duration;
+
+use clap::Args;
+use reqwest::Url;
+use serde::{Deserialize, Serialize};
+
+use crate::nix::cache_info::DEFAULT_STORE_DIR;
+use crate::nix::signing::CACHE_NIXOS_ORG_KEY;
+use crate::nix::store_path::is_canonical_dir;
+use crate::nix::{PublicKey, SecretKey};
+use crate::upstream::UpstreamConfig;
+
+pub const DEFAULT_LISTEN: &str = "0.0.0.0:8080";
+pub const DEFAULT_DATA_DIR: &str = "./nixcache-data";
+pub const DEFAULT_UPSTREAM: &str = "https://cache.nixos.org";
+pub const DEFAULT_PRIORITY: u32 = 40;
+pub const DEFAULT_KEY_NAME: &str = "nixcache-1";
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {message}")]
+    File { path: String, message: String },
+    #[error("invalid {setting}: {message}")]
+    Invalid { setting: &'static str, message: String },
+}
+
+fn invalid(setting: &'static str, message: impl ToString) -> ConfigError {
+    ConfigError::Invalid { setting, message: message.to_string() }
+}
+
+/// A duration written the human way: `500ms`, `10s`, `5m`, `1h 30m`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct HumanDuration(pub Duration);
+
+impl FromStr for HumanDuration {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        humantime::parse_duration(s).map(Self).map_err(|e| format!("{s:?}: {e} (write e.g. 10s, 500ms, 5m)"))
+    }
+}
+
+impl TryFrom<String> for HumanDuration {
+    type Error = String;
+    fn try_from(s: String) -> Result<Self, String> {
+        s.parse()
+    }
+}
+
+impl From<HumanDuration> for String {
+    fn from(d: HumanDuration) -> String {
+        humantime::format_duration(d.0).to_string()
+    }
+}
+
+/// Log output format.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+/// `nixcache serve` settings as given (flags, environment, file); unset ones take defaults.
+#[derive(Args, Debug, Default, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields, default)]
+pub struct ServeArgs {
+    /// TOML file with any of these settings, keyed by flag name (e.g. `data-dir = "/srv/nixcache"`).
+    #[arg(long, env = "NIXCACHE_CONFIG", value_name = "PATH")]
+    #[serde(skip)]
+    pub config: Option<PathBuf>,
+
+    /// Address to listen on. [default: 0.0.0.0:8080]
+    #[arg(long, env = "NIXCACHE_LISTEN", value_name = "ADDR")]
+    pub listen: Option<SocketAddr>,
+
+    /// Directory for the database, stored NARs and the generated signing key. [default: ./nixcache-data]
+    #[arg(long, env = "NIXCACHE_DATA_DIR", value_name = "DIR")]
+    pub data_dir: Option<PathBuf>,
+
+    /// Upstream binary cache, repeatable: `URL[,priority=N][,key=NAME:KEY]...[,trust-unsigned]`.
+    /// Without `priority=` its nix-cache-info decides (default 50); without `key=` the
+    /// --upstream-key keys apply; `trust-unsigned` accepts narinfos without a trusted signature.
+    /// In the environment, separate several with spaces. [default: https://cache.nixos.org]
+    #[arg(long = "upstream", env = "NIXCACHE_UPSTREAM", value_name = "SPEC", value_delimiter = ' ')]
+    #[serde(rename = "upstream")]
+    pub upstreams: Vec<String>,
+
+    /// Public key (`NAME:BASE64`) trusted to sign upstream narinfos, repeatable; space-separated in
+    /// the environment. [default: cache.nixos.org-1:6NCHdD59X431o0gWypbMrAURkbJ16ZPMQFGspcDShjY=]
+    #[arg(long = "upstream-key", env = "NIXCACHE_UPSTREAM_KEY", value_name = "NAME:KEY", value_delimiter = ' ')]
+    #[serde(rename = "upstream-key")]
+    pub upstream_keys: Vec<String>,
+
+    /// File with this cache's secret signing key (`NAME:BASE64`, as `nix-store
+    /// --generate-binary-cache-key` writes it). [default: generated on first start into
+    /// DATA_DIR/signing-key.sec]
+    #[arg(long, env = "NIXCACHE_SIGNING_KEY_FILE", value_name = "PATH")]
+    pub signing_key_file: Option<PathBuf>,
+
+    /// Name of the key generated when no --signing-key-file is given. [default: nixcache-1]
+    #[arg(long, env = "NIXCACHE_SIGNING_KEY_NAME", value_name = "NAME")]
+    pub signing_key_name: Option<String>,
+
+    /// Priority announced in /nix-cache-info (lower is preferred by clients). [default: 40]
+    #[arg(long, env = "NIXCACHE_PRIORITY", value_name = "N")]
+    pub priority: Option<u32>,
+
+    /// Database URL: `sqlite://PATH`. [default: sqlite://DATA_DIR/nixcache.sqlite]
+    #[arg(long, env = "NIXCACHE_DATABASE_URL", value_name = "URL")]
+    pub database_url: Option<String>,
+
+    /// Time to connect to an upstream. [default: 5s]
+    #[arg(long, env = "NIXCACHE_UPSTREAM_CONNECT_TIMEOUT", value_name = "DURATION")]
+    pub upstream_connect_timeout: Option<HumanDuration>,
+
+    /// Time for an upstream to answer (connect to response headers; whole narinfo). [default: 10s]
+    #[arg(long, env = "NIXCACHE_UPSTREAM_TIMEOUT", value_name = "DURATION")]
+    pub upstream_timeout: Option<HumanDuration>,
+
+    /// Longest pause in an upstream NAR download before it is abandoned. [default: 60s]
+    #[arg(long, env = "NIXCACHE_UPSTREAM_STALL_TIMEOUT", value_name = "DURATION")]
+    pub upstream_stall_timeout: Option<HumanDuration>,
+
+    /// How long a narinfo no upstream has is answered 404 without asking again. [default: 60s]
+    #[arg(long, env = "NIXCACHE_NEGATIVE_TTL", value_name = "DURATION")]
+    pub negative_ttl: Option<HumanDuration>,
+
+    /// Narinfos kept in memory in front of the database. [default: 100000]
+    #[arg(long, env = "NIXCACHE_NARINFO_MEMORY_ENTRIES", value_name = "N")]
+    pub narinfo_memory_entries: Option<u64>,
+
+    /// Store directory of the clients and upstreams. [default: /nix/store]
+    #[arg(long, env = "NIXCACHE_STORE_DIR", value_name = "DIR")]
+    pub store_dir: Option<String>,
+
+    /// Log format. [default: text]
+    #[arg(long, env = "NIXCACHE_LOG_FORMAT", value_name = "FORMAT")]
+    pub log_format: Option<LogFormat>,
+}
+
+/// Where metadata lives.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum DatabaseConfig {
+    Sqlite(PathBuf),
+}
+
+/// Where the signing key comes from.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum SigningKeySource {
+    File(PathBuf),
+    /// Kept in the data dir; generated with this name when absent.
+    Generated { path: PathBuf, name: String },
+}
+
+/// Validated configuration.
+#[derive(Clone, Debug)]
+pub struct Config {
+    pub listen: SocketAddr,
+    pub data_dir: PathBuf,
+    pub upstreams: Vec<UpstreamConfig>,
+    pub signing_key: SigningKeySource,
+    pub priority: u32,
+    pub database: DatabaseConfig,
+    pub upstream_connect_timeout: Duration,
+    pub upstream_timeout: Duration,
+    pub upstream_stall_timeout: Duration,
+    pub negative_ttl: Duration,
+    pub narinfo_memory_entries: u64,
+    pub store_dir: String,
+    pub log_format: LogFormat,
+}
+
+impl ServeArgs {
+    /// Settings unset here are taken from `other`.
+    fn or(self, other: ServeArgs) -> ServeArgs {
+        ServeArgs {
+            config: self.config.or(other.config),
+            listen: self.listen.or(other.listen),
+            data_dir: self.data_dir.or(other.data_dir),
+            upstreams: if self.upstreams.is_empty() { other.upstreams } else { self.upstreams },
+            upstream_keys: if self.upstream_keys.is_empty() { other.upstream_keys } else { self.upstream_keys },
+            signing_key_file: self.signing_key_file.or(other.signing_key_file),
+            signing_key_name: self.signing_key_name.or(other.signing_key_name),
+            priority: self.priority.or(other.priority),
+            database_url: self.database_url.or(other.database_url),
+            upstream_connect_timeout: self.upstream_connect_timeout.or(other.upstream_connect_timeout),
+            upstream_timeout: self.upstream_timeout.or(other.upstream_timeout),
+            upstream_stall_timeout: self.upstream_stall_timeout.or(other.upstream_stall_timeout),
+            negative_ttl: self.negative_ttl.or(other.negative_ttl),
+            narinfo_memory_entries: self.narinfo_memory_entries.or(other.narinfo_memory_entries),
+            store_dir: self.store_dir.or(other.store_dir),
+            log_format: self.log_format.or(other.log_format),
+        }
+    }
+
+    /// Merges in the `--config` file (if any), applies defaults and validates.
+    pub fn resolve(self) -> Result<Config, ConfigError> {
+        let args = match &self.config {
+            Some(path) => {
+                let text = std::fs::read_to_string(path)
+                    .map_err(|e| ConfigError::File { path: path.display().to_string(), message: e.to_string() })?;
+                let file: ServeArgs = toml::from_str(&text)
+                    .map_err(|e| ConfigError::File { path: path.display().to_string(), message: e.to_string() })?;
+                self.or(file)
+            }
+            None => self,
+        };
+        args.into_config()
+    }
+
+    fn into_config(self) -> Result<Config, ConfigError> {
+        let data_dir = self.data_dir.unwrap_or_else(|| PathBuf::from(DEFAULT_DATA_DIR));
+        let store_dir = self.store_dir.unwrap_or_else(|| DEFAULT_STORE_DIR.to_string());
+        if !is_canonical_dir(&store_dir) {
+            return Err(invalid("store-dir", format!("{store_dir:?} is not an absolute, normalized directory")));
+        }
+        let keys = if self.upstream_keys.is_empty() { vec![CACHE_NIXOS_ORG_KEY.to_string()] } else { self.upstream_keys };
+        let default_keys = keys
+            .iter()
+            .map(|k| PublicKey::parse(k).map_err(|e| invalid("upstream-key", format!("{}: {e}", key_name(k)))))
+            .collect::<Result<Vec<_>, _>>()?;
+        let specs = if self.upstreams.is_empty() { vec![DEFAULT_UPSTREAM.to_string()] } else { self.upstreams };
+        let upstreams = specs
+            .iter()
+            .filter(|s| !s.trim().is_empty())
+            .map(|s| parse_upstream(s, &default_keys))
+            .collect::<Result<Vec<_>, _>>()?;
+        let signing_key = match self.signing_key_file {
+            Some(path) => SigningKeySource::File(path),
+            None => {
+                let name = self.signing_key_name.unwrap_or_else(|| DEFAULT_KEY_NAME.to_string());
+                if name.is_empty() || name.contains(':') || name.contains(char::is_whitespace) {
+                    return Err(invalid("signing-key-name", "must be non-empty, without ':' or spaces"));
+                }
+                SigningKeySource::Generated { path: data_dir.join("signing-key.sec"), name }
+            }
+        };
+        let database = match self.database_url {
+            None => DatabaseConfig::Sqlite(data_dir.join("nixcache.sqlite")),
+            Some(url) => parse_database_url(&url)?,
+        };
+        let positive = |setting: &'static str, d: Option<HumanDuration>, default: u64| -> Result<Duration, ConfigError> {
+            let d = d.map_or(Duration::from_secs(default), |d| d.0);
+            if d.is_zero() {
+                return Err(invalid(setting, "must be more than zero"));
+            }
+            Ok(d)
+        };
+        Ok(Config {
+            listen: self.listen.unwrap_or_else(|| DEFAULT_LISTEN.parse().unwrap_or(SocketAddr::from(([0, 0, 0, 0], 8080)))),
+            upstreams,
+            signing_key,
+            priority: self.priority.unwrap_or(DEFAULT_PRIORITY),
+            database,
+            upstream_connect_timeout: positive("upstream-connect-timeout", self.upstream_connect_timeout, 5)?,
+            upstream_timeout: positive("upstream-timeout", self.upstream_timeout, 10)?,
+            upstream_stall_timeout: positive("upstream-stall-timeout", self.upstream_stall_timeout, 60)?,
+            negative_ttl: self.negative_ttl.map_or(Duration::from_secs(60), |d| d.0),
+            narinfo_memory_entries: self.narinfo_memory_entries.unwrap_or(100_000),
+            store_dir,
+            log_format: self.log_format.unwrap_or(LogFormat::Text),
+            data_dir,
+        })
+    }
+}
+
+/// The name part of a key, for error messages that must not echo key material.
+fn key_name(k: &str) -> String {
+    k.split_once(':').map_or("key", |(n, _)| n).chars().take(64).collect()
+}
+
+fn parse_upstream(spec: &str, default_keys: &[PublicKey]) -> Result<UpstreamConfig, ConfigError> {
+    let mut parts = spec.trim().split(',');
+    let raw = parts.next().unwrap_or_default();
+    let url = Url::parse(raw).map_err(|e| invalid("upstream", format!("{raw:?}: {e}")))?;
+    if !matches!(url.scheme(), "http" | "https") || url.host_str().is_none() {
+        return Err(invalid("upstream", format!("{} is not an http(s) URL", crate::upstream::http::redact(&url))));
+    }
+    let mut config = UpstreamConfig { url, priority: None, keys: Vec::new(), trust_unsigned: false };
+    for opt in parts {
+        match opt.split_once('=') {
+            Some(("priority", n)) => {
+                config.priority = Some(n.parse().map_err(|_| invalid("upstream", format!("priority {n:?} is not a number")))?)
+            }
+            Some(("key", k)) => config
+                .keys
+                .push(PublicKey::parse(k).map_err(|e| invalid("upstream", format!("key {}: {e}", key_name(k))))?),
+            None if opt == "trust-unsigned" => config.trust_unsigned = true,
+            _ => return Err(invalid("upstream", format!("unknown option {opt:?} (priority=N, key=NAME:KEY, trust-unsigned)"))),
+        }
+    }
+    if config.keys.is_empty() {
+        config.keys = default_keys.to_vec();
+    }
+    Ok(config)
+}
+
+fn parse_database_url(url: &str) -> Result<DatabaseConfig, ConfigError> {
+    if let Some(path) = url.strip_prefix("sqlite://").or_else(|| url.strip_prefix("sqlite:")) {
+        if path.is_empty() {
+            return Err(invalid("database-url", "sqlite URL without a path"));
+        }
+        return Ok(DatabaseConfig::Sqlite(PathBuf::from(path)));
+    }
+    let scheme = url.split_once(':').map_or("", |(s, _)| s);
+    Err(invalid("database-url", format!("unsupported scheme {:?}: use sqlite://PATH", scheme.chars().take(20).collect::<String>())))
+}
+
+/// Loads the signing key, generating and saving one (mode 0600) on first start.
+pub fn load_signing_key(source: &SigningKeySource) -> Result<(SecretKey, bool), ConfigError> {
+    match source {
+        SigningKeySource::File(path) => Ok((read_key(path)?, false)),
+        SigningKeySource::Generated { path, name } => {
+            if path.exists() {
+                return Ok((read_key(path)?, false));
+            }
+            let key = SecretKey::generate(name).map_err(|e| invalid("signing key", e))?;
+            write_secret(path, &key.to_file_contents()).map_err(|e| invalid("signing key", format!("{}: {e}", path.display())))?;
+            Ok((key, true))
+        }
+    }
+}
+
+fn read_key(path: &Path) -> Result<SecretKey, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|e| invalid("signing-key-file", format!("{}: {e}", path.display())))?;
+    SecretKey::parse(&text).map_err(|e| invalid("signing-key-file", format!("{}: {e}", path.display())))
+}
+
+/// Writes a secret to a new file readable only by its owner; never replaces an existing file.
+pub fn write_secret(path: &Path, contents: &str) -> std::io::Result<()> {
+    use std::io::Write as _;
+    use std::os::unix::fs::OpenOptionsExt as _;
+    if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+        std::fs::create_dir_all(parent)?;
+    }
+    let mut f = std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(path)?;
+    f.write_all(contents.as_bytes())?;
+    f.sync_all()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults() {
+        let c = ServeArgs::default().resolve().expect("valid");
+        assert_eq!(c.listen.to_string(), DEFAULT_LISTEN);
+        assert_eq!(c.data_dir, PathBuf::from(DEFAULT_DATA_DIR));
+        assert_eq!(c.upstreams.len(), 1);
+        assert_eq!(c.upstreams[0].url.as_str(), "https://cache.nixos.org/");
+        assert_eq!(c.upstreams[0].keys[0].to_string(), CACHE_NIXOS_ORG_KEY);
+        assert_eq!(c.priority, 40);
+        assert_eq!(c.database, DatabaseConfig::Sqlite(PathBuf::from("./nixcache-data/nixcache.sqlite")));
+        assert!(matches!(c.signing_key, SigningKeySource::Generated { .. }));
+    }
+
+    #[test]
+    fn upstream_specs() {
+        let key = PublicKey::parse(CACHE_NIXOS_ORG_KEY).expect("key");
+        let u = parse_upstream("http://a.example/sub,priority=7,trust-unsigned", std::slice::from_ref(&key)).expect("valid");
+        assert_eq!((u.priority, u.trust_unsigned, u.keys.len()), (Some(7), true, 1));
+        let own = "other-1:vcUimjOS/F79QrUloWtvsY/0GeyqpkxAfjfM5nPtjRQ=";
+        let u = parse_upstream(&format!("https://b.example,key={own}"), &[key]).expect("valid");
+        assert_eq!(u.keys.len(), 1);
+        assert_eq!(u.keys[0].name(), "other-1");
+        for bad in ["ftp://x", "not a url", "http://x,priority=high", "http://x,colour=blue", "http://x,key=k:AAAA"] {
+            assert!(parse_upstream(bad, &[]).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn file_fills_what_flags_leave_unset() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("nixcache.toml");
+        std::fs::write(
+            &path,
+            "listen = \"127.0.0.1:9000\"\npriority = 10\nupstream = [\"http://u.example\"]\nnegative-ttl = \"5s\"\n",
+        )
+        .expect("write");
+        let args = ServeArgs { config: Some(path.clone()), priority: Some(30), ..Default::default() };
+        let c = args.resolve().expect("valid");
+        assert_eq!(c.listen.to_string(), "127.0.0.1:9000");
+        assert_eq!(c.priority, 30, "flags win over the file");
+        assert_eq!(c.negative_ttl, Duration::from_secs(5));
+        assert_eq!(c.upstreams[0].url.as_str(), "http://u.example/");
+
+        std::fs::write(&path, "no-such-setting = 1\n").expect("write");
+        let err = ServeArgs { config: Some(path), ..Default::default() }.resolve().expect_err("unknown key");
+        assert!(err.to_string().contains("no-such-setting"), "{err}");
+    }
+
+    #[test]
+    fn errors_never_echo_key_material() {
+        let secret = "k-1:c2VjcmV0c2VjcmV0c2VjcmV0";
+        let err = ServeArgs { upstream_keys: vec![secret.into()], ..Default::default() }.resolve().expect_err("bad key");
+        assert!(!err.to_string().contains("c2VjcmV0"), "{err}");
+    }
+
+    #[test]
+    fn generated_key_is_private_and_stable() {
+        use std::os::unix::fs::PermissionsExt as _;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let source = SigningKeySource::Generated { path: dir.path().join("k.sec"), name: "test-1".into() };
+        let (k1, created) = load_signing_key(&source).expect("generate");
+        assert!(created);
+        let mode = std::fs::metadata(dir.path().join("k.sec")).expect("stat").permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+        let (k2, created) = load_signing_key(&source).expect("load");
+        assert!(!created);
+        assert_eq!(k1.public_key(), k2.public_key());
+    }
+
+    #[test]
+    fn rejects_unsupported_database() {
+        let err = ServeArgs { database_url: Some("mysql://u:pw@h/db".into()), ..Default::default() }.resolve().expect_err("bad");
+        assert!(!err.to_string().contains("pw"));
+    }
+}

@@ -1,0 +1,33 @@
+//! `/healthz` (the process answers), `/readyz` (its backends answer), `/pubkey`, `/metrics`.
+
+use actix_web::http::StatusCode;
+use actix_web::http::header::{CONTENT_TYPE, HeaderValue};
+use actix_web::{HttpResponse, web};
+
+use super::{AppState, text};
+
+pub async fn healthz() -> HttpResponse {
+    text(StatusCode::OK, "ok\n")
+}
+
+pub async fn readyz(state: web::Data<AppState>) -> HttpResponse {
+    match state.cache.check_database().await {
+        Ok(()) => text(StatusCode::OK, "ready\n"),
+        Err(e) => {
+            tracing::warn!(error = %e, "not ready");
+            text(StatusCode::SERVICE_UNAVAILABLE, "not ready: database unavailable\n")
+        }
+    }
+}
+
+pub async fn pubkey(state: web::Data<AppState>) -> HttpResponse {
+    HttpResponse::Ok()
+        .insert_header((CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8")))
+        .body(format!("{}\n", state.cache.public_key()))
+}
+
+pub async fn metrics(state: web::Data<AppState>) -> HttpResponse {
+    HttpResponse::Ok()
+        .insert_header((CONTENT_TYPE, HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8")))
+        .body(state.cache.metrics().render())
+}

@@ -1,0 +1,72 @@
+//! HTTP: translates requests into calls on [`Cache`] and results into status codes. One file per
+//! endpoint; the flows themselves live in `cache`.
+
+mod cacheinfo;
+mod health;
+mod nar;
+mod narinfo;
+mod range;
+
+use std::sync::Arc;
+
+use actix_web::body::MessageBody;
+use actix_web::dev::{ServiceRequest, ServiceResponse};
+use actix_web::http::header::{CACHE_CONTROL, CONTENT_TYPE, HeaderValue};
+use actix_web::middleware::Next;
+use actix_web::{HttpResponse, guard, web};
+
+use crate::cache::Cache;
+
+/// What every handler shares.
+pub struct AppState {
+    pub cache: Arc<Cache>,
+    /// The `/nix-cache-info` body.
+    pub cache_info: String,
+}
+
+/// Routes of the cache. GET and HEAD are both answered on every route.
+pub fn configure(cfg: &mut web::ServiceConfig) {
+    let get_or_head = || guard::Any(guard::Get()).or(guard::Head());
+    cfg.route("/nix-cache-info", web::route().guard(get_or_head()).to(cacheinfo::get))
+        .route("/nar/{file}", web::route().guard(get_or_head()).to(nar::get))
+        .route("/pubkey", web::route().guard(get_or_head()).to(health::pubkey))
+        .route("/healthz", web::route().guard(get_or_head()).to(health::healthz))
+        .route("/readyz", web::route().guard(get_or_head()).to(health::readyz))
+        .route("/metrics", web::route().guard(get_or_head()).to(health::metrics))
+        .route("/{name}", web::route().guard(get_or_head()).to(narinfo::get))
+        .default_service(web::to(not_found));
+}
+
+/// Counts requests by route template and status.
+pub async fn count_requests(
+    req: ServiceRequest,
+    next: Next<impl MessageBody>,
+) -> Result<ServiceResponse<impl MessageBody>, actix_web::Error> {
+    let state = req.app_data::<web::Data<AppState>>().cloned();
+    let res = next.call(req).await?;
+    if let Some(state) = state {
+        let route = res.request().match_pattern().unwrap_or_else(|| "unmatched".to_string());
+        state
+            .cache
+            .metrics()
+            .http_requests
+            .with_label_values(&[route.as_str(), res.status().as_str()])
+            .inc();
+    }
+    Ok(res)
+}
+
+pub(crate) fn text(status: actix_web::http::StatusCode, body: &'static str) -> HttpResponse {
+    HttpResponse::build(status)
+        .insert_header((CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8")))
+        .insert_header((CACHE_CONTROL, HeaderValue::from_static("no-store")))
+        .body(body)
+}
+
+pub(crate) fn not_found_response() -> HttpResponse {
+    text(actix_web::http::StatusCode::NOT_FOUND, "not found\n")
+}
+
+async fn not_found() -> HttpResponse {
+    not_found_response()
+}

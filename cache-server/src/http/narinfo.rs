@@ -1,0 +1,24 @@
+//! `/<hash>.narinfo`
+
+use actix_web::http::StatusCode;
+use actix_web::http::header::{CONTENT_TYPE, HeaderValue};
+use actix_web::{HttpResponse, web};
+
+use super::{AppState, not_found_response, text};
+use crate::nix::StoreHash;
+
+pub async fn get(state: web::Data<AppState>, name: web::Path<String>) -> HttpResponse {
+    // Other files at the root (`<hash>.ls`, unknown names) are not served.
+    let Some(hash) = name.strip_suffix(".narinfo") else {
+        return not_found_response();
+    };
+    let Ok(hash) = StoreHash::parse(hash) else {
+        return text(StatusCode::BAD_REQUEST, "invalid store path hash\n");
+    };
+    match state.cache.narinfo(hash).await {
+        Some(body) => HttpResponse::Ok()
+            .insert_header((CONTENT_TYPE, HeaderValue::from_static("text/x-nix-narinfo")))
+            .body(body),
+        None => not_found_response(),
+    }
+}

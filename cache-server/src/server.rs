@@ -1,0 +1,140 @@
+//! Builds the cache from a [`Config`] — the one place that picks an implementation for each seam —
+//! and runs the HTTP server and the background tasks.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use actix_web::{App, HttpServer, middleware, web};
+use anyhow::Context as _;
+use tracing::{info, warn};
+
+use crate::cache::{Cache, CacheSettings};
+use crate::config::{Config, DatabaseConfig, load_signing_key};
+use crate::db::{Database, SqliteDatabase};
+use crate::http::{AppState, configure, count_requests};
+use crate::lock::{Lock, LocalLock};
+use crate::metrics::Metrics;
+use crate::nix::CacheInfo;
+use crate::storage::{LocalStorage, Storage};
+use crate::upstream::{HttpUpstream, Upstreams};
+
+const ACCESS_FLUSH_INTERVAL: Duration = Duration::from_secs(10);
+const CACHE_INFO_RETRY: Duration = Duration::from_secs(30);
+
+/// Opens the configured database (applying migrations).
+pub async fn open_database(config: &Config) -> anyhow::Result<Arc<dyn Database>> {
+    match &config.database {
+        DatabaseConfig::Sqlite(path) => {
+            if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+                tokio::fs::create_dir_all(parent).await.with_context(|| format!("creating {}", parent.display()))?;
+            }
+            let db = SqliteDatabase::open(path).await.with_context(|| format!("opening {}", path.display()))?;
+            Ok(Arc::new(db))
+        }
+    }
+}
+
+fn http_client(config: &Config) -> anyhow::Result<reqwest::Client> {
+    reqwest::Client::builder()
+        .user_agent(concat!("nixcache/", env!("CARGO_PKG_VERSION")))
+        .connect_timeout(config.upstream_connect_timeout)
+        .pool_idle_timeout(Duration::from_secs(60))
+        .build()
+        .context("building the HTTP client")
+}
+
+/// Runs `nixcache serve` until SIGINT/SIGTERM.
+pub async fn serve(config: Config) -> anyhow::Result<()> {
+    tokio::fs::create_dir_all(&config.data_dir)
+        .await
+        .with_context(|| format!("creating data dir {}", config.data_dir.display()))?;
+    let staging_dir = config.data_dir.join("tmp");
+    // Partial downloads from an earlier run are never complete: start with an empty staging dir.
+    let _ = tokio::fs::remove_dir_all(&staging_dir).await;
+    tokio::fs::create_dir_all(&staging_dir).await.with_context(|| format!("creating {}", staging_dir.display()))?;
+
+    let storage: Arc<dyn Storage> = Arc::new(
+        LocalStorage::open(config.data_dir.join("store")).await.context("opening local storage")?,
+    );
+    let db = open_database(&config).await?;
+    let lock: Arc<dyn Lock> = Arc::new(LocalLock::new());
+
+    let (key, created) = load_signing_key(&config.signing_key)?;
+    if created {
+        info!(public_key = %key.public_key(), "generated a new signing key");
+    }
+    info!(public_key = %key.public_key(), "clients trust this cache with: trusted-public-keys = {}", key.public_key());
+
+    let client = http_client(&config)?;
+    let upstreams = Upstreams::new(
+        config
+            .upstreams
+            .iter()
+            .map(|u| Arc::new(HttpUpstream::new(u.clone(), client.clone(), config.upstream_timeout, &config.store_dir)))
+            .collect(),
+    );
+    let metrics = Metrics::new();
+    let settings = CacheSettings {
+        store_dir: config.store_dir.clone(),
+        negative_ttl: config.negative_ttl,
+        memory_entries: config.narinfo_memory_entries,
+        first_byte_timeout: config.upstream_timeout,
+        stall_timeout: config.upstream_stall_timeout,
+        lock_ttl: Duration::from_secs(60),
+        staging_dir,
+    };
+    let cache = Cache::new(settings, storage, db, lock, upstreams.clone(), key, metrics);
+
+    tokio::spawn(learn_upstream_priorities(upstreams));
+    let flusher = {
+        let cache = cache.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(ACCESS_FLUSH_INTERVAL);
+            loop {
+                tick.tick().await;
+                cache.flush_access_log().await;
+            }
+        })
+    };
+
+    let cache_info = CacheInfo { store_dir: config.store_dir.clone(), want_mass_query: true, priority: Some(config.priority) }.to_text();
+    let state = web::Data::new(AppState { cache: cache.clone(), cache_info });
+    let server = HttpServer::new(move || {
+        App::new()
+            .app_data(state.clone())
+            .wrap(middleware::from_fn(count_requests))
+            .configure(configure)
+    })
+    .bind(config.listen)
+    .with_context(|| format!("listening on {}", config.listen))?;
+    info!(listen = %config.listen, upstreams = config.upstreams.len(), "nixcache serving");
+    server.run().await.context("HTTP server")?;
+    flusher.abort();
+    cache.flush_access_log().await;
+    info!("stopped");
+    Ok(())
+}
+
+/// Learns each upstream's priority from its `nix-cache-info`, retrying in the background until
+/// every upstream has answered: nixcache serves what it has meanwhile.
+async fn learn_upstream_priorities(upstreams: Upstreams) {
+    loop {
+        let mut pending = 0;
+        for u in upstreams.all() {
+            if !u.needs_cache_info() {
+                continue;
+            }
+            match u.refresh_cache_info().await {
+                Ok(info) => info!(upstream = u.label(), priority = u.priority(), store_dir = %info.store_dir, "upstream reachable"),
+                Err(e) => {
+                    pending += 1;
+                    warn!(upstream = u.label(), error = %e, "upstream nix-cache-info unavailable; retrying in the background");
+                }
+            }
+        }
+        if pending == 0 {
+            return;
+        }
+        tokio::time::sleep(CACHE_INFO_RETRY).await;
+    }
+}

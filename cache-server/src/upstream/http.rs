@@ -1,0 +1,230 @@
+//! An HTTP(S) binary cache as upstream.
+
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures_util::StreamExt;
+use futures_util::stream::BoxStream;
+use reqwest::{StatusCode, Url};
+
+use crate::nix::narinfo::MAX_NARINFO_BYTES;
+use crate::nix::{CacheInfo, NarInfo, PublicKey, StoreHash};
+
+/// Priority of an upstream that neither configuration nor its `nix-cache-info` sets (Nix's default).
+pub const DEFAULT_PRIORITY: u32 = 50;
+const UNKNOWN_PRIORITY: u32 = u32::MAX;
+
+/// How one upstream is used.
+#[derive(Clone, Debug)]
+pub struct UpstreamConfig {
+    pub url: Url,
+    /// Explicit priority; otherwise learned from the upstream's `nix-cache-info`.
+    pub priority: Option<u32>,
+    /// Keys whose signatures make a narinfo from this upstream acceptable.
+    pub keys: Vec<PublicKey>,
+    /// Accept narinfos without a valid signature from a trusted key.
+    pub trust_unsigned: bool,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum UpstreamError {
+    #[error("{url}: timed out")]
+    Timeout { url: String },
+    #[error("{url}: {message}")]
+    Http { url: String, message: String },
+    #[error("{url}: unexpected status {status}")]
+    Status { url: String, status: u16 },
+    #[error("{url}: invalid narinfo: {message}")]
+    Invalid { url: String, message: String },
+    #[error("{url}: no signature by a trusted key")]
+    Untrusted { url: String },
+}
+
+/// A NAR response whose headers have arrived.
+pub struct NarDownload {
+    /// `Content-Length`, when the upstream sent one.
+    pub length: Option<u64>,
+    pub body: BoxStream<'static, Result<Bytes, UpstreamError>>,
+}
+
+pub struct HttpUpstream {
+    config: UpstreamConfig,
+    client: reqwest::Client,
+    first_byte_timeout: Duration,
+    store_dir: String,
+    learned_priority: AtomicU32,
+}
+
+/// What a narinfo lookup found.
+pub enum Lookup {
+    Found(NarInfo),
+    /// The upstream answered that it does not have it.
+    Missing,
+}
+
+impl HttpUpstream {
+    pub fn new(config: UpstreamConfig, client: reqwest::Client, first_byte_timeout: Duration, store_dir: &str) -> Self {
+        let learned = config.priority.unwrap_or(UNKNOWN_PRIORITY);
+        Self { config, client, first_byte_timeout, store_dir: store_dir.to_string(), learned_priority: AtomicU32::new(learned) }
+    }
+
+    pub fn url(&self) -> &Url {
+        &self.config.url
+    }
+
+    /// A short, bounded label for logs and metrics: the host.
+    pub fn label(&self) -> &str {
+        self.config.url.host_str().unwrap_or("upstream")
+    }
+
+    /// Current priority: configured, learned, or (until learned) Nix's default.
+    pub fn priority(&self) -> u32 {
+        match self.learned_priority.load(Ordering::Relaxed) {
+            UNKNOWN_PRIORITY => DEFAULT_PRIORITY,
+            p => p,
+        }
+    }
+
+    /// Whether the priority still has to be learned from `nix-cache-info`.
+    pub fn needs_cache_info(&self) -> bool {
+        self.learned_priority.load(Ordering::Relaxed) == UNKNOWN_PRIORITY
+    }
+
+    fn join(&self, path: &str) -> Result<Url, UpstreamError> {
+        let mut base = self.config.url.clone();
+        if !base.path().ends_with('/') {
+            let p = format!("{}/", base.path());
+            base.set_path(&p);
+        }
+        base.join(path).map_err(|e| UpstreamError::Http { url: redact(&self.config.url), message: e.to_string() })
+    }
+
+    async fn get(&self, url: &Url) -> Result<reqwest::Response, UpstreamError> {
+        let send = self.client.get(url.clone()).send();
+        match tokio::time::timeout(self.first_byte_timeout, send).await {
+            Err(_) => Err(UpstreamError::Timeout { url: redact(&url) }),
+            Ok(Err(e)) if e.is_timeout() => Err(UpstreamError::Timeout { url: redact(&url) }),
+            Ok(Err(e)) => Err(UpstreamError::Http { url: redact(&url), message: without_url(&e) }),
+            Ok(Ok(r)) => Ok(r),
+        }
+    }
+
+    /// Reads a small body whole, within the first-byte timeout and a size bound.
+    async fn small_body(&self, url: &Url, resp: reqwest::Response) -> Result<String, UpstreamError> {
+        let read = async {
+            let mut body = Vec::new();
+            let mut stream = resp.bytes_stream();
+            while let Some(chunk) = stream.next().await {
+                let chunk = chunk.map_err(|e| UpstreamError::Http { url: redact(&url), message: without_url(&e) })?;
+                if body.len() + chunk.len() > MAX_NARINFO_BYTES {
+                    return Err(UpstreamError::Invalid { url: redact(&url), message: "too large".into() });
+                }
+                body.extend_from_slice(&chunk);
+            }
+            String::from_utf8(body).map_err(|_| UpstreamError::Invalid { url: redact(&url), message: "not UTF-8".into() })
+        };
+        tokio::time::timeout(self.first_byte_timeout, read)
+            .await
+            .map_err(|_| UpstreamError::Timeout { url: redact(&url) })?
+    }
+
+    /// Fetches `nix-cache-info` and adopts its priority unless one is configured. Checks the
+    /// upstream's store directory is ours.
+    pub async fn refresh_cache_info(&self) -> Result<CacheInfo, UpstreamError> {
+        let url = self.join("nix-cache-info")?;
+        let resp = self.get(&url).await?;
+        if resp.status() != StatusCode::OK {
+            return Err(UpstreamError::Status { url: redact(&url), status: resp.status().as_u16() });
+        }
+        let text = self.small_body(&url, resp).await?;
+        let info = CacheInfo::parse(&text).map_err(|e| UpstreamError::Invalid { url: redact(&url), message: e.to_string() })?;
+        if info.store_dir != self.store_dir {
+            return Err(UpstreamError::Invalid {
+                url: redact(&url),
+                message: format!("StoreDir {} is not {}", info.store_dir, self.store_dir),
+            });
+        }
+        if self.config.priority.is_none() {
+            self.learned_priority.store(info.priority.unwrap_or(DEFAULT_PRIORITY), Ordering::Relaxed);
+        }
+        Ok(info)
+    }
+
+    /// Asks for `<hash>.narinfo`. A narinfo is only `Found` when it is for the path asked for, in our
+    /// store directory, and signed by one of this upstream's trusted keys (or the upstream is
+    /// trusted without signatures).
+    pub async fn narinfo(&self, hash: &StoreHash) -> Result<Lookup, UpstreamError> {
+        let url = self.join(&format!("{hash}.narinfo"))?;
+        let resp = self.get(&url).await?;
+        match resp.status() {
+            StatusCode::OK => {}
+            StatusCode::NOT_FOUND | StatusCode::FORBIDDEN | StatusCode::GONE => return Ok(Lookup::Missing),
+            s => return Err(UpstreamError::Status { url: redact(&url), status: s.as_u16() }),
+        }
+        let text = self.small_body(&url, resp).await?;
+        let invalid = |message: String| UpstreamError::Invalid { url: redact(&url), message };
+        let info = NarInfo::parse(&text).map_err(|e| invalid(e.to_string()))?;
+        if info.store_path.hash() != *hash {
+            return Err(invalid(format!("it describes {}", info.store_path)));
+        }
+        if info.store_path.store_dir() != self.store_dir {
+            return Err(invalid(format!("store directory of {} is not {}", info.store_path, self.store_dir)));
+        }
+        if !self.config.trust_unsigned && !info.verify(&self.config.keys) {
+            return Err(UpstreamError::Untrusted { url: redact(&url) });
+        }
+        Ok(Lookup::Found(info))
+    }
+
+    /// The absolute URL of a narinfo's NAR: its `URL` field resolved against this upstream, as an
+    /// opaque reference.
+    pub fn nar_url(&self, narinfo_url: &str) -> Result<Url, UpstreamError> {
+        self.join(narinfo_url)
+    }
+
+    /// Starts downloading a NAR. Headers must arrive within the first-byte timeout; the caller
+    /// bounds the time between chunks.
+    pub async fn nar(&self, url: &Url) -> Result<Option<NarDownload>, UpstreamError> {
+        let resp = self.get(url).await?;
+        match resp.status() {
+            StatusCode::OK => {}
+            StatusCode::NOT_FOUND | StatusCode::FORBIDDEN | StatusCode::GONE => return Ok(None),
+            s => return Err(UpstreamError::Status { url: redact(&url), status: s.as_u16() }),
+        }
+        let length = resp.content_length();
+        let u = redact(&url);
+        let body = resp
+            .bytes_stream()
+            .map(move |r| r.map_err(|e| UpstreamError::Http { url: u.clone(), message: without_url(&e) }))
+            .boxed();
+        Ok(Some(NarDownload { length, body }))
+    }
+}
+
+/// A URL for logs and errors: without password or query string, which may carry credentials.
+pub fn redact(url: &Url) -> String {
+    let mut u = url.clone();
+    if u.password().is_some() {
+        let _ = u.set_password(Some("REDACTED"));
+    }
+    if u.query().is_some() {
+        u.set_query(Some("REDACTED"));
+    }
+    u.to_string()
+}
+
+/// reqwest's error text, without the URL it repeats (ours carries it already).
+fn without_url(e: &reqwest::Error) -> String {
+    let mut msg = e.to_string();
+    if let Some(url) = e.url() {
+        msg = msg.replace(&format!(" for url ({url})"), "");
+    }
+    let mut source = std::error::Error::source(e);
+    while let Some(s) = source {
+        msg.push_str(": ");
+        msg.push_str(&s.to_string());
+        source = s.source();
+    }
+    msg
+}
