@@ -63,7 +63,7 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
     if created {
         info!(public_key = %key.public_key(), "generated a new signing key");
     }
-    info!(public_key = %key.public_key(), "clients trust this cache with: trusted-public-keys = {}", key.public_key());
+    info!("public key (for clients' trusted-public-keys): {}", key.public_key());
 
     let client = http_client(&config)?;
     let upstreams = Upstreams::new(

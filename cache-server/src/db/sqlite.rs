@@ -22,7 +22,7 @@ struct Pragmas;
 
 impl CustomizeConnection<SqliteConnection, diesel::r2d2::Error> for Pragmas {
     fn on_acquire(&self, conn: &mut SqliteConnection) -> Result<(), diesel::r2d2::Error> {
-        diesel::sql_query("PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; PRAGMA busy_timeout = 10000;")
+        diesel::sql_query("PRAGMA busy_timeout = 10000; PRAGMA synchronous = NORMAL;")
             .execute(conn)
             .map(|_| ())
             .map_err(diesel::r2d2::Error::QueryError)
@@ -80,6 +80,8 @@ impl SqliteDatabase {
                 .build(ConnectionManager::<SqliteConnection>::new(url))
                 .map_err(|e| DbError::Connection(e.to_string()))?;
             let mut conn = pool.get().map_err(|e| DbError::Connection(e.to_string()))?;
+            // WAL is a property of the database file: set once, not by every pooled connection.
+            diesel::sql_query("PRAGMA journal_mode = WAL").execute(&mut conn).map_err(q)?;
             conn.run_pending_migrations(MIGRATIONS).map_err(|e| DbError::Migration(e.to_string()))?;
             Ok(Self { pool })
         })

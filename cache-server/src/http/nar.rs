@@ -1,7 +1,10 @@
 //! `/nar/<file hash>.nar[.<ext>]`
 
 use actix_web::http::header::{ACCEPT_RANGES, CONTENT_RANGE, CONTENT_TYPE, HeaderValue, RANGE};
+use actix_web::body::SizedStream;
 use actix_web::http::{Method, StatusCode};
+use bytes::Bytes;
+use futures_util::stream;
 use actix_web::{HttpRequest, HttpResponse, HttpResponseBuilder, web};
 
 use super::{AppState, not_found_response, range, text};
@@ -26,7 +29,8 @@ pub async fn get(state: web::Data<AppState>, req: HttpRequest, file: web::Path<S
                 let mut b = builder(StatusCode::OK);
                 b.insert_header((ACCEPT_RANGES, "bytes"));
                 match head.length {
-                    Some(n) => b.no_chunking(n).finish(),
+                    // A sized body that is never sent: HEAD answers carry the GET's Content-Length.
+                    Some(n) => b.body(SizedStream::new(n, stream::empty::<Result<Bytes, std::io::Error>>())),
                     None => b.finish(),
                 }
             }
