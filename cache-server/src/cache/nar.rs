@@ -317,7 +317,10 @@ fn follow(download: Arc<Download>, rx: watch::Receiver<Phase>) -> BoxStream<'sta
         loop {
             let phase = *s.rx.borrow_and_update();
             let (available, complete) = match phase {
-                Phase::Streaming { written, .. } => (written, false),
+                // Until the download is verified, the last byte is held back: a client must never
+                // receive a whole NAR (by Content-Length) that later turns out to be wrong.
+                Phase::Streaming { written, length: Some(length) } => (written.min(length.saturating_sub(1)), false),
+                Phase::Streaming { written, length: None } => (written, false),
                 Phase::Complete { size } => (size, true),
                 Phase::Failed => return Err(io::Error::other("upstream download failed")),
                 Phase::Starting | Phase::Stored => (0, false),

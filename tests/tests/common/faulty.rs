@@ -1,0 +1,131 @@
+//! An upstream that misbehaves on purpose: a minimal HTTP/1.1 file server over a binary cache
+//! directory whose answers can corrupt, cut, slow, strip signatures or hang.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Mode {
+    Normal,
+    /// NAR bodies have one byte flipped in the middle.
+    CorruptNar,
+    /// NAR responses announce the full Content-Length, send half, and close.
+    TruncateNar,
+    /// narinfos are served without their `Sig:` lines.
+    Unsigned,
+    /// narinfos come from the cache signed by the untrusted key.
+    UntrustedSig,
+    /// Requests are read and never answered.
+    Hang,
+    /// NARs are sent in 64 KiB pieces with this pause between them.
+    SlowNar(Duration),
+}
+
+struct State {
+    cache: PathBuf,
+    untrusted: PathBuf,
+    mode: Mutex<Mode>,
+    hits: Mutex<HashMap<String, usize>>,
+}
+
+pub struct FaultyUpstream {
+    pub url: String,
+    state: Arc<State>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for FaultyUpstream {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl FaultyUpstream {
+    pub async fn start(cache: PathBuf, untrusted: PathBuf, mode: Mode) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let url = format!("http://{}", listener.local_addr().expect("addr"));
+        let state = Arc::new(State { cache, untrusted, mode: Mutex::new(mode), hits: Mutex::new(HashMap::new()) });
+        let s = state.clone();
+        let task = tokio::spawn(async move {
+            while let Ok((conn, _)) = listener.accept().await {
+                tokio::spawn(serve(conn, s.clone()));
+            }
+        });
+        Self { url, state, task }
+    }
+
+    pub fn set_mode(&self, mode: Mode) {
+        *self.state.mode.lock().expect("mode") = mode;
+    }
+
+    /// How many times `path` (e.g. `/nar/x.nar.xz`) was requested.
+    pub fn hits(&self, path: &str) -> usize {
+        self.state.hits.lock().expect("hits").get(path).copied().unwrap_or(0)
+    }
+}
+
+async fn serve(mut conn: TcpStream, state: Arc<State>) {
+    loop {
+        let mut head = Vec::new();
+        let mut byte = [0u8; 1];
+        while !head.ends_with(b"\r\n\r\n") {
+            match conn.read(&mut byte).await {
+                Ok(1) => head.push(byte[0]),
+                _ => return,
+            }
+        }
+        let text = String::from_utf8_lossy(&head);
+        let path = text.split_whitespace().nth(1).unwrap_or("/").to_string();
+        *state.hits.lock().expect("hits").entry(path.clone()).or_default() += 1;
+        let mode = *state.mode.lock().expect("mode");
+        if mode == Mode::Hang {
+            tokio::time::sleep(Duration::from_secs(600)).await;
+            return;
+        }
+        let rel = path.trim_start_matches('/');
+        let is_narinfo = rel.ends_with(".narinfo");
+        let dir = if is_narinfo && mode == Mode::UntrustedSig { &state.untrusted } else { &state.cache };
+        let Ok(mut body) = std::fs::read(dir.join(rel)) else {
+            let _ = conn.write_all(b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n").await;
+            continue;
+        };
+        if is_narinfo && mode == Mode::Unsigned {
+            let text = String::from_utf8_lossy(&body).into_owned();
+            body = text.lines().filter(|l| !l.starts_with("Sig:")).map(|l| format!("{l}\n")).collect::<String>().into_bytes();
+        }
+        let is_nar = rel.starts_with("nar/");
+        if is_nar && mode == Mode::CorruptNar {
+            let mid = body.len() / 2;
+            body[mid] ^= 0xff;
+        }
+        let header = format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\nContent-Type: application/octet-stream\r\n\r\n", body.len());
+        if conn.write_all(header.as_bytes()).await.is_err() {
+            return;
+        }
+        match mode {
+            Mode::TruncateNar if is_nar => {
+                let _ = conn.write_all(&body[..body.len() / 2]).await;
+                let _ = conn.shutdown().await;
+                return;
+            }
+            Mode::SlowNar(pause) if is_nar => {
+                for chunk in body.chunks(64 * 1024) {
+                    if conn.write_all(chunk).await.is_err() {
+                        return;
+                    }
+                    tokio::time::sleep(pause).await;
+                }
+            }
+            _ => {
+                if conn.write_all(&body).await.is_err() {
+                    return;
+                }
+            }
+        }
+    }
+}

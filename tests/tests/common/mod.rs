@@ -1,0 +1,201 @@
+//! Shared pieces of the cross-process tests: the `nixcache` binary on a free port, a real upstream
+//! cache made by Nix, static and deliberately faulty upstream servers, and the Nix client.
+#![allow(dead_code, unused_imports)] // each test binary uses its own subset
+
+pub mod faulty;
+pub mod fixture;
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+pub use faulty::{FaultyUpstream, Mode};
+pub use fixture::{Fixture, fixture};
+
+/// The `nixcache` binary of this workspace (built by `cargo build --workspace` before the tests),
+/// or `NIXCACHE_BIN`.
+pub fn nixcache_bin() -> PathBuf {
+    if let Some(p) = std::env::var_os("NIXCACHE_BIN") {
+        return PathBuf::from(p);
+    }
+    // target/<profile>/deps/<test binary> → target/<profile>/nixcache
+    let exe = std::env::current_exe().expect("current exe");
+    let bin = exe.parent().and_then(Path::parent).expect("target dir").join("nixcache");
+    assert!(bin.exists(), "{} is missing: run `cargo build --workspace --bins` first", bin.display());
+    bin
+}
+
+/// A free TCP port on 127.0.0.1.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port()
+}
+
+/// Kills the child process when dropped.
+pub struct KillOnDrop(pub Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Waits until `url` answers 200, or panics with `what` after `timeout`.
+pub async fn wait_ready(url: &str, timeout: Duration, what: &str) {
+    let client = reqwest::Client::new();
+    let start = Instant::now();
+    loop {
+        if let Ok(r) = client.get(url).send().await {
+            if r.status() == 200 {
+                return;
+            }
+        }
+        assert!(start.elapsed() < timeout, "{what} did not become ready at {url} within {timeout:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// A running `nixcache serve`.
+pub struct Nixcache {
+    pub url: String,
+    pub port: u16,
+    pub data_dir: PathBuf,
+    pub log: PathBuf,
+    process: KillOnDrop,
+}
+
+impl Nixcache {
+    /// Starts `nixcache serve` on a free port with `data_dir` and extra arguments; waits for /healthz.
+    pub async fn start(data_dir: &Path, args: &[&str]) -> Self {
+        Self::start_with_env(data_dir, args, &[]).await
+    }
+
+    pub async fn start_with_env(data_dir: &Path, args: &[&str], env: &[(&str, &str)]) -> Self {
+        let port = free_port();
+        std::fs::create_dir_all(data_dir).expect("data dir");
+        let log = data_dir.with_extension(format!("{port}.log"));
+        let out = std::fs::File::create(&log).expect("log file");
+        let mut cmd = Command::new(nixcache_bin());
+        cmd.arg("serve")
+            .arg("--listen")
+            .arg(format!("127.0.0.1:{port}"))
+            .arg("--data-dir")
+            .arg(data_dir)
+            .args(args)
+            .env_remove("NIXCACHE_LOG")
+            .stdout(Stdio::null())
+            .stderr(out);
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let mut process = KillOnDrop(cmd.spawn().expect("spawn nixcache"));
+        let url = format!("http://127.0.0.1:{port}");
+        let logs = || std::fs::read_to_string(&log).unwrap_or_default();
+        let start = Instant::now();
+        let client = reqwest::Client::new();
+        loop {
+            if let Ok(r) = client.get(format!("{url}/healthz")).send().await {
+                if r.status() == 200 {
+                    break;
+                }
+            }
+            if let Ok(Some(status)) = process.0.try_wait() {
+                panic!("nixcache exited with {status}:\n{}", logs());
+            }
+            assert!(start.elapsed() < Duration::from_secs(20), "nixcache did not start:\n{}", logs());
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        Self { url, port, data_dir: data_dir.to_path_buf(), log, process }
+    }
+
+    /// Starts nixcache in front of the given upstream URL, trusting the fixture's upstream key.
+    pub async fn in_front_of(data_dir: &Path, upstream: &str, key: &str, extra: &[&str]) -> Self {
+        let mut args = vec!["--upstream", upstream, "--upstream-key", key];
+        args.extend_from_slice(extra);
+        Self::start(data_dir, &args).await
+    }
+
+    pub fn logs(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    pub async fn public_key(&self) -> String {
+        let r = reqwest::get(format!("{}/pubkey", self.url)).await.expect("pubkey");
+        assert_eq!(r.status(), 200);
+        r.text().await.expect("pubkey body").trim().to_string()
+    }
+
+    /// Stops the server with SIGKILL.
+    pub fn kill(self) {
+        drop(self)
+    }
+}
+
+/// A static file server (`python3 -m http.server`) for a directory.
+pub struct StaticServer {
+    pub url: String,
+    _process: KillOnDrop,
+}
+
+impl StaticServer {
+    pub async fn start(dir: &Path) -> Self {
+        let port = free_port();
+        let child = Command::new("python3")
+            .args(["-m", "http.server", &port.to_string(), "--bind", "127.0.0.1", "--directory"])
+            .arg(dir)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("python3 -m http.server (python3 is required)");
+        let url = format!("http://127.0.0.1:{port}");
+        let server = Self { url: url.clone(), _process: KillOnDrop(child) };
+        wait_ready(&format!("{url}/nix-cache-info"), Duration::from_secs(20), "static server").await;
+        server
+    }
+}
+
+/// The Nix client, isolated: its own narinfo cache dir, no default substituters.
+pub struct NixClient {
+    xdg: tempfile::TempDir,
+}
+
+pub struct NixOutput {
+    pub success: bool,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl NixClient {
+    pub fn new() -> Self {
+        Self { xdg: tempfile::tempdir().expect("tempdir") }
+    }
+
+    /// `nix copy --from <cache> --to <store> <path>`, trusting only `trusted_key`, signatures required.
+    pub async fn copy_closure(&self, cache: &str, store: &Path, path: &str, trusted_key: &str) -> NixOutput {
+        let out = tokio::process::Command::new("nix")
+            .args(["copy", "--from", cache, "--to"])
+            .arg(store)
+            .arg(path)
+            .args(["--option", "trusted-public-keys", trusted_key, "--option", "require-sigs", "true"])
+            .env("XDG_CACHE_HOME", self.xdg.path())
+            .env("NIX_CONFIG", "substituters =\nexperimental-features = nix-command")
+            .output()
+            .await
+            .expect("running nix (nix-bin is required)");
+        NixOutput {
+            success: out.status.success(),
+            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        }
+    }
+}
+
+/// Store paths present in a chroot store made by `nix copy --to DIR`.
+pub fn store_contents(store: &Path) -> Vec<String> {
+    let mut v: Vec<String> = std::fs::read_dir(store.join("nix/store"))
+        .map(|d| d.filter_map(|e| e.ok()).map(|e| e.file_name().to_string_lossy().into_owned()).collect())
+        .unwrap_or_default();
+    v.retain(|n| !n.starts_with('.'));
+    v.sort();
+    v
+}
