@@ -29,11 +29,17 @@ pub enum ConfigError {
     #[error("cannot read config file {path}: {message}")]
     File { path: String, message: String },
     #[error("invalid {setting}: {message}")]
-    Invalid { setting: &'static str, message: String },
+    Invalid {
+        setting: &'static str,
+        message: String,
+    },
 }
 
 fn invalid(setting: &'static str, message: impl ToString) -> ConfigError {
-    ConfigError::Invalid { setting, message: message.to_string() }
+    ConfigError::Invalid {
+        setting,
+        message: message.to_string(),
+    }
 }
 
 /// A duration written the human way: `500ms`, `10s`, `5m`, `1h 30m`.
@@ -44,7 +50,9 @@ pub struct HumanDuration(pub Duration);
 impl FromStr for HumanDuration {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, String> {
-        humantime::parse_duration(s).map(Self).map_err(|e| format!("{s:?}: {e} (write e.g. 10s, 500ms, 5m)"))
+        humantime::parse_duration(s)
+            .map(Self)
+            .map_err(|e| format!("{s:?}: {e} (write e.g. 10s, 500ms, 5m)"))
     }
 }
 
@@ -90,13 +98,23 @@ pub struct ServeArgs {
     /// Without `priority=` its nix-cache-info decides (default 50); without `key=` the
     /// --upstream-key keys apply; `trust-unsigned` accepts narinfos without a trusted signature.
     /// In the environment, separate several with spaces. [default: https://cache.nixos.org]
-    #[arg(long = "upstream", env = "NIXCACHE_UPSTREAM", value_name = "SPEC", value_delimiter = ' ')]
+    #[arg(
+        long = "upstream",
+        env = "NIXCACHE_UPSTREAM",
+        value_name = "SPEC",
+        value_delimiter = ' '
+    )]
     #[serde(rename = "upstream")]
     pub upstreams: Vec<String>,
 
     /// Public key (`NAME:BASE64`) trusted to sign upstream narinfos, repeatable; space-separated in
     /// the environment. [default: cache.nixos.org-1:6NCHdD59X431o0gWypbMrAURkbJ16ZPMQFGspcDShjY=]
-    #[arg(long = "upstream-key", env = "NIXCACHE_UPSTREAM_KEY", value_name = "NAME:KEY", value_delimiter = ' ')]
+    #[arg(
+        long = "upstream-key",
+        env = "NIXCACHE_UPSTREAM_KEY",
+        value_name = "NAME:KEY",
+        value_delimiter = ' '
+    )]
     #[serde(rename = "upstream-key")]
     pub upstream_keys: Vec<String>,
 
@@ -119,7 +137,11 @@ pub struct ServeArgs {
     pub database_url: Option<String>,
 
     /// Time to connect to an upstream. [default: 5s]
-    #[arg(long, env = "NIXCACHE_UPSTREAM_CONNECT_TIMEOUT", value_name = "DURATION")]
+    #[arg(
+        long,
+        env = "NIXCACHE_UPSTREAM_CONNECT_TIMEOUT",
+        value_name = "DURATION"
+    )]
     pub upstream_connect_timeout: Option<HumanDuration>,
 
     /// Time for an upstream to answer (connect to response headers; whole narinfo). [default: 10s]
@@ -158,7 +180,10 @@ pub enum DatabaseConfig {
 pub enum SigningKeySource {
     File(PathBuf),
     /// Kept in the data dir; generated with this name when absent.
-    Generated { path: PathBuf, name: String },
+    Generated {
+        path: PathBuf,
+        name: String,
+    },
 }
 
 /// Validated configuration.
@@ -186,13 +211,23 @@ impl ServeArgs {
             config: self.config.or(other.config),
             listen: self.listen.or(other.listen),
             data_dir: self.data_dir.or(other.data_dir),
-            upstreams: if self.upstreams.is_empty() { other.upstreams } else { self.upstreams },
-            upstream_keys: if self.upstream_keys.is_empty() { other.upstream_keys } else { self.upstream_keys },
+            upstreams: if self.upstreams.is_empty() {
+                other.upstreams
+            } else {
+                self.upstreams
+            },
+            upstream_keys: if self.upstream_keys.is_empty() {
+                other.upstream_keys
+            } else {
+                self.upstream_keys
+            },
             signing_key_file: self.signing_key_file.or(other.signing_key_file),
             signing_key_name: self.signing_key_name.or(other.signing_key_name),
             priority: self.priority.or(other.priority),
             database_url: self.database_url.or(other.database_url),
-            upstream_connect_timeout: self.upstream_connect_timeout.or(other.upstream_connect_timeout),
+            upstream_connect_timeout: self
+                .upstream_connect_timeout
+                .or(other.upstream_connect_timeout),
             upstream_timeout: self.upstream_timeout.or(other.upstream_timeout),
             upstream_stall_timeout: self.upstream_stall_timeout.or(other.upstream_stall_timeout),
             negative_ttl: self.negative_ttl.or(other.negative_ttl),
@@ -206,10 +241,14 @@ impl ServeArgs {
     pub fn resolve(self) -> Result<Config, ConfigError> {
         let args = match &self.config {
             Some(path) => {
-                let text = std::fs::read_to_string(path)
-                    .map_err(|e| ConfigError::File { path: path.display().to_string(), message: e.to_string() })?;
-                let file: ServeArgs = toml::from_str(&text)
-                    .map_err(|e| ConfigError::File { path: path.display().to_string(), message: e.to_string() })?;
+                let text = std::fs::read_to_string(path).map_err(|e| ConfigError::File {
+                    path: path.display().to_string(),
+                    message: e.to_string(),
+                })?;
+                let file: ServeArgs = toml::from_str(&text).map_err(|e| ConfigError::File {
+                    path: path.display().to_string(),
+                    message: e.to_string(),
+                })?;
                 self.or(file)
             }
             None => self,
@@ -218,17 +257,35 @@ impl ServeArgs {
     }
 
     fn into_config(self) -> Result<Config, ConfigError> {
-        let data_dir = self.data_dir.unwrap_or_else(|| PathBuf::from(DEFAULT_DATA_DIR));
-        let store_dir = self.store_dir.unwrap_or_else(|| DEFAULT_STORE_DIR.to_string());
+        let data_dir = self
+            .data_dir
+            .unwrap_or_else(|| PathBuf::from(DEFAULT_DATA_DIR));
+        let store_dir = self
+            .store_dir
+            .unwrap_or_else(|| DEFAULT_STORE_DIR.to_string());
         if !is_canonical_dir(&store_dir) {
-            return Err(invalid("store-dir", format!("{store_dir:?} is not an absolute, normalized directory")));
+            return Err(invalid(
+                "store-dir",
+                format!("{store_dir:?} is not an absolute, normalized directory"),
+            ));
         }
-        let keys = if self.upstream_keys.is_empty() { vec![CACHE_NIXOS_ORG_KEY.to_string()] } else { self.upstream_keys };
+        let keys = if self.upstream_keys.is_empty() {
+            vec![CACHE_NIXOS_ORG_KEY.to_string()]
+        } else {
+            self.upstream_keys
+        };
         let default_keys = keys
             .iter()
-            .map(|k| PublicKey::parse(k).map_err(|e| invalid("upstream-key", format!("{}: {e}", key_name(k)))))
+            .map(|k| {
+                PublicKey::parse(k)
+                    .map_err(|e| invalid("upstream-key", format!("{}: {e}", key_name(k))))
+            })
             .collect::<Result<Vec<_>, _>>()?;
-        let specs = if self.upstreams.is_empty() { vec![DEFAULT_UPSTREAM.to_string()] } else { self.upstreams };
+        let specs = if self.upstreams.is_empty() {
+            vec![DEFAULT_UPSTREAM.to_string()]
+        } else {
+            self.upstreams
+        };
         let upstreams = specs
             .iter()
             .filter(|s| !s.trim().is_empty())
@@ -237,18 +294,29 @@ impl ServeArgs {
         let signing_key = match self.signing_key_file {
             Some(path) => SigningKeySource::File(path),
             None => {
-                let name = self.signing_key_name.unwrap_or_else(|| DEFAULT_KEY_NAME.to_string());
+                let name = self
+                    .signing_key_name
+                    .unwrap_or_else(|| DEFAULT_KEY_NAME.to_string());
                 if name.is_empty() || name.contains(':') || name.contains(char::is_whitespace) {
-                    return Err(invalid("signing-key-name", "must be non-empty, without ':' or spaces"));
+                    return Err(invalid(
+                        "signing-key-name",
+                        "must be non-empty, without ':' or spaces",
+                    ));
                 }
-                SigningKeySource::Generated { path: data_dir.join("signing-key.sec"), name }
+                SigningKeySource::Generated {
+                    path: data_dir.join("signing-key.sec"),
+                    name,
+                }
             }
         };
         let database = match self.database_url {
             None => DatabaseConfig::Sqlite(data_dir.join("nixcache.sqlite")),
             Some(url) => parse_database_url(&url)?,
         };
-        let positive = |setting: &'static str, d: Option<HumanDuration>, default: u64| -> Result<Duration, ConfigError> {
+        let positive = |setting: &'static str,
+                        d: Option<HumanDuration>,
+                        default: u64|
+         -> Result<Duration, ConfigError> {
             let d = d.map_or(Duration::from_secs(default), |d| d.0);
             if d.is_zero() {
                 return Err(invalid(setting, "must be more than zero"));
@@ -256,14 +324,26 @@ impl ServeArgs {
             Ok(d)
         };
         Ok(Config {
-            listen: self.listen.unwrap_or_else(|| DEFAULT_LISTEN.parse().unwrap_or(SocketAddr::from(([0, 0, 0, 0], 8080)))),
+            listen: self.listen.unwrap_or_else(|| {
+                DEFAULT_LISTEN
+                    .parse()
+                    .unwrap_or(SocketAddr::from(([0, 0, 0, 0], 8080)))
+            }),
             upstreams,
             signing_key,
             priority: self.priority.unwrap_or(DEFAULT_PRIORITY),
             database,
-            upstream_connect_timeout: positive("upstream-connect-timeout", self.upstream_connect_timeout, 5)?,
+            upstream_connect_timeout: positive(
+                "upstream-connect-timeout",
+                self.upstream_connect_timeout,
+                5,
+            )?,
             upstream_timeout: positive("upstream-timeout", self.upstream_timeout, 10)?,
-            upstream_stall_timeout: positive("upstream-stall-timeout", self.upstream_stall_timeout, 60)?,
+            upstream_stall_timeout: positive(
+                "upstream-stall-timeout",
+                self.upstream_stall_timeout,
+                60,
+            )?,
             negative_ttl: self.negative_ttl.map_or(Duration::from_secs(60), |d| d.0),
             narinfo_memory_entries: self.narinfo_memory_entries.unwrap_or(100_000),
             store_dir,
@@ -275,7 +355,11 @@ impl ServeArgs {
 
 /// The name part of a key, for error messages that must not echo key material.
 fn key_name(k: &str) -> String {
-    k.split_once(':').map_or("key", |(n, _)| n).chars().take(64).collect()
+    k.split_once(':')
+        .map_or("key", |(n, _)| n)
+        .chars()
+        .take(64)
+        .collect()
 }
 
 fn parse_upstream(spec: &str, default_keys: &[PublicKey]) -> Result<UpstreamConfig, ConfigError> {
@@ -283,19 +367,39 @@ fn parse_upstream(spec: &str, default_keys: &[PublicKey]) -> Result<UpstreamConf
     let raw = parts.next().unwrap_or_default();
     let url = Url::parse(raw).map_err(|e| invalid("upstream", format!("{raw:?}: {e}")))?;
     if !matches!(url.scheme(), "http" | "https") || url.host_str().is_none() {
-        return Err(invalid("upstream", format!("{} is not an http(s) URL", crate::upstream::http::redact(&url))));
+        return Err(invalid(
+            "upstream",
+            format!(
+                "{} is not an http(s) URL",
+                crate::upstream::http::redact(&url)
+            ),
+        ));
     }
-    let mut config = UpstreamConfig { url, priority: None, keys: Vec::new(), trust_unsigned: false };
+    let mut config = UpstreamConfig {
+        url,
+        priority: None,
+        keys: Vec::new(),
+        trust_unsigned: false,
+    };
     for opt in parts {
         match opt.split_once('=') {
             Some(("priority", n)) => {
-                config.priority = Some(n.parse().map_err(|_| invalid("upstream", format!("priority {n:?} is not a number")))?)
+                config.priority =
+                    Some(n.parse().map_err(|_| {
+                        invalid("upstream", format!("priority {n:?} is not a number"))
+                    })?)
             }
-            Some(("key", k)) => config
-                .keys
-                .push(PublicKey::parse(k).map_err(|e| invalid("upstream", format!("key {}: {e}", key_name(k))))?),
+            Some(("key", k)) => config.keys.push(
+                PublicKey::parse(k)
+                    .map_err(|e| invalid("upstream", format!("key {}: {e}", key_name(k))))?,
+            ),
             None if opt == "trust-unsigned" => config.trust_unsigned = true,
-            _ => return Err(invalid("upstream", format!("unknown option {opt:?} (priority=N, key=NAME:KEY, trust-unsigned)"))),
+            _ => {
+                return Err(invalid(
+                    "upstream",
+                    format!("unknown option {opt:?} (priority=N, key=NAME:KEY, trust-unsigned)"),
+                ))
+            }
         }
     }
     if config.keys.is_empty() {
@@ -305,14 +409,23 @@ fn parse_upstream(spec: &str, default_keys: &[PublicKey]) -> Result<UpstreamConf
 }
 
 fn parse_database_url(url: &str) -> Result<DatabaseConfig, ConfigError> {
-    if let Some(path) = url.strip_prefix("sqlite://").or_else(|| url.strip_prefix("sqlite:")) {
+    if let Some(path) = url
+        .strip_prefix("sqlite://")
+        .or_else(|| url.strip_prefix("sqlite:"))
+    {
         if path.is_empty() {
             return Err(invalid("database-url", "sqlite URL without a path"));
         }
         return Ok(DatabaseConfig::Sqlite(PathBuf::from(path)));
     }
     let scheme = url.split_once(':').map_or("", |(s, _)| s);
-    Err(invalid("database-url", format!("unsupported scheme {:?}: use sqlite://PATH", scheme.chars().take(20).collect::<String>())))
+    Err(invalid(
+        "database-url",
+        format!(
+            "unsupported scheme {:?}: use sqlite://PATH",
+            scheme.chars().take(20).collect::<String>()
+        ),
+    ))
 }
 
 /// Loads the signing key, generating and saving one (mode 0600) on first start.
@@ -324,15 +437,18 @@ pub fn load_signing_key(source: &SigningKeySource) -> Result<(SecretKey, bool), 
                 return Ok((read_key(path)?, false));
             }
             let key = SecretKey::generate(name).map_err(|e| invalid("signing key", e))?;
-            write_secret(path, &key.to_file_contents()).map_err(|e| invalid("signing key", format!("{}: {e}", path.display())))?;
+            write_secret(path, &key.to_file_contents())
+                .map_err(|e| invalid("signing key", format!("{}: {e}", path.display())))?;
             Ok((key, true))
         }
     }
 }
 
 fn read_key(path: &Path) -> Result<SecretKey, ConfigError> {
-    let text = std::fs::read_to_string(path).map_err(|e| invalid("signing-key-file", format!("{}: {e}", path.display())))?;
-    SecretKey::parse(&text).map_err(|e| invalid("signing-key-file", format!("{}: {e}", path.display())))
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| invalid("signing-key-file", format!("{}: {e}", path.display())))?;
+    SecretKey::parse(&text)
+        .map_err(|e| invalid("signing-key-file", format!("{}: {e}", path.display())))
 }
 
 /// Writes a secret to a new file readable only by its owner; never replaces an existing file.
@@ -342,7 +458,11 @@ pub fn write_secret(path: &Path, contents: &str) -> std::io::Result<()> {
     if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
         std::fs::create_dir_all(parent)?;
     }
-    let mut f = std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(path)?;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)?;
     f.write_all(contents.as_bytes())?;
     f.sync_all()
 }
@@ -360,20 +480,36 @@ mod tests {
         assert_eq!(c.upstreams[0].url.as_str(), "https://cache.nixos.org/");
         assert_eq!(c.upstreams[0].keys[0].to_string(), CACHE_NIXOS_ORG_KEY);
         assert_eq!(c.priority, 40);
-        assert_eq!(c.database, DatabaseConfig::Sqlite(PathBuf::from("./nixcache-data/nixcache.sqlite")));
+        assert_eq!(
+            c.database,
+            DatabaseConfig::Sqlite(PathBuf::from("./nixcache-data/nixcache.sqlite"))
+        );
         assert!(matches!(c.signing_key, SigningKeySource::Generated { .. }));
     }
 
     #[test]
     fn upstream_specs() {
         let key = PublicKey::parse(CACHE_NIXOS_ORG_KEY).expect("key");
-        let u = parse_upstream("http://a.example/sub,priority=7,trust-unsigned", std::slice::from_ref(&key)).expect("valid");
-        assert_eq!((u.priority, u.trust_unsigned, u.keys.len()), (Some(7), true, 1));
+        let u = parse_upstream(
+            "http://a.example/sub,priority=7,trust-unsigned",
+            std::slice::from_ref(&key),
+        )
+        .expect("valid");
+        assert_eq!(
+            (u.priority, u.trust_unsigned, u.keys.len()),
+            (Some(7), true, 1)
+        );
         let own = "other-1:vcUimjOS/F79QrUloWtvsY/0GeyqpkxAfjfM5nPtjRQ=";
         let u = parse_upstream(&format!("https://b.example,key={own}"), &[key]).expect("valid");
         assert_eq!(u.keys.len(), 1);
         assert_eq!(u.keys[0].name(), "other-1");
-        for bad in ["ftp://x", "not a url", "http://x,priority=high", "http://x,colour=blue", "http://x,key=k:AAAA"] {
+        for bad in [
+            "ftp://x",
+            "not a url",
+            "http://x,priority=high",
+            "http://x,colour=blue",
+            "http://x,key=k:AAAA",
+        ] {
             assert!(parse_upstream(bad, &[]).is_err(), "{bad}");
         }
     }
@@ -387,7 +523,11 @@ mod tests {
             "listen = \"127.0.0.1:9000\"\npriority = 10\nupstream = [\"http://u.example\"]\nnegative-ttl = \"5s\"\n",
         )
         .expect("write");
-        let args = ServeArgs { config: Some(path.clone()), priority: Some(30), ..Default::default() };
+        let args = ServeArgs {
+            config: Some(path.clone()),
+            priority: Some(30),
+            ..Default::default()
+        };
         let c = args.resolve().expect("valid");
         assert_eq!(c.listen.to_string(), "127.0.0.1:9000");
         assert_eq!(c.priority, 30, "flags win over the file");
@@ -395,14 +535,24 @@ mod tests {
         assert_eq!(c.upstreams[0].url.as_str(), "http://u.example/");
 
         std::fs::write(&path, "no-such-setting = 1\n").expect("write");
-        let err = ServeArgs { config: Some(path), ..Default::default() }.resolve().expect_err("unknown key");
+        let err = ServeArgs {
+            config: Some(path),
+            ..Default::default()
+        }
+        .resolve()
+        .expect_err("unknown key");
         assert!(err.to_string().contains("no-such-setting"), "{err}");
     }
 
     #[test]
     fn errors_never_echo_key_material() {
         let secret = "k-1:c2VjcmV0c2VjcmV0c2VjcmV0";
-        let err = ServeArgs { upstream_keys: vec![secret.into()], ..Default::default() }.resolve().expect_err("bad key");
+        let err = ServeArgs {
+            upstream_keys: vec![secret.into()],
+            ..Default::default()
+        }
+        .resolve()
+        .expect_err("bad key");
         assert!(!err.to_string().contains("c2VjcmV0"), "{err}");
     }
 
@@ -410,10 +560,16 @@ mod tests {
     fn generated_key_is_private_and_stable() {
         use std::os::unix::fs::PermissionsExt as _;
         let dir = tempfile::tempdir().expect("tempdir");
-        let source = SigningKeySource::Generated { path: dir.path().join("k.sec"), name: "test-1".into() };
+        let source = SigningKeySource::Generated {
+            path: dir.path().join("k.sec"),
+            name: "test-1".into(),
+        };
         let (k1, created) = load_signing_key(&source).expect("generate");
         assert!(created);
-        let mode = std::fs::metadata(dir.path().join("k.sec")).expect("stat").permissions().mode();
+        let mode = std::fs::metadata(dir.path().join("k.sec"))
+            .expect("stat")
+            .permissions()
+            .mode();
         assert_eq!(mode & 0o777, 0o600);
         let (k2, created) = load_signing_key(&source).expect("load");
         assert!(!created);
@@ -422,7 +578,12 @@ mod tests {
 
     #[test]
     fn rejects_unsupported_database() {
-        let err = ServeArgs { database_url: Some("mysql://u:pw@h/db".into()), ..Default::default() }.resolve().expect_err("bad");
+        let err = ServeArgs {
+            database_url: Some("mysql://u:pw@h/db".into()),
+            ..Default::default()
+        }
+        .resolve()
+        .expect_err("bad");
         assert!(!err.to_string().contains("pw"));
     }
 }

@@ -1,15 +1,19 @@
 //! `nixcache`: the command line.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use nixcache::config::{LogFormat, ServeArgs, write_secret};
+use nixcache::config::{write_secret, LogFormat, ServeArgs};
 use nixcache::nix::SecretKey;
 use tracing_subscriber::EnvFilter;
 
 #[derive(Parser)]
-#[command(name = "nixcache", version, about = "A pull-through Nix binary cache proxy")]
+#[command(
+    name = "nixcache",
+    version,
+    about = "A pull-through Nix binary cache proxy"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -37,19 +41,22 @@ enum Command {
 
 fn init_logging(format: LogFormat) {
     let filter = EnvFilter::try_from_env("NIXCACHE_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     match format {
         LogFormat::Json => builder.json().init(),
         LogFormat::Text => builder.init(),
     }
 }
 
-fn keygen(name: &str, secret: &PathBuf, public: Option<&PathBuf>) -> anyhow::Result<()> {
+fn keygen(name: &str, secret: &Path, public: Option<&Path>) -> anyhow::Result<()> {
     let key = SecretKey::generate(name)?;
     write_secret(secret, &key.to_file_contents())
         .map_err(|e| anyhow::anyhow!("writing {}: {e}", secret.display()))?;
     if let Some(p) = public {
-        std::fs::write(p, key.public_key().to_string()).map_err(|e| anyhow::anyhow!("writing {}: {e}", p.display()))?;
+        std::fs::write(p, key.public_key().to_string())
+            .map_err(|e| anyhow::anyhow!("writing {}: {e}", p.display()))?;
     }
     println!("{}", key.public_key());
     Ok(())
@@ -58,7 +65,11 @@ fn keygen(name: &str, secret: &PathBuf, public: Option<&PathBuf>) -> anyhow::Res
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::Keygen { name, secret_key_file, public_key_file } => keygen(&name, &secret_key_file, public_key_file.as_ref()),
+        Command::Keygen {
+            name,
+            secret_key_file,
+            public_key_file,
+        } => keygen(&name, &secret_key_file, public_key_file.as_deref()),
         Command::Serve(args) => args.resolve().map_err(Into::into).and_then(|config| {
             init_logging(config.log_format);
             actix_web::rt::System::new().block_on(nixcache::server::serve(config))

@@ -14,8 +14,11 @@ pub struct Metrics {
 }
 
 fn counter(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
-    let c = IntCounterVec::new(Opts::new(name, help), labels).unwrap_or_else(|e| panic!("metric {name}: {e}"));
-    registry.register(Box::new(c.clone())).unwrap_or_else(|e| panic!("metric {name}: {e}"));
+    let c = IntCounterVec::new(Opts::new(name, help), labels)
+        .unwrap_or_else(|e| panic!("metric {name}: {e}"));
+    registry
+        .register(Box::new(c.clone()))
+        .unwrap_or_else(|e| panic!("metric {name}: {e}"));
     c
 }
 
@@ -23,19 +26,51 @@ impl Metrics {
     pub fn new() -> Self {
         let registry = Registry::new();
         Self {
-            http_requests: counter(&registry, "nixcache_http_requests_total", "HTTP requests by route and status", &["route", "status"]),
-            narinfo_lookups: counter(&registry, "nixcache_narinfo_lookups_total", "narinfo requests by where they were answered from", &["result"]),
-            upstream_errors: counter(&registry, "nixcache_upstream_errors_total", "Failed upstream requests (timeouts, bad status, invalid or untrusted narinfos)", &["upstream", "kind"]),
-            nar_downloads: counter(&registry, "nixcache_nar_downloads_total", "NAR downloads from upstreams by outcome", &["result"]),
-            nar_requests: counter(&registry, "nixcache_nar_requests_total", "NAR requests by how they were served", &["result"]),
-            backend_errors: counter(&registry, "nixcache_backend_errors_total", "Errors from storage, database or locks", &["backend"]),
+            http_requests: counter(
+                &registry,
+                "nixcache_http_requests_total",
+                "HTTP requests by route and status",
+                &["route", "status"],
+            ),
+            narinfo_lookups: counter(
+                &registry,
+                "nixcache_narinfo_lookups_total",
+                "narinfo requests by where they were answered from",
+                &["result"],
+            ),
+            upstream_errors: counter(
+                &registry,
+                "nixcache_upstream_errors_total",
+                "Failed upstream requests (timeouts, bad status, invalid or untrusted narinfos)",
+                &["upstream", "kind"],
+            ),
+            nar_downloads: counter(
+                &registry,
+                "nixcache_nar_downloads_total",
+                "NAR downloads from upstreams by outcome",
+                &["result"],
+            ),
+            nar_requests: counter(
+                &registry,
+                "nixcache_nar_requests_total",
+                "NAR requests by how they were served",
+                &["result"],
+            ),
+            backend_errors: counter(
+                &registry,
+                "nixcache_backend_errors_total",
+                "Errors from storage, database or locks",
+                &["backend"],
+            ),
             registry,
         }
     }
 
     /// The text exposition format.
     pub fn render(&self) -> String {
-        TextEncoder::new().encode_to_string(&self.registry.gather()).unwrap_or_default()
+        TextEncoder::new()
+            .encode_to_string(&self.registry.gather())
+            .unwrap_or_default()
     }
 }
 

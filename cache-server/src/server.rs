@@ -4,15 +4,15 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use actix_web::{App, HttpServer, middleware, web};
+use actix_web::{middleware, web, App, HttpServer};
 use anyhow::Context as _;
 use tracing::{info, warn};
 
 use crate::cache::{Cache, CacheSettings};
-use crate::config::{Config, DatabaseConfig, load_signing_key};
+use crate::config::{load_signing_key, Config, DatabaseConfig};
 use crate::db::{Database, SqliteDatabase};
-use crate::http::{AppState, configure, count_requests};
-use crate::lock::{Lock, LocalLock};
+use crate::http::{configure, count_requests, AppState};
+use crate::lock::{LocalLock, Lock};
 use crate::metrics::Metrics;
 use crate::nix::CacheInfo;
 use crate::storage::{LocalStorage, Storage};
@@ -26,9 +26,13 @@ pub async fn open_database(config: &Config) -> anyhow::Result<Arc<dyn Database>>
     match &config.database {
         DatabaseConfig::Sqlite(path) => {
             if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
-                tokio::fs::create_dir_all(parent).await.with_context(|| format!("creating {}", parent.display()))?;
+                tokio::fs::create_dir_all(parent)
+                    .await
+                    .with_context(|| format!("creating {}", parent.display()))?;
             }
-            let db = SqliteDatabase::open(path).await.with_context(|| format!("opening {}", path.display()))?;
+            let db = SqliteDatabase::open(path)
+                .await
+                .with_context(|| format!("opening {}", path.display()))?;
             Ok(Arc::new(db))
         }
     }
@@ -51,10 +55,14 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
     let staging_dir = config.data_dir.join("tmp");
     // Partial downloads from an earlier run are never complete: start with an empty staging dir.
     let _ = tokio::fs::remove_dir_all(&staging_dir).await;
-    tokio::fs::create_dir_all(&staging_dir).await.with_context(|| format!("creating {}", staging_dir.display()))?;
+    tokio::fs::create_dir_all(&staging_dir)
+        .await
+        .with_context(|| format!("creating {}", staging_dir.display()))?;
 
     let storage: Arc<dyn Storage> = Arc::new(
-        LocalStorage::open(config.data_dir.join("store")).await.context("opening local storage")?,
+        LocalStorage::open(config.data_dir.join("store"))
+            .await
+            .context("opening local storage")?,
     );
     let db = open_database(&config).await?;
     let lock: Arc<dyn Lock> = Arc::new(LocalLock::new());
@@ -63,14 +71,24 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
     if created {
         info!(public_key = %key.public_key(), "generated a new signing key");
     }
-    info!("public key (for clients' trusted-public-keys): {}", key.public_key());
+    info!(
+        "public key (for clients' trusted-public-keys): {}",
+        key.public_key()
+    );
 
     let client = http_client(&config)?;
     let upstreams = Upstreams::new(
         config
             .upstreams
             .iter()
-            .map(|u| Arc::new(HttpUpstream::new(u.clone(), client.clone(), config.upstream_timeout, &config.store_dir)))
+            .map(|u| {
+                Arc::new(HttpUpstream::new(
+                    u.clone(),
+                    client.clone(),
+                    config.upstream_timeout,
+                    &config.store_dir,
+                ))
+            })
             .collect(),
     );
     let metrics = Metrics::new();
@@ -97,8 +115,16 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
         })
     };
 
-    let cache_info = CacheInfo { store_dir: config.store_dir.clone(), want_mass_query: true, priority: Some(config.priority) }.to_text();
-    let state = web::Data::new(AppState { cache: cache.clone(), cache_info });
+    let cache_info = CacheInfo {
+        store_dir: config.store_dir.clone(),
+        want_mass_query: true,
+        priority: Some(config.priority),
+    }
+    .to_text();
+    let state = web::Data::new(AppState {
+        cache: cache.clone(),
+        cache_info,
+    });
     let server = HttpServer::new(move || {
         App::new()
             .app_data(state.clone())
@@ -125,7 +151,9 @@ async fn learn_upstream_priorities(upstreams: Upstreams) {
                 continue;
             }
             match u.refresh_cache_info().await {
-                Ok(info) => info!(upstream = u.label(), priority = u.priority(), store_dir = %info.store_dir, "upstream reachable"),
+                Ok(info) => {
+                    info!(upstream = u.label(), priority = u.priority(), store_dir = %info.store_dir, "upstream reachable")
+                }
                 Err(e) => {
                     pending += 1;
                     warn!(upstream = u.label(), error = %e, "upstream nix-cache-info unavailable; retrying in the background");

@@ -5,11 +5,14 @@ mod common;
 use std::os::unix::fs::PermissionsExt;
 use std::process::Command;
 
-use common::{Nixcache, nixcache_bin};
+use common::{nixcache_bin, Nixcache};
 
 #[test]
 fn serve_help_documents_every_flag_and_its_env_var() {
-    let out = Command::new(nixcache_bin()).args(["serve", "--help"]).output().expect("help");
+    let out = Command::new(nixcache_bin())
+        .args(["serve", "--help"])
+        .output()
+        .expect("help");
     assert!(out.status.success());
     let help = String::from_utf8_lossy(&out.stdout);
     for flag in [
@@ -25,12 +28,23 @@ fn serve_help_documents_every_flag_and_its_env_var() {
         "upstream-connect-timeout",
         "negative-ttl",
     ] {
-        assert!(help.contains(&format!("--{flag} ")), "--{flag} missing:\n{help}");
+        assert!(
+            help.contains(&format!("--{flag} ")),
+            "--{flag} missing:\n{help}"
+        );
         let env = format!("NIXCACHE_{}", flag.to_uppercase().replace('-', "_"));
         assert!(help.contains(&env), "{env} missing:\n{help}");
     }
-    for default in ["0.0.0.0:8080", "./nixcache-data", "https://cache.nixos.org", "cache.nixos.org-1:"] {
-        assert!(help.contains(default), "default {default} not documented:\n{help}");
+    for default in [
+        "0.0.0.0:8080",
+        "./nixcache-data",
+        "https://cache.nixos.org",
+        "cache.nixos.org-1:",
+    ] {
+        assert!(
+            help.contains(default),
+            "default {default} not documented:\n{help}"
+        );
     }
 }
 
@@ -39,7 +53,10 @@ fn bad_configuration_is_a_clear_error() {
     for (args, expect) in [
         (vec!["--upstream", "ftp://x"], "upstream"),
         (vec!["--upstream-key", "nonsense"], "upstream-key"),
-        (vec!["--database-url", "mysql://root:hunter2@db/x"], "database-url"),
+        (
+            vec!["--database-url", "mysql://root:hunter2@db/x"],
+            "database-url",
+        ),
         (vec!["--upstream-timeout", "soon"], "upstream-timeout"),
     ] {
         let tmp = tempfile::tempdir().expect("tempdir");
@@ -68,20 +85,40 @@ fn keygen_writes_a_private_key_nix_can_read() {
         .arg(&public)
         .output()
         .expect("keygen");
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    assert_eq!(std::fs::metadata(&sec).expect("sec").permissions().mode() & 0o777, 0o600);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        std::fs::metadata(&sec).expect("sec").permissions().mode() & 0o777,
+        0o600
+    );
     let printed = String::from_utf8_lossy(&out.stdout).trim().to_string();
     assert_eq!(std::fs::read_to_string(&public).expect("pub"), printed);
     // Nix signs with it (so the format is Nix's).
     let nix = Command::new("nix")
-        .args(["--extra-experimental-features", "nix-command", "key", "convert-secret-to-public"])
+        .args([
+            "--extra-experimental-features",
+            "nix-command",
+            "key",
+            "convert-secret-to-public",
+        ])
         .stdin(std::fs::File::open(&sec).expect("open"))
         .output()
         .expect("nix key");
-    assert!(nix.status.success(), "{}", String::from_utf8_lossy(&nix.stderr));
+    assert!(
+        nix.status.success(),
+        "{}",
+        String::from_utf8_lossy(&nix.stderr)
+    );
     assert_eq!(String::from_utf8_lossy(&nix.stdout).trim(), printed);
     // Never overwrites an existing key.
-    let again = Command::new(nixcache_bin()).args(["keygen", "--name", "x", "--secret-key-file"]).arg(&sec).output().expect("keygen");
+    let again = Command::new(nixcache_bin())
+        .args(["keygen", "--name", "x", "--secret-key-file"])
+        .arg(&sec)
+        .output()
+        .expect("keygen");
     assert!(!again.status.success());
 }
 
@@ -90,9 +127,25 @@ async fn zero_configuration_start_generates_a_key_and_serves_the_endpoints() {
     let tmp = tempfile::tempdir().expect("tempdir");
     let data = tmp.path().join("data");
     // Default upstream (cache.nixos.org) is unreachable here: nixcache starts anyway.
-    let cache = Nixcache::start(&data, &["--upstream-timeout", "2s", "--upstream-connect-timeout", "1s"]).await;
+    let cache = Nixcache::start(
+        &data,
+        &[
+            "--upstream-timeout",
+            "2s",
+            "--upstream-connect-timeout",
+            "1s",
+        ],
+    )
+    .await;
     let key_file = data.join("signing-key.sec");
-    assert_eq!(std::fs::metadata(&key_file).expect("key").permissions().mode() & 0o777, 0o600);
+    assert_eq!(
+        std::fs::metadata(&key_file)
+            .expect("key")
+            .permissions()
+            .mode()
+            & 0o777,
+        0o600
+    );
     let public = cache.public_key().await;
     assert!(cache.logs().contains(&public), "public key not logged");
     let secret = std::fs::read_to_string(&key_file).expect("key");
@@ -102,13 +155,26 @@ async fn zero_configuration_start_generates_a_key_and_serves_the_endpoints() {
     let get = |path: &str| reqwest::get(format!("{}{path}", cache.url));
     let r = get("/nix-cache-info").await.expect("cache info");
     assert_eq!(r.headers()["content-type"], "text/x-nix-cache-info");
-    assert_eq!(r.text().await.expect("body"), "StoreDir: /nix/store\nWantMassQuery: 1\nPriority: 40\n");
+    assert_eq!(
+        r.text().await.expect("body"),
+        "StoreDir: /nix/store\nWantMassQuery: 1\nPriority: 40\n"
+    );
     assert_eq!(get("/healthz").await.expect("healthz").status(), 200);
     assert_eq!(get("/readyz").await.expect("readyz").status(), 200);
     let r = get("/metrics").await.expect("metrics");
-    assert!(r.text().await.expect("body").contains("nixcache_http_requests_total"));
-    let r = get(&format!("/{}.narinfo", "0".repeat(32))).await.expect("narinfo");
-    assert_eq!(r.status(), 404, "an unreachable upstream is a miss, never a 5xx");
+    assert!(r
+        .text()
+        .await
+        .expect("body")
+        .contains("nixcache_http_requests_total"));
+    let r = get(&format!("/{}.narinfo", "0".repeat(32)))
+        .await
+        .expect("narinfo");
+    assert_eq!(
+        r.status(),
+        404,
+        "an unreachable upstream is a miss, never a 5xx"
+    );
     assert!(data.join("nixcache.sqlite").exists());
 }
 
@@ -116,7 +182,11 @@ async fn zero_configuration_start_generates_a_key_and_serves_the_endpoints() {
 async fn settings_come_from_env_and_config_file() {
     let tmp = tempfile::tempdir().expect("tempdir");
     let config = tmp.path().join("nixcache.toml");
-    std::fs::write(&config, "priority = 17\nupstream = [\"http://127.0.0.1:9\"]\nupstream-timeout = \"1s\"\n").expect("write");
+    std::fs::write(
+        &config,
+        "priority = 17\nupstream = [\"http://127.0.0.1:9\"]\nupstream-timeout = \"1s\"\n",
+    )
+    .expect("write");
     let config = config.to_string_lossy().into_owned();
     let cache = Nixcache::start_with_env(
         &tmp.path().join("data"),
@@ -124,17 +194,42 @@ async fn settings_come_from_env_and_config_file() {
         &[("NIXCACHE_SIGNING_KEY_NAME", "from-env-1")],
     )
     .await;
-    let info = reqwest::get(format!("{}/nix-cache-info", cache.url)).await.expect("info").text().await.expect("body");
+    let info = reqwest::get(format!("{}/nix-cache-info", cache.url))
+        .await
+        .expect("info")
+        .text()
+        .await
+        .expect("body");
     assert!(info.contains("Priority: 17"), "{info}");
     assert!(cache.public_key().await.starts_with("from-env-1:"));
 
     // A flag wins over the environment and the file.
     let tmp2 = tempfile::tempdir().expect("tempdir");
-    let cache = Nixcache::start_with_env(&tmp2.path().join("data"), &["--config", &config, "--priority", "3"], &[("NIXCACHE_PRIORITY", "5")]).await;
-    let info = reqwest::get(format!("{}/nix-cache-info", cache.url)).await.expect("info").text().await.expect("body");
+    let cache = Nixcache::start_with_env(
+        &tmp2.path().join("data"),
+        &["--config", &config, "--priority", "3"],
+        &[("NIXCACHE_PRIORITY", "5")],
+    )
+    .await;
+    let info = reqwest::get(format!("{}/nix-cache-info", cache.url))
+        .await
+        .expect("info")
+        .text()
+        .await
+        .expect("body");
     assert!(info.contains("Priority: 3"), "{info}");
     let tmp3 = tempfile::tempdir().expect("tempdir");
-    let cache = Nixcache::start_with_env(&tmp3.path().join("data"), &["--config", &config], &[("NIXCACHE_PRIORITY", "5")]).await;
-    let info = reqwest::get(format!("{}/nix-cache-info", cache.url)).await.expect("info").text().await.expect("body");
+    let cache = Nixcache::start_with_env(
+        &tmp3.path().join("data"),
+        &["--config", &config],
+        &[("NIXCACHE_PRIORITY", "5")],
+    )
+    .await;
+    let info = reqwest::get(format!("{}/nix-cache-info", cache.url))
+        .await
+        .expect("info")
+        .text()
+        .await
+        .expect("body");
     assert!(info.contains("Priority: 5"), "{info}");
 }

@@ -5,7 +5,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{FaultyUpstream, Fixture, Mode, Nixcache, fixture};
+use common::{fixture, FaultyUpstream, Fixture, Mode, Nixcache};
 use futures_util::StreamExt;
 
 struct Setup {
@@ -23,7 +23,8 @@ async fn setup(mode: Mode, extra: &[&str]) -> Setup {
     let fx = fixture();
     let tmp = tempfile::tempdir().expect("tempdir");
     let upstream = FaultyUpstream::start(fx.cache.clone(), fx.cache_untrusted.clone(), mode).await;
-    let cache = Nixcache::in_front_of(&tmp.path().join("data"), &upstream.url, &fx.key, extra).await;
+    let cache =
+        Nixcache::in_front_of(&tmp.path().join("data"), &upstream.url, &fx.key, extra).await;
     let (path, rel) = fx.big();
     let nar_bytes = std::fs::read(fx.cache.join(&rel)).expect("nar");
     Setup {
@@ -40,7 +41,9 @@ async fn setup(mode: Mode, extra: &[&str]) -> Setup {
 impl Setup {
     /// GETs the narinfo through nixcache and remembers its NAR URL.
     async fn narinfo(&mut self) -> reqwest::StatusCode {
-        let r = reqwest::get(format!("{}/{}.narinfo", self.cache.url, self.hash)).await.expect("narinfo");
+        let r = reqwest::get(format!("{}/{}.narinfo", self.cache.url, self.hash))
+            .await
+            .expect("narinfo");
         let status = r.status();
         if status == 200 {
             let text = r.text().await.expect("body");
@@ -51,17 +54,26 @@ impl Setup {
 
     /// GETs the NAR; `Ok(bytes)` only when the response arrived complete.
     async fn get_nar(&self) -> Result<Vec<u8>, String> {
-        let r = reqwest::get(&self.nar_url).await.map_err(|e| e.to_string())?;
+        let r = reqwest::get(&self.nar_url)
+            .await
+            .map_err(|e| e.to_string())?;
         if r.status() != 200 {
             return Err(format!("status {}", r.status()));
         }
-        r.bytes().await.map(|b| b.to_vec()).map_err(|e| e.to_string())
+        r.bytes()
+            .await
+            .map(|b| b.to_vec())
+            .map_err(|e| e.to_string())
     }
 
     fn stored_nars(&self) -> Vec<String> {
         let dir = self.cache.data_dir.join("store/nar");
         std::fs::read_dir(dir)
-            .map(|d| d.filter_map(|e| e.ok()).map(|e| e.file_name().to_string_lossy().into_owned()).collect())
+            .map(|d| {
+                d.filter_map(|e| e.ok())
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .collect()
+            })
             .unwrap_or_default()
     }
 }
@@ -73,7 +85,11 @@ async fn recovers_after(mode: Mode) {
     assert_eq!(s.narinfo().await, 200);
     let first = s.get_nar().await;
     assert!(first.is_err(), "a {mode:?} NAR was served as complete");
-    assert!(s.stored_nars().is_empty(), "a {mode:?} NAR was stored: {:?}", s.stored_nars());
+    assert!(
+        s.stored_nars().is_empty(),
+        "a {mode:?} NAR was stored: {:?}",
+        s.stored_nars()
+    );
     assert_eq!(s.upstream.hits(&s.upstream_nar), 1);
 
     s.upstream.set_mode(Mode::Normal);
@@ -100,7 +116,11 @@ async fn nar_cut_midway_is_not_stored() {
 async fn unsigned_narinfo_is_a_miss() {
     let mut s = setup(Mode::Unsigned, &[]).await;
     assert_eq!(s.narinfo().await, 404);
-    assert!(s.cache.logs().contains("no signature by a trusted key"), "{}", s.cache.logs());
+    assert!(
+        s.cache.logs().contains("no signature by a trusted key"),
+        "{}",
+        s.cache.logs()
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -121,10 +141,18 @@ async fn a_hanging_upstream_is_a_404_within_the_timeout() {
     let start = Instant::now();
     assert_eq!(s.narinfo().await, 404);
     let took = start.elapsed();
-    assert!(took >= Duration::from_secs(2), "answered before the timeout: {took:?}");
-    assert!(took < Duration::from_secs(10), "took {took:?} with a 2s timeout");
+    assert!(
+        took >= Duration::from_secs(2),
+        "answered before the timeout: {took:?}"
+    );
+    assert!(
+        took < Duration::from_secs(10),
+        "took {took:?} with a 2s timeout"
+    );
     // The server is still healthy.
-    let r = reqwest::get(format!("{}/healthz", s.cache.url)).await.expect("healthz");
+    let r = reqwest::get(format!("{}/healthz", s.cache.url))
+        .await
+        .expect("healthz");
     assert_eq!(r.status(), 200);
 }
 
@@ -133,7 +161,9 @@ async fn misses_are_remembered_briefly() {
     let s = setup(Mode::Normal, &["--negative-ttl", "1h"]).await;
     let missing = "0".repeat(32);
     for _ in 0..3 {
-        let r = reqwest::get(format!("{}/{missing}.narinfo", s.cache.url)).await.expect("narinfo");
+        let r = reqwest::get(format!("{}/{missing}.narinfo", s.cache.url))
+            .await
+            .expect("narinfo");
         assert_eq!(r.status(), 404);
     }
     assert_eq!(s.upstream.hits(&format!("/{missing}.narinfo")), 1);
@@ -155,9 +185,18 @@ async fn fifty_clients_one_download() {
     }
     for t in tasks {
         let body = t.await.expect("client");
-        assert!(body == s.nar_bytes, "a client got different bytes ({} vs {})", body.len(), s.nar_bytes.len());
+        assert!(
+            body == s.nar_bytes,
+            "a client got different bytes ({} vs {})",
+            body.len(),
+            s.nar_bytes.len()
+        );
     }
-    assert_eq!(s.upstream.hits(&s.upstream_nar), 1, "the upstream served the NAR more than once");
+    assert_eq!(
+        s.upstream.hits(&s.upstream_nar),
+        1,
+        "the upstream served the NAR more than once"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -174,7 +213,11 @@ async fn first_client_leaving_does_not_stop_the_download() {
     }
     let start = Instant::now();
     while s.stored_nars().is_empty() {
-        assert!(start.elapsed() < Duration::from_secs(60), "download never completed:\n{}", s.cache.logs());
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "download never completed:\n{}",
+            s.cache.logs()
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let body = s.get_nar().await.expect("stored NAR");

@@ -5,20 +5,24 @@ mod common;
 
 use std::time::Duration;
 
-use common::{Nixcache, StaticServer, fixture};
+use common::{fixture, Nixcache, StaticServer};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 /// Sends one raw request line and returns the response status code.
 async fn status_of(port: u16, method: &str, target: &str) -> u16 {
-    let mut conn = TcpStream::connect(("127.0.0.1", port)).await.expect("connect");
+    let mut conn = TcpStream::connect(("127.0.0.1", port))
+        .await
+        .expect("connect");
     let req = format!("{method} {target} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n");
     conn.write_all(req.as_bytes()).await.expect("send");
     let mut resp = Vec::new();
     let _ = tokio::time::timeout(Duration::from_secs(10), conn.read_to_end(&mut resp)).await;
     let text = String::from_utf8_lossy(&resp);
     let status = text.split_whitespace().nth(1).unwrap_or("");
-    status.parse().unwrap_or_else(|_| panic!("no status for {target:.80}: {text:.200}"))
+    status
+        .parse()
+        .unwrap_or_else(|_| panic!("no status for {target:.80}: {text:.200}"))
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -32,7 +36,10 @@ async fn hostile_requests_get_4xx_and_the_server_stays_up() {
     let cases: Vec<(String, &str)> = vec![
         // malformed hashes
         ("/abc.narinfo".into(), "short hash"),
-        (format!("/{}.narinfo", "e".repeat(32)), "letter outside nix32"),
+        (
+            format!("/{}.narinfo", "e".repeat(32)),
+            "letter outside nix32",
+        ),
         (format!("/{}.narinfo", "A".repeat(32)), "upper case"),
         (format!("/{}.narinfo", "0".repeat(33)), "33 chars"),
         (format!("/{}%00.narinfo", "0".repeat(31)), "NUL byte"),
@@ -40,15 +47,24 @@ async fn hostile_requests_get_4xx_and_the_server_stays_up() {
         // traversal
         ("/nar/../../../../etc/passwd".into(), "dot-dot"),
         ("/nar/..%2f..%2f..%2fetc%2fpasswd".into(), "encoded slashes"),
-        ("/nar/%2e%2e%2f%2e%2e%2fetc%2fpasswd".into(), "encoded dot-dot"),
+        (
+            "/nar/%2e%2e%2f%2e%2e%2fetc%2fpasswd".into(),
+            "encoded dot-dot",
+        ),
         ("/nar/%252e%252e%252fetc".into(), "double encoded"),
         ("/%2e%2e/%2e%2e/etc/passwd".into(), "encoded root traversal"),
         ("/nar/..%5c..%5cwindows".into(), "backslashes"),
         (format!("/nar/{nar}/../../etc/passwd"), "trailing traversal"),
         ("/nar/".into(), "empty file name"),
         // unknown NAR names
-        (format!("/nar/{}.nar.exe", "1".repeat(52)), "unknown extension"),
-        (format!("/nar/{}.nar.xz.xz", "1".repeat(52)), "double extension"),
+        (
+            format!("/nar/{}.nar.exe", "1".repeat(52)),
+            "unknown extension",
+        ),
+        (
+            format!("/nar/{}.nar.xz.xz", "1".repeat(52)),
+            "double extension",
+        ),
         (format!("/nar/{}.zip", "1".repeat(52)), "not a NAR"),
         (format!("/nar/{}.nar", "2".repeat(52)), "hash past 256 bits"),
         ("/nar/x.nar".into(), "short NAR hash"),
@@ -60,7 +76,10 @@ async fn hostile_requests_get_4xx_and_the_server_stays_up() {
     for (target, what) in &cases {
         for method in ["GET", "HEAD"] {
             let status = status_of(cache.port, method, target).await;
-            assert!((400..500).contains(&status), "{method} {what} ({target:.80}) → {status}");
+            assert!(
+                (400..500).contains(&status),
+                "{method} {what} ({target:.80}) → {status}"
+            );
         }
     }
     // Not a method we serve.
@@ -68,14 +87,31 @@ async fn hostile_requests_get_4xx_and_the_server_stays_up() {
     assert!((400..500).contains(&status_of(cache.port, "PUT", &format!("/nar/{nar}")).await));
     // A malformed hash is a 400 specifically; an unknown but valid one a 404.
     assert_eq!(status_of(cache.port, "GET", "/abc.narinfo").await, 400);
-    assert_eq!(status_of(cache.port, "GET", &format!("/nar/{}.nar.exe", "1".repeat(52))).await, 400);
-    assert_eq!(status_of(cache.port, "GET", &format!("/nar/{nar}")).await, 404);
-    assert_eq!(status_of(cache.port, "GET", &format!("/{}.narinfo", "0".repeat(32))).await, 404);
+    assert_eq!(
+        status_of(
+            cache.port,
+            "GET",
+            &format!("/nar/{}.nar.exe", "1".repeat(52))
+        )
+        .await,
+        400
+    );
+    assert_eq!(
+        status_of(cache.port, "GET", &format!("/nar/{nar}")).await,
+        404
+    );
+    assert_eq!(
+        status_of(cache.port, "GET", &format!("/{}.narinfo", "0".repeat(32))).await,
+        404
+    );
 
     // Still healthy, still serving.
     assert_eq!(status_of(cache.port, "GET", "/healthz").await, 200);
     assert_eq!(status_of(cache.port, "GET", "/nix-cache-info").await, 200);
     let hash = &fx.top()["/nix/store/".len().."/nix/store/".len() + 32];
-    assert_eq!(status_of(cache.port, "GET", &format!("/{hash}.narinfo")).await, 200);
+    assert_eq!(
+        status_of(cache.port, "GET", &format!("/{hash}.narinfo")).await,
+        200
+    );
     assert!(!cache.logs().contains("panicked"), "{}", cache.logs());
 }

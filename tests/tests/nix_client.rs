@@ -3,10 +3,13 @@
 
 mod common;
 
-use common::{Fixture, NixClient, Nixcache, StaticServer, fixture, store_contents};
+use common::{fixture, store_contents, Fixture, NixClient, Nixcache, StaticServer};
 
 fn names(paths: &[String]) -> Vec<String> {
-    let mut v: Vec<String> = paths.iter().map(|p| p.trim_start_matches("/nix/store/").to_string()).collect();
+    let mut v: Vec<String> = paths
+        .iter()
+        .map(|p| p.trim_start_matches("/nix/store/").to_string())
+        .collect();
     v.sort();
     v
 }
@@ -22,22 +25,48 @@ async fn nix_fetches_a_closure_trusting_only_nixcache() {
 
     // Trusting only nixcache's key, with signatures required: the whole closure arrives.
     let store = tmp.path().join("store-1");
-    let out = NixClient::new().copy_closure(&cache.url, &store, fx.top(), &our_key).await;
-    assert!(out.success, "nix copy failed:\n{}\nnixcache log:\n{}", out.stderr, cache.logs());
+    let out = NixClient::new()
+        .copy_closure(&cache.url, &store, fx.top(), &our_key)
+        .await;
+    assert!(
+        out.success,
+        "nix copy failed:\n{}\nnixcache log:\n{}",
+        out.stderr,
+        cache.logs()
+    );
     assert_eq!(store_contents(&store), names(&fx.paths));
 
     // Trusting another key instead: Nix refuses.
     let store = tmp.path().join("store-2");
-    let out = NixClient::new().copy_closure(&cache.url, &store, fx.top(), &fx.untrusted_key).await;
-    assert!(!out.success, "nix accepted paths without a trusted signature:\n{}", out.stderr);
-    assert!(out.stderr.contains("signature"), "unexpected failure:\n{}", out.stderr);
-    assert!(store_contents(&store).iter().all(|p| !names(&fx.paths).contains(p)));
+    let out = NixClient::new()
+        .copy_closure(&cache.url, &store, fx.top(), &fx.untrusted_key)
+        .await;
+    assert!(
+        !out.success,
+        "nix accepted paths without a trusted signature:\n{}",
+        out.stderr
+    );
+    assert!(
+        out.stderr.contains("signature"),
+        "unexpected failure:\n{}",
+        out.stderr
+    );
+    assert!(store_contents(&store)
+        .iter()
+        .all(|p| !names(&fx.paths).contains(p)));
 
     // With the upstream gone, a fresh store still gets everything from nixcache.
     drop(upstream);
     let store = tmp.path().join("store-3");
-    let out = NixClient::new().copy_closure(&cache.url, &store, fx.top(), &our_key).await;
-    assert!(out.success, "nix copy after upstream stopped failed:\n{}\nnixcache log:\n{}", out.stderr, cache.logs());
+    let out = NixClient::new()
+        .copy_closure(&cache.url, &store, fx.top(), &our_key)
+        .await;
+    assert!(
+        out.success,
+        "nix copy after upstream stopped failed:\n{}\nnixcache log:\n{}",
+        out.stderr,
+        cache.logs()
+    );
     assert_eq!(store_contents(&store), names(&fx.paths));
 
     // And so does a restarted nixcache whose upstream is unreachable from the start.
@@ -45,13 +74,26 @@ async fn nix_fetches_a_closure_trusting_only_nixcache() {
     cache.kill();
     let dead = format!("http://127.0.0.1:{}", common::free_port());
     let cache = Nixcache::in_front_of(&data, &dead, &fx.key, &["--upstream-timeout", "2s"]).await;
-    assert_eq!(cache.public_key().await, our_key, "the generated key is kept across restarts");
+    assert_eq!(
+        cache.public_key().await,
+        our_key,
+        "the generated key is kept across restarts"
+    );
     let store = tmp.path().join("store-4");
-    let out = NixClient::new().copy_closure(&cache.url, &store, fx.top(), &our_key).await;
-    assert!(out.success, "nix copy from restarted nixcache failed:\n{}\nnixcache log:\n{}", out.stderr, cache.logs());
+    let out = NixClient::new()
+        .copy_closure(&cache.url, &store, fx.top(), &our_key)
+        .await;
+    assert!(
+        out.success,
+        "nix copy from restarted nixcache failed:\n{}\nnixcache log:\n{}",
+        out.stderr,
+        cache.logs()
+    );
     assert_eq!(store_contents(&store), names(&fx.paths));
     // What it does not have is a plain 404, not an error.
-    let r = reqwest::get(format!("{}/{}.narinfo", cache.url, "0".repeat(32))).await.expect("request");
+    let r = reqwest::get(format!("{}/{}.narinfo", cache.url, "0".repeat(32)))
+        .await
+        .expect("request");
     assert_eq!(r.status(), 404);
 }
 
@@ -65,28 +107,62 @@ async fn a_key_from_nixcache_keygen_is_trusted_by_nix() {
         .arg(&secret)
         .output()
         .expect("keygen");
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let public = String::from_utf8_lossy(&out.stdout).trim().to_string();
     assert!(public.starts_with("ci-cache-1:"));
 
     let upstream = StaticServer::start(&fx.cache).await;
     let secret_arg = secret.to_string_lossy().into_owned();
-    let cache = Nixcache::in_front_of(&tmp.path().join("data"), &upstream.url, &fx.key, &["--signing-key-file", &secret_arg]).await;
+    let cache = Nixcache::in_front_of(
+        &tmp.path().join("data"),
+        &upstream.url,
+        &fx.key,
+        &["--signing-key-file", &secret_arg],
+    )
+    .await;
     assert_eq!(cache.public_key().await, public);
-    assert!(!cache.logs().contains(&std::fs::read_to_string(&secret).expect("secret")[11..]), "secret key in the log");
+    assert!(
+        !cache
+            .logs()
+            .contains(&std::fs::read_to_string(&secret).expect("secret")[11..]),
+        "secret key in the log"
+    );
 
     let store = tmp.path().join("store");
-    let out = NixClient::new().copy_closure(&cache.url, &store, fx.top(), &public).await;
-    assert!(out.success, "nix copy failed:\n{}\nnixcache log:\n{}", out.stderr, cache.logs());
+    let out = NixClient::new()
+        .copy_closure(&cache.url, &store, fx.top(), &public)
+        .await;
+    assert!(
+        out.success,
+        "nix copy failed:\n{}\nnixcache log:\n{}",
+        out.stderr,
+        cache.logs()
+    );
 
     // And the other way round: nixcache serves what Nix itself signed, keeping that signature.
-    let narinfo = reqwest::get(format!("{}/{}.narinfo", cache.url, Fixture::hash_of(fx.top())))
-        .await
-        .expect("narinfo")
-        .text()
-        .await
-        .expect("body");
-    let upstream_sig = fx.narinfo(fx.top()).lines().find(|l| l.starts_with("Sig:")).expect("sig").to_string();
-    assert!(narinfo.contains(&upstream_sig), "upstream signature dropped:\n{narinfo}");
+    let narinfo = reqwest::get(format!(
+        "{}/{}.narinfo",
+        cache.url,
+        Fixture::hash_of(fx.top())
+    ))
+    .await
+    .expect("narinfo")
+    .text()
+    .await
+    .expect("body");
+    let upstream_sig = fx
+        .narinfo(fx.top())
+        .lines()
+        .find(|l| l.starts_with("Sig:"))
+        .expect("sig")
+        .to_string();
+    assert!(
+        narinfo.contains(&upstream_sig),
+        "upstream signature dropped:\n{narinfo}"
+    );
     assert!(narinfo.contains("\nSig: ci-cache-1:"), "{narinfo}");
 }

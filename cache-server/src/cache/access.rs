@@ -31,11 +31,15 @@ impl AccessLog {
 
     /// Writes what was recorded; on failure the batch is put back for the next flush.
     pub async fn flush(&self, db: &dyn Database, now: i64) -> Result<(), crate::db::DbError> {
-        let (hashes, files) = std::mem::take(&mut *self.pending.lock().unwrap_or_else(|e| e.into_inner()));
+        let (hashes, files) =
+            std::mem::take(&mut *self.pending.lock().unwrap_or_else(|e| e.into_inner()));
         if hashes.is_empty() && files.is_empty() {
             return Ok(());
         }
-        let (h, f): (Vec<String>, Vec<String>) = (hashes.iter().cloned().collect(), files.iter().cloned().collect());
+        let (h, f): (Vec<String>, Vec<String>) = (
+            hashes.iter().cloned().collect(),
+            files.iter().cloned().collect(),
+        );
         let result = db.touch(&h, &f, now).await;
         if result.is_err() {
             let mut p = self.pending.lock().unwrap_or_else(|e| e.into_inner());

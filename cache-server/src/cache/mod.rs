@@ -72,7 +72,10 @@ impl Cache {
             .max_capacity(settings.memory_entries)
             .time_to_idle(Duration::from_secs(3600))
             .build();
-        let negative = moka::sync::Cache::builder().max_capacity(100_000).time_to_live(settings.negative_ttl).build();
+        let negative = moka::sync::Cache::builder()
+            .max_capacity(100_000)
+            .time_to_live(settings.negative_ttl)
+            .build();
         Arc::new(Self {
             settings,
             storage,
@@ -102,8 +105,15 @@ impl Cache {
 
     /// Writes batched access times to the database.
     pub async fn flush_access_log(&self) {
-        if let Err(e) = self.access.flush(self.db.as_ref(), crate::util::unix_now()).await {
-            self.metrics.backend_errors.with_label_values(&["database"]).inc();
+        if let Err(e) = self
+            .access
+            .flush(self.db.as_ref(), crate::util::unix_now())
+            .await
+        {
+            self.metrics
+                .backend_errors
+                .with_label_values(&["database"])
+                .inc();
             tracing::warn!(error = %e, "could not record access times; will retry");
         }
     }

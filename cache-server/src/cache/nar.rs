@@ -19,12 +19,12 @@ use tokio::io::AsyncWriteExt;
 use tokio::sync::watch;
 use tracing::{info, instrument, warn};
 
-use super::Cache;
 use super::verify::Verifier;
+use super::Cache;
 use crate::db::NarInfoRecord;
 use crate::nix::{NarFile, NarInfo};
-use crate::storage::{ByteRange, Object, StorageError, nar_key};
-use crate::upstream::{UpstreamError, upstream_error_kind};
+use crate::storage::{nar_key, ByteRange, Object, StorageError};
+use crate::upstream::{upstream_error_kind, UpstreamError};
 use crate::util::{unique_name, unix_now};
 
 const FOLLOW_CHUNK: usize = 256 * 1024;
@@ -55,7 +55,10 @@ pub enum NarBody {
     /// From storage; ranges honoured.
     Stored(Object),
     /// Following a download in progress; the whole file, `length` when known.
-    Live { length: Option<u64>, body: BoxStream<'static, io::Result<Bytes>> },
+    Live {
+        length: Option<u64>,
+        body: BoxStream<'static, io::Result<Bytes>>,
+    },
 }
 
 /// What a HEAD request learns.
@@ -100,9 +103,16 @@ impl Drop for Staged {
 
 impl Cache {
     /// The NAR `file`, from storage or by following its download. `Ok(None)` is a 404.
-    pub async fn nar(self: &Arc<Self>, file: NarFile, range: Option<ByteRange>) -> Result<Option<NarBody>, StorageError> {
+    pub async fn nar(
+        self: &Arc<Self>,
+        file: NarFile,
+        range: Option<ByteRange>,
+    ) -> Result<Option<NarBody>, StorageError> {
         if let Some(object) = self.stored(&file, range).await? {
-            self.metrics.nar_requests.with_label_values(&["storage"]).inc();
+            self.metrics
+                .nar_requests
+                .with_label_values(&["storage"])
+                .inc();
             return Ok(Some(NarBody::Stored(object)));
         }
         let Some(download) = self.download(&file).await else {
@@ -112,7 +122,12 @@ impl Cache {
         let mut rx = download.phase.subscribe();
         // Wait until the download has begun, bounded by the time an upstream has to answer.
         // (The watch's read guard must not outlive this statement: it would block the sender.)
-        let phase = match tokio::time::timeout(self.settings.first_byte_timeout * 2, rx.wait_for(|p| *p != Phase::Starting)).await {
+        let phase = match tokio::time::timeout(
+            self.settings.first_byte_timeout * 2,
+            rx.wait_for(|p| *p != Phase::Starting),
+        )
+        .await
+        {
             Ok(Ok(p)) => *p,
             _ => Phase::Failed,
         };
@@ -122,17 +137,26 @@ impl Cache {
                 Ok(None)
             }
             Phase::Stored => {
-                self.metrics.nar_requests.with_label_values(&["storage"]).inc();
+                self.metrics
+                    .nar_requests
+                    .with_label_values(&["storage"])
+                    .inc();
                 Ok(self.stored(&file, range).await?.map(NarBody::Stored))
             }
             Phase::Streaming { length, .. } => {
                 self.metrics.nar_requests.with_label_values(&["live"]).inc();
-                Ok(Some(NarBody::Live { length, body: follow(download, rx) }))
+                Ok(Some(NarBody::Live {
+                    length,
+                    body: follow(download, rx),
+                }))
             }
             Phase::Complete { size } => {
                 // Committed already; the staging file (still open) holds it all.
                 self.metrics.nar_requests.with_label_values(&["live"]).inc();
-                Ok(Some(NarBody::Live { length: Some(size), body: follow(download, rx) }))
+                Ok(Some(NarBody::Live {
+                    length: Some(size),
+                    body: follow(download, rx),
+                }))
             }
         }
     }
@@ -144,17 +168,26 @@ impl Cache {
             Ok(Some(size)) => return Some(NarHead { length: Some(size) }),
             Ok(None) => {}
             Err(e) => {
-                self.metrics.backend_errors.with_label_values(&["storage"]).inc();
+                self.metrics
+                    .backend_errors
+                    .with_label_values(&["storage"])
+                    .inc();
                 warn!(file = %name, error = %e, "storage unavailable");
                 return None;
             }
         }
         let record = self.db.narinfo_for_nar(&name).await.ok()??;
         let info = NarInfo::parse(&record.narinfo).ok()?;
-        Some(NarHead { length: info.file_hash.and(info.file_size) })
+        Some(NarHead {
+            length: info.file_hash.and(info.file_size),
+        })
     }
 
-    async fn stored(&self, file: &NarFile, range: Option<ByteRange>) -> Result<Option<Object>, StorageError> {
+    async fn stored(
+        &self,
+        file: &NarFile,
+        range: Option<ByteRange>,
+    ) -> Result<Option<Object>, StorageError> {
         match self.storage.get(&nar_key(file), range).await {
             Ok(Some(o)) => {
                 self.access.nar(&file.file_name());
@@ -163,7 +196,10 @@ impl Cache {
             Ok(None) => Ok(None),
             Err(e @ StorageError::RangeNotSatisfiable { .. }) => Err(e),
             Err(e) => {
-                self.metrics.backend_errors.with_label_values(&["storage"]).inc();
+                self.metrics
+                    .backend_errors
+                    .with_label_values(&["storage"])
+                    .inc();
                 warn!(file = %file, error = %e, "storage unavailable; answering 404");
                 Ok(None)
             }
@@ -174,14 +210,22 @@ impl Cache {
     /// narinfo names this NAR.
     async fn download(self: &Arc<Self>, file: &NarFile) -> Option<Arc<Download>> {
         let name = file.file_name();
-        if let Some(d) = self.downloads.lock().unwrap_or_else(|e| e.into_inner()).get(&name) {
+        if let Some(d) = self
+            .downloads
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&name)
+        {
             return Some(d.clone());
         }
         let record = match self.db.narinfo_for_nar(&name).await {
             Ok(Some(r)) => r,
             Ok(None) => return None,
             Err(e) => {
-                self.metrics.backend_errors.with_label_values(&["database"]).inc();
+                self.metrics
+                    .backend_errors
+                    .with_label_values(&["database"])
+                    .inc();
                 warn!(file = %name, error = %e, "database unavailable; answering 404");
                 return None;
             }
@@ -191,7 +235,10 @@ impl Cache {
             if let Some(d) = downloads.get(&name) {
                 return Some(d.clone());
             }
-            let d = Arc::new(Download { phase: watch::Sender::new(Phase::Starting), reader: OnceLock::new() });
+            let d = Arc::new(Download {
+                phase: watch::Sender::new(Phase::Starting),
+                reader: OnceLock::new(),
+            });
             downloads.insert(name.clone(), d.clone());
             d
         };
@@ -202,7 +249,12 @@ impl Cache {
     }
 
     #[instrument(skip_all, fields(file = %file))]
-    async fn run_download(self: Arc<Self>, file: NarFile, download: Arc<Download>, record: NarInfoRecord) {
+    async fn run_download(
+        self: Arc<Self>,
+        file: NarFile,
+        download: Arc<Download>,
+        record: NarInfoRecord,
+    ) {
         let started = Instant::now();
         let result = self.fetch(&file, &download, &record).await;
         let outcome = match &result {
@@ -210,17 +262,27 @@ impl Cache {
             Ok(_) => "ok",
             Err(_) => "failed",
         };
-        self.metrics.nar_downloads.with_label_values(&[outcome]).inc();
+        self.metrics
+            .nar_downloads
+            .with_label_values(&[outcome])
+            .inc();
         match result {
             Ok(phase) => {
                 if let Phase::Complete { size } = phase {
-                    info!(size, seconds = started.elapsed().as_secs_f64(), "NAR cached");
+                    info!(
+                        size,
+                        seconds = started.elapsed().as_secs_f64(),
+                        "NAR cached"
+                    );
                 }
                 download.phase.send_replace(phase);
             }
             Err(e) => {
                 if let DownloadError::Upstream(u) = &e {
-                    self.metrics.upstream_errors.with_label_values(&["nar", upstream_error_kind(u)]).inc();
+                    self.metrics
+                        .upstream_errors
+                        .with_label_values(&["nar", upstream_error_kind(u)])
+                        .inc();
                 }
                 warn!(error = %e, "NAR download failed; nothing stored");
                 download.phase.send_replace(Phase::Failed);
@@ -229,20 +291,36 @@ impl Cache {
         self.finish_download(&file.file_name(), &download);
     }
 
-    async fn fetch(&self, file: &NarFile, download: &Download, record: &NarInfoRecord) -> Result<Phase, DownloadError> {
+    async fn fetch(
+        &self,
+        file: &NarFile,
+        download: &Download,
+        record: &NarInfoRecord,
+    ) -> Result<Phase, DownloadError> {
         let key = nar_key(file);
         // Across replicas, the lock makes one of them the downloader; the others find it stored.
         let wait = self.settings.stall_timeout;
-        let guard = self.lock.acquire(&format!("nar:{}", file.file_name()), self.settings.lock_ttl, wait).await?;
+        let guard = self
+            .lock
+            .acquire(
+                &format!("nar:{}", file.file_name()),
+                self.settings.lock_ttl,
+                wait,
+            )
+            .await?;
         let guard = guard.ok_or(DownloadError::Busy)?;
         if self.storage.size(&key).await?.is_some() {
             return Ok(Phase::Stored);
         }
 
-        let info = NarInfo::parse(&record.narinfo).map_err(|e| DownloadError::Record(e.to_string()))?;
-        let url = Url::parse(&record.upstream_nar_url).map_err(|e| DownloadError::Record(e.to_string()))?;
+        let info =
+            NarInfo::parse(&record.narinfo).map_err(|e| DownloadError::Record(e.to_string()))?;
+        let url = Url::parse(&record.upstream_nar_url)
+            .map_err(|e| DownloadError::Record(e.to_string()))?;
         let mut verifier = Verifier::new(&info)?;
-        let upstream = self.upstream_for(&url).ok_or_else(|| DownloadError::Record("no upstream configured".into()))?;
+        let upstream = self
+            .upstream_for(&url)
+            .ok_or_else(|| DownloadError::Record("no upstream configured".into()))?;
         let mut response = upstream.nar(&url).await?.ok_or(DownloadError::Gone)?;
         let expected = verifier.expected_file_size();
         if let (Some(got), Some(want)) = (response.length, expected) {
@@ -257,12 +335,15 @@ impl Cache {
         let mut out = tokio::fs::File::create(&path).await?;
         let reader = std::fs::File::open(&path)?;
         let _ = download.reader.set(Arc::new(reader));
-        download.phase.send_replace(Phase::Streaming { written: 0, length });
+        download
+            .phase
+            .send_replace(Phase::Streaming { written: 0, length });
 
         let mut written = 0u64;
         let mut extended = Instant::now();
         loop {
-            let next = tokio::time::timeout(self.settings.stall_timeout, response.body.next()).await;
+            let next =
+                tokio::time::timeout(self.settings.stall_timeout, response.body.next()).await;
             let chunk = match next {
                 Err(_) => return Err(DownloadError::Stalled(self.settings.stall_timeout)),
                 Ok(None) => break,
@@ -273,7 +354,9 @@ impl Cache {
             // Followers read the file directly: the bytes must be in it before they are announced.
             out.flush().await?;
             written += chunk.len() as u64;
-            download.phase.send_replace(Phase::Streaming { written, length });
+            download
+                .phase
+                .send_replace(Phase::Streaming { written, length });
             if extended.elapsed() > self.settings.lock_ttl / 3 {
                 guard.extend(self.settings.lock_ttl).await?;
                 extended = Instant::now();
@@ -286,7 +369,10 @@ impl Cache {
         staged.0 = None;
         if let Err(e) = self.db.put_nar(&file.file_name(), size, unix_now()).await {
             // The NAR is committed and valid; only its bookkeeping row is missing.
-            self.metrics.backend_errors.with_label_values(&["database"]).inc();
+            self.metrics
+                .backend_errors
+                .with_label_values(&["database"])
+                .inc();
             warn!(error = %e, "could not record stored NAR");
         }
         drop(guard);
@@ -306,21 +392,34 @@ impl Cache {
 
 /// The bytes of a download as they land in its staging file, ending when it is complete, failing
 /// if it fails.
-fn follow(download: Arc<Download>, rx: watch::Receiver<Phase>) -> BoxStream<'static, io::Result<Bytes>> {
+fn follow(
+    download: Arc<Download>,
+    rx: watch::Receiver<Phase>,
+) -> BoxStream<'static, io::Result<Bytes>> {
     struct State {
         download: Arc<Download>,
         rx: watch::Receiver<Phase>,
         pos: u64,
     }
-    let state = State { download, rx, pos: 0 };
+    let state = State {
+        download,
+        rx,
+        pos: 0,
+    };
     stream::try_unfold(state, |mut s| async move {
         loop {
             let phase = *s.rx.borrow_and_update();
             let (available, complete) = match phase {
                 // Until the download is verified, the last byte is held back: a client must never
                 // receive a whole NAR (by Content-Length) that later turns out to be wrong.
-                Phase::Streaming { written, length: Some(length) } => (written.min(length.saturating_sub(1)), false),
-                Phase::Streaming { written, length: None } => (written, false),
+                Phase::Streaming {
+                    written,
+                    length: Some(length),
+                } => (written.min(length.saturating_sub(1)), false),
+                Phase::Streaming {
+                    written,
+                    length: None,
+                } => (written, false),
                 Phase::Complete { size } => (size, true),
                 Phase::Failed => return Err(io::Error::other("upstream download failed")),
                 Phase::Starting | Phase::Stored => (0, false),

@@ -6,13 +6,13 @@ use bytes::Bytes;
 use futures_util::TryStreamExt;
 use tracing::{debug, info, instrument, warn};
 
-use super::Cache;
 use super::verify::verifiable;
+use super::Cache;
 use crate::db::NarInfoRecord;
 use crate::nix::{NarFile, NarInfo, StoreHash};
 use crate::storage::narinfo_key;
-use crate::upstream::{HttpUpstream, UpstreamError, upstream_error_kind};
 use crate::upstream::http::Lookup;
+use crate::upstream::{upstream_error_kind, HttpUpstream, UpstreamError};
 use crate::util::unix_now;
 
 impl Cache {
@@ -21,7 +21,10 @@ impl Cache {
     pub async fn narinfo(self: &Arc<Self>, hash: StoreHash) -> Option<Bytes> {
         if let Some(body) = self.narinfos.get(&hash) {
             self.access.narinfo(hash.as_str());
-            self.metrics.narinfo_lookups.with_label_values(&["memory"]).inc();
+            self.metrics
+                .narinfo_lookups
+                .with_label_values(&["memory"])
+                .inc();
             return Some(body);
         }
         match self.db.get_narinfo(hash.as_str()).await {
@@ -29,26 +32,37 @@ impl Cache {
                 let body = Bytes::from(record.narinfo);
                 self.narinfos.insert(hash, body.clone());
                 self.access.narinfo(hash.as_str());
-                self.metrics.narinfo_lookups.with_label_values(&["database"]).inc();
+                self.metrics
+                    .narinfo_lookups
+                    .with_label_values(&["database"])
+                    .inc();
                 return Some(body);
             }
             Ok(None) => {}
             Err(e) => {
                 // The database is down: hits can still be served from the copy in storage, but a
                 // miss cannot be recorded, so it is answered 404.
-                self.metrics.backend_errors.with_label_values(&["database"]).inc();
+                self.metrics
+                    .backend_errors
+                    .with_label_values(&["database"])
+                    .inc();
                 warn!(%hash, error = %e, "database unavailable; answering from storage");
                 return self.narinfo_from_storage(hash).await;
             }
         }
         if self.negative.contains_key(&hash) {
-            self.metrics.narinfo_lookups.with_label_values(&["negative"]).inc();
+            self.metrics
+                .narinfo_lookups
+                .with_label_values(&["negative"])
+                .inc();
             return None;
         }
         // The lookup runs in its own task: a client that goes away does not cancel it halfway
         // through storing what it found.
         let this = self.clone();
-        tokio::spawn(async move { this.narinfo_from_upstreams(hash).await }).await.unwrap_or(None)
+        tokio::spawn(async move { this.narinfo_from_upstreams(hash).await })
+            .await
+            .unwrap_or(None)
     }
 
     async fn narinfo_from_storage(&self, hash: StoreHash) -> Option<Bytes> {
@@ -62,10 +76,17 @@ impl Cache {
     #[instrument(skip_all, fields(hash = %hash))]
     async fn narinfo_from_upstreams(self: Arc<Self>, hash: StoreHash) -> Option<Bytes> {
         let wait = self.settings.first_byte_timeout * (self.upstreams.all().len() as u32 + 1);
-        let _guard = match self.lock.acquire(&format!("narinfo:{hash}"), self.settings.lock_ttl, wait).await {
+        let _guard = match self
+            .lock
+            .acquire(&format!("narinfo:{hash}"), self.settings.lock_ttl, wait)
+            .await
+        {
             Ok(g) => g,
             Err(e) => {
-                self.metrics.backend_errors.with_label_values(&["lock"]).inc();
+                self.metrics
+                    .backend_errors
+                    .with_label_values(&["lock"])
+                    .inc();
                 warn!(error = %e, "lock unavailable; looking up without it");
                 None
             }
@@ -81,40 +102,62 @@ impl Cache {
         }
         for upstream in self.upstreams.in_order() {
             match upstream.narinfo(&hash).await {
-                Ok(Lookup::Found(info)) => match self.accept(&upstream, hash, info).await {
+                Ok(Lookup::Found(info)) => match self.accept(&upstream, hash, *info).await {
                     Ok(body) => {
-                        self.metrics.narinfo_lookups.with_label_values(&["upstream"]).inc();
+                        self.metrics
+                            .narinfo_lookups
+                            .with_label_values(&["upstream"])
+                            .inc();
                         return Some(body);
                     }
                     Err(AcceptError::Unverifiable(e)) => {
                         warn!(upstream = upstream.label(), error = %e, "narinfo rejected");
                     }
                     Err(AcceptError::Backend(e)) => {
-                        self.metrics.backend_errors.with_label_values(&["database"]).inc();
+                        self.metrics
+                            .backend_errors
+                            .with_label_values(&["database"])
+                            .inc();
                         warn!(error = %e, "could not store narinfo; answering 404");
                         return None;
                     }
                 },
                 Ok(Lookup::Missing) => debug!(upstream = upstream.label(), "not there"),
                 Err(e) => {
-                    self.metrics.upstream_errors.with_label_values(&[upstream.label(), upstream_error_kind(&e)]).inc();
+                    self.metrics
+                        .upstream_errors
+                        .with_label_values(&[upstream.label(), upstream_error_kind(&e)])
+                        .inc();
                     warn!(upstream = upstream.label(), error = %e, "upstream lookup failed");
                 }
             }
         }
-        self.metrics.narinfo_lookups.with_label_values(&["miss"]).inc();
+        self.metrics
+            .narinfo_lookups
+            .with_label_values(&["miss"])
+            .inc();
         self.negative.insert(hash, ());
         None
     }
 
     /// Stores an upstream's verified narinfo, pointing at nixcache's own NAR URL and signed with
     /// nixcache's key (the upstream's signatures are kept).
-    async fn accept(&self, upstream: &HttpUpstream, hash: StoreHash, info: NarInfo) -> Result<Bytes, AcceptError> {
+    async fn accept(
+        &self,
+        upstream: &HttpUpstream,
+        hash: StoreHash,
+        info: NarInfo,
+    ) -> Result<Bytes, AcceptError> {
         verifiable(&info).map_err(|e| AcceptError::Unverifiable(e.to_string()))?;
-        let nar_url = upstream.nar_url(&info.url).map_err(|e: UpstreamError| AcceptError::Unverifiable(e.to_string()))?;
+        let nar_url = upstream
+            .nar_url(&info.url)
+            .map_err(|e: UpstreamError| AcceptError::Unverifiable(e.to_string()))?;
         // NARs are named by their file hash; without one, by the NAR hash (any file that
         // decompresses to it is right, so FileSize of the upstream's file no longer applies).
-        let file = NarFile { hash: info.file_hash.unwrap_or(info.nar_hash), compression: info.compression() };
+        let file = NarFile {
+            hash: info.file_hash.unwrap_or(info.nar_hash),
+            compression: info.compression(),
+        };
         let mut served = info;
         served.url = file.url();
         if served.file_hash.is_none() {
@@ -138,7 +181,10 @@ impl Cache {
             .put_bytes(&narinfo_key(&hash), body.clone())
             .await
             .map_err(|e| AcceptError::Backend(e.to_string()))?;
-        self.db.put_narinfo(&record, unix_now()).await.map_err(|e| AcceptError::Backend(e.to_string()))?;
+        self.db
+            .put_narinfo(&record, unix_now())
+            .await
+            .map_err(|e| AcceptError::Backend(e.to_string()))?;
         self.narinfos.insert(hash, body.clone());
         info!(store_path = %served.store_path, upstream = upstream.label(), "narinfo cached");
         Ok(body)

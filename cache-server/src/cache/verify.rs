@@ -32,7 +32,14 @@ pub enum VerifyError {
 
 /// Whether nixcache can decompress this compression to check NarHash.
 pub fn can_decompress(c: Compression) -> bool {
-    matches!(c, Compression::None | Compression::Xz | Compression::Zstd | Compression::Bzip2 | Compression::Gzip)
+    matches!(
+        c,
+        Compression::None
+            | Compression::Xz
+            | Compression::Zstd
+            | Compression::Bzip2
+            | Compression::Gzip
+    )
 }
 
 /// Whether a NAR described by this narinfo can be verified before it is committed.
@@ -52,7 +59,11 @@ struct HashSink {
 }
 
 impl AsyncWrite for HashSink {
-    fn poll_write(mut self: Pin<&mut Self>, _: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        _: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
         self.size += buf.len() as u64;
         if self.size > self.limit {
             return Poll::Ready(Err(io::Error::other("NAR larger than NarSize")));
@@ -78,7 +89,11 @@ enum NarSink {
 
 impl NarSink {
     fn new(c: Compression, limit: u64) -> Option<Self> {
-        let sink = HashSink { hasher: Sha256::new(), size: 0, limit };
+        let sink = HashSink {
+            hasher: Sha256::new(),
+            size: 0,
+            limit,
+        };
         Some(match c {
             Compression::None => Self::Plain(sink),
             Compression::Xz => Self::Xz(XzDecoder::new(sink)),
@@ -154,7 +169,11 @@ impl Verifier {
     /// no compressor exceeds on real data (compressed output of incompressible input grows by
     /// well under 1%).
     pub fn max_file_size(&self) -> u64 {
-        self.want_file_size.unwrap_or(self.want_nar_size.saturating_add(self.want_nar_size / 8).saturating_add(1 << 20))
+        self.want_file_size.unwrap_or(
+            self.want_nar_size
+                .saturating_add(self.want_nar_size / 8)
+                .saturating_add(1 << 20),
+        )
     }
 
     pub fn expected_file_size(&self) -> Option<u64> {
@@ -168,7 +187,9 @@ impl Verifier {
             return Err(VerifyError::TooLarge(self.want_nar_size));
         }
         if let Some(nar) = &mut self.nar {
-            nar.write(data).await.map_err(|e| decompress_error(e, self.want_nar_size))?;
+            nar.write(data)
+                .await
+                .map_err(|e| decompress_error(e, self.want_nar_size))?;
         }
         Ok(())
     }
@@ -177,7 +198,10 @@ impl Verifier {
     pub async fn finish(self) -> Result<u64, VerifyError> {
         if let Some(want) = self.want_file_size {
             if self.file_size != want {
-                return Err(VerifyError::FileSize { got: self.file_size, want });
+                return Err(VerifyError::FileSize {
+                    got: self.file_size,
+                    want,
+                });
             }
         }
         if let Some(want) = self.want_file_hash {
@@ -187,13 +211,22 @@ impl Verifier {
             }
         }
         if let Some(nar) = self.nar {
-            let sink = nar.finish().await.map_err(|e| decompress_error(e, self.want_nar_size))?;
+            let sink = nar
+                .finish()
+                .await
+                .map_err(|e| decompress_error(e, self.want_nar_size))?;
             if sink.size != self.want_nar_size {
-                return Err(VerifyError::NarSize { got: sink.size, want: self.want_nar_size });
+                return Err(VerifyError::NarSize {
+                    got: sink.size,
+                    want: self.want_nar_size,
+                });
             }
             let got = Sha256Hash(sink.hasher.finalize().into());
             if got != self.want_nar_hash {
-                return Err(VerifyError::NarHash { got, want: self.want_nar_hash });
+                return Err(VerifyError::NarHash {
+                    got,
+                    want: self.want_nar_hash,
+                });
             }
         }
         Ok(self.file_size)
@@ -231,7 +264,15 @@ mod tests {
             out.resize(out.len().div_ceil(8) * 8, 0);
         }
         let mut out = Vec::new();
-        for part in [&b"nix-archive-1"[..], b"(", b"type", b"regular", b"contents", contents, b")"] {
+        for part in [
+            &b"nix-archive-1"[..],
+            b"(",
+            b"type",
+            b"regular",
+            b"contents",
+            contents,
+            b")",
+        ] {
             s(&mut out, part);
         }
         out
@@ -264,7 +305,10 @@ mod tests {
         let mut v = Verifier::new(&info).expect("verifiable");
         let mut long = nar.clone();
         long.extend_from_slice(&[0; 8]);
-        assert_eq!(run(&mut v, &long).await, Err(VerifyError::TooLarge(nar.len() as u64)));
+        assert_eq!(
+            run(&mut v, &long).await,
+            Err(VerifyError::TooLarge(nar.len() as u64))
+        );
     }
 
     #[tokio::test]
@@ -301,7 +345,10 @@ mod tests {
     fn unverifiable_without_file_hash() {
         let (_, mut info) = sample();
         info.compression = Some(Compression::Brotli);
-        assert_eq!(verifiable(&info), Err(VerifyError::Unverifiable(Compression::Brotli)));
+        assert_eq!(
+            verifiable(&info),
+            Err(VerifyError::Unverifiable(Compression::Brotli))
+        );
         info.file_hash = Some(Sha256Hash::digest(b""));
         assert_eq!(verifiable(&info), Ok(()));
     }

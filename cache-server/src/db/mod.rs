@@ -77,11 +77,16 @@ pub(crate) mod conformance {
         r.file_size = None;
         db.put_narinfo(&r, 2).await.expect("replace");
         assert_eq!(db.get_narinfo(h).await.expect("get"), Some(r.clone()));
-        assert_eq!(db.narinfo_for_nar("f.nar.xz").await.expect("by nar"), Some(r));
+        assert_eq!(
+            db.narinfo_for_nar("f.nar.xz").await.expect("by nar"),
+            Some(r)
+        );
         assert_eq!(db.narinfo_for_nar("g.nar.xz").await.expect("by nar"), None);
         db.put_nar("f.nar.xz", 100, 3).await.expect("put nar");
         db.put_nar("f.nar.xz", 100, 4).await.expect("put nar again");
-        db.touch(&[h.to_string()], &["f.nar.xz".to_string()], 5).await.expect("touch");
+        db.touch(&[h.to_string()], &["f.nar.xz".to_string()], 5)
+            .await
+            .expect("touch");
         db.touch(&[], &[], 6).await.expect("empty touch");
     }
 }

@@ -8,7 +8,7 @@ use async_trait::async_trait;
 use diesel::prelude::*;
 use diesel::r2d2::{ConnectionManager, CustomizeConnection, Pool, PooledConnection};
 use diesel::sqlite::SqliteConnection;
-use diesel_migrations::{EmbeddedMigrations, MigrationHarness, embed_migrations};
+use diesel_migrations::{embed_migrations, EmbeddedMigrations, MigrationHarness};
 
 use super::schema::{narinfos, nars};
 use super::{Database, DbError, NarInfoRecord};
@@ -81,8 +81,11 @@ impl SqliteDatabase {
                 .map_err(|e| DbError::Connection(e.to_string()))?;
             let mut conn = pool.get().map_err(|e| DbError::Connection(e.to_string()))?;
             // WAL is a property of the database file: set once, not by every pooled connection.
-            diesel::sql_query("PRAGMA journal_mode = WAL").execute(&mut conn).map_err(q)?;
-            conn.run_pending_migrations(MIGRATIONS).map_err(|e| DbError::Migration(e.to_string()))?;
+            diesel::sql_query("PRAGMA journal_mode = WAL")
+                .execute(&mut conn)
+                .map_err(q)?;
+            conn.run_pending_migrations(MIGRATIONS)
+                .map_err(|e| DbError::Migration(e.to_string()))?;
             Ok(Self { pool })
         })
         .await
@@ -131,7 +134,11 @@ impl Database for SqliteDatabase {
         };
         self.with(move |c| {
             diesel::insert_into(narinfos::table)
-                .values((&row, narinfos::created_at.eq(now), narinfos::last_accessed_at.eq(now)))
+                .values((
+                    &row,
+                    narinfos::created_at.eq(now),
+                    narinfos::last_accessed_at.eq(now),
+                ))
                 .on_conflict(narinfos::hash)
                 .do_update()
                 .set((&row, narinfos::last_accessed_at.eq(now)))
@@ -166,7 +173,10 @@ impl Database for SqliteDatabase {
                 ))
                 .on_conflict(nars::file)
                 .do_update()
-                .set((nars::size.eq(size(nar_size)), nars::last_accessed_at.eq(now)))
+                .set((
+                    nars::size.eq(size(nar_size)),
+                    nars::last_accessed_at.eq(now),
+                ))
                 .execute(c)
                 .map(|_| ())
         })
@@ -197,7 +207,8 @@ impl Database for SqliteDatabase {
     }
 
     async fn ping(&self) -> Result<(), DbError> {
-        self.with(|c| diesel::sql_query("SELECT 1").execute(c).map(|_| ())).await
+        self.with(|c| diesel::sql_query("SELECT 1").execute(c).map(|_| ()))
+            .await
     }
 }
 
@@ -208,11 +219,19 @@ mod tests {
     #[tokio::test]
     async fn conformance() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let db = SqliteDatabase::open(&dir.path().join("db.sqlite")).await.expect("open");
+        let db = SqliteDatabase::open(&dir.path().join("db.sqlite"))
+            .await
+            .expect("open");
         super::super::conformance::run(&db).await;
         // Reopening applies no migration twice and keeps the data.
         drop(db);
-        let db = SqliteDatabase::open(&dir.path().join("db.sqlite")).await.expect("reopen");
-        assert!(db.get_narinfo("p404n8pan3pvrll7pci95yg83idrvkdx").await.expect("get").is_some());
+        let db = SqliteDatabase::open(&dir.path().join("db.sqlite"))
+            .await
+            .expect("reopen");
+        assert!(db
+            .get_narinfo("p404n8pan3pvrll7pci95yg83idrvkdx")
+            .await
+            .expect("get")
+            .is_some());
     }
 }

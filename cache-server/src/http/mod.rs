@@ -11,9 +11,9 @@ use std::sync::Arc;
 
 use actix_web::body::MessageBody;
 use actix_web::dev::{ServiceRequest, ServiceResponse};
-use actix_web::http::header::{CACHE_CONTROL, CONTENT_TYPE, HeaderValue};
+use actix_web::http::header::{HeaderValue, CACHE_CONTROL, CONTENT_TYPE};
 use actix_web::middleware::Next;
-use actix_web::{HttpResponse, guard, web};
+use actix_web::{guard, web, HttpResponse};
 
 use crate::cache::Cache;
 
@@ -27,14 +27,35 @@ pub struct AppState {
 /// Routes of the cache. GET and HEAD are both answered on every route.
 pub fn configure(cfg: &mut web::ServiceConfig) {
     let get_or_head = || guard::Any(guard::Get()).or(guard::Head());
-    cfg.route("/nix-cache-info", web::route().guard(get_or_head()).to(cacheinfo::get))
-        .route("/nar/{file}", web::route().guard(get_or_head()).to(nar::get))
-        .route("/pubkey", web::route().guard(get_or_head()).to(health::pubkey))
-        .route("/healthz", web::route().guard(get_or_head()).to(health::healthz))
-        .route("/readyz", web::route().guard(get_or_head()).to(health::readyz))
-        .route("/metrics", web::route().guard(get_or_head()).to(health::metrics))
-        .route("/{name}", web::route().guard(get_or_head()).to(narinfo::get))
-        .default_service(web::to(not_found));
+    cfg.route(
+        "/nix-cache-info",
+        web::route().guard(get_or_head()).to(cacheinfo::get),
+    )
+    .route(
+        "/nar/{file}",
+        web::route().guard(get_or_head()).to(nar::get),
+    )
+    .route(
+        "/pubkey",
+        web::route().guard(get_or_head()).to(health::pubkey),
+    )
+    .route(
+        "/healthz",
+        web::route().guard(get_or_head()).to(health::healthz),
+    )
+    .route(
+        "/readyz",
+        web::route().guard(get_or_head()).to(health::readyz),
+    )
+    .route(
+        "/metrics",
+        web::route().guard(get_or_head()).to(health::metrics),
+    )
+    .route(
+        "/{name}",
+        web::route().guard(get_or_head()).to(narinfo::get),
+    )
+    .default_service(web::to(not_found));
 }
 
 /// Counts requests by route template and status.
@@ -45,7 +66,10 @@ pub async fn count_requests(
     let state = req.app_data::<web::Data<AppState>>().cloned();
     let res = next.call(req).await?;
     if let Some(state) = state {
-        let route = res.request().match_pattern().unwrap_or_else(|| "unmatched".to_string());
+        let route = res
+            .request()
+            .match_pattern()
+            .unwrap_or_else(|| "unmatched".to_string());
         state
             .cache
             .metrics()
@@ -58,7 +82,10 @@ pub async fn count_requests(
 
 pub(crate) fn text(status: actix_web::http::StatusCode, body: &'static str) -> HttpResponse {
     HttpResponse::build(status)
-        .insert_header((CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8")))
+        .insert_header((
+            CONTENT_TYPE,
+            HeaderValue::from_static("text/plain; charset=utf-8"),
+        ))
         .insert_header((CACHE_CONTROL, HeaderValue::from_static("no-store")))
         .body(body)
 }

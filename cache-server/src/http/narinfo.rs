@@ -1,10 +1,10 @@
 //! `/<hash>.narinfo`
 
+use actix_web::http::header::{HeaderValue, CONTENT_TYPE};
 use actix_web::http::StatusCode;
-use actix_web::http::header::{CONTENT_TYPE, HeaderValue};
-use actix_web::{HttpResponse, web};
+use actix_web::{web, HttpResponse};
 
-use super::{AppState, not_found_response, text};
+use super::{not_found_response, text, AppState};
 use crate::nix::StoreHash;
 
 pub async fn get(state: web::Data<AppState>, name: web::Path<String>) -> HttpResponse {

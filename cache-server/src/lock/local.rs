@@ -58,7 +58,12 @@ impl Held for LocalGuard {
 
 #[async_trait]
 impl Lock for LocalLock {
-    async fn acquire(&self, key: &str, _ttl: Duration, wait: Duration) -> Result<Option<Guard>, LockError> {
+    async fn acquire(
+        &self,
+        key: &str,
+        _ttl: Duration,
+        wait: Duration,
+    ) -> Result<Option<Guard>, LockError> {
         let mutex = self.entry(key);
         let taken = match mutex.clone().try_lock_owned() {
             Ok(g) => Some(g),
@@ -66,7 +71,11 @@ impl Lock for LocalLock {
             Err(_) => tokio::time::timeout(wait, mutex.lock_owned()).await.ok(),
         };
         match taken {
-            Some(g) => Ok(Some(Box::new(LocalGuard { guard: Some(g), table: self.table.clone(), key: key.to_string() }))),
+            Some(g) => Ok(Some(Box::new(LocalGuard {
+                guard: Some(g),
+                table: self.table.clone(),
+                key: key.to_string(),
+            }))),
             None => {
                 Self::forget_if_idle(&self.table, key);
                 Ok(None)
@@ -83,6 +92,9 @@ mod tests {
     async fn conformance() {
         let lock = Arc::new(LocalLock::new());
         super::super::conformance::run(lock.clone()).await;
-        assert!(lock.table.lock().expect("table").is_empty(), "idle keys are forgotten");
+        assert!(
+            lock.table.lock().expect("table").is_empty(),
+            "idle keys are forgotten"
+        );
     }
 }

@@ -28,25 +28,47 @@ pub type Guard = Box<dyn Held>;
 pub trait Lock: Send + Sync + 'static {
     /// Takes `key` for `ttl`, waiting up to `wait` for a current holder to release it.
     /// `Ok(None)` when it is still held by someone else after `wait`.
-    async fn acquire(&self, key: &str, ttl: Duration, wait: Duration) -> Result<Option<Guard>, LockError>;
+    async fn acquire(
+        &self,
+        key: &str,
+        ttl: Duration,
+        wait: Duration,
+    ) -> Result<Option<Guard>, LockError>;
 }
 
 #[cfg(test)]
 pub(crate) mod conformance {
     //! Behaviour every `Lock` must have.
-    use std::sync::Arc;
     use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
 
     use super::*;
 
     pub async fn run(lock: Arc<dyn Lock>) {
         let ttl = Duration::from_secs(30);
-        let g = lock.acquire("a", ttl, Duration::ZERO).await.expect("acquire").expect("free");
-        assert!(lock.acquire("a", ttl, Duration::from_millis(50)).await.expect("acquire").is_none());
-        assert!(lock.acquire("b", ttl, Duration::ZERO).await.expect("acquire").is_some(), "keys are independent");
+        let g = lock
+            .acquire("a", ttl, Duration::ZERO)
+            .await
+            .expect("acquire")
+            .expect("free");
+        assert!(lock
+            .acquire("a", ttl, Duration::from_millis(50))
+            .await
+            .expect("acquire")
+            .is_none());
+        assert!(
+            lock.acquire("b", ttl, Duration::ZERO)
+                .await
+                .expect("acquire")
+                .is_some(),
+            "keys are independent"
+        );
         g.extend(ttl).await.expect("extend");
         drop(g);
-        let g = lock.acquire("a", ttl, Duration::from_secs(5)).await.expect("acquire");
+        let g = lock
+            .acquire("a", ttl, Duration::from_secs(5))
+            .await
+            .expect("acquire");
         assert!(g.is_some(), "released on drop");
         drop(g);
 
@@ -57,8 +79,16 @@ pub(crate) mod conformance {
         for _ in 0..20 {
             let (lock, inside, done) = (lock.clone(), inside.clone(), done.clone());
             tasks.push(tokio::spawn(async move {
-                let g = lock.acquire("c", ttl, Duration::from_secs(30)).await.expect("acquire").expect("turn");
-                assert_eq!(inside.fetch_add(1, Ordering::SeqCst), 0, "two holders at once");
+                let g = lock
+                    .acquire("c", ttl, Duration::from_secs(30))
+                    .await
+                    .expect("acquire")
+                    .expect("turn");
+                assert_eq!(
+                    inside.fetch_add(1, Ordering::SeqCst),
+                    0,
+                    "two holders at once"
+                );
                 tokio::time::sleep(Duration::from_millis(5)).await;
                 inside.fetch_sub(1, Ordering::SeqCst);
                 done.fetch_add(1, Ordering::SeqCst);

@@ -56,7 +56,13 @@ mod tests {
 
     #[test]
     fn rejects_bad_input_without_panicking() {
-        for s in ["", "a", "e", "0000000000000000000000000000000e", "zzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzz"] {
+        for s in [
+            "",
+            "a",
+            "e",
+            "0000000000000000000000000000000e",
+            "zzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzz",
+        ] {
             assert!(decode_exact(s, 32).is_none(), "{s}");
             assert!(decode_exact(s, 20).is_none(), "{s}");
         }
@@ -69,7 +75,12 @@ mod tests {
     fn known_vector() {
         // sha256 of the empty string, as `nix hash to-base32` prints it
         let hex = "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855";
-        let bytes: Vec<u8> = (0..32).map(|i| u8::from_str_radix(&hex[2 * i..2 * i + 2], 16).unwrap_or(0)).collect();
-        assert_eq!(encode(&bytes), "0mdqa9w1p6cmli6976v4wi0sw9r4p5prkj7lzfd1877wk11c9c73");
+        let bytes: Vec<u8> = (0..32)
+            .map(|i| u8::from_str_radix(&hex[2 * i..2 * i + 2], 16).unwrap_or(0))
+            .collect();
+        assert_eq!(
+            encode(&bytes),
+            "0mdqa9w1p6cmli6976v4wi0sw9r4p5prkj7lzfd1877wk11c9c73"
+        );
     }
 }

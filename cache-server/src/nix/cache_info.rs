@@ -25,9 +25,15 @@ pub enum CacheInfoError {
 
 impl CacheInfo {
     pub fn parse(text: &str) -> Result<Self, CacheInfoError> {
-        let mut info = Self { store_dir: String::new(), want_mass_query: false, priority: None };
+        let mut info = Self {
+            store_dir: String::new(),
+            want_mass_query: false,
+            priority: None,
+        };
         for line in text.lines() {
-            let Some((k, v)) = line.split_once(':') else { continue };
+            let Some((k, v)) = line.split_once(':') else {
+                continue;
+            };
             let v = v.trim();
             match k.trim() {
                 "StoreDir" => {
@@ -37,7 +43,10 @@ impl CacheInfo {
                     info.store_dir = v.to_string();
                 }
                 "WantMassQuery" => info.want_mass_query = v == "1",
-                "Priority" => info.priority = Some(v.parse().map_err(|_| CacheInfoError::Invalid("Priority"))?),
+                "Priority" => {
+                    info.priority =
+                        Some(v.parse().map_err(|_| CacheInfoError::Invalid("Priority"))?)
+                }
                 _ => {}
             }
         }
@@ -48,7 +57,11 @@ impl CacheInfo {
     }
 
     pub fn to_text(&self) -> String {
-        let mut s = format!("StoreDir: {}\nWantMassQuery: {}\n", self.store_dir, u8::from(self.want_mass_query));
+        let mut s = format!(
+            "StoreDir: {}\nWantMassQuery: {}\n",
+            self.store_dir,
+            u8::from(self.want_mass_query)
+        );
         if let Some(p) = self.priority {
             let _ = writeln!(s, "Priority: {p}");
         }
@@ -62,9 +75,16 @@ mod tests {
 
     #[test]
     fn round_trip() {
-        let info = CacheInfo { store_dir: DEFAULT_STORE_DIR.into(), want_mass_query: true, priority: Some(40) };
+        let info = CacheInfo {
+            store_dir: DEFAULT_STORE_DIR.into(),
+            want_mass_query: true,
+            priority: Some(40),
+        };
         let text = info.to_text();
-        assert_eq!(text, "StoreDir: /nix/store\nWantMassQuery: 1\nPriority: 40\n");
+        assert_eq!(
+            text,
+            "StoreDir: /nix/store\nWantMassQuery: 1\nPriority: 40\n"
+        );
         assert_eq!(CacheInfo::parse(&text), Ok(info));
     }
 
@@ -78,8 +98,17 @@ mod tests {
 
     #[test]
     fn rejects_bad() {
-        assert_eq!(CacheInfo::parse("WantMassQuery: 1\n"), Err(CacheInfoError::NoStoreDir));
-        assert_eq!(CacheInfo::parse("StoreDir: /nix/store\nPriority: high\n"), Err(CacheInfoError::Invalid("Priority")));
-        assert_eq!(CacheInfo::parse("StoreDir: nix\n"), Err(CacheInfoError::Invalid("StoreDir")));
+        assert_eq!(
+            CacheInfo::parse("WantMassQuery: 1\n"),
+            Err(CacheInfoError::NoStoreDir)
+        );
+        assert_eq!(
+            CacheInfo::parse("StoreDir: /nix/store\nPriority: high\n"),
+            Err(CacheInfoError::Invalid("Priority"))
+        );
+        assert_eq!(
+            CacheInfo::parse("StoreDir: nix\n"),
+            Err(CacheInfoError::Invalid("StoreDir"))
+        );
     }
 }

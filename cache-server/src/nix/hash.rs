@@ -4,8 +4,8 @@
 
 use std::fmt;
 
-use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as BASE64;
+use base64::Engine as _;
 use sha2::{Digest, Sha256};
 
 use super::base32;
@@ -44,7 +44,9 @@ impl Sha256Hash {
     /// Parses a bare sha256 digest in nix32 (52 chars), base16 (64) or base64 (44).
     pub fn parse_untyped(s: &str) -> Option<Self> {
         match s.len() {
-            52 => base32::decode_exact(s, 32).and_then(|v| v.try_into().ok()).map(Self),
+            52 => base32::decode_exact(s, 32)
+                .and_then(|v| v.try_into().ok())
+                .map(Self),
             64 => {
                 let mut out = [0u8; 32];
                 for (i, chunk) in s.as_bytes().chunks(2).enumerate() {
@@ -107,7 +109,14 @@ mod tests {
 
     #[test]
     fn rejects_other_algorithms_and_garbage() {
-        for s in ["md5:abc", "sha256:", "sha256:xyz", "sha512:00", "nonsense", "sha256:e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b85g"] {
+        for s in [
+            "md5:abc",
+            "sha256:",
+            "sha256:xyz",
+            "sha512:00",
+            "nonsense",
+            "sha256:e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b85g",
+        ] {
             assert!(Sha256Hash::parse_typed(s).is_err(), "{s}");
         }
     }

@@ -6,7 +6,7 @@ use std::fmt;
 use std::str::FromStr;
 
 use super::base32;
-use super::hash::{Sha256Hash, truncate};
+use super::hash::{truncate, Sha256Hash};
 
 /// Compression of a NAR file, as named in a narinfo's `Compression` field.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -98,9 +98,15 @@ impl NarFile {
     pub fn parse(name: &str) -> Result<Self, NarFileError> {
         let err = || NarFileError::Name(truncate(name));
         let hash_len = base32::encoded_len(32);
-        let (hash, rest) = (name.get(..hash_len).ok_or_else(err)?, name.get(hash_len..).ok_or_else(err)?);
+        let (hash, rest) = (
+            name.get(..hash_len).ok_or_else(err)?,
+            name.get(hash_len..).ok_or_else(err)?,
+        );
         let ext = rest.strip_prefix(".nar").ok_or_else(err)?;
-        let compression = Compression::ALL.into_iter().find(|c| c.extension() == ext).ok_or_else(err)?;
+        let compression = Compression::ALL
+            .into_iter()
+            .find(|c| c.extension() == ext)
+            .ok_or_else(err)?;
         let bytes = base32::decode_exact(hash, 32).ok_or_else(err)?;
         let hash = Sha256Hash(bytes.try_into().map_err(|_| err())?);
         Ok(Self { hash, compression })
@@ -108,7 +114,11 @@ impl NarFile {
 
     /// `<nix32>.nar[.<ext>]`, the storage key and the last part of the URL.
     pub fn file_name(&self) -> String {
-        format!("{}.nar{}", self.hash.to_nix32(), self.compression.extension())
+        format!(
+            "{}.nar{}",
+            self.hash.to_nix32(),
+            self.compression.extension()
+        )
     }
 
     /// The URL relative to the cache root, as written in narinfos: `nar/<file name>`.
@@ -149,7 +159,7 @@ mod tests {
             &format!("{H}.nar.exe"),
             &format!("{H}.nar.xz.xz"),
             &format!("{H}.narinfo"),
-            &format!("{H}"),
+            H,
             &format!("../{H}.nar"),
             &format!("{H}.nar/../../etc/passwd"),
             &format!("{}e.nar", &H[..51]),

@@ -5,7 +5,7 @@
 
 use std::fmt::Write as _;
 
-use super::hash::{Sha256Hash, truncate};
+use super::hash::{truncate, Sha256Hash};
 use super::nar_file::Compression;
 use super::signing::{PublicKey, SecretKey};
 use super::store_path::StorePath;
@@ -49,7 +49,10 @@ pub struct NarInfo {
 }
 
 fn invalid(field: &'static str, value: &str) -> NarInfoError {
-    NarInfoError::Invalid { field, value: truncate(value) }
+    NarInfoError::Invalid {
+        field,
+        value: truncate(value),
+    }
 }
 
 fn set<T>(slot: &mut Option<T>, field: &'static str, value: T) -> Result<(), NarInfoError> {
@@ -110,17 +113,23 @@ impl NarInfo {
                     set(&mut compression, "Compression", c)?
                 }
                 "FileHash" => {
-                    let h = Sha256Hash::parse_typed(value).map_err(|_| invalid("FileHash", value))?;
+                    let h =
+                        Sha256Hash::parse_typed(value).map_err(|_| invalid("FileHash", value))?;
                     set(&mut file_hash, "FileHash", h)?
                 }
                 "FileSize" => set(&mut file_size, "FileSize", parse_u64("FileSize", value)?)?,
                 "NarHash" => {
-                    let h = Sha256Hash::parse_typed(value).map_err(|_| invalid("NarHash", value))?;
+                    let h =
+                        Sha256Hash::parse_typed(value).map_err(|_| invalid("NarHash", value))?;
                     set(&mut nar_hash, "NarHash", h)?
                 }
                 "NarSize" => set(&mut nar_size, "NarSize", parse_u64("NarSize", value)?)?,
                 "References" => {
-                    let refs: Vec<String> = value.split(' ').filter(|r| !r.is_empty()).map(str::to_string).collect();
+                    let refs: Vec<String> = value
+                        .split(' ')
+                        .filter(|r| !r.is_empty())
+                        .map(str::to_string)
+                        .collect();
                     set(&mut references, "References", refs)?
                 }
                 "Deriver" => set(&mut deriver, "Deriver", value.to_string())?,
@@ -137,7 +146,8 @@ impl NarInfo {
         }
         let references = references.unwrap_or_default();
         for r in &references {
-            StorePath::from_base_name(store_path.store_dir(), r).map_err(|_| invalid("References", r))?;
+            StorePath::from_base_name(store_path.store_dir(), r)
+                .map_err(|_| invalid("References", r))?;
         }
         Ok(Self {
             url: url.ok_or(NarInfoError::Missing("URL"))?,
@@ -163,15 +173,27 @@ impl NarInfo {
     /// What signatures sign: `1;<store path>;<NarHash>;<NarSize>;<sorted full reference paths>`.
     pub fn fingerprint(&self) -> String {
         let dir = self.store_path.store_dir();
-        let mut refs: Vec<String> = self.references.iter().map(|r| format!("{dir}/{r}")).collect();
+        let mut refs: Vec<String> = self
+            .references
+            .iter()
+            .map(|r| format!("{dir}/{r}"))
+            .collect();
         refs.sort();
-        format!("1;{};{};{};{}", self.store_path, self.nar_hash, self.nar_size, refs.join(","))
+        format!(
+            "1;{};{};{};{}",
+            self.store_path,
+            self.nar_hash,
+            self.nar_size,
+            refs.join(",")
+        )
     }
 
     /// Whether any `Sig` verifies against any of `keys`.
     pub fn verify(&self, keys: &[PublicKey]) -> bool {
         let fp = self.fingerprint();
-        self.sigs.iter().any(|sig| keys.iter().any(|k| k.verify(&fp, sig)))
+        self.sigs
+            .iter()
+            .any(|sig| keys.iter().any(|k| k.verify(&fp, sig)))
     }
 
     /// Adds this key's signature, replacing an earlier signature by a key of the same name.
@@ -261,7 +283,11 @@ mod tests {
         let ours = PublicKey::parse(NIX_PUBLIC).expect("key");
         for text in [CURL, HELLO] {
             let info = NarInfo::parse(text).expect("parses");
-            assert!(info.verify(std::slice::from_ref(&nixos)), "{}", info.store_path);
+            assert!(
+                info.verify(std::slice::from_ref(&nixos)),
+                "{}",
+                info.store_path
+            );
             assert!(!info.verify(std::slice::from_ref(&ours)));
         }
         for text in [TOP, DEP] {
@@ -295,7 +321,10 @@ mod tests {
     fn keeps_unknown_fields() {
         let text = format!("{HELLO}IpfsCid: Qmf8\n");
         let info = NarInfo::parse(&text).expect("parses");
-        assert_eq!(info.extra, vec![("IpfsCid".to_string(), "Qmf8".to_string())]);
+        assert_eq!(
+            info.extra,
+            vec![("IpfsCid".to_string(), "Qmf8".to_string())]
+        );
         assert_eq!(info.to_text(), text);
     }
 
@@ -312,17 +341,47 @@ mod tests {
         let cases = [
             ("", NarInfoError::Missing("StorePath")),
             (&HELLO.replace("URL: ", "URL:"), NarInfoError::Line(2)),
-            (&HELLO.replace("NarSize: 197528", "NarSize: -1"), invalid("NarSize", "-1")),
-            (&HELLO.replace("NarSize: 197528", "NarSize: 0"), invalid("NarSize", "0")),
-            (&HELLO.replace("Compression: xz", "Compression: rar"), invalid("Compression", "rar")),
-            (&HELLO.replace("sha256:1ddv", "md5:1ddv"), invalid("NarHash", "md5:1ddv0iqq47j0awyw7a8dmm8bz71c6ifrliq53kmmsfzjxf3rwvb8")),
-            (&format!("{HELLO}NarSize: 1\n"), NarInfoError::Duplicate("NarSize")),
-            (&HELLO.replace("glibc-2.27 ", "../etc "), invalid("References", "7gx4kiv5m0i7d7qkixq2cwzbr10lvxwc-../etc")),
-            (&HELLO.replace("StorePath: /nix/store/gdh", "StorePath: /nix/store/../gdh"), invalid("StorePath", "/nix/store/../gdh8165b7rg4y53v64chjys7mbbw89f9-hello-2.10")),
+            (
+                &HELLO.replace("NarSize: 197528", "NarSize: -1"),
+                invalid("NarSize", "-1"),
+            ),
+            (
+                &HELLO.replace("NarSize: 197528", "NarSize: 0"),
+                invalid("NarSize", "0"),
+            ),
+            (
+                &HELLO.replace("Compression: xz", "Compression: rar"),
+                invalid("Compression", "rar"),
+            ),
+            (
+                &HELLO.replace("sha256:1ddv", "md5:1ddv"),
+                invalid(
+                    "NarHash",
+                    "md5:1ddv0iqq47j0awyw7a8dmm8bz71c6ifrliq53kmmsfzjxf3rwvb8",
+                ),
+            ),
+            (
+                &format!("{HELLO}NarSize: 1\n"),
+                NarInfoError::Duplicate("NarSize"),
+            ),
+            (
+                &HELLO.replace("glibc-2.27 ", "../etc "),
+                invalid("References", "7gx4kiv5m0i7d7qkixq2cwzbr10lvxwc-../etc"),
+            ),
+            (
+                &HELLO.replace("StorePath: /nix/store/gdh", "StorePath: /nix/store/../gdh"),
+                invalid(
+                    "StorePath",
+                    "/nix/store/../gdh8165b7rg4y53v64chjys7mbbw89f9-hello-2.10",
+                ),
+            ),
         ];
         for (text, want) in cases {
             assert_eq!(NarInfo::parse(text), Err(want), "{text}");
         }
-        assert_eq!(NarInfo::parse(&"x".repeat(MAX_NARINFO_BYTES + 1)), Err(NarInfoError::TooLarge));
+        assert_eq!(
+            NarInfo::parse(&"x".repeat(MAX_NARINFO_BYTES + 1)),
+            Err(NarInfoError::TooLarge)
+        );
     }
 }

@@ -5,8 +5,8 @@
 
 use std::fmt;
 
-use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as BASE64;
+use base64::Engine as _;
 use ed25519_dalek::{Signature, Signer as _, SigningKey, VerifyingKey};
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -51,15 +51,23 @@ impl SecretKey {
         }
         let mut seed = [0u8; 32];
         getrandom::fill(&mut seed).map_err(|e| KeyError::Random(e.to_string()))?;
-        Ok(Self { name: name.to_string(), key: SigningKey::from_bytes(&seed) })
+        Ok(Self {
+            name: name.to_string(),
+            key: SigningKey::from_bytes(&seed),
+        })
     }
 
     /// Parses the contents of a secret key file as written by `nix-store --generate-binary-cache-key`.
     pub fn parse(s: &str) -> Result<Self, KeyError> {
         let (name, bytes) = split_key(s)?;
-        let bytes: [u8; 64] = bytes.try_into().map_err(|b: Vec<u8>| KeyError::Length(b.len(), 64))?;
+        let bytes: [u8; 64] = bytes
+            .try_into()
+            .map_err(|b: Vec<u8>| KeyError::Length(b.len(), 64))?;
         let key = SigningKey::from_keypair_bytes(&bytes).map_err(|_| KeyError::Mismatch)?;
-        Ok(Self { name: name.to_string(), key })
+        Ok(Self {
+            name: name.to_string(),
+            key,
+        })
     }
 
     pub fn name(&self) -> &str {
@@ -67,7 +75,10 @@ impl SecretKey {
     }
 
     pub fn public_key(&self) -> PublicKey {
-        PublicKey { name: self.name.clone(), key: self.key.verifying_key() }
+        PublicKey {
+            name: self.name.clone(),
+            key: self.key.verifying_key(),
+        }
     }
 
     /// Signs a fingerprint; returns the `Sig:` value `<name>:<base64>`.
@@ -78,13 +89,19 @@ impl SecretKey {
 
     /// The secret key file contents, `<name>:<base64(seed ‖ public)>`, as Nix writes them.
     pub fn to_file_contents(&self) -> String {
-        format!("{}:{}", self.name, BASE64.encode(self.key.to_keypair_bytes()))
+        format!(
+            "{}:{}",
+            self.name,
+            BASE64.encode(self.key.to_keypair_bytes())
+        )
     }
 }
 
 impl fmt::Debug for SecretKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("SecretKey").field("name", &self.name).finish_non_exhaustive()
+        f.debug_struct("SecretKey")
+            .field("name", &self.name)
+            .finish_non_exhaustive()
     }
 }
 
@@ -98,9 +115,14 @@ pub struct PublicKey {
 impl PublicKey {
     pub fn parse(s: &str) -> Result<Self, KeyError> {
         let (name, bytes) = split_key(s)?;
-        let bytes: [u8; 32] = bytes.try_into().map_err(|b: Vec<u8>| KeyError::Length(b.len(), 32))?;
+        let bytes: [u8; 32] = bytes
+            .try_into()
+            .map_err(|b: Vec<u8>| KeyError::Length(b.len(), 32))?;
         let key = VerifyingKey::from_bytes(&bytes).map_err(|_| KeyError::Invalid)?;
-        Ok(Self { name: name.to_string(), key })
+        Ok(Self {
+            name: name.to_string(),
+            key,
+        })
     }
 
     pub fn name(&self) -> &str {
@@ -110,12 +132,18 @@ impl PublicKey {
     /// Whether `sig` (a `Sig:` value `<name>:<base64>`) is this key's valid signature of
     /// `fingerprint`. A signature by a key of another name is simply not ours: false.
     pub fn verify(&self, fingerprint: &str, sig: &str) -> bool {
-        let Some((name, b64)) = sig.split_once(':') else { return false };
+        let Some((name, b64)) = sig.split_once(':') else {
+            return false;
+        };
         if name != self.name {
             return false;
         }
-        let Ok(bytes) = BASE64.decode(b64) else { return false };
-        let Ok(sig) = Signature::from_slice(&bytes) else { return false };
+        let Ok(bytes) = BASE64.decode(b64) else {
+            return false;
+        };
+        let Ok(sig) = Signature::from_slice(&bytes) else {
+            return false;
+        };
         self.key.verify_strict(fingerprint.as_bytes(), &sig).is_ok()
     }
 }
@@ -133,7 +161,8 @@ impl fmt::Debug for PublicKey {
 }
 
 /// The public key of cache.nixos.org, trusted for upstream narinfos by default.
-pub const CACHE_NIXOS_ORG_KEY: &str = "cache.nixos.org-1:6NCHdD59X431o0gWypbMrAURkbJ16ZPMQFGspcDShjY=";
+pub const CACHE_NIXOS_ORG_KEY: &str =
+    "cache.nixos.org-1:6NCHdD59X431o0gWypbMrAURkbJ16ZPMQFGspcDShjY=";
 
 #[cfg(test)]
 mod tests {
@@ -174,7 +203,9 @@ mod tests {
         assert!(sk.public_key().verify("1;/nix/store/x;sha256:y;1;", &sig));
         assert!(!sk.public_key().verify("1;/nix/store/x;sha256:y;2;", &sig));
         let other = SecretKey::generate("nixcache-test-1").expect("generate");
-        assert!(!other.public_key().verify("1;/nix/store/x;sha256:y;1;", &sig));
+        assert!(!other
+            .public_key()
+            .verify("1;/nix/store/x;sha256:y;1;", &sig));
         assert!(!format!("{sk:?}").contains(&sk.to_file_contents()[16..]));
     }
 

@@ -69,13 +69,22 @@ impl StorePath {
             return Err(err());
         }
         let (hash, name) = parse_base_name(base).ok_or_else(err)?;
-        Ok(Self { store_dir: dir.to_string(), hash, name: name.to_string() })
+        Ok(Self {
+            store_dir: dir.to_string(),
+            hash,
+            name: name.to_string(),
+        })
     }
 
     /// Joins a base name `<hash>-<name>` (as in References) onto a store directory.
     pub fn from_base_name(store_dir: &str, base: &str) -> Result<Self, StorePathError> {
-        let (hash, name) = parse_base_name(base).ok_or_else(|| StorePathError::Path(truncate(base)))?;
-        Ok(Self { store_dir: store_dir.to_string(), hash, name: name.to_string() })
+        let (hash, name) =
+            parse_base_name(base).ok_or_else(|| StorePathError::Path(truncate(base)))?;
+        Ok(Self {
+            store_dir: store_dir.to_string(),
+            hash,
+            name: name.to_string(),
+        })
     }
 
     pub fn store_dir(&self) -> &str {
@@ -111,7 +120,9 @@ impl fmt::Debug for StorePath {
 /// An absolute directory without empty, `.` or `..` components.
 pub fn is_canonical_dir(dir: &str) -> bool {
     match dir.strip_prefix('/') {
-        Some(rest) => rest.split('/').all(|c| !c.is_empty() && c != "." && c != ".."),
+        Some(rest) => rest
+            .split('/')
+            .all(|c| !c.is_empty() && c != "." && c != ".."),
         None => false,
     }
 }
@@ -135,13 +146,24 @@ mod tests {
 
     #[test]
     fn parses_real_paths() {
-        let p = StorePath::parse("/nix/store/syd87l2rxw8cbsxmxl853h0r6pdwhwjr-curl-7.82.0-bin").expect("valid");
+        let p = StorePath::parse("/nix/store/syd87l2rxw8cbsxmxl853h0r6pdwhwjr-curl-7.82.0-bin")
+            .expect("valid");
         assert_eq!(p.store_dir(), "/nix/store");
         assert_eq!(p.hash().as_str(), "syd87l2rxw8cbsxmxl853h0r6pdwhwjr");
         assert_eq!(p.name(), "curl-7.82.0-bin");
-        assert_eq!(p.to_string(), "/nix/store/syd87l2rxw8cbsxmxl853h0r6pdwhwjr-curl-7.82.0-bin");
-        let r = StorePath::from_base_name("/nix/store", "6w8g7njm4mck5dmjxws0z1xnrxvl81xa-glibc-2.34-115").expect("valid");
-        assert_eq!(r.base_name(), "6w8g7njm4mck5dmjxws0z1xnrxvl81xa-glibc-2.34-115");
+        assert_eq!(
+            p.to_string(),
+            "/nix/store/syd87l2rxw8cbsxmxl853h0r6pdwhwjr-curl-7.82.0-bin"
+        );
+        let r = StorePath::from_base_name(
+            "/nix/store",
+            "6w8g7njm4mck5dmjxws0z1xnrxvl81xa-glibc-2.34-115",
+        )
+        .expect("valid");
+        assert_eq!(
+            r.base_name(),
+            "6w8g7njm4mck5dmjxws0z1xnrxvl81xa-glibc-2.34-115"
+        );
     }
 
     #[test]
@@ -175,7 +197,10 @@ mod tests {
         ] {
             assert!(StorePath::parse(s).is_err(), "{s}");
         }
-        let long = format!("/nix/store/syd87l2rxw8cbsxmxl853h0r6pdwhwjr-{}", "a".repeat(212));
+        let long = format!(
+            "/nix/store/syd87l2rxw8cbsxmxl853h0r6pdwhwjr-{}",
+            "a".repeat(212)
+        );
         assert!(StorePath::parse(&long).is_err());
     }
 }

@@ -10,7 +10,7 @@ use futures_util::StreamExt;
 use tokio::io::{AsyncReadExt, AsyncSeekExt, AsyncWriteExt};
 use tokio_util::io::ReaderStream;
 
-use super::{ByteRange, Object, Storage, StorageError, validate_key};
+use super::{validate_key, ByteRange, Object, Storage, StorageError};
 
 const READ_CHUNK: usize = 256 * 1024;
 
@@ -66,7 +66,11 @@ impl LocalStorage {
 
 #[async_trait]
 impl Storage for LocalStorage {
-    async fn get(&self, key: &str, range: Option<ByteRange>) -> Result<Option<Object>, StorageError> {
+    async fn get(
+        &self,
+        key: &str,
+        range: Option<ByteRange>,
+    ) -> Result<Option<Object>, StorageError> {
         let path = self.path(key)?;
         let mut file = match tokio::fs::File::open(&path).await {
             Ok(f) => f,
@@ -76,13 +80,19 @@ impl Storage for LocalStorage {
         let total = file.metadata().await?.len();
         let (start, end) = match range {
             None => (0, total),
-            Some(r) => r.resolve(total).ok_or(StorageError::RangeNotSatisfiable { total })?,
+            Some(r) => r
+                .resolve(total)
+                .ok_or(StorageError::RangeNotSatisfiable { total })?,
         };
         if start > 0 {
             file.seek(SeekFrom::Start(start)).await?;
         }
         let body = ReaderStream::with_capacity(file.take(end - start), READ_CHUNK).boxed();
-        Ok(Some(Object { total, range: (start, end), body }))
+        Ok(Some(Object {
+            total,
+            range: (start, end),
+            body,
+        }))
     }
 
     async fn size(&self, key: &str) -> Result<Option<u64>, StorageError> {
@@ -127,7 +137,9 @@ mod tests {
     #[tokio::test]
     async fn conformance() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let storage = LocalStorage::open(dir.path().join("store")).await.expect("open");
+        let storage = LocalStorage::open(dir.path().join("store"))
+            .await
+            .expect("open");
         super::super::conformance::run(&storage, dir.path()).await;
     }
 

@@ -59,7 +59,11 @@ pub struct Object {
 #[async_trait]
 pub trait Storage: Send + Sync + 'static {
     /// Opens an object for reading, or `None` when it is absent.
-    async fn get(&self, key: &str, range: Option<ByteRange>) -> Result<Option<Object>, StorageError>;
+    async fn get(
+        &self,
+        key: &str,
+        range: Option<ByteRange>,
+    ) -> Result<Option<Object>, StorageError>;
     /// Size of an object, or `None` when it is absent.
     async fn size(&self, key: &str) -> Result<Option<u64>, StorageError>;
     /// Stores a complete, verified local file under `key`, atomically: readers see either nothing
@@ -77,7 +81,8 @@ pub fn validate_key(key: &str) -> Result<(), StorageError> {
         !s.is_empty()
             && s != "."
             && s != ".."
-            && s.bytes().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || b"._-".contains(&c))
+            && s.bytes()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || b"._-".contains(&c))
     };
     if key.len() > 512 || !key.split('/').all(ok_segment) {
         return Err(StorageError::Key(key.chars().take(80).collect()));
@@ -108,49 +113,140 @@ pub(crate) mod conformance {
     }
 
     pub async fn run(storage: &dyn Storage, scratch: &Path) {
-        assert!(storage.get("nar/absent.nar", None).await.expect("get").is_none());
+        assert!(storage
+            .get("nar/absent.nar", None)
+            .await
+            .expect("get")
+            .is_none());
         assert_eq!(storage.size("nar/absent.nar").await.expect("size"), None);
 
         let data: Vec<u8> = (0..100_000u32).map(|i| (i % 251) as u8).collect();
         let src = scratch.join("upload");
         std::fs::write(&src, &data).expect("write");
-        storage.put_file("nar/x.nar.xz", &src).await.expect("put_file");
+        storage
+            .put_file("nar/x.nar.xz", &src)
+            .await
+            .expect("put_file");
         assert!(!src.exists(), "put_file consumes its file");
-        assert_eq!(storage.size("nar/x.nar.xz").await.expect("size"), Some(data.len() as u64));
+        assert_eq!(
+            storage.size("nar/x.nar.xz").await.expect("size"),
+            Some(data.len() as u64)
+        );
 
-        let o = storage.get("nar/x.nar.xz", None).await.expect("get").expect("present");
+        let o = storage
+            .get("nar/x.nar.xz", None)
+            .await
+            .expect("get")
+            .expect("present");
         assert_eq!((o.total, o.range), (100_000, (0, 100_000)));
         assert_eq!(read_all(o).await, data);
 
-        let r = ByteRange::From { start: 10, end: Some(19) };
-        let o = storage.get("nar/x.nar.xz", Some(r)).await.expect("get").expect("present");
+        let r = ByteRange::From {
+            start: 10,
+            end: Some(19),
+        };
+        let o = storage
+            .get("nar/x.nar.xz", Some(r))
+            .await
+            .expect("get")
+            .expect("present");
         assert_eq!(o.range, (10, 20));
         assert_eq!(read_all(o).await, &data[10..20]);
-        let o = storage.get("nar/x.nar.xz", Some(ByteRange::Suffix(5))).await.expect("get").expect("present");
+        let o = storage
+            .get("nar/x.nar.xz", Some(ByteRange::Suffix(5)))
+            .await
+            .expect("get")
+            .expect("present");
         assert_eq!(read_all(o).await, &data[99_995..]);
-        let past = storage.get("nar/x.nar.xz", Some(ByteRange::From { start: 100_000, end: None })).await;
-        assert!(matches!(past, Err(StorageError::RangeNotSatisfiable { total: 100_000 })));
+        let past = storage
+            .get(
+                "nar/x.nar.xz",
+                Some(ByteRange::From {
+                    start: 100_000,
+                    end: None,
+                }),
+            )
+            .await;
+        assert!(matches!(
+            past,
+            Err(StorageError::RangeNotSatisfiable { total: 100_000 })
+        ));
 
-        storage.put_bytes("narinfo/a.narinfo", Bytes::from_static(b"one")).await.expect("put");
-        storage.put_bytes("narinfo/a.narinfo", Bytes::from_static(b"two")).await.expect("overwrite");
-        let o = storage.get("narinfo/a.narinfo", None).await.expect("get").expect("present");
+        storage
+            .put_bytes("narinfo/a.narinfo", Bytes::from_static(b"one"))
+            .await
+            .expect("put");
+        storage
+            .put_bytes("narinfo/a.narinfo", Bytes::from_static(b"two"))
+            .await
+            .expect("overwrite");
+        let o = storage
+            .get("narinfo/a.narinfo", None)
+            .await
+            .expect("get")
+            .expect("present");
         assert_eq!(read_all(o).await, b"two");
 
         storage.delete("narinfo/a.narinfo").await.expect("delete");
-        storage.delete("narinfo/a.narinfo").await.expect("deleting the absent is fine");
-        assert!(storage.get("narinfo/a.narinfo", None).await.expect("get").is_none());
+        storage
+            .delete("narinfo/a.narinfo")
+            .await
+            .expect("deleting the absent is fine");
+        assert!(storage
+            .get("narinfo/a.narinfo", None)
+            .await
+            .expect("get")
+            .is_none());
 
-        for bad in ["../etc/passwd", "nar/../../x", "/abs", "nar//x", "nar/X.nar", "nar/%2e%2e"] {
-            assert!(matches!(storage.get(bad, None).await, Err(StorageError::Key(_))), "{bad}");
+        for bad in [
+            "../etc/passwd",
+            "nar/../../x",
+            "/abs",
+            "nar//x",
+            "nar/X.nar",
+            "nar/%2e%2e",
+        ] {
+            assert!(
+                matches!(storage.get(bad, None).await, Err(StorageError::Key(_))),
+                "{bad}"
+            );
         }
     }
 
     #[test]
     fn ranges_resolve() {
-        assert_eq!(ByteRange::From { start: 0, end: None }.resolve(10), Some((0, 10)));
-        assert_eq!(ByteRange::From { start: 5, end: Some(100) }.resolve(10), Some((5, 10)));
-        assert_eq!(ByteRange::From { start: 10, end: None }.resolve(10), None);
-        assert_eq!(ByteRange::From { start: 5, end: Some(4) }.resolve(10), None);
+        assert_eq!(
+            ByteRange::From {
+                start: 0,
+                end: None
+            }
+            .resolve(10),
+            Some((0, 10))
+        );
+        assert_eq!(
+            ByteRange::From {
+                start: 5,
+                end: Some(100)
+            }
+            .resolve(10),
+            Some((5, 10))
+        );
+        assert_eq!(
+            ByteRange::From {
+                start: 10,
+                end: None
+            }
+            .resolve(10),
+            None
+        );
+        assert_eq!(
+            ByteRange::From {
+                start: 5,
+                end: Some(4)
+            }
+            .resolve(10),
+            None
+        );
         assert_eq!(ByteRange::Suffix(3).resolve(10), Some((7, 10)));
         assert_eq!(ByteRange::Suffix(30).resolve(10), Some((0, 10)));
         assert_eq!(ByteRange::Suffix(0).resolve(10), None);

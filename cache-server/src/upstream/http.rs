@@ -4,8 +4,8 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
-use futures_util::StreamExt;
 use futures_util::stream::BoxStream;
+use futures_util::StreamExt;
 use reqwest::{StatusCode, Url};
 
 use crate::nix::narinfo::MAX_NARINFO_BYTES;
@@ -58,15 +58,26 @@ pub struct HttpUpstream {
 
 /// What a narinfo lookup found.
 pub enum Lookup {
-    Found(NarInfo),
+    Found(Box<NarInfo>),
     /// The upstream answered that it does not have it.
     Missing,
 }
 
 impl HttpUpstream {
-    pub fn new(config: UpstreamConfig, client: reqwest::Client, first_byte_timeout: Duration, store_dir: &str) -> Self {
+    pub fn new(
+        config: UpstreamConfig,
+        client: reqwest::Client,
+        first_byte_timeout: Duration,
+        store_dir: &str,
+    ) -> Self {
         let learned = config.priority.unwrap_or(UNKNOWN_PRIORITY);
-        Self { config, client, first_byte_timeout, store_dir: store_dir.to_string(), learned_priority: AtomicU32::new(learned) }
+        Self {
+            config,
+            client,
+            first_byte_timeout,
+            store_dir: store_dir.to_string(),
+            learned_priority: AtomicU32::new(learned),
+        }
     }
 
     pub fn url(&self) -> &Url {
@@ -97,36 +108,55 @@ impl HttpUpstream {
             let p = format!("{}/", base.path());
             base.set_path(&p);
         }
-        base.join(path).map_err(|e| UpstreamError::Http { url: redact(&self.config.url), message: e.to_string() })
+        base.join(path).map_err(|e| UpstreamError::Http {
+            url: redact(&self.config.url),
+            message: e.to_string(),
+        })
     }
 
     async fn get(&self, url: &Url) -> Result<reqwest::Response, UpstreamError> {
         let send = self.client.get(url.clone()).send();
         match tokio::time::timeout(self.first_byte_timeout, send).await {
-            Err(_) => Err(UpstreamError::Timeout { url: redact(&url) }),
-            Ok(Err(e)) if e.is_timeout() => Err(UpstreamError::Timeout { url: redact(&url) }),
-            Ok(Err(e)) => Err(UpstreamError::Http { url: redact(&url), message: without_url(&e) }),
+            Err(_) => Err(UpstreamError::Timeout { url: redact(url) }),
+            Ok(Err(e)) if e.is_timeout() => Err(UpstreamError::Timeout { url: redact(url) }),
+            Ok(Err(e)) => Err(UpstreamError::Http {
+                url: redact(url),
+                message: without_url(&e),
+            }),
             Ok(Ok(r)) => Ok(r),
         }
     }
 
     /// Reads a small body whole, within the first-byte timeout and a size bound.
-    async fn small_body(&self, url: &Url, resp: reqwest::Response) -> Result<String, UpstreamError> {
+    async fn small_body(
+        &self,
+        url: &Url,
+        resp: reqwest::Response,
+    ) -> Result<String, UpstreamError> {
         let read = async {
             let mut body = Vec::new();
             let mut stream = resp.bytes_stream();
             while let Some(chunk) = stream.next().await {
-                let chunk = chunk.map_err(|e| UpstreamError::Http { url: redact(&url), message: without_url(&e) })?;
+                let chunk = chunk.map_err(|e| UpstreamError::Http {
+                    url: redact(url),
+                    message: without_url(&e),
+                })?;
                 if body.len() + chunk.len() > MAX_NARINFO_BYTES {
-                    return Err(UpstreamError::Invalid { url: redact(&url), message: "too large".into() });
+                    return Err(UpstreamError::Invalid {
+                        url: redact(url),
+                        message: "too large".into(),
+                    });
                 }
                 body.extend_from_slice(&chunk);
             }
-            String::from_utf8(body).map_err(|_| UpstreamError::Invalid { url: redact(&url), message: "not UTF-8".into() })
+            String::from_utf8(body).map_err(|_| UpstreamError::Invalid {
+                url: redact(url),
+                message: "not UTF-8".into(),
+            })
         };
         tokio::time::timeout(self.first_byte_timeout, read)
             .await
-            .map_err(|_| UpstreamError::Timeout { url: redact(&url) })?
+            .map_err(|_| UpstreamError::Timeout { url: redact(url) })?
     }
 
     /// Fetches `nix-cache-info` and adopts its priority unless one is configured. Checks the
@@ -135,10 +165,16 @@ impl HttpUpstream {
         let url = self.join("nix-cache-info")?;
         let resp = self.get(&url).await?;
         if resp.status() != StatusCode::OK {
-            return Err(UpstreamError::Status { url: redact(&url), status: resp.status().as_u16() });
+            return Err(UpstreamError::Status {
+                url: redact(&url),
+                status: resp.status().as_u16(),
+            });
         }
         let text = self.small_body(&url, resp).await?;
-        let info = CacheInfo::parse(&text).map_err(|e| UpstreamError::Invalid { url: redact(&url), message: e.to_string() })?;
+        let info = CacheInfo::parse(&text).map_err(|e| UpstreamError::Invalid {
+            url: redact(&url),
+            message: e.to_string(),
+        })?;
         if info.store_dir != self.store_dir {
             return Err(UpstreamError::Invalid {
                 url: redact(&url),
@@ -146,7 +182,8 @@ impl HttpUpstream {
             });
         }
         if self.config.priority.is_none() {
-            self.learned_priority.store(info.priority.unwrap_or(DEFAULT_PRIORITY), Ordering::Relaxed);
+            self.learned_priority
+                .store(info.priority.unwrap_or(DEFAULT_PRIORITY), Ordering::Relaxed);
         }
         Ok(info)
     }
@@ -159,22 +196,35 @@ impl HttpUpstream {
         let resp = self.get(&url).await?;
         match resp.status() {
             StatusCode::OK => {}
-            StatusCode::NOT_FOUND | StatusCode::FORBIDDEN | StatusCode::GONE => return Ok(Lookup::Missing),
-            s => return Err(UpstreamError::Status { url: redact(&url), status: s.as_u16() }),
+            StatusCode::NOT_FOUND | StatusCode::FORBIDDEN | StatusCode::GONE => {
+                return Ok(Lookup::Missing)
+            }
+            s => {
+                return Err(UpstreamError::Status {
+                    url: redact(&url),
+                    status: s.as_u16(),
+                })
+            }
         }
         let text = self.small_body(&url, resp).await?;
-        let invalid = |message: String| UpstreamError::Invalid { url: redact(&url), message };
+        let invalid = |message: String| UpstreamError::Invalid {
+            url: redact(&url),
+            message,
+        };
         let info = NarInfo::parse(&text).map_err(|e| invalid(e.to_string()))?;
         if info.store_path.hash() != *hash {
             return Err(invalid(format!("it describes {}", info.store_path)));
         }
         if info.store_path.store_dir() != self.store_dir {
-            return Err(invalid(format!("store directory of {} is not {}", info.store_path, self.store_dir)));
+            return Err(invalid(format!(
+                "store directory of {} is not {}",
+                info.store_path, self.store_dir
+            )));
         }
         if !self.config.trust_unsigned && !info.verify(&self.config.keys) {
             return Err(UpstreamError::Untrusted { url: redact(&url) });
         }
-        Ok(Lookup::Found(info))
+        Ok(Lookup::Found(Box::new(info)))
     }
 
     /// The absolute URL of a narinfo's NAR: its `URL` field resolved against this upstream, as an
@@ -190,13 +240,23 @@ impl HttpUpstream {
         match resp.status() {
             StatusCode::OK => {}
             StatusCode::NOT_FOUND | StatusCode::FORBIDDEN | StatusCode::GONE => return Ok(None),
-            s => return Err(UpstreamError::Status { url: redact(&url), status: s.as_u16() }),
+            s => {
+                return Err(UpstreamError::Status {
+                    url: redact(url),
+                    status: s.as_u16(),
+                })
+            }
         }
         let length = resp.content_length();
-        let u = redact(&url);
+        let u = redact(url);
         let body = resp
             .bytes_stream()
-            .map(move |r| r.map_err(|e| UpstreamError::Http { url: u.clone(), message: without_url(&e) }))
+            .map(move |r| {
+                r.map_err(|e| UpstreamError::Http {
+                    url: u.clone(),
+                    message: without_url(&e),
+                })
+            })
             .boxed();
         Ok(Some(NarDownload { length, body }))
     }

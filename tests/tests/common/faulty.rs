@@ -49,7 +49,12 @@ impl FaultyUpstream {
     pub async fn start(cache: PathBuf, untrusted: PathBuf, mode: Mode) -> Self {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let url = format!("http://{}", listener.local_addr().expect("addr"));
-        let state = Arc::new(State { cache, untrusted, mode: Mutex::new(mode), hits: Mutex::new(HashMap::new()) });
+        let state = Arc::new(State {
+            cache,
+            untrusted,
+            mode: Mutex::new(mode),
+            hits: Mutex::new(HashMap::new()),
+        });
         let s = state.clone();
         let task = tokio::spawn(async move {
             while let Ok((conn, _)) = listener.accept().await {
@@ -65,7 +70,13 @@ impl FaultyUpstream {
 
     /// How many times `path` (e.g. `/nar/x.nar.xz`) was requested.
     pub fn hits(&self, path: &str) -> usize {
-        self.state.hits.lock().expect("hits").get(path).copied().unwrap_or(0)
+        self.state
+            .hits
+            .lock()
+            .expect("hits")
+            .get(path)
+            .copied()
+            .unwrap_or(0)
     }
 }
 
@@ -81,7 +92,12 @@ async fn serve(mut conn: TcpStream, state: Arc<State>) {
         }
         let text = String::from_utf8_lossy(&head);
         let path = text.split_whitespace().nth(1).unwrap_or("/").to_string();
-        *state.hits.lock().expect("hits").entry(path.clone()).or_default() += 1;
+        *state
+            .hits
+            .lock()
+            .expect("hits")
+            .entry(path.clone())
+            .or_default() += 1;
         let mode = *state.mode.lock().expect("mode");
         if mode == Mode::Hang {
             tokio::time::sleep(Duration::from_secs(600)).await;
@@ -89,14 +105,25 @@ async fn serve(mut conn: TcpStream, state: Arc<State>) {
         }
         let rel = path.trim_start_matches('/');
         let is_narinfo = rel.ends_with(".narinfo");
-        let dir = if is_narinfo && mode == Mode::UntrustedSig { &state.untrusted } else { &state.cache };
+        let dir = if is_narinfo && mode == Mode::UntrustedSig {
+            &state.untrusted
+        } else {
+            &state.cache
+        };
         let Ok(mut body) = std::fs::read(dir.join(rel)) else {
-            let _ = conn.write_all(b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n").await;
+            let _ = conn
+                .write_all(b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n")
+                .await;
             continue;
         };
         if is_narinfo && mode == Mode::Unsigned {
             let text = String::from_utf8_lossy(&body).into_owned();
-            body = text.lines().filter(|l| !l.starts_with("Sig:")).map(|l| format!("{l}\n")).collect::<String>().into_bytes();
+            body = text
+                .lines()
+                .filter(|l| !l.starts_with("Sig:"))
+                .map(|l| format!("{l}\n"))
+                .collect::<String>()
+                .into_bytes();
         }
         let is_nar = rel.starts_with("nar/");
         if is_nar && mode == Mode::CorruptNar {

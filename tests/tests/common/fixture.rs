@@ -29,12 +29,17 @@ impl Fixture {
 
     /// The upstream narinfo of a path, as text.
     pub fn narinfo(&self, path: &str) -> String {
-        std::fs::read_to_string(self.cache.join(format!("{}.narinfo", Self::hash_of(path)))).expect("narinfo")
+        std::fs::read_to_string(self.cache.join(format!("{}.narinfo", Self::hash_of(path))))
+            .expect("narinfo")
     }
 
     /// The NAR URL a narinfo names.
     pub fn nar_url(narinfo: &str) -> String {
-        narinfo.lines().find_map(|l| l.strip_prefix("URL: ")).expect("URL line").to_string()
+        narinfo
+            .lines()
+            .find_map(|l| l.strip_prefix("URL: "))
+            .expect("URL line")
+            .to_string()
     }
 
     /// The path with the largest NAR (the random "big" file) and its NAR's relative URL.
@@ -76,7 +81,12 @@ pub fn fixture() -> &'static Fixture {
             String::from_utf8_lossy(&out.stdout),
             String::from_utf8_lossy(&out.stderr)
         );
-        let read = |f: &str| std::fs::read_to_string(root.join(f)).expect(f).trim().to_string();
+        let read = |f: &str| {
+            std::fs::read_to_string(root.join(f))
+                .expect(f)
+                .trim()
+                .to_string()
+        };
         Fixture {
             cache: root.join("cache"),
             cache_untrusted: root.join("cache-untrusted"),

@@ -10,7 +10,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 pub use faulty::{FaultyUpstream, Mode};
-pub use fixture::{Fixture, fixture};
+pub use fixture::{fixture, Fixture};
 
 /// The `nixcache` binary of this workspace (built by `cargo build --workspace` before the tests),
 /// or `NIXCACHE_BIN`.
@@ -20,14 +20,26 @@ pub fn nixcache_bin() -> PathBuf {
     }
     // target/<profile>/deps/<test binary> → target/<profile>/nixcache
     let exe = std::env::current_exe().expect("current exe");
-    let bin = exe.parent().and_then(Path::parent).expect("target dir").join("nixcache");
-    assert!(bin.exists(), "{} is missing: run `cargo build --workspace --bins` first", bin.display());
+    let bin = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("target dir")
+        .join("nixcache");
+    assert!(
+        bin.exists(),
+        "{} is missing: run `cargo build --workspace --bins` first",
+        bin.display()
+    );
     bin
 }
 
 /// A free TCP port on 127.0.0.1.
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port()
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("bind")
+        .local_addr()
+        .expect("addr")
+        .port()
 }
 
 /// Kills the child process when dropped.
@@ -50,7 +62,10 @@ pub async fn wait_ready(url: &str, timeout: Duration, what: &str) {
                 return;
             }
         }
-        assert!(start.elapsed() < timeout, "{what} did not become ready at {url} within {timeout:?}");
+        assert!(
+            start.elapsed() < timeout,
+            "{what} did not become ready at {url} within {timeout:?}"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
@@ -102,10 +117,20 @@ impl Nixcache {
             if let Ok(Some(status)) = process.0.try_wait() {
                 panic!("nixcache exited with {status}:\n{}", logs());
             }
-            assert!(start.elapsed() < Duration::from_secs(20), "nixcache did not start:\n{}", logs());
+            assert!(
+                start.elapsed() < Duration::from_secs(20),
+                "nixcache did not start:\n{}",
+                logs()
+            );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
-        Self { url, port, data_dir: data_dir.to_path_buf(), log, process }
+        Self {
+            url,
+            port,
+            data_dir: data_dir.to_path_buf(),
+            log,
+            process,
+        }
     }
 
     /// Starts nixcache in front of the given upstream URL, trusting the fixture's upstream key.
@@ -120,7 +145,9 @@ impl Nixcache {
     }
 
     pub async fn public_key(&self) -> String {
-        let r = reqwest::get(format!("{}/pubkey", self.url)).await.expect("pubkey");
+        let r = reqwest::get(format!("{}/pubkey", self.url))
+            .await
+            .expect("pubkey");
         assert_eq!(r.status(), 200);
         r.text().await.expect("pubkey body").trim().to_string()
     }
@@ -141,15 +168,30 @@ impl StaticServer {
     pub async fn start(dir: &Path) -> Self {
         let port = free_port();
         let child = Command::new("python3")
-            .args(["-m", "http.server", &port.to_string(), "--bind", "127.0.0.1", "--directory"])
+            .args([
+                "-m",
+                "http.server",
+                &port.to_string(),
+                "--bind",
+                "127.0.0.1",
+                "--directory",
+            ])
             .arg(dir)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
             .expect("python3 -m http.server (python3 is required)");
         let url = format!("http://127.0.0.1:{port}");
-        let server = Self { url: url.clone(), _process: KillOnDrop(child) };
-        wait_ready(&format!("{url}/nix-cache-info"), Duration::from_secs(20), "static server").await;
+        let server = Self {
+            url: url.clone(),
+            _process: KillOnDrop(child),
+        };
+        wait_ready(
+            &format!("{url}/nix-cache-info"),
+            Duration::from_secs(20),
+            "static server",
+        )
+        .await;
         server
     }
 }
@@ -167,18 +209,36 @@ pub struct NixOutput {
 
 impl NixClient {
     pub fn new() -> Self {
-        Self { xdg: tempfile::tempdir().expect("tempdir") }
+        Self {
+            xdg: tempfile::tempdir().expect("tempdir"),
+        }
     }
 
     /// `nix copy --from <cache> --to <store> <path>`, trusting only `trusted_key`, signatures required.
-    pub async fn copy_closure(&self, cache: &str, store: &Path, path: &str, trusted_key: &str) -> NixOutput {
+    pub async fn copy_closure(
+        &self,
+        cache: &str,
+        store: &Path,
+        path: &str,
+        trusted_key: &str,
+    ) -> NixOutput {
         let out = tokio::process::Command::new("nix")
             .args(["copy", "--from", cache, "--to"])
             .arg(store)
             .arg(path)
-            .args(["--option", "trusted-public-keys", trusted_key, "--option", "require-sigs", "true"])
+            .args([
+                "--option",
+                "trusted-public-keys",
+                trusted_key,
+                "--option",
+                "require-sigs",
+                "true",
+            ])
             .env("XDG_CACHE_HOME", self.xdg.path())
-            .env("NIX_CONFIG", "substituters =\nexperimental-features = nix-command")
+            .env(
+                "NIX_CONFIG",
+                "substituters =\nexperimental-features = nix-command",
+            )
             .output()
             .await
             .expect("running nix (nix-bin is required)");
@@ -193,7 +253,11 @@ impl NixClient {
 /// Store paths present in a chroot store made by `nix copy --to DIR`.
 pub fn store_contents(store: &Path) -> Vec<String> {
     let mut v: Vec<String> = std::fs::read_dir(store.join("nix/store"))
-        .map(|d| d.filter_map(|e| e.ok()).map(|e| e.file_name().to_string_lossy().into_owned()).collect())
+        .map(|d| {
+            d.filter_map(|e| e.ok())
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect()
+        })
         .unwrap_or_default();
     v.retain(|n| !n.starts_with('.'));
     v.sort();

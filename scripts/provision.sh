@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# Installs what the test suite needs on a Debian machine (as root): the Nix client (nix-bin) that
+# builds the test upstream caches and fetches through nixcache, and python3 for a static file
+# server. Idempotent: skips what is already there.
+set -euo pipefail
+
+need=()
+command -v nix >/dev/null 2>&1 || need+=(nix-bin)
+command -v python3 >/dev/null 2>&1 || need+=(python3)
+command -v curl >/dev/null 2>&1 || need+=(curl)
+if [ ${#need[@]} -gt 0 ]; then
+  if [ "$(id -u)" -ne 0 ]; then
+    echo "provision: need root to install: ${need[*]}" >&2
+    exit 1
+  fi
+  echo "provision: installing ${need[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
+fi
+
+# The tests build store paths with nix-build, which needs a writable /nix (root, no daemon).
+if [ ! -w /nix/store ] && [ ! -w /nix ]; then
+  echo "provision: /nix is not writable; run the tests as root" >&2
+  exit 1
+fi
+for tool in cargo rustfmt cargo-clippy nix nix-build nix-store python3; do
+  command -v "$tool" >/dev/null 2>&1 || { echo "provision: $tool is missing" >&2; exit 1; }
+done
+echo "provision: $(nix --version), $(cargo --version)"
