@@ -93,7 +93,6 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
     );
     let metrics = Metrics::new();
     let settings = CacheSettings {
-        store_dir: config.store_dir.clone(),
         negative_ttl: config.negative_ttl,
         memory_entries: config.narinfo_memory_entries,
         first_byte_timeout: config.upstream_timeout,

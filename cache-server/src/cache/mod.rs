@@ -26,7 +26,6 @@ pub use nar::{NarBody, NarHead};
 /// Tunables of the flows.
 #[derive(Clone, Debug)]
 pub struct CacheSettings {
-    pub store_dir: String,
     /// How long a narinfo that no upstream had is answered 404 without asking again.
     pub negative_ttl: Duration,
     /// Narinfos kept in memory in front of the database.

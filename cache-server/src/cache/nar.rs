@@ -256,6 +256,13 @@ impl Cache {
         record: NarInfoRecord,
     ) {
         let started = Instant::now();
+        let upstream = Url::parse(&record.upstream_nar_url)
+            .ok()
+            .and_then(|u| self.upstream_for(&u));
+        let label = upstream
+            .as_ref()
+            .map_or("unknown", |u| u.label())
+            .to_string();
         let result = self.fetch(&file, &download, &record).await;
         let outcome = match &result {
             Ok(Phase::Stored) => "already_stored",
@@ -281,7 +288,7 @@ impl Cache {
                 if let DownloadError::Upstream(u) = &e {
                     self.metrics
                         .upstream_errors
-                        .with_label_values(&["nar", upstream_error_kind(u)])
+                        .with_label_values(&[label.as_str(), upstream_error_kind(u)])
                         .inc();
                 }
                 warn!(error = %e, "NAR download failed; nothing stored");
