@@ -188,48 +188,30 @@ async fn settings_come_from_env_and_config_file() {
     )
     .expect("write");
     let config = config.to_string_lossy().into_owned();
-    let cache = Nixcache::start_with_env(
-        &tmp.path().join("data"),
+    let (info, key) = cache_info_with(
         &["--config", &config],
         &[("NIXCACHE_SIGNING_KEY_NAME", "from-env-1")],
     )
     .await;
-    let info = reqwest::get(format!("{}/nix-cache-info", cache.url))
-        .await
-        .expect("info")
-        .text()
-        .await
-        .expect("body");
     assert!(info.contains("Priority: 17"), "{info}");
-    assert!(cache.public_key().await.starts_with("from-env-1:"));
-
-    // A flag wins over the environment and the file.
-    let tmp2 = tempfile::tempdir().expect("tempdir");
-    let cache = Nixcache::start_with_env(
-        &tmp2.path().join("data"),
-        &["--config", &config, "--priority", "3"],
-        &[("NIXCACHE_PRIORITY", "5")],
-    )
-    .await;
-    let info = reqwest::get(format!("{}/nix-cache-info", cache.url))
-        .await
-        .expect("info")
-        .text()
-        .await
-        .expect("body");
+    assert!(key.starts_with("from-env-1:"), "{key}");
+    // A flag wins over the environment, the environment over the file.
+    let env = [("NIXCACHE_PRIORITY", "5")];
+    let (info, _) = cache_info_with(&["--config", &config, "--priority", "3"], &env).await;
     assert!(info.contains("Priority: 3"), "{info}");
-    let tmp3 = tempfile::tempdir().expect("tempdir");
-    let cache = Nixcache::start_with_env(
-        &tmp3.path().join("data"),
-        &["--config", &config],
-        &[("NIXCACHE_PRIORITY", "5")],
-    )
-    .await;
+    let (info, _) = cache_info_with(&["--config", &config], &env).await;
+    assert!(info.contains("Priority: 5"), "{info}");
+}
+
+/// Starts nixcache with these arguments and environment; returns its nix-cache-info and public key.
+async fn cache_info_with(args: &[&str], env: &[(&str, &str)]) -> (String, String) {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let cache = Nixcache::start_with_env(&tmp.path().join("data"), args, env).await;
     let info = reqwest::get(format!("{}/nix-cache-info", cache.url))
         .await
         .expect("info")
         .text()
         .await
         .expect("body");
-    assert!(info.contains("Priority: 5"), "{info}");
+    (info, cache.public_key().await)
 }

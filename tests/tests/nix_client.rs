@@ -14,6 +14,22 @@ fn names(paths: &[String]) -> Vec<String> {
     v
 }
 
+/// Fetches the fixture's closure from `cache` into a fresh store, trusting only `key`, and checks
+/// every path arrived.
+async fn assert_fetches_closure(cache: &Nixcache, store: &std::path::Path, key: &str, when: &str) {
+    let fx = fixture();
+    let out = NixClient::new()
+        .copy_closure(&cache.url, store, fx.top(), key)
+        .await;
+    assert!(
+        out.success,
+        "nix copy {when} failed:\n{}\nnixcache log:\n{}",
+        out.stderr,
+        cache.logs()
+    );
+    assert_eq!(store_contents(store), names(&fx.paths));
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn nix_fetches_a_closure_trusting_only_nixcache() {
     let fx = fixture();
@@ -24,17 +40,13 @@ async fn nix_fetches_a_closure_trusting_only_nixcache() {
     assert!(our_key.starts_with("nixcache-1:"), "{our_key}");
 
     // Trusting only nixcache's key, with signatures required: the whole closure arrives.
-    let store = tmp.path().join("store-1");
-    let out = NixClient::new()
-        .copy_closure(&cache.url, &store, fx.top(), &our_key)
-        .await;
-    assert!(
-        out.success,
-        "nix copy failed:\n{}\nnixcache log:\n{}",
-        out.stderr,
-        cache.logs()
-    );
-    assert_eq!(store_contents(&store), names(&fx.paths));
+    assert_fetches_closure(
+        &cache,
+        &tmp.path().join("store-1"),
+        &our_key,
+        "through nixcache",
+    )
+    .await;
 
     // Trusting another key instead: Nix refuses.
     let store = tmp.path().join("store-2");
@@ -57,17 +69,13 @@ async fn nix_fetches_a_closure_trusting_only_nixcache() {
 
     // With the upstream gone, a fresh store still gets everything from nixcache.
     drop(upstream);
-    let store = tmp.path().join("store-3");
-    let out = NixClient::new()
-        .copy_closure(&cache.url, &store, fx.top(), &our_key)
-        .await;
-    assert!(
-        out.success,
-        "nix copy after upstream stopped failed:\n{}\nnixcache log:\n{}",
-        out.stderr,
-        cache.logs()
-    );
-    assert_eq!(store_contents(&store), names(&fx.paths));
+    assert_fetches_closure(
+        &cache,
+        &tmp.path().join("store-3"),
+        &our_key,
+        "after upstream stopped",
+    )
+    .await;
 
     // And so does a restarted nixcache whose upstream is unreachable from the start.
     let data = cache.data_dir.clone();
@@ -79,17 +87,13 @@ async fn nix_fetches_a_closure_trusting_only_nixcache() {
         our_key,
         "the generated key is kept across restarts"
     );
-    let store = tmp.path().join("store-4");
-    let out = NixClient::new()
-        .copy_closure(&cache.url, &store, fx.top(), &our_key)
-        .await;
-    assert!(
-        out.success,
-        "nix copy from restarted nixcache failed:\n{}\nnixcache log:\n{}",
-        out.stderr,
-        cache.logs()
-    );
-    assert_eq!(store_contents(&store), names(&fx.paths));
+    assert_fetches_closure(
+        &cache,
+        &tmp.path().join("store-4"),
+        &our_key,
+        "from restarted nixcache",
+    )
+    .await;
     // What it does not have is a plain 404, not an error.
     let r = reqwest::get(format!("{}/{}.narinfo", cache.url, "0".repeat(32)))
         .await
@@ -132,16 +136,13 @@ async fn a_key_from_nixcache_keygen_is_trusted_by_nix() {
         "secret key in the log"
     );
 
-    let store = tmp.path().join("store");
-    let out = NixClient::new()
-        .copy_closure(&cache.url, &store, fx.top(), &public)
-        .await;
-    assert!(
-        out.success,
-        "nix copy failed:\n{}\nnixcache log:\n{}",
-        out.stderr,
-        cache.logs()
-    );
+    assert_fetches_closure(
+        &cache,
+        &tmp.path().join("store"),
+        &public,
+        "with a keygen key",
+    )
+    .await;
 
     // And the other way round: nixcache serves what Nix itself signed, keeping that signature.
     let narinfo = reqwest::get(format!(
