@@ -130,6 +130,13 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
             .wrap(middleware::from_fn(count_requests))
             .configure(configure)
     })
+    // Headers and a streamed body leave in separate writes: without TCP_NODELAY, Nagle's algorithm
+    // holds the body back until the client's delayed ACK (~40 ms) on keep-alive connections.
+    .on_connect(|conn, _| {
+        if let Some(tcp) = conn.downcast_ref::<actix_web::rt::net::TcpStream>() {
+            let _ = tcp.set_nodelay(true);
+        }
+    })
     .bind(config.listen)
     .with_context(|| format!("listening on {}", config.listen))?;
     info!(listen = %config.listen, upstreams = config.upstreams.len(), "nixcache serving");

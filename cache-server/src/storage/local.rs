@@ -1,18 +1,20 @@
 //! Storage in a local directory. Objects are committed by `rename(2)` from a staging directory on
 //! the same file system, so a reader sees a file either complete or not at all.
 
-use std::io::SeekFrom;
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
 use async_trait::async_trait;
 use bytes::Bytes;
 use futures_util::StreamExt;
-use tokio::io::{AsyncReadExt, AsyncSeekExt, AsyncWriteExt};
-use tokio_util::io::ReaderStream;
+use tokio::io::AsyncWriteExt;
 
 use super::{validate_key, ByteRange, Object, Storage, StorageError};
 
-const READ_CHUNK: usize = 256 * 1024;
+/// First read of an object, done together with opening it.
+const FIRST_READ: u64 = 256 * 1024;
+/// Later reads.
+const READ_CHUNK: u64 = 1024 * 1024;
 
 pub struct LocalStorage {
     root: PathBuf,
@@ -64,6 +66,60 @@ impl LocalStorage {
     }
 }
 
+struct Opened {
+    file: std::fs::File,
+    total: u64,
+    start: u64,
+    end: u64,
+    first: Bytes,
+}
+
+fn open_and_read(path: &Path, range: Option<ByteRange>) -> Result<Option<Opened>, StorageError> {
+    let file = match std::fs::File::open(path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(e.into()),
+    };
+    let total = file.metadata()?.len();
+    let (start, end) = match range {
+        None => (0, total),
+        Some(r) => r
+            .resolve(total)
+            .ok_or(StorageError::RangeNotSatisfiable { total })?,
+    };
+    let first = read_at(&file, start, (end - start).min(FIRST_READ))?;
+    Ok(Some(Opened { file, total, start, end, first }))
+}
+
+/// Reads exactly `len` bytes at `offset` (a file that shrank underneath is an error).
+fn read_at(file: &std::fs::File, offset: u64, len: u64) -> std::io::Result<Bytes> {
+    let mut buf = vec![0u8; len as usize];
+    file.read_exact_at(&mut buf, offset)?;
+    Ok(Bytes::from(buf))
+}
+
+/// The bytes `[from, end)` of `file`, read in large chunks on the blocking pool.
+fn read_rest(
+    file: std::fs::File,
+    from: u64,
+    end: u64,
+) -> impl futures_util::Stream<Item = std::io::Result<Bytes>> {
+    let file = std::sync::Arc::new(file);
+    futures_util::stream::try_unfold(from, move |pos| {
+        let file = file.clone();
+        async move {
+            if pos >= end {
+                return Ok(None);
+            }
+            let len = (end - pos).min(READ_CHUNK);
+            let chunk = tokio::task::spawn_blocking(move || read_at(&file, pos, len))
+                .await
+                .map_err(std::io::Error::other)??;
+            Ok(Some((chunk, pos + len)))
+        }
+    })
+}
+
 #[async_trait]
 impl Storage for LocalStorage {
     async fn get(
@@ -72,22 +128,21 @@ impl Storage for LocalStorage {
         range: Option<ByteRange>,
     ) -> Result<Option<Object>, StorageError> {
         let path = self.path(key)?;
-        let mut file = match tokio::fs::File::open(&path).await {
-            Ok(f) => f,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-            Err(e) => return Err(e.into()),
+        // Open, size and first read in one trip to the blocking pool: most NARs are small, and
+        // each trip costs more than reading a few hundred KiB.
+        let opened = tokio::task::spawn_blocking(move || open_and_read(&path, range))
+            .await
+            .map_err(std::io::Error::other)??;
+        let Some(Opened { file, total, start, end, first }) = opened else {
+            return Ok(None);
         };
-        let total = file.metadata().await?.len();
-        let (start, end) = match range {
-            None => (0, total),
-            Some(r) => r
-                .resolve(total)
-                .ok_or(StorageError::RangeNotSatisfiable { total })?,
+        let first_len = first.len() as u64;
+        let head = futures_util::stream::once(async move { Ok(first) });
+        let body = if start + first_len >= end {
+            head.boxed()
+        } else {
+            head.chain(read_rest(file, start + first_len, end)).boxed()
         };
-        if start > 0 {
-            file.seek(SeekFrom::Start(start)).await?;
-        }
-        let body = ReaderStream::with_capacity(file.take(end - start), READ_CHUNK).boxed();
         Ok(Some(Object {
             total,
             range: (start, end),

@@ -1,0 +1,238 @@
+//! `nixcache-bench`: the cache-shootout method. Builds a realistic binary cache, serves it with
+//! nginx (static files, the baseline) and through nixcache (warmed), measures both the same way in
+//! the same run, and reports medians and nixcache / nginx ratios as a markdown table.
+
+mod dataset;
+mod measure;
+mod servers;
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use anyhow::{Context as _, bail};
+use clap::Parser;
+use futures_util::StreamExt;
+
+use dataset::{Entry, Profile};
+use measure::median;
+
+#[derive(Parser)]
+#[command(about = "nixcache against nginx serving the same binary cache")]
+struct Args {
+    /// `quick` (~300 MiB, 150 paths) or `full` (~1 GiB, 400 paths).
+    #[arg(long, default_value = "quick")]
+    profile: String,
+    /// Repetitions of each measurement (the median is reported).
+    #[arg(long, default_value_t = 5)]
+    repeat: usize,
+    /// Where generated data sets are kept (reused across runs).
+    #[arg(long, default_value = "target/bench-data")]
+    data: PathBuf,
+    /// Results file; the table for this profile is replaced, everything else in it kept.
+    #[arg(long, default_value = "bench/RESULTS.md")]
+    out: PathBuf,
+    /// Seconds of each wrk run.
+    #[arg(long, default_value_t = 5)]
+    wrk_seconds: u32,
+    /// Concurrent clients in the miss-path measurement.
+    #[arg(long, default_value_t = 16)]
+    miss_clients: usize,
+    /// Paths (spread over all sizes) in the miss-path measurement.
+    #[arg(long, default_value_t = 24)]
+    miss_paths: usize,
+}
+
+struct Row {
+    name: String,
+    nginx: Option<f64>,
+    nixcache: f64,
+    target: &'static str,
+    decimals: usize,
+}
+
+fn fmt(v: f64, decimals: usize) -> String {
+    format!("{v:.decimals$}")
+}
+
+fn table(rows: &[Row]) -> String {
+    let mut s = String::from("| measurement | nginx | nixcache | nixcache / nginx | target |\n|---|---:|---:|---:|---|\n");
+    for r in rows {
+        let (nginx, ratio) = match r.nginx {
+            Some(n) => (fmt(n, r.decimals), format!("{:.2}×", r.nixcache / n)),
+            None => ("–".into(), "–".into()),
+        };
+        s.push_str(&format!("| {} | {nginx} | {} | {ratio} | {} |\n", r.name, fmt(r.nixcache, r.decimals), r.target));
+    }
+    s
+}
+
+/// Fetches every narinfo and NAR once through nixcache, checking sizes: afterwards all are hits.
+async fn warm(base: &str, entries: &[Entry]) -> anyhow::Result<()> {
+    let client = reqwest::Client::new();
+    let mut tasks = futures_util::stream::iter(entries.iter().cloned().map(|e| {
+        let (client, base) = (client.clone(), base.to_string());
+        async move {
+            let r = client.get(format!("{base}/{}.narinfo", e.hash)).send().await?;
+            if r.status() != 200 {
+                bail!("warming {}: narinfo {}", e.hash, r.status());
+            }
+            let text = r.text().await?;
+            let url = text.lines().find_map(|l| l.strip_prefix("URL: ")).context("narinfo without URL")?.to_string();
+            let body = client.get(format!("{base}/{url}")).send().await?.bytes().await?;
+            if body.len() as u64 != e.file_size {
+                bail!("warming {}: {} bytes, expected {}", e.hash, body.len(), e.file_size);
+            }
+            Ok(())
+        }
+    }))
+    .buffer_unordered(8);
+    while let Some(r) = tasks.next().await {
+        r?;
+    }
+    Ok(())
+}
+
+/// Counts GETs of each NAR in an nginx access log; returns the largest count.
+fn max_fetches(log: &Path, entries: &[Entry]) -> anyhow::Result<usize> {
+    let text = std::fs::read_to_string(log).unwrap_or_default();
+    Ok(entries
+        .iter()
+        .map(|e| text.lines().filter(|l| l.contains(&format!("GET /{} ", e.nar_url))).count())
+        .max()
+        .unwrap_or(0))
+}
+
+fn machine() -> String {
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|c| c.lines().find_map(|l| l.strip_prefix("model name")).map(|m| m.trim_start_matches([' ', '\t', ':']).to_string()))
+        .unwrap_or_else(|| "unknown CPU".into());
+    let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+    format!("{cores} cores ({cpu})")
+}
+
+fn replace_section(out: &Path, profile: &str, section: &str) -> anyhow::Result<()> {
+    let (begin, end) = (format!("<!-- {profile}:begin -->"), format!("<!-- {profile}:end -->"));
+    let old = std::fs::read_to_string(out).unwrap_or_else(|_| "# Benchmark results\n\n".into());
+    let block = format!("{begin}\n{section}{end}");
+    let new = match (old.find(&begin), old.find(&end)) {
+        (Some(a), Some(b)) if b > a => format!("{}{block}{}", &old[..a], &old[b + end.len()..]),
+        _ => format!("{}\n{block}\n", old.trim_end()),
+    };
+    std::fs::write(out, new)?;
+    Ok(())
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let profile: Profile = match args.profile.as_str() {
+        "quick" => dataset::QUICK,
+        "full" => dataset::FULL,
+        p => bail!("unknown profile {p:?} (quick, full)"),
+    };
+    let started = Instant::now();
+    let data = dataset::ensure(&args.data, profile).await?;
+    let total: u64 = data.entries.iter().map(|e| e.file_size).sum();
+    eprintln!("data set: {} paths, {} MiB compressed", data.entries.len(), total >> 20);
+    let work = tempfile::tempdir()?;
+    let bin = servers::nixcache_bin()?;
+
+    // Hits: nginx serving the files, nixcache warmed in front of it.
+    let nginx = servers::nginx(&data.cache_dir, &work.path().join("nginx"), None).await?;
+    let nixcache = servers::nixcache(&bin, &nginx.url, &data.public_key, &work.path().join("nixcache")).await?;
+    eprintln!("warming nixcache");
+    warm(&nixcache.url, &data.entries).await?;
+
+    let both = [&nginx, &nixcache];
+    let mut latency = [vec![], vec![]];
+    let mut rps = [vec![], vec![]];
+    let mut nar = [[vec![], vec![], vec![]], [vec![], vec![], vec![]]];
+    let workers = [1usize, 4, 16];
+    let mut peak_rss = 0u64;
+    for round in 0..args.repeat {
+        eprintln!("round {}/{}", round + 1, args.repeat);
+        for (i, s) in both.iter().enumerate() {
+            latency[i].push(measure::narinfo_latency(&s.url, &data.entries).await?);
+            rps[i].push(measure::narinfo_throughput(&s.url, &data.entries, work.path(), args.wrk_seconds).await?);
+            if s.name == "nixcache" {
+                s.reset_peak_rss();
+            }
+            for (w, n) in workers.iter().enumerate() {
+                nar[i][w].push(measure::nar_throughput(&s.url, &data.entries, *n).await?);
+            }
+            if s.name == "nixcache" {
+                peak_rss = peak_rss.max(s.peak_rss().unwrap_or(0));
+            }
+        }
+    }
+    drop(nixcache);
+    drop(nginx);
+
+    // Misses: a fresh nixcache per round in front of a logging nginx, against the same clients
+    // fetching from that nginx directly.
+    let step = (data.entries.len() / args.miss_paths.max(1)).max(1);
+    let sample: Vec<Entry> = data.entries.iter().step_by(step).take(args.miss_paths).cloned().collect();
+    let log = work.path().join("upstream-access.log");
+    let upstream = servers::nginx(&data.cache_dir, &work.path().join("upstream"), Some(&log)).await?;
+    let (mut miss_total, mut miss_ttfb, mut direct_total, mut direct_ttfb, mut fetches) = (vec![], vec![], vec![], vec![], 0);
+    for round in 0..args.repeat {
+        eprintln!("miss round {}/{}", round + 1, args.repeat);
+        let fresh = work.path().join(format!("miss-{round}"));
+        let cache = servers::nixcache(&bin, &upstream.url, &data.public_key, &fresh).await?;
+        std::fs::write(&log, "")?;
+        let (t, f) = measure::miss_path(&cache.url, &sample, args.miss_clients).await?;
+        fetches = fetches.max(max_fetches(&log, &sample)?);
+        miss_total.push(t);
+        miss_ttfb.push(f);
+        drop(cache);
+        let (t, f) = measure::miss_path(&upstream.url, &sample, args.miss_clients).await?;
+        direct_total.push(t);
+        direct_ttfb.push(f);
+    }
+    drop(upstream);
+
+    let m = |v: &Vec<f64>| median(v.clone());
+    let mut rows = vec![
+        Row { name: "narinfo latency, median (µs)".into(), nginx: Some(m(&latency[0])), nixcache: m(&latency[1]), target: "≤ 1.1×", decimals: 0 },
+        Row { name: "narinfo throughput, 64 connections (req/s)".into(), nginx: Some(m(&rps[0])), nixcache: m(&rps[1]), target: "≥ 0.8×", decimals: 0 },
+    ];
+    for (w, n) in workers.iter().enumerate() {
+        rows.push(Row {
+            name: format!("NAR throughput, {n} worker{} (MiB/s)", if *n == 1 { "" } else { "s" }),
+            nginx: Some(m(&nar[0][w])),
+            nixcache: m(&nar[1][w]),
+            target: if *n == 4 { "" } else { "≥ 0.9×" },
+            decimals: 0,
+        });
+    }
+    let clients = args.miss_clients;
+    let paths = sample.len();
+    rows.extend([
+        Row { name: format!("miss: {clients} clients × {paths} paths, total (s)"), nginx: Some(m(&direct_total)), nixcache: m(&miss_total), target: "", decimals: 2 },
+        Row { name: "miss: NAR time to first byte, median (ms)".into(), nginx: Some(m(&direct_ttfb)), nixcache: m(&miss_ttfb), target: "within a few ms", decimals: 1 },
+        Row { name: "miss: upstream fetches per NAR (max)".into(), nginx: None, nixcache: fetches as f64, target: "1", decimals: 0 },
+        Row { name: "nixcache peak RSS during NAR runs (MiB)".into(), nginx: None, nixcache: peak_rss as f64 / (1 << 20) as f64, target: "< 150", decimals: 1 },
+    ]);
+
+    let commit = std::process::Command::new("git")
+        .args(["rev-parse", "--short", "HEAD"])
+        .output()
+        .ok()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .unwrap_or_default();
+    let section = format!(
+        "## Profile `{}`\n\n{} paths, {} MiB of compressed NARs; median of {} runs; commit {commit}; {}; {} s in all.\n\n{}\n",
+        profile.name,
+        data.entries.len(),
+        total >> 20,
+        args.repeat,
+        machine(),
+        started.elapsed().as_secs(),
+        table(&rows),
+    );
+    println!("{section}");
+    replace_section(&args.out, profile.name, &section)?;
+    eprintln!("written to {}", args.out.display());
+    Ok(())
+}

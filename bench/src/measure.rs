@@ -1,0 +1,152 @@
+//! The measurements, each run the same way against every server.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, bail};
+use futures_util::StreamExt;
+
+use crate::dataset::Entry;
+
+pub fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    if v.is_empty() {
+        return f64::NAN;
+    }
+    let m = v.len() / 2;
+    if v.len() % 2 == 1 { v[m] } else { (v[m - 1] + v[m]) / 2.0 }
+}
+
+fn client(max_idle: usize) -> anyhow::Result<reqwest::Client> {
+    Ok(reqwest::Client::builder().pool_max_idle_per_host(max_idle).http1_only().build()?)
+}
+
+/// Every narinfo GET in sequence on one keep-alive connection: median latency in microseconds.
+pub async fn narinfo_latency(base: &str, entries: &[Entry]) -> anyhow::Result<f64> {
+    let client = client(1)?;
+    let mut times = Vec::with_capacity(entries.len());
+    for e in entries {
+        let start = Instant::now();
+        let r = client.get(format!("{base}/{}.narinfo", e.hash)).send().await?;
+        if r.status() != 200 {
+            bail!("{base}: narinfo {} → {}", e.hash, r.status());
+        }
+        r.bytes().await?;
+        times.push(start.elapsed().as_secs_f64() * 1e6);
+    }
+    Ok(median(times))
+}
+
+/// narinfo requests per second with 64 connections (wrk, cycling over every narinfo).
+pub async fn narinfo_throughput(base: &str, entries: &[Entry], work: &std::path::Path, seconds: u32) -> anyhow::Result<f64> {
+    let paths: Vec<String> = entries.iter().map(|e| format!("\"/{}.narinfo\"", e.hash)).collect();
+    let script = work.join("narinfos.lua");
+    std::fs::write(
+        &script,
+        format!(
+            "local paths = {{{}}}\nlocal i = 0\nrequest = function()\n  i = i % #paths + 1\n  return wrk.format(\"GET\", paths[i])\nend\n\
+             response = function(status, headers, body)\n  if status ~= 200 then error(\"status \" .. status) end\nend\n",
+            paths.join(",")
+        ),
+    )?;
+    let out = tokio::process::Command::new("wrk")
+        .args(["-t2", "-c64", &format!("-d{seconds}s"), "-s"])
+        .arg(&script)
+        .arg(format!("{base}/"))
+        .output()
+        .await
+        .context("running wrk (apt-get install wrk)")?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    if !out.status.success() || text.contains("Non-2xx") {
+        bail!("wrk against {base} failed:\n{text}{}", String::from_utf8_lossy(&out.stderr));
+    }
+    text.lines()
+        .find_map(|l| l.strip_prefix("Requests/sec:"))
+        .and_then(|v| v.trim().parse().ok())
+        .with_context(|| format!("no Requests/sec in wrk output:\n{text}"))
+}
+
+/// Downloads every NAR with `workers` concurrent connections: MiB/s.
+pub async fn nar_throughput(base: &str, entries: &[Entry], workers: usize) -> anyhow::Result<f64> {
+    let client = client(workers)?;
+    let next = Arc::new(AtomicUsize::new(0));
+    let entries: Arc<Vec<Entry>> = Arc::new(entries.to_vec());
+    let start = Instant::now();
+    let mut tasks = Vec::new();
+    for _ in 0..workers {
+        let (client, next, entries, base) = (client.clone(), next.clone(), entries.clone(), base.to_string());
+        tasks.push(tokio::spawn(async move {
+            let mut bytes = 0u64;
+            loop {
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                let Some(e) = entries.get(i) else { break };
+                let r = client.get(format!("{base}/{}", e.nar_url)).send().await?;
+                if r.status() != 200 {
+                    bail!("{base}/{} → {}", e.nar_url, r.status());
+                }
+                let mut body = r.bytes_stream();
+                let mut n = 0u64;
+                while let Some(chunk) = body.next().await {
+                    n += chunk?.len() as u64;
+                }
+                if n != e.file_size {
+                    bail!("{base}/{}: {n} bytes, expected {}", e.nar_url, e.file_size);
+                }
+                bytes += n;
+            }
+            Ok::<u64, anyhow::Error>(bytes)
+        }));
+    }
+    let mut total = 0;
+    for t in tasks {
+        total += t.await??;
+    }
+    Ok(total as f64 / (1 << 20) as f64 / start.elapsed().as_secs_f64())
+}
+
+/// `clients` concurrent clients each fetching every entry (narinfo, then NAR): total seconds and
+/// the median time to the first byte of a NAR, in milliseconds.
+pub async fn miss_path(base: &str, entries: &[Entry], clients: usize) -> anyhow::Result<(f64, f64)> {
+    let entries: Arc<Vec<Entry>> = Arc::new(entries.to_vec());
+    let start = Instant::now();
+    let mut tasks = Vec::new();
+    for c in 0..clients {
+        let (entries, base) = (entries.clone(), base.to_string());
+        tasks.push(tokio::spawn(async move {
+            let client = client(1)?;
+            let mut ttfb = Vec::new();
+            // Each client walks the paths from a different starting point, as a fleet would.
+            for k in 0..entries.len() {
+                let e = &entries[(k + c * 7) % entries.len()];
+                let r = client.get(format!("{base}/{}.narinfo", e.hash)).send().await?;
+                if r.status() != 200 {
+                    bail!("{base}: narinfo {} → {}", e.hash, r.status());
+                }
+                r.bytes().await?;
+                let t = Instant::now();
+                let r = client.get(format!("{base}/{}", e.nar_url)).send().await?;
+                if r.status() != 200 {
+                    bail!("{base}/{} → {}", e.nar_url, r.status());
+                }
+                let mut body = r.bytes_stream();
+                let mut n = 0u64;
+                let mut first = None;
+                while let Some(chunk) = body.next().await {
+                    n += chunk?.len() as u64;
+                    first.get_or_insert_with(|| t.elapsed());
+                }
+                if n != e.file_size {
+                    bail!("{base}/{}: {n} bytes, expected {}", e.nar_url, e.file_size);
+                }
+                ttfb.push(first.unwrap_or(Duration::ZERO).as_secs_f64() * 1e3);
+            }
+            Ok::<Vec<f64>, anyhow::Error>(ttfb)
+        }));
+    }
+    let mut all = Vec::new();
+    for t in tasks {
+        all.extend(t.await??);
+    }
+    Ok((start.elapsed().as_secs_f64(), median(all)))
+}

@@ -1,0 +1,126 @@
+//! The servers under test, each started on a free loopback port and stopped on drop.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, bail};
+
+pub fn free_port() -> anyhow::Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+pub struct Server {
+    pub name: &'static str,
+    pub url: String,
+    child: Child,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Server {
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Peak resident set size since the last `reset_peak_rss`, in bytes.
+    pub fn peak_rss(&self) -> Option<u64> {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid())).ok()?;
+        let kb: u64 = status.lines().find_map(|l| l.strip_prefix("VmHWM:"))?.trim().trim_end_matches(" kB").trim().parse().ok()?;
+        Some(kb * 1024)
+    }
+
+    pub fn reset_peak_rss(&self) {
+        let _ = std::fs::write(format!("/proc/{}/clear_refs", self.pid()), "5");
+    }
+}
+
+async fn wait_ready(url: &str, child: &mut Child, what: &str) -> anyhow::Result<()> {
+    let client = reqwest::Client::new();
+    let start = Instant::now();
+    loop {
+        if let Ok(r) = client.get(url).send().await {
+            if r.status().is_success() {
+                return Ok(());
+            }
+        }
+        if let Some(status) = child.try_wait()? {
+            bail!("{what} exited with {status}");
+        }
+        if start.elapsed() > Duration::from_secs(20) {
+            bail!("{what} not ready at {url}");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// nginx serving `root` as static files, tuned as one would for a binary cache (sendfile,
+/// keep-alive, no access log unless `access_log` is given).
+pub async fn nginx(root: &Path, work: &Path, access_log: Option<&Path>) -> anyhow::Result<Server> {
+    let port = free_port()?;
+    std::fs::create_dir_all(work.join("logs"))?;
+    let log = match access_log {
+        Some(p) => format!("access_log {} ;", p.display()),
+        None => "access_log off;".to_string(),
+    };
+    let conf = format!(
+        "worker_processes auto;\npid {work}/nginx.pid;\nerror_log {work}/logs/error.log warn;\n\
+         events {{ worker_connections 4096; }}\n\
+         http {{\n  types {{ text/x-nix-narinfo narinfo; text/x-nix-cache-info nix-cache-info; }}\n  default_type application/octet-stream;\n  \
+         sendfile on; tcp_nopush on; tcp_nodelay on; keepalive_requests 1000000; keepalive_timeout 65;\n  {log}\n  \
+         client_body_temp_path {work}/tmp; proxy_temp_path {work}/tmp; fastcgi_temp_path {work}/tmp; uwsgi_temp_path {work}/tmp; scgi_temp_path {work}/tmp;\n  \
+         server {{ listen 127.0.0.1:{port}; root {root}; }}\n}}\n",
+        work = work.display(),
+        root = root.display(),
+    );
+    let conf_path = work.join("nginx.conf");
+    std::fs::write(&conf_path, conf)?;
+    let mut child = Command::new("nginx")
+        .arg("-c")
+        .arg(&conf_path)
+        .arg("-p")
+        .arg(work)
+        .args(["-g", "daemon off;"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .context("starting nginx (apt-get install nginx)")?;
+    let url = format!("http://127.0.0.1:{port}");
+    wait_ready(&format!("{url}/nix-cache-info"), &mut child, "nginx").await?;
+    Ok(Server { name: "nginx", url, child })
+}
+
+/// `nixcache serve` (the release build next to this binary) in front of `upstream`.
+pub async fn nixcache(bin: &Path, upstream: &str, key: &str, data: &Path) -> anyhow::Result<Server> {
+    let port = free_port()?;
+    let log = std::fs::File::create(data.with_extension("log"))?;
+    let mut child = Command::new(bin)
+        .arg("serve")
+        .args(["--listen", &format!("127.0.0.1:{port}")])
+        .arg("--data-dir")
+        .arg(data)
+        .args(["--upstream", upstream, "--upstream-key", key])
+        .env("NIXCACHE_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .with_context(|| format!("starting {}", bin.display()))?;
+    let url = format!("http://127.0.0.1:{port}");
+    wait_ready(&format!("{url}/healthz"), &mut child, "nixcache").await?;
+    Ok(Server { name: "nixcache", url, child })
+}
+
+/// The `nixcache` binary built alongside this one.
+pub fn nixcache_bin() -> anyhow::Result<PathBuf> {
+    let exe = std::env::current_exe()?;
+    let bin = exe.with_file_name("nixcache");
+    if !bin.exists() {
+        bail!("{} missing: build with `cargo build --release -p nixcache-server`", bin.display());
+    }
+    Ok(bin)
+}
