@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::Context as _;
 use async_compression::tokio::write::{XzEncoder, ZstdEncoder};
-use nixcache::nix::{Compression, NarFile, NarInfo, SecretKey, Sha256Hash, StorePath, base32};
+use nixcache::nix::{base32, Compression, NarFile, NarInfo, SecretKey, Sha256Hash, StorePath};
 use tokio::io::AsyncWriteExt;
 
 /// What to generate.
@@ -17,8 +17,16 @@ pub struct Profile {
     pub total_bytes: u64,
 }
 
-pub const QUICK: Profile = Profile { name: "quick", paths: 150, total_bytes: 300 << 20 };
-pub const FULL: Profile = Profile { name: "full", paths: 400, total_bytes: 1 << 30 };
+pub const QUICK: Profile = Profile {
+    name: "quick",
+    paths: 150,
+    total_bytes: 300 << 20,
+};
+pub const FULL: Profile = Profile {
+    name: "full",
+    paths: 400,
+    total_bytes: 1 << 30,
+};
 
 /// One path of the data set.
 #[derive(Clone, Debug)]
@@ -60,7 +68,18 @@ impl Filler {
     /// Text-like, compressible bytes.
     fn fill_text(&mut self, out: &mut Vec<u8>, n: usize) {
         const WORDS: [&str; 12] = [
-            "lib", "share", "bin", "nix", "store", "glibc", "gcc", "include", "doc", "man", "locale", "pkgconfig",
+            "lib",
+            "share",
+            "bin",
+            "nix",
+            "store",
+            "glibc",
+            "gcc",
+            "include",
+            "doc",
+            "man",
+            "locale",
+            "pkgconfig",
         ];
         let end = out.len() + n;
         while out.len() < end {
@@ -95,7 +114,15 @@ fn nar_of(contents: &[u8]) -> Vec<u8> {
         out.resize(out.len().div_ceil(8) * 8, 0);
     }
     let mut out = Vec::with_capacity(contents.len() + 128);
-    for part in [&b"nix-archive-1"[..], b"(", b"type", b"regular", b"contents", contents, b")"] {
+    for part in [
+        &b"nix-archive-1"[..],
+        b"(",
+        b"type",
+        b"regular",
+        b"contents",
+        contents,
+        b")",
+    ] {
         s(&mut out, part);
     }
     out
@@ -125,12 +152,18 @@ fn load(dir: &Path) -> anyhow::Result<Dataset> {
         .lines()
         .filter_map(|l| {
             let mut p = l.split(' ');
-            Some(Entry { hash: p.next()?.into(), nar_url: p.next()?.into(), file_size: p.next()?.parse().ok()? })
+            Some(Entry {
+                hash: p.next()?.into(),
+                nar_url: p.next()?.into(),
+                file_size: p.next()?.parse().ok()?,
+            })
         })
         .collect();
     Ok(Dataset {
         cache_dir: dir.join("cache"),
-        public_key: std::fs::read_to_string(dir.join("public.key"))?.trim().to_string(),
+        public_key: std::fs::read_to_string(dir.join("public.key"))?
+            .trim()
+            .to_string(),
         entries,
     })
 }
@@ -146,25 +179,44 @@ pub async fn ensure(root: &Path, profile: Profile) -> anyhow::Result<Dataset> {
     let _ = std::fs::remove_dir_all(&dir);
     let cache = dir.join("cache");
     std::fs::create_dir_all(cache.join("nar"))?;
-    std::fs::write(cache.join("nix-cache-info"), "StoreDir: /nix/store\nWantMassQuery: 1\nPriority: 40\n")?;
+    std::fs::write(
+        cache.join("nix-cache-info"),
+        "StoreDir: /nix/store\nWantMassQuery: 1\nPriority: 40\n",
+    )?;
     let key = SecretKey::generate("bench-upstream-1")?;
     let mut manifest = String::new();
     let mut filler = Filler(0xD1B5_4A32_D192_ED03);
     let mut bases: Vec<String> = Vec::new();
     let sizes = sizes(profile);
-    eprintln!("generating {} paths, {} MiB of NARs in {}", sizes.len(), sizes.iter().sum::<u64>() >> 20, dir.display());
+    eprintln!(
+        "generating {} paths, {} MiB of NARs in {}",
+        sizes.len(),
+        sizes.iter().sum::<u64>() >> 20,
+        dir.display()
+    );
     for (i, size) in sizes.iter().enumerate() {
         let mut contents = Vec::with_capacity(*size as usize);
         // Half compressible text, half incompressible bytes, in 64 KiB stretches.
         while (contents.len() as u64) < *size {
             let n = ((*size as usize) - contents.len()).min(64 << 10);
-            if filler.next() % 2 == 0 { filler.fill_text(&mut contents, n) } else { filler.fill_random(&mut contents, n) }
+            if filler.next().is_multiple_of(2) {
+                filler.fill_text(&mut contents, n)
+            } else {
+                filler.fill_random(&mut contents, n)
+            }
         }
         let nar = nar_of(&contents);
-        let compression = if *size < (256 << 10) && i % 2 == 0 { Compression::Xz } else { Compression::Zstd };
+        let compression = if *size < (256 << 10) && i % 2 == 0 {
+            Compression::Xz
+        } else {
+            Compression::Zstd
+        };
         let file = compress(&nar, compression).await?;
         let file_hash = Sha256Hash::digest(&file);
-        let nar_file = NarFile { hash: file_hash, compression };
+        let nar_file = NarFile {
+            hash: file_hash,
+            compression,
+        };
         let digest = Sha256Hash::digest(format!("bench-path-{}-{i}", profile.name).as_bytes());
         let hash = base32::encode(&digest.0[..20]);
         let store_path = StorePath::parse(&format!("/nix/store/{hash}-bench-{i}"))?;
@@ -197,4 +249,44 @@ pub async fn ensure(root: &Path, profile: Profile) -> anyhow::Result<Dataset> {
     std::fs::write(dir.join("public.key"), key.public_key().to_string())?;
     std::fs::write(dir.join("manifest"), manifest)?;
     load(&dir)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use nixcache::nix::PublicKey;
+
+    #[tokio::test]
+    async fn generated_cache_is_signed_and_consistent() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let tiny = Profile {
+            name: "tiny",
+            paths: 12,
+            total_bytes: 2 << 20,
+        };
+        let data = ensure(dir.path(), tiny).await.expect("generate");
+        assert_eq!(data.entries.len(), 12);
+        let key = PublicKey::parse(&data.public_key).expect("key");
+        let mut sizes = Vec::new();
+        for e in &data.entries {
+            let text = std::fs::read_to_string(data.cache_dir.join(format!("{}.narinfo", e.hash)))
+                .expect("narinfo");
+            let info = NarInfo::parse(&text).expect("parses");
+            assert!(
+                info.verify(std::slice::from_ref(&key)),
+                "{}",
+                info.store_path
+            );
+            assert_eq!(info.url, e.nar_url);
+            let file = std::fs::read(data.cache_dir.join(&e.nar_url)).expect("nar");
+            assert_eq!(Some(Sha256Hash::digest(&file)), info.file_hash);
+            assert_eq!(Some(file.len() as u64), info.file_size);
+            sizes.push(info.nar_size);
+        }
+        sizes.sort();
+        assert!(sizes[11] > 8 * sizes[0], "sizes are not spread: {sizes:?}");
+        // A second call reuses what is there.
+        let again = ensure(dir.path(), tiny).await.expect("reuse");
+        assert_eq!(again.public_key, data.public_key);
+    }
 }

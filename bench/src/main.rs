@@ -9,7 +9,7 @@ mod servers;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use anyhow::{Context as _, bail};
+use anyhow::{bail, Context as _};
 use clap::Parser;
 use futures_util::StreamExt;
 
@@ -34,6 +34,9 @@ struct Args {
     /// Seconds of each wrk run.
     #[arg(long, default_value_t = 5)]
     wrk_seconds: u32,
+    /// Least seconds of each latency and NAR throughput run (whole passes over the data set).
+    #[arg(long, default_value_t = 3.0)]
+    seconds: f64,
     /// Concurrent clients in the miss-path measurement.
     #[arg(long, default_value_t = 16)]
     miss_clients: usize,
@@ -61,7 +64,12 @@ fn table(rows: &[Row]) -> String {
             Some(n) => (fmt(n, r.decimals), format!("{:.2}×", r.nixcache / n)),
             None => ("–".into(), "–".into()),
         };
-        s.push_str(&format!("| {} | {nginx} | {} | {ratio} | {} |\n", r.name, fmt(r.nixcache, r.decimals), r.target));
+        s.push_str(&format!(
+            "| {} | {nginx} | {} | {ratio} | {} |\n",
+            r.name,
+            fmt(r.nixcache, r.decimals),
+            r.target
+        ));
     }
     s
 }
@@ -72,15 +80,32 @@ async fn warm(base: &str, entries: &[Entry]) -> anyhow::Result<()> {
     let mut tasks = futures_util::stream::iter(entries.iter().cloned().map(|e| {
         let (client, base) = (client.clone(), base.to_string());
         async move {
-            let r = client.get(format!("{base}/{}.narinfo", e.hash)).send().await?;
+            let r = client
+                .get(format!("{base}/{}.narinfo", e.hash))
+                .send()
+                .await?;
             if r.status() != 200 {
                 bail!("warming {}: narinfo {}", e.hash, r.status());
             }
             let text = r.text().await?;
-            let url = text.lines().find_map(|l| l.strip_prefix("URL: ")).context("narinfo without URL")?.to_string();
-            let body = client.get(format!("{base}/{url}")).send().await?.bytes().await?;
+            let url = text
+                .lines()
+                .find_map(|l| l.strip_prefix("URL: "))
+                .context("narinfo without URL")?
+                .to_string();
+            let body = client
+                .get(format!("{base}/{url}"))
+                .send()
+                .await?
+                .bytes()
+                .await?;
             if body.len() as u64 != e.file_size {
-                bail!("warming {}: {} bytes, expected {}", e.hash, body.len(), e.file_size);
+                bail!(
+                    "warming {}: {} bytes, expected {}",
+                    e.hash,
+                    body.len(),
+                    e.file_size
+                );
             }
             Ok(())
         }
@@ -97,7 +122,11 @@ fn max_fetches(log: &Path, entries: &[Entry]) -> anyhow::Result<usize> {
     let text = std::fs::read_to_string(log).unwrap_or_default();
     Ok(entries
         .iter()
-        .map(|e| text.lines().filter(|l| l.contains(&format!("GET /{} ", e.nar_url))).count())
+        .map(|e| {
+            text.lines()
+                .filter(|l| l.contains(&format!("GET /{} ", e.nar_url)))
+                .count()
+        })
         .max()
         .unwrap_or(0))
 }
@@ -105,14 +134,23 @@ fn max_fetches(log: &Path, entries: &[Entry]) -> anyhow::Result<usize> {
 fn machine() -> String {
     let cpu = std::fs::read_to_string("/proc/cpuinfo")
         .ok()
-        .and_then(|c| c.lines().find_map(|l| l.strip_prefix("model name")).map(|m| m.trim_start_matches([' ', '\t', ':']).to_string()))
+        .and_then(|c| {
+            c.lines()
+                .find_map(|l| l.strip_prefix("model name"))
+                .map(|m| m.trim_start_matches([' ', '\t', ':']).to_string())
+        })
         .unwrap_or_else(|| "unknown CPU".into());
-    let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+    let cores = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1);
     format!("{cores} cores ({cpu})")
 }
 
 fn replace_section(out: &Path, profile: &str, section: &str) -> anyhow::Result<()> {
-    let (begin, end) = (format!("<!-- {profile}:begin -->"), format!("<!-- {profile}:end -->"));
+    let (begin, end) = (
+        format!("<!-- {profile}:begin -->"),
+        format!("<!-- {profile}:end -->"),
+    );
     let old = std::fs::read_to_string(out).unwrap_or_else(|_| "# Benchmark results\n\n".into());
     let block = format!("{begin}\n{section}{end}");
     let new = match (old.find(&begin), old.find(&end)) {
@@ -134,13 +172,23 @@ async fn main() -> anyhow::Result<()> {
     let started = Instant::now();
     let data = dataset::ensure(&args.data, profile).await?;
     let total: u64 = data.entries.iter().map(|e| e.file_size).sum();
-    eprintln!("data set: {} paths, {} MiB compressed", data.entries.len(), total >> 20);
+    eprintln!(
+        "data set: {} paths, {} MiB compressed",
+        data.entries.len(),
+        total >> 20
+    );
     let work = tempfile::tempdir()?;
     let bin = servers::nixcache_bin()?;
 
     // Hits: nginx serving the files, nixcache warmed in front of it.
     let nginx = servers::nginx(&data.cache_dir, &work.path().join("nginx"), None).await?;
-    let nixcache = servers::nixcache(&bin, &nginx.url, &data.public_key, &work.path().join("nixcache")).await?;
+    let nixcache = servers::nixcache(
+        &bin,
+        &nginx.url,
+        &data.public_key,
+        &work.path().join("nixcache"),
+    )
+    .await?;
     eprintln!("warming nixcache");
     warm(&nixcache.url, &data.entries).await?;
 
@@ -153,13 +201,17 @@ async fn main() -> anyhow::Result<()> {
     for round in 0..args.repeat {
         eprintln!("round {}/{}", round + 1, args.repeat);
         for (i, s) in both.iter().enumerate() {
-            latency[i].push(measure::narinfo_latency(&s.url, &data.entries).await?);
-            rps[i].push(measure::narinfo_throughput(&s.url, &data.entries, work.path(), args.wrk_seconds).await?);
+            latency[i].push(measure::narinfo_latency(&s.url, &data.entries, args.seconds).await?);
+            rps[i].push(
+                measure::narinfo_throughput(&s.url, &data.entries, work.path(), args.wrk_seconds)
+                    .await?,
+            );
             if s.name == "nixcache" {
                 s.reset_peak_rss();
             }
             for (w, n) in workers.iter().enumerate() {
-                nar[i][w].push(measure::nar_throughput(&s.url, &data.entries, *n).await?);
+                nar[i][w]
+                    .push(measure::nar_throughput(&s.url, &data.entries, *n, args.seconds).await?);
             }
             if s.name == "nixcache" {
                 peak_rss = peak_rss.max(s.peak_rss().unwrap_or(0));
@@ -172,10 +224,18 @@ async fn main() -> anyhow::Result<()> {
     // Misses: a fresh nixcache per round in front of a logging nginx, against the same clients
     // fetching from that nginx directly.
     let step = (data.entries.len() / args.miss_paths.max(1)).max(1);
-    let sample: Vec<Entry> = data.entries.iter().step_by(step).take(args.miss_paths).cloned().collect();
+    let sample: Vec<Entry> = data
+        .entries
+        .iter()
+        .step_by(step)
+        .take(args.miss_paths)
+        .cloned()
+        .collect();
     let log = work.path().join("upstream-access.log");
-    let upstream = servers::nginx(&data.cache_dir, &work.path().join("upstream"), Some(&log)).await?;
-    let (mut miss_total, mut miss_ttfb, mut direct_total, mut direct_ttfb, mut fetches) = (vec![], vec![], vec![], vec![], 0);
+    let upstream =
+        servers::nginx(&data.cache_dir, &work.path().join("upstream"), Some(&log)).await?;
+    let (mut miss_total, mut miss_ttfb, mut direct_total, mut direct_ttfb, mut fetches) =
+        (vec![], vec![], vec![], vec![], 0);
     for round in 0..args.repeat {
         eprintln!("miss round {}/{}", round + 1, args.repeat);
         let fresh = work.path().join(format!("miss-{round}"));
@@ -194,12 +254,27 @@ async fn main() -> anyhow::Result<()> {
 
     let m = |v: &Vec<f64>| median(v.clone());
     let mut rows = vec![
-        Row { name: "narinfo latency, median (µs)".into(), nginx: Some(m(&latency[0])), nixcache: m(&latency[1]), target: "≤ 1.1×", decimals: 0 },
-        Row { name: "narinfo throughput, 64 connections (req/s)".into(), nginx: Some(m(&rps[0])), nixcache: m(&rps[1]), target: "≥ 0.8×", decimals: 0 },
+        Row {
+            name: "narinfo latency, median (µs)".into(),
+            nginx: Some(m(&latency[0])),
+            nixcache: m(&latency[1]),
+            target: "≤ 1.1×",
+            decimals: 0,
+        },
+        Row {
+            name: "narinfo throughput, 64 connections (req/s)".into(),
+            nginx: Some(m(&rps[0])),
+            nixcache: m(&rps[1]),
+            target: "≥ 0.8×",
+            decimals: 0,
+        },
     ];
     for (w, n) in workers.iter().enumerate() {
         rows.push(Row {
-            name: format!("NAR throughput, {n} worker{} (MiB/s)", if *n == 1 { "" } else { "s" }),
+            name: format!(
+                "NAR throughput, {n} worker{} (MiB/s)",
+                if *n == 1 { "" } else { "s" }
+            ),
             nginx: Some(m(&nar[0][w])),
             nixcache: m(&nar[1][w]),
             target: if *n == 4 { "" } else { "≥ 0.9×" },
@@ -209,10 +284,34 @@ async fn main() -> anyhow::Result<()> {
     let clients = args.miss_clients;
     let paths = sample.len();
     rows.extend([
-        Row { name: format!("miss: {clients} clients × {paths} paths, total (s)"), nginx: Some(m(&direct_total)), nixcache: m(&miss_total), target: "", decimals: 2 },
-        Row { name: "miss: NAR time to first byte, median (ms)".into(), nginx: Some(m(&direct_ttfb)), nixcache: m(&miss_ttfb), target: "within a few ms", decimals: 1 },
-        Row { name: "miss: upstream fetches per NAR (max)".into(), nginx: None, nixcache: fetches as f64, target: "1", decimals: 0 },
-        Row { name: "nixcache peak RSS during NAR runs (MiB)".into(), nginx: None, nixcache: peak_rss as f64 / (1 << 20) as f64, target: "< 150", decimals: 1 },
+        Row {
+            name: format!("miss: {clients} clients × {paths} paths, total (s)"),
+            nginx: Some(m(&direct_total)),
+            nixcache: m(&miss_total),
+            target: "",
+            decimals: 2,
+        },
+        Row {
+            name: "miss: NAR time to first byte, median (ms)".into(),
+            nginx: Some(m(&direct_ttfb)),
+            nixcache: m(&miss_ttfb),
+            target: "within a few ms",
+            decimals: 1,
+        },
+        Row {
+            name: "miss: upstream fetches per NAR (max)".into(),
+            nginx: None,
+            nixcache: fetches as f64,
+            target: "1",
+            decimals: 0,
+        },
+        Row {
+            name: "nixcache peak RSS during NAR runs (MiB)".into(),
+            nginx: None,
+            nixcache: peak_rss as f64 / (1 << 20) as f64,
+            target: "< 150",
+            decimals: 1,
+        },
     ]);
 
     let commit = std::process::Command::new("git")

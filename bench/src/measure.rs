@@ -1,10 +1,10 @@
 //! The measurements, each run the same way against every server.
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use anyhow::{Context as _, bail};
+use anyhow::{bail, Context as _};
 use futures_util::StreamExt;
 
 use crate::dataset::Entry;
@@ -15,20 +15,38 @@ pub fn median(mut v: Vec<f64>) -> f64 {
         return f64::NAN;
     }
     let m = v.len() / 2;
-    if v.len() % 2 == 1 { v[m] } else { (v[m - 1] + v[m]) / 2.0 }
+    if v.len() % 2 == 1 {
+        v[m]
+    } else {
+        (v[m - 1] + v[m]) / 2.0
+    }
 }
+
+/// Work index that tells NAR download workers to stop.
+const STOP: usize = usize::MAX / 2;
 
 fn client(max_idle: usize) -> anyhow::Result<reqwest::Client> {
-    Ok(reqwest::Client::builder().pool_max_idle_per_host(max_idle).http1_only().build()?)
+    Ok(reqwest::Client::builder()
+        .pool_max_idle_per_host(max_idle)
+        .http1_only()
+        .build()?)
 }
 
-/// Every narinfo GET in sequence on one keep-alive connection: median latency in microseconds.
-pub async fn narinfo_latency(base: &str, entries: &[Entry]) -> anyhow::Result<f64> {
+/// Every narinfo GET in sequence on one keep-alive connection, over and over for `seconds`:
+/// median latency in microseconds.
+pub async fn narinfo_latency(base: &str, entries: &[Entry], seconds: f64) -> anyhow::Result<f64> {
     let client = client(1)?;
-    let mut times = Vec::with_capacity(entries.len());
-    for e in entries {
+    let mut times = Vec::new();
+    let begin = Instant::now();
+    for e in entries.iter().cycle() {
+        if begin.elapsed().as_secs_f64() > seconds && times.len() >= entries.len() {
+            break;
+        }
         let start = Instant::now();
-        let r = client.get(format!("{base}/{}.narinfo", e.hash)).send().await?;
+        let r = client
+            .get(format!("{base}/{}.narinfo", e.hash))
+            .send()
+            .await?;
         if r.status() != 200 {
             bail!("{base}: narinfo {} → {}", e.hash, r.status());
         }
@@ -39,8 +57,16 @@ pub async fn narinfo_latency(base: &str, entries: &[Entry]) -> anyhow::Result<f6
 }
 
 /// narinfo requests per second with 64 connections (wrk, cycling over every narinfo).
-pub async fn narinfo_throughput(base: &str, entries: &[Entry], work: &std::path::Path, seconds: u32) -> anyhow::Result<f64> {
-    let paths: Vec<String> = entries.iter().map(|e| format!("\"/{}.narinfo\"", e.hash)).collect();
+pub async fn narinfo_throughput(
+    base: &str,
+    entries: &[Entry],
+    work: &std::path::Path,
+    seconds: u32,
+) -> anyhow::Result<f64> {
+    let paths: Vec<String> = entries
+        .iter()
+        .map(|e| format!("\"/{}.narinfo\"", e.hash))
+        .collect();
     let script = work.join("narinfos.lua");
     std::fs::write(
         &script,
@@ -59,7 +85,10 @@ pub async fn narinfo_throughput(base: &str, entries: &[Entry], work: &std::path:
         .context("running wrk (apt-get install wrk)")?;
     let text = String::from_utf8_lossy(&out.stdout);
     if !out.status.success() || text.contains("Non-2xx") {
-        bail!("wrk against {base} failed:\n{text}{}", String::from_utf8_lossy(&out.stderr));
+        bail!(
+            "wrk against {base} failed:\n{text}{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
     text.lines()
         .find_map(|l| l.strip_prefix("Requests/sec:"))
@@ -67,20 +96,39 @@ pub async fn narinfo_throughput(base: &str, entries: &[Entry], work: &std::path:
         .with_context(|| format!("no Requests/sec in wrk output:\n{text}"))
 }
 
-/// Downloads every NAR with `workers` concurrent connections: MiB/s.
-pub async fn nar_throughput(base: &str, entries: &[Entry], workers: usize) -> anyhow::Result<f64> {
+/// Downloads every NAR with `workers` concurrent connections, all of them again and again for at
+/// least `seconds`: MiB/s.
+pub async fn nar_throughput(
+    base: &str,
+    entries: &[Entry],
+    workers: usize,
+    seconds: f64,
+) -> anyhow::Result<f64> {
     let client = client(workers)?;
     let next = Arc::new(AtomicUsize::new(0));
     let entries: Arc<Vec<Entry>> = Arc::new(entries.to_vec());
     let start = Instant::now();
     let mut tasks = Vec::new();
     for _ in 0..workers {
-        let (client, next, entries, base) = (client.clone(), next.clone(), entries.clone(), base.to_string());
+        let (client, next, entries, base) = (
+            client.clone(),
+            next.clone(),
+            entries.clone(),
+            base.to_string(),
+        );
         tasks.push(tokio::spawn(async move {
             let mut bytes = 0u64;
             loop {
                 let i = next.fetch_add(1, Ordering::Relaxed);
-                let Some(e) = entries.get(i) else { break };
+                if i >= STOP {
+                    break;
+                }
+                // Whole passes over the data set only, so every size weighs the same in each run.
+                if i > 0 && i % entries.len() == 0 && start.elapsed().as_secs_f64() > seconds {
+                    next.store(STOP, Ordering::Relaxed);
+                    break;
+                }
+                let e = &entries[i % entries.len()];
                 let r = client.get(format!("{base}/{}", e.nar_url)).send().await?;
                 if r.status() != 200 {
                     bail!("{base}/{} → {}", e.nar_url, r.status());
@@ -107,7 +155,11 @@ pub async fn nar_throughput(base: &str, entries: &[Entry], workers: usize) -> an
 
 /// `clients` concurrent clients each fetching every entry (narinfo, then NAR): total seconds and
 /// the median time to the first byte of a NAR, in milliseconds.
-pub async fn miss_path(base: &str, entries: &[Entry], clients: usize) -> anyhow::Result<(f64, f64)> {
+pub async fn miss_path(
+    base: &str,
+    entries: &[Entry],
+    clients: usize,
+) -> anyhow::Result<(f64, f64)> {
     let entries: Arc<Vec<Entry>> = Arc::new(entries.to_vec());
     let start = Instant::now();
     let mut tasks = Vec::new();
@@ -119,7 +171,10 @@ pub async fn miss_path(base: &str, entries: &[Entry], clients: usize) -> anyhow:
             // Each client walks the paths from a different starting point, as a fleet would.
             for k in 0..entries.len() {
                 let e = &entries[(k + c * 7) % entries.len()];
-                let r = client.get(format!("{base}/{}.narinfo", e.hash)).send().await?;
+                let r = client
+                    .get(format!("{base}/{}.narinfo", e.hash))
+                    .send()
+                    .await?;
                 if r.status() != 200 {
                     bail!("{base}: narinfo {} → {}", e.hash, r.status());
                 }

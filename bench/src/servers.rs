@@ -4,10 +4,12 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use anyhow::{Context as _, bail};
+use anyhow::{bail, Context as _};
 
 pub fn free_port() -> anyhow::Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
 }
 
 pub struct Server {
@@ -31,7 +33,14 @@ impl Server {
     /// Peak resident set size since the last `reset_peak_rss`, in bytes.
     pub fn peak_rss(&self) -> Option<u64> {
         let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid())).ok()?;
-        let kb: u64 = status.lines().find_map(|l| l.strip_prefix("VmHWM:"))?.trim().trim_end_matches(" kB").trim().parse().ok()?;
+        let kb: u64 = status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmHWM:"))?
+            .trim()
+            .trim_end_matches(" kB")
+            .trim()
+            .parse()
+            .ok()?;
         Some(kb * 1024)
     }
 
@@ -92,11 +101,20 @@ pub async fn nginx(root: &Path, work: &Path, access_log: Option<&Path>) -> anyho
         .context("starting nginx (apt-get install nginx)")?;
     let url = format!("http://127.0.0.1:{port}");
     wait_ready(&format!("{url}/nix-cache-info"), &mut child, "nginx").await?;
-    Ok(Server { name: "nginx", url, child })
+    Ok(Server {
+        name: "nginx",
+        url,
+        child,
+    })
 }
 
 /// `nixcache serve` (the release build next to this binary) in front of `upstream`.
-pub async fn nixcache(bin: &Path, upstream: &str, key: &str, data: &Path) -> anyhow::Result<Server> {
+pub async fn nixcache(
+    bin: &Path,
+    upstream: &str,
+    key: &str,
+    data: &Path,
+) -> anyhow::Result<Server> {
     let port = free_port()?;
     let log = std::fs::File::create(data.with_extension("log"))?;
     let mut child = Command::new(bin)
@@ -112,7 +130,11 @@ pub async fn nixcache(bin: &Path, upstream: &str, key: &str, data: &Path) -> any
         .with_context(|| format!("starting {}", bin.display()))?;
     let url = format!("http://127.0.0.1:{port}");
     wait_ready(&format!("{url}/healthz"), &mut child, "nixcache").await?;
-    Ok(Server { name: "nixcache", url, child })
+    Ok(Server {
+        name: "nixcache",
+        url,
+        child,
+    })
 }
 
 /// The `nixcache` binary built alongside this one.
@@ -120,7 +142,10 @@ pub fn nixcache_bin() -> anyhow::Result<PathBuf> {
     let exe = std::env::current_exe()?;
     let bin = exe.with_file_name("nixcache");
     if !bin.exists() {
-        bail!("{} missing: build with `cargo build --release -p nixcache-server`", bin.display());
+        bail!(
+            "{} missing: build with `cargo build --release -p nixcache-server`",
+            bin.display()
+        );
     }
     Ok(bin)
 }

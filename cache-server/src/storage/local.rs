@@ -1,7 +1,7 @@
 //! Storage in a local directory. Objects are committed by `rename(2)` from a staging directory on
 //! the same file system, so a reader sees a file either complete or not at all.
 
-use std::os::unix::fs::FileExt;
+use std::io::{Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
 
 use async_trait::async_trait;
@@ -88,13 +88,28 @@ fn open_and_read(path: &Path, range: Option<ByteRange>) -> Result<Option<Opened>
             .ok_or(StorageError::RangeNotSatisfiable { total })?,
     };
     let first = read_at(&file, start, (end - start).min(FIRST_READ))?;
-    Ok(Some(Opened { file, total, start, end, first }))
+    Ok(Some(Opened {
+        file,
+        total,
+        start,
+        end,
+        first,
+    }))
 }
 
-/// Reads exactly `len` bytes at `offset` (a file that shrank underneath is an error).
+/// Reads exactly `len` bytes at `offset` (a file that shrank underneath is an error). Reads into
+/// uninitialized capacity: zeroing a buffer only to overwrite it costs as much as a copy.
 fn read_at(file: &std::fs::File, offset: u64, len: u64) -> std::io::Result<Bytes> {
-    let mut buf = vec![0u8; len as usize];
-    file.read_exact_at(&mut buf, offset)?;
+    let mut reader = file;
+    reader.seek(SeekFrom::Start(offset))?;
+    let mut buf = Vec::with_capacity(len as usize);
+    reader.take(len).read_to_end(&mut buf)?;
+    if (buf.len() as u64) < len {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::UnexpectedEof,
+            "file shorter than its size",
+        ));
+    }
     Ok(Bytes::from(buf))
 }
 
@@ -133,7 +148,14 @@ impl Storage for LocalStorage {
         let opened = tokio::task::spawn_blocking(move || open_and_read(&path, range))
             .await
             .map_err(std::io::Error::other)??;
-        let Some(Opened { file, total, start, end, first }) = opened else {
+        let Some(Opened {
+            file,
+            total,
+            start,
+            end,
+            first,
+        }) = opened
+        else {
             return Ok(None);
         };
         let first_len = first.len() as u64;
