@@ -113,24 +113,32 @@ fn read_at(file: &std::fs::File, offset: u64, len: u64) -> std::io::Result<Bytes
     Ok(Bytes::from(buf))
 }
 
-/// The bytes `[from, end)` of `file`, read in large chunks on the blocking pool.
+/// The bytes `[from, end)` of `file`, read in large chunks on the blocking pool, one chunk ahead:
+/// the next read runs while the previous chunk is being sent.
 fn read_rest(
     file: std::fs::File,
     from: u64,
     end: u64,
 ) -> impl futures_util::Stream<Item = std::io::Result<Bytes>> {
+    type Pending = tokio::task::JoinHandle<std::io::Result<Bytes>>;
     let file = std::sync::Arc::new(file);
-    futures_util::stream::try_unfold(from, move |pos| {
-        let file = file.clone();
-        async move {
-            if pos >= end {
-                return Ok(None);
-            }
+    let spawn = move |pos: u64| -> Option<Pending> {
+        (pos < end).then(|| {
+            let file = file.clone();
             let len = (end - pos).min(READ_CHUNK);
-            let chunk = tokio::task::spawn_blocking(move || read_at(&file, pos, len))
-                .await
-                .map_err(std::io::Error::other)??;
-            Ok(Some((chunk, pos + len)))
+            tokio::task::spawn_blocking(move || read_at(&file, pos, len))
+        })
+    };
+    let first = spawn(from);
+    futures_util::stream::try_unfold((first, from), move |(pending, pos)| {
+        let spawn = spawn.clone();
+        async move {
+            let Some(pending) = pending else {
+                return Ok(None);
+            };
+            let chunk = pending.await.map_err(std::io::Error::other)??;
+            let next = pos + chunk.len() as u64;
+            Ok(Some((chunk, (spawn(next), next))))
         }
     })
 }
