@@ -321,9 +321,10 @@ async fn main() -> anyhow::Result<()> {
         .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
         .unwrap_or_default();
     let section = format!(
-        "## Profile `{}`\n\n{} paths, {} MiB of compressed NARs; median of {} runs; commit {commit}; {}; {} s in all.\n\n{}\n",
+        "## Profile `{}`\n\n{} paths, ~{} MiB of NARs ({} MiB compressed); median of {} runs; commit {commit}; {}; {} s in all.\n\n{}\n",
         profile.name,
         data.entries.len(),
+        profile.total_bytes >> 20,
         total >> 20,
         args.repeat,
         machine(),
