@@ -132,7 +132,8 @@ pub struct ServeArgs {
     #[arg(long, env = "NIXCACHE_PRIORITY", value_name = "N")]
     pub priority: Option<u32>,
 
-    /// Database URL: `sqlite://PATH`. [default: sqlite://DATA_DIR/nixcache.sqlite]
+    /// Database URL: `sqlite://PATH` or `postgres://USER[:PASSWORD]@HOST[:PORT]/DB` (shared by
+    /// replicas). [default: sqlite://DATA_DIR/nixcache.sqlite]
     #[arg(long, env = "NIXCACHE_DATABASE_URL", value_name = "URL")]
     pub database_url: Option<String>,
 
@@ -170,9 +171,23 @@ pub struct ServeArgs {
 }
 
 /// Where metadata lives.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, PartialEq, Eq)]
 pub enum DatabaseConfig {
     Sqlite(PathBuf),
+    /// A `postgres://` URL (may carry a password: never shown by `Debug`).
+    Postgres(String),
+}
+
+impl std::fmt::Debug for DatabaseConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Sqlite(p) => f.debug_tuple("Sqlite").field(p).finish(),
+            Self::Postgres(url) => f
+                .debug_tuple("Postgres")
+                .field(&crate::db::redact_url(url))
+                .finish(),
+        }
+    }
 }
 
 /// Where the signing key comes from.
@@ -418,6 +433,18 @@ fn parse_database_url(url: &str) -> Result<DatabaseConfig, ConfigError> {
         }
         return Ok(DatabaseConfig::Sqlite(PathBuf::from(path)));
     }
+    if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+        let parsed = Url::parse(url).map_err(|e| {
+            invalid(
+                "database-url",
+                format!("{}: {e}", crate::db::redact_url(url)),
+            )
+        })?;
+        if parsed.host_str().is_none() {
+            return Err(invalid("database-url", "postgres URL without a host"));
+        }
+        return Ok(DatabaseConfig::Postgres(url.to_string()));
+    }
     let scheme = url.split_once(':').map_or("", |(s, _)| s);
     Err(invalid(
         "database-url",
@@ -574,6 +601,19 @@ mod tests {
         let (k2, created) = load_signing_key(&source).expect("load");
         assert!(!created);
         assert_eq!(k1.public_key(), k2.public_key());
+    }
+
+    #[test]
+    fn postgres_urls_are_accepted_and_never_shown_with_their_password() {
+        let url = "postgres://nixcache:hunter2@db.example:5432/nixcache";
+        let c = ServeArgs {
+            database_url: Some(url.into()),
+            ..Default::default()
+        }
+        .resolve()
+        .expect("valid");
+        assert_eq!(c.database, DatabaseConfig::Postgres(url.into()));
+        assert!(!format!("{c:?}").contains("hunter2"));
     }
 
     #[test]

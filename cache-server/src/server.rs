@@ -10,7 +10,7 @@ use tracing::{info, warn};
 
 use crate::cache::{Cache, CacheSettings};
 use crate::config::{load_signing_key, Config, DatabaseConfig};
-use crate::db::{Database, SqliteDatabase};
+use crate::db::{Database, PostgresDatabase, SqliteDatabase};
 use crate::http::{configure, count_requests, AppState};
 use crate::lock::{LocalLock, Lock};
 use crate::metrics::Metrics;
@@ -33,6 +33,12 @@ pub async fn open_database(config: &Config) -> anyhow::Result<Arc<dyn Database>>
             let db = SqliteDatabase::open(path)
                 .await
                 .with_context(|| format!("opening {}", path.display()))?;
+            Ok(Arc::new(db))
+        }
+        DatabaseConfig::Postgres(url) => {
+            let db = PostgresDatabase::open(url, 16)
+                .await
+                .with_context(|| format!("opening {}", crate::db::redact_url(url)))?;
             Ok(Arc::new(db))
         }
     }

@@ -1,11 +1,14 @@
 //! Metadata: which narinfos nixcache has, where their NARs come from, sizes and last access.
 //! SQLite is the embedded default; the trait is what the flows see.
 
+mod postgres;
+mod rows;
 mod schema;
 mod sqlite;
 
 use async_trait::async_trait;
 
+pub use postgres::{redact_url, PostgresDatabase};
 pub use sqlite::SqliteDatabase;
 
 #[derive(Debug, thiserror::Error)]

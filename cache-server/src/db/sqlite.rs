@@ -10,6 +10,7 @@ use diesel::r2d2::{ConnectionManager, CustomizeConnection, Pool, PooledConnectio
 use diesel::sqlite::SqliteConnection;
 use diesel_migrations::{embed_migrations, EmbeddedMigrations, MigrationHarness};
 
+use super::rows::{q, size, NarInfoRow};
 use super::schema::{narinfos, nars};
 use super::{Database, DbError, NarInfoRecord};
 
@@ -31,41 +32,6 @@ impl CustomizeConnection<SqliteConnection, diesel::r2d2::Error> for Pragmas {
 
 pub struct SqliteDatabase {
     pool: Pool<ConnectionManager<SqliteConnection>>,
-}
-
-#[derive(Queryable, Selectable, Insertable, AsChangeset)]
-#[diesel(table_name = narinfos, treat_none_as_null = true)]
-#[diesel(check_for_backend(diesel::sqlite::Sqlite))]
-struct NarInfoRow {
-    hash: String,
-    store_path: String,
-    nar_file: String,
-    upstream_nar_url: String,
-    narinfo: String,
-    nar_size: i64,
-    file_size: Option<i64>,
-}
-
-impl From<NarInfoRow> for NarInfoRecord {
-    fn from(r: NarInfoRow) -> Self {
-        Self {
-            hash: r.hash,
-            store_path: r.store_path,
-            nar_file: r.nar_file,
-            upstream_nar_url: r.upstream_nar_url,
-            narinfo: r.narinfo,
-            nar_size: r.nar_size.max(0) as u64,
-            file_size: r.file_size.map(|s| s.max(0) as u64),
-        }
-    }
-}
-
-fn q(e: diesel::result::Error) -> DbError {
-    DbError::Query(e.to_string())
-}
-
-fn size(n: u64) -> i64 {
-    i64::try_from(n).unwrap_or(i64::MAX)
 }
 
 impl SqliteDatabase {
@@ -123,15 +89,7 @@ impl Database for SqliteDatabase {
     }
 
     async fn put_narinfo(&self, r: &NarInfoRecord, now: i64) -> Result<(), DbError> {
-        let row = NarInfoRow {
-            hash: r.hash.clone(),
-            store_path: r.store_path.clone(),
-            nar_file: r.nar_file.clone(),
-            upstream_nar_url: r.upstream_nar_url.clone(),
-            narinfo: r.narinfo.clone(),
-            nar_size: size(r.nar_size),
-            file_size: r.file_size.map(size),
-        };
+        let row = NarInfoRow::from(r);
         self.with(move |c| {
             diesel::insert_into(narinfos::table)
                 .values((

@@ -1,0 +1,2 @@
+DROP TABLE nars;
+DROP TABLE narinfos;

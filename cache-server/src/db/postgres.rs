@@ -1,0 +1,241 @@
+//! PostgreSQL through diesel-async (tokio-postgres underneath, no libpq), pooled with bb8.
+//! Migrations are embedded and applied at start through diesel-async's sync wrapper.
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use diesel::prelude::*;
+use diesel_async::pooled_connection::bb8::Pool;
+use diesel_async::pooled_connection::AsyncDieselConnectionManager;
+use diesel_async::{AsyncPgConnection, RunQueryDsl};
+use diesel_migrations::{embed_migrations, EmbeddedMigrations, MigrationHarness};
+
+use super::rows::{q, size, NarInfoRow};
+use super::schema::{narinfos, nars};
+use super::{Database, DbError, NarInfoRecord};
+
+const MIGRATIONS: EmbeddedMigrations = embed_migrations!("migrations/postgres");
+
+pub struct PostgresDatabase {
+    pool: Pool<AsyncPgConnection>,
+}
+
+/// A database URL for messages: without its password.
+pub fn redact_url(url: &str) -> String {
+    match reqwest::Url::parse(url) {
+        Ok(mut u) => {
+            if u.password().is_some() {
+                let _ = u.set_password(Some("REDACTED"));
+            }
+            u.to_string()
+        }
+        Err(_) => "(unparsable database URL)".to_string(),
+    }
+}
+
+fn connection_error(e: impl std::fmt::Display, url: &str) -> DbError {
+    // Driver errors may quote the connection string; never pass one on with its password.
+    let text = e.to_string();
+    let text = match reqwest::Url::parse(url)
+        .ok()
+        .and_then(|u| u.password().map(str::to_string))
+    {
+        Some(pw) if !pw.is_empty() => text.replace(&pw, "REDACTED"),
+        _ => text,
+    };
+    DbError::Connection(text)
+}
+
+impl PostgresDatabase {
+    /// Connects, applies pending migrations, and keeps a pool of up to `max_connections`.
+    pub async fn open(url: &str, max_connections: u32) -> Result<Self, DbError> {
+        let migrate_url = url.to_string();
+        tokio::task::spawn_blocking(move || {
+            // The sync wrapper drives the async connection on the runtime this task belongs to.
+            type Sync =
+                diesel_async::async_connection_wrapper::AsyncConnectionWrapper<AsyncPgConnection>;
+            let mut conn = <Sync as diesel::Connection>::establish(&migrate_url)
+                .map_err(|e| connection_error(e, &migrate_url))?;
+            conn.run_pending_migrations(MIGRATIONS)
+                .map(|_| ())
+                .map_err(|e| DbError::Migration(e.to_string()))
+        })
+        .await
+        .map_err(|e| DbError::Connection(e.to_string()))??;
+
+        let manager = AsyncDieselConnectionManager::<AsyncPgConnection>::new(url);
+        let pool = Pool::builder()
+            .max_size(max_connections)
+            .connection_timeout(Duration::from_secs(5))
+            // Connections are made when needed, so a database that is down at start-up or later
+            // only fails the requests that need it.
+            .min_idle(Some(0))
+            .build_unchecked(manager);
+        Ok(Self { pool })
+    }
+
+    async fn conn(
+        &self,
+    ) -> Result<
+        diesel_async::pooled_connection::bb8::PooledConnection<'_, AsyncPgConnection>,
+        DbError,
+    > {
+        self.pool
+            .get()
+            .await
+            .map_err(|e| DbError::Connection(e.to_string()))
+    }
+}
+
+#[async_trait]
+impl Database for PostgresDatabase {
+    async fn get_narinfo(&self, hash: &str) -> Result<Option<NarInfoRecord>, DbError> {
+        let mut c = self.conn().await?;
+        narinfos::table
+            .find(hash)
+            .select(NarInfoRow::as_select())
+            .first(&mut c)
+            .await
+            .optional()
+            .map(|r| r.map(Into::into))
+            .map_err(q)
+    }
+
+    async fn put_narinfo(&self, r: &NarInfoRecord, now: i64) -> Result<(), DbError> {
+        let row = NarInfoRow::from(r);
+        let mut c = self.conn().await?;
+        diesel::insert_into(narinfos::table)
+            .values((
+                &row,
+                narinfos::created_at.eq(now),
+                narinfos::last_accessed_at.eq(now),
+            ))
+            .on_conflict(narinfos::hash)
+            .do_update()
+            .set((&row, narinfos::last_accessed_at.eq(now)))
+            .execute(&mut c)
+            .await
+            .map(|_| ())
+            .map_err(q)
+    }
+
+    async fn narinfo_for_nar(&self, nar_file: &str) -> Result<Option<NarInfoRecord>, DbError> {
+        let mut c = self.conn().await?;
+        narinfos::table
+            .filter(narinfos::nar_file.eq(nar_file))
+            .select(NarInfoRow::as_select())
+            .first(&mut c)
+            .await
+            .optional()
+            .map(|r| r.map(Into::into))
+            .map_err(q)
+    }
+
+    async fn put_nar(&self, file: &str, nar_size: u64, now: i64) -> Result<(), DbError> {
+        let mut c = self.conn().await?;
+        diesel::insert_into(nars::table)
+            .values((
+                nars::file.eq(file),
+                nars::size.eq(size(nar_size)),
+                nars::created_at.eq(now),
+                nars::last_accessed_at.eq(now),
+            ))
+            .on_conflict(nars::file)
+            .do_update()
+            .set((
+                nars::size.eq(size(nar_size)),
+                nars::last_accessed_at.eq(now),
+            ))
+            .execute(&mut c)
+            .await
+            .map(|_| ())
+            .map_err(q)
+    }
+
+    async fn touch(&self, hashes: &[String], files: &[String], now: i64) -> Result<(), DbError> {
+        if hashes.is_empty() && files.is_empty() {
+            return Ok(());
+        }
+        let mut c = self.conn().await?;
+        if !hashes.is_empty() {
+            diesel::update(narinfos::table.filter(narinfos::hash.eq_any(hashes)))
+                .set(narinfos::last_accessed_at.eq(now))
+                .execute(&mut c)
+                .await
+                .map_err(q)?;
+        }
+        if !files.is_empty() {
+            diesel::update(nars::table.filter(nars::file.eq_any(files)))
+                .set(nars::last_accessed_at.eq(now))
+                .execute(&mut c)
+                .await
+                .map_err(q)?;
+        }
+        Ok(())
+    }
+
+    async fn ping(&self) -> Result<(), DbError> {
+        let mut c = self.conn().await?;
+        diesel::sql_query("SELECT 1")
+            .execute(&mut c)
+            .await
+            .map(|_| ())
+            .map_err(q)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use nixcache_tests::postgres::Postgres;
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn conformance() {
+        let pg = Postgres::start();
+        let db = PostgresDatabase::open(&pg.url(), 4).await.expect("open");
+        super::super::conformance::run(&db).await;
+        // Migrations are applied once: opening again is fine and keeps the data.
+        let again = PostgresDatabase::open(&pg.url(), 4).await.expect("reopen");
+        assert!(again
+            .get_narinfo("p404n8pan3pvrll7pci95yg83idrvkdx")
+            .await
+            .expect("get")
+            .is_some());
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn survives_the_server_going_away_and_coming_back() {
+        let pg = Postgres::start();
+        let db = PostgresDatabase::open(&pg.url(), 2).await.expect("open");
+        db.ping().await.expect("ping");
+        pg.stop();
+        assert!(db.ping().await.is_err(), "ping with the server stopped");
+        assert!(db
+            .get_narinfo("p404n8pan3pvrll7pci95yg83idrvkdx")
+            .await
+            .is_err());
+        pg.resume();
+        let start = std::time::Instant::now();
+        while db.ping().await.is_err() {
+            assert!(
+                start.elapsed() < Duration::from_secs(30),
+                "no recovery after the server came back"
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        super::super::conformance::run(&db).await;
+    }
+
+    #[test]
+    fn redacts_passwords() {
+        assert_eq!(
+            redact_url("postgres://u:hunter2@db:5432/x"),
+            "postgres://u:REDACTED@db:5432/x"
+        );
+        let e = connection_error(
+            "could not connect to postgres://u:hunter2@db",
+            "postgres://u:hunter2@db/x",
+        );
+        assert!(!e.to_string().contains("hunter2"));
+    }
+}

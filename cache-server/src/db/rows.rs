@@ -1,0 +1,56 @@
+//! Rows shared by the SQLite and PostgreSQL implementations (the schema is the same).
+
+use diesel::prelude::*;
+
+use super::schema::narinfos;
+use super::{DbError, NarInfoRecord};
+
+#[derive(Queryable, Selectable, Insertable, AsChangeset)]
+#[diesel(table_name = narinfos, treat_none_as_null = true)]
+#[diesel(check_for_backend(diesel::sqlite::Sqlite, diesel::pg::Pg))]
+pub(super) struct NarInfoRow {
+    hash: String,
+    store_path: String,
+    nar_file: String,
+    upstream_nar_url: String,
+    narinfo: String,
+    nar_size: i64,
+    file_size: Option<i64>,
+}
+
+impl From<NarInfoRow> for NarInfoRecord {
+    fn from(r: NarInfoRow) -> Self {
+        Self {
+            hash: r.hash,
+            store_path: r.store_path,
+            nar_file: r.nar_file,
+            upstream_nar_url: r.upstream_nar_url,
+            narinfo: r.narinfo,
+            nar_size: r.nar_size.max(0) as u64,
+            file_size: r.file_size.map(|s| s.max(0) as u64),
+        }
+    }
+}
+
+impl From<&NarInfoRecord> for NarInfoRow {
+    fn from(r: &NarInfoRecord) -> Self {
+        Self {
+            hash: r.hash.clone(),
+            store_path: r.store_path.clone(),
+            nar_file: r.nar_file.clone(),
+            upstream_nar_url: r.upstream_nar_url.clone(),
+            narinfo: r.narinfo.clone(),
+            nar_size: size(r.nar_size),
+            file_size: r.file_size.map(size),
+        }
+    }
+}
+
+pub(super) fn q(e: diesel::result::Error) -> DbError {
+    DbError::Query(e.to_string())
+}
+
+/// Sizes are unsigned here and BIGINT in SQL.
+pub(super) fn size(n: u64) -> i64 {
+    i64::try_from(n).unwrap_or(i64::MAX)
+}

@@ -1,0 +1,114 @@
+//! A PostgreSQL server of its own (Debian's `postgresql` package), as the recipe in the project's
+//! testing notes: initdb as the `postgres` user (it refuses root), trust auth, fsync off.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+pub struct Postgres {
+    dir: tempfile::TempDir,
+    bin: PathBuf,
+    pub port: u16,
+}
+
+fn bin_dir() -> PathBuf {
+    let mut dirs: Vec<PathBuf> = std::fs::read_dir("/usr/lib/postgresql")
+        .map(|d| {
+            d.filter_map(|e| e.ok())
+                .map(|e| e.path().join("bin"))
+                .filter(|p| p.join("initdb").exists())
+                .collect()
+        })
+        .unwrap_or_default();
+    dirs.sort();
+    dirs.pop().unwrap_or_else(|| panic!("PostgreSQL server binaries missing: apt-get install postgresql (scripts/provision.sh does)"))
+}
+
+fn run(what: &str, cmd: &mut Command) {
+    let out = cmd.output().unwrap_or_else(|e| panic!("{what}: {e}"));
+    assert!(
+        out.status.success(),
+        "{what} failed:\n{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+fn as_postgres(bin: &Path, tool: &str) -> Command {
+    let mut c = Command::new("runuser");
+    c.args(["-u", "postgres", "--"]).arg(bin.join(tool));
+    c
+}
+
+impl Postgres {
+    /// initdb and start a server; about a second.
+    pub fn start() -> Self {
+        let dir = tempfile::Builder::new()
+            .prefix("nixcache-pg")
+            .tempdir()
+            .expect("tempdir");
+        run(
+            "chown",
+            Command::new("chown")
+                .args(["postgres:postgres"])
+                .arg(dir.path()),
+        );
+        let bin = bin_dir();
+        run(
+            "initdb",
+            as_postgres(&bin, "initdb")
+                .arg("-D")
+                .arg(dir.path().join("data"))
+                .args(["-U", "postgres", "--auth=trust", "--no-sync"]),
+        );
+        let pg = Self {
+            dir,
+            bin,
+            port: crate::free_port(),
+        };
+        pg.resume();
+        pg
+    }
+
+    /// `postgres://` URL of the `postgres` database.
+    pub fn url(&self) -> String {
+        format!("postgres://postgres@127.0.0.1:{}/postgres", self.port)
+    }
+
+    /// Stops the server (fast shutdown); `resume` starts it again on the same port with the same data.
+    pub fn stop(&self) {
+        run(
+            "pg_ctl stop",
+            as_postgres(&self.bin, "pg_ctl")
+                .arg("-D")
+                .arg(self.dir.path().join("data"))
+                .args(["-m", "fast", "-w", "stop"]),
+        );
+    }
+
+    pub fn resume(&self) {
+        let opts = format!(
+            "-p {} -k {} -c listen_addresses=127.0.0.1 -c fsync=off",
+            self.port,
+            self.dir.path().display()
+        );
+        run(
+            "pg_ctl start",
+            as_postgres(&self.bin, "pg_ctl")
+                .arg("-D")
+                .arg(self.dir.path().join("data"))
+                .args(["-o", &opts, "-w", "-l"])
+                .arg(self.dir.path().join("log"))
+                .arg("start"),
+        );
+    }
+}
+
+impl Drop for Postgres {
+    fn drop(&mut self) {
+        let _ = as_postgres(&self.bin, "pg_ctl")
+            .arg("-D")
+            .arg(self.dir.path().join("data"))
+            .args(["-m", "immediate", "stop"])
+            .output();
+    }
+}
