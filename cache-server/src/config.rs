@@ -78,7 +78,7 @@ pub enum LogFormat {
 }
 
 /// `nixcache serve` settings as given (flags, environment, file); unset ones take defaults.
-#[derive(Args, Debug, Default, Clone, Serialize, Deserialize)]
+#[derive(Args, Default, Clone, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case", deny_unknown_fields, default)]
 pub struct ServeArgs {
     /// TOML file with any of these settings, keyed by flag name (e.g. `data-dir = "/srv/nixcache"`).
@@ -165,29 +165,48 @@ pub struct ServeArgs {
     #[arg(long, env = "NIXCACHE_STORE_DIR", value_name = "DIR")]
     pub store_dir: Option<String>,
 
+    /// Redis master for locks shared by replicas, repeatable: each an independent master (Redlock
+    /// needs a majority of them); space-separated in the environment. Without any, locks are
+    /// in-process (one replica).
+    #[arg(
+        long = "redis",
+        env = "NIXCACHE_REDIS",
+        value_name = "URL",
+        value_delimiter = ' '
+    )]
+    #[serde(rename = "redis")]
+    pub redis: Vec<String>,
+
+    /// While Redis is unreachable, answer misses 404 instead of locking in-process only.
+    #[arg(long, env = "NIXCACHE_LOCK_STRICT", num_args = 0..=1, default_missing_value = "true", value_name = "BOOL")]
+    pub lock_strict: Option<bool>,
+
     /// Log format. [default: text]
     #[arg(long, env = "NIXCACHE_LOG_FORMAT", value_name = "FORMAT")]
     pub log_format: Option<LogFormat>,
 }
 
-/// Where metadata lives.
+/// A URL that may carry a password: `Debug` shows it redacted; `expose` gives it whole.
 #[derive(Clone, PartialEq, Eq)]
-pub enum DatabaseConfig {
-    Sqlite(PathBuf),
-    /// A `postgres://` URL (may carry a password: never shown by `Debug`).
-    Postgres(String),
+pub struct SensitiveUrl(String);
+
+impl SensitiveUrl {
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
 }
 
-impl std::fmt::Debug for DatabaseConfig {
+impl std::fmt::Debug for SensitiveUrl {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            Self::Sqlite(p) => f.debug_tuple("Sqlite").field(p).finish(),
-            Self::Postgres(url) => f
-                .debug_tuple("Postgres")
-                .field(&crate::db::redact_url(url))
-                .finish(),
-        }
+        f.write_str(&crate::db::redact_url(&self.0))
     }
+}
+
+/// Where metadata lives.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum DatabaseConfig {
+    Sqlite(PathBuf),
+    Postgres(SensitiveUrl),
 }
 
 /// Where the signing key comes from.
@@ -217,6 +236,9 @@ pub struct Config {
     pub narinfo_memory_entries: u64,
     pub store_dir: String,
     pub log_format: LogFormat,
+    /// Redis master URLs; empty for in-process locks.
+    pub redis: Vec<SensitiveUrl>,
+    pub lock_strict: bool,
 }
 
 impl ServeArgs {
@@ -249,6 +271,12 @@ impl ServeArgs {
             narinfo_memory_entries: self.narinfo_memory_entries.or(other.narinfo_memory_entries),
             store_dir: self.store_dir.or(other.store_dir),
             log_format: self.log_format.or(other.log_format),
+            redis: if self.redis.is_empty() {
+                other.redis
+            } else {
+                self.redis
+            },
+            lock_strict: self.lock_strict.or(other.lock_strict),
         }
     }
 
@@ -363,6 +391,13 @@ impl ServeArgs {
             narinfo_memory_entries: self.narinfo_memory_entries.unwrap_or(100_000),
             store_dir,
             log_format: self.log_format.unwrap_or(LogFormat::Text),
+            redis: self
+                .redis
+                .iter()
+                .filter(|u| !u.trim().is_empty())
+                .map(|u| parse_redis_url(u))
+                .collect::<Result<_, _>>()?,
+            lock_strict: self.lock_strict.unwrap_or(false),
             data_dir,
         })
     }
@@ -423,6 +458,18 @@ fn parse_upstream(spec: &str, default_keys: &[PublicKey]) -> Result<UpstreamConf
     Ok(config)
 }
 
+fn parse_redis_url(url: &str) -> Result<SensitiveUrl, ConfigError> {
+    let parsed = Url::parse(url)
+        .map_err(|e| invalid("redis", format!("{}: {e}", crate::db::redact_url(url))))?;
+    if !matches!(parsed.scheme(), "redis" | "rediss") || parsed.host_str().is_none() {
+        return Err(invalid(
+            "redis",
+            format!("{} is not a redis:// URL", crate::db::redact_url(url)),
+        ));
+    }
+    Ok(SensitiveUrl(url.to_string()))
+}
+
 fn parse_database_url(url: &str) -> Result<DatabaseConfig, ConfigError> {
     if let Some(path) = url
         .strip_prefix("sqlite://")
@@ -443,7 +490,7 @@ fn parse_database_url(url: &str) -> Result<DatabaseConfig, ConfigError> {
         if parsed.host_str().is_none() {
             return Err(invalid("database-url", "postgres URL without a host"));
         }
-        return Ok(DatabaseConfig::Postgres(url.to_string()));
+        return Ok(DatabaseConfig::Postgres(SensitiveUrl(url.to_string())));
     }
     let scheme = url.split_once(':').map_or("", |(s, _)| s);
     Err(invalid(
@@ -612,8 +659,25 @@ mod tests {
         }
         .resolve()
         .expect("valid");
-        assert_eq!(c.database, DatabaseConfig::Postgres(url.into()));
+        assert_eq!(
+            c.database,
+            DatabaseConfig::Postgres(SensitiveUrl(url.into()))
+        );
         assert!(!format!("{c:?}").contains("hunter2"));
+        let c = ServeArgs {
+            redis: vec!["redis://:hunter2@r1:6379".into()],
+            ..Default::default()
+        }
+        .resolve()
+        .expect("valid");
+        assert_eq!(c.redis[0].expose(), "redis://:hunter2@r1:6379");
+        assert!(!format!("{c:?}").contains("hunter2"));
+        assert!(ServeArgs {
+            redis: vec!["http://r1".into()],
+            ..Default::default()
+        }
+        .resolve()
+        .is_err());
     }
 
     #[test]

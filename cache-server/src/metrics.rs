@@ -11,6 +11,7 @@ pub struct Metrics {
     pub nar_downloads: IntCounterVec,
     pub nar_requests: IntCounterVec,
     pub backend_errors: IntCounterVec,
+    pub lock_fallbacks: prometheus::IntCounter,
 }
 
 fn counter(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
@@ -62,6 +63,17 @@ impl Metrics {
                 "Errors from storage, database or locks",
                 &["backend"],
             ),
+            lock_fallbacks: {
+                let c = prometheus::IntCounter::new(
+                    "nixcache_lock_fallbacks_total",
+                    "Lock acquisitions made while the distributed lock was unavailable (in-process, or refused with --lock-strict)",
+                )
+                .unwrap_or_else(|e| panic!("metric: {e}"));
+                registry
+                    .register(Box::new(c.clone()))
+                    .unwrap_or_else(|e| panic!("metric: {e}"));
+                c
+            },
             registry,
         }
     }

@@ -12,7 +12,7 @@ use crate::cache::{Cache, CacheSettings};
 use crate::config::{load_signing_key, Config, DatabaseConfig};
 use crate::db::{Database, PostgresDatabase, SqliteDatabase};
 use crate::http::{configure, count_requests, AppState};
-use crate::lock::{LocalLock, Lock};
+use crate::lock::{FallbackLock, LocalLock, Lock, RedisLock};
 use crate::metrics::Metrics;
 use crate::nix::CacheInfo;
 use crate::storage::{LocalStorage, Storage};
@@ -36,9 +36,9 @@ pub async fn open_database(config: &Config) -> anyhow::Result<Arc<dyn Database>>
             Ok(Arc::new(db))
         }
         DatabaseConfig::Postgres(url) => {
-            let db = PostgresDatabase::open(url, 16)
+            let db = PostgresDatabase::open(url.expose(), 16)
                 .await
-                .with_context(|| format!("opening {}", crate::db::redact_url(url)))?;
+                .with_context(|| format!("opening {url:?}"))?;
             Ok(Arc::new(db))
         }
     }
@@ -71,7 +71,27 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
             .context("opening local storage")?,
     );
     let db = open_database(&config).await?;
-    let lock: Arc<dyn Lock> = Arc::new(LocalLock::new());
+    let metrics = Metrics::new();
+    let lock: Arc<dyn Lock> = if config.redis.is_empty() {
+        Arc::new(LocalLock::new())
+    } else {
+        let urls: Vec<String> = config
+            .redis
+            .iter()
+            .map(|u| u.expose().to_string())
+            .collect();
+        let redlock = RedisLock::new(&urls, Duration::from_millis(500))?;
+        info!(
+            masters = urls.len(),
+            strict = config.lock_strict,
+            "locks in Redis"
+        );
+        Arc::new(FallbackLock::new(
+            redlock,
+            config.lock_strict,
+            metrics.lock_fallbacks.clone(),
+        ))
+    };
 
     let (key, created) = load_signing_key(&config.signing_key)?;
     if created {
@@ -97,7 +117,6 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
             })
             .collect(),
     );
-    let metrics = Metrics::new();
     let settings = CacheSettings {
         negative_ttl: config.negative_ttl,
         memory_entries: config.narinfo_memory_entries,

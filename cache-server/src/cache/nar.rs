@@ -372,6 +372,8 @@ impl Cache {
         let size = verifier.finish().await?;
         out.sync_all().await?;
         drop(out);
+        // A holder whose lock expired (and may have passed to another replica) must not commit.
+        guard.extend(self.settings.lock_ttl).await?;
         self.storage.put_file(&key, &path).await?;
         staged.0 = None;
         if let Err(e) = self.db.put_nar(&file.file_name(), size, unix_now()).await {

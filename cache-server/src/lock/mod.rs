@@ -1,18 +1,24 @@
 //! Mutual exclusion for shared work (one download per NAR, one upstream lookup per narinfo).
 //! `LocalLock` serves one process; a distributed implementation serves many replicas.
 
+mod fallback;
 mod local;
+mod redis;
 
 use std::time::Duration;
 
 use async_trait::async_trait;
 
+pub use fallback::FallbackLock;
 pub use local::LocalLock;
+pub use redis::RedisLock;
 
 #[derive(Debug, thiserror::Error)]
 pub enum LockError {
     #[error("lock backend unavailable: {0}")]
     Unavailable(String),
+    #[error("lock {0} was lost (expired and possibly taken by another holder)")]
+    Lost(String),
 }
 
 /// A held lock. Dropping it releases the lock.

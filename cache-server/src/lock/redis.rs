@@ -1,0 +1,357 @@
+//! Redlock over one or more independent Redis masters: a lock is held when a majority of them
+//! (N/2 + 1) accepted `SET key token NX PX ttl` within the TTL less a clock-drift allowance.
+//! Release and extension are compare-and-delete / compare-and-extend Lua scripts keyed by the
+//! random token, so a holder can never release or prolong a lock that has passed to someone else.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use bb8_redis::bb8::Pool;
+use bb8_redis::redis;
+use bb8_redis::RedisConnectionManager;
+use redis::aio::MultiplexedConnection;
+
+use super::{Guard, Held, Lock, LockError};
+
+const KEY_PREFIX: &str = "nixcache:lock:";
+const RELEASE: &str = r#"if redis.call("get", KEYS[1]) == ARGV[1] then return redis.call("del", KEYS[1]) else return 0 end"#;
+const EXTEND: &str = r#"if redis.call("get", KEYS[1]) == ARGV[1] then return redis.call("pexpire", KEYS[1], ARGV[2]) else return 0 end"#;
+/// First retry pause; doubled up to `MAX_BACKOFF`, with jitter.
+const MIN_BACKOFF: Duration = Duration::from_millis(10);
+const MAX_BACKOFF: Duration = Duration::from_millis(500);
+
+struct Master {
+    pool: Pool<RedisConnectionManager>,
+}
+
+/// What one master answered to an attempt.
+enum Vote {
+    Granted,
+    Refused,
+    Unreachable,
+}
+
+pub struct RedisLock {
+    masters: Arc<Vec<Master>>,
+    /// Bound on each command to one master, so a hung master costs little.
+    op_timeout: Duration,
+}
+
+impl RedisLock {
+    /// Pools for each master URL. Connections are made on demand: a master that is down at start
+    /// only counts as a missing vote.
+    pub fn new(urls: &[String], op_timeout: Duration) -> Result<Self, LockError> {
+        if urls.is_empty() {
+            return Err(LockError::Unavailable("no Redis masters configured".into()));
+        }
+        let masters = urls
+            .iter()
+            .map(|u| {
+                let manager = RedisConnectionManager::new(u.as_str())
+                    .map_err(|e| LockError::Unavailable(redact(&e.to_string(), u)))?;
+                let pool = Pool::builder()
+                    .max_size(16)
+                    .min_idle(Some(0))
+                    .connection_timeout(op_timeout)
+                    .build_unchecked(manager);
+                Ok(Master { pool })
+            })
+            .collect::<Result<Vec<_>, LockError>>()?;
+        Ok(Self {
+            masters: Arc::new(masters),
+            op_timeout,
+        })
+    }
+
+    fn quorum(&self) -> usize {
+        self.masters.len() / 2 + 1
+    }
+
+    /// Runs one command on one master within the operation timeout; `None` when the master
+    /// could not be reached or answered with an error.
+    async fn on_master<T: redis::FromRedisValue>(
+        master: &Master,
+        op_timeout: Duration,
+        cmd: redis::Cmd,
+    ) -> Option<T> {
+        let run = async {
+            // A multiplexed connection is a cheap handle: clone it out of the pool's guard.
+            let mut conn: MultiplexedConnection = (*master.pool.get().await.ok()?).clone();
+            cmd.query_async::<T>(&mut conn).await.ok()
+        };
+        tokio::time::timeout(op_timeout, run).await.ok().flatten()
+    }
+
+    async fn try_set(&self, key: &str, token: &str, ttl: Duration) -> Vec<Vote> {
+        let ms = ttl.as_millis().max(1) as u64;
+        let attempts = self.masters.iter().map(|m| async move {
+            let mut cmd = redis::cmd("SET");
+            cmd.arg(key).arg(token).arg("NX").arg("PX").arg(ms);
+            let r = Self::on_master::<Option<String>>(m, self.op_timeout, cmd).await;
+            match r {
+                Some(Some(_)) => Vote::Granted,
+                Some(None) => Vote::Refused,
+                None => Vote::Unreachable,
+            }
+        });
+        futures_util::future::join_all(attempts).await
+    }
+
+    /// Runs a token-checked script on every master; the number that applied it.
+    async fn script_all(
+        masters: &[Master],
+        op_timeout: Duration,
+        script: &str,
+        key: &str,
+        token: &str,
+        arg: Option<u64>,
+    ) -> usize {
+        let runs = masters.iter().map(|m| {
+            // EVAL each time: the scripts are tiny, and EVALSHA would need a fallback on restart.
+            let mut cmd = redis::cmd("EVAL");
+            cmd.arg(script).arg(1).arg(key).arg(token);
+            if let Some(a) = arg {
+                cmd.arg(a);
+            }
+            Self::on_master::<i64>(m, op_timeout, cmd)
+        });
+        futures_util::future::join_all(runs)
+            .await
+            .into_iter()
+            .filter(|r| *r == Some(1))
+            .count()
+    }
+}
+
+fn redact(text: &str, url: &str) -> String {
+    match reqwest::Url::parse(url)
+        .ok()
+        .and_then(|u| u.password().map(str::to_string))
+    {
+        Some(pw) if !pw.is_empty() => text.replace(&pw, "REDACTED"),
+        _ => text.to_string(),
+    }
+}
+
+/// Clock drift allowance of the Redlock algorithm: 1% of the TTL plus 2 ms.
+fn drift(ttl: Duration) -> Duration {
+    ttl / 100 + Duration::from_millis(2)
+}
+
+fn new_token() -> String {
+    let mut t = [0u8; 20];
+    // A token only has to be unique among contenders; the clock is a fallback of last resort.
+    if getrandom::fill(&mut t).is_err() {
+        let n = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_nanos();
+        t[..16].copy_from_slice(&n.to_le_bytes());
+    }
+    t.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn jitter(d: Duration) -> Duration {
+    let mut b = [0u8; 2];
+    let _ = getrandom::fill(&mut b);
+    let frac = u16::from_le_bytes(b) as f64 / u16::MAX as f64;
+    d.mul_f64(0.5 + frac)
+}
+
+struct RedisGuard {
+    masters: Arc<Vec<Master>>,
+    op_timeout: Duration,
+    key: String,
+    token: String,
+    quorum: usize,
+}
+
+#[async_trait]
+impl Held for RedisGuard {
+    async fn extend(&self, ttl: Duration) -> Result<(), LockError> {
+        let start = Instant::now();
+        let ms = ttl.as_millis().max(1) as u64;
+        let n = RedisLock::script_all(
+            &self.masters,
+            self.op_timeout,
+            EXTEND,
+            &self.key,
+            &self.token,
+            Some(ms),
+        )
+        .await;
+        if n >= self.quorum && start.elapsed() + drift(ttl) < ttl {
+            Ok(())
+        } else {
+            Err(LockError::Lost(
+                self.key.trim_start_matches(KEY_PREFIX).to_string(),
+            ))
+        }
+    }
+}
+
+impl Drop for RedisGuard {
+    fn drop(&mut self) {
+        let (masters, op_timeout, key, token) = (
+            self.masters.clone(),
+            self.op_timeout,
+            std::mem::take(&mut self.key),
+            std::mem::take(&mut self.token),
+        );
+        // Released in the background; if that fails, the TTL releases it.
+        if let Ok(rt) = tokio::runtime::Handle::try_current() {
+            rt.spawn(async move {
+                RedisLock::script_all(&masters, op_timeout, RELEASE, &key, &token, None).await;
+            });
+        }
+    }
+}
+
+#[async_trait]
+impl Lock for RedisLock {
+    async fn acquire(
+        &self,
+        name: &str,
+        ttl: Duration,
+        wait: Duration,
+    ) -> Result<Option<Guard>, LockError> {
+        let key = format!("{KEY_PREFIX}{name}");
+        let deadline = Instant::now() + wait;
+        let mut backoff = MIN_BACKOFF;
+        loop {
+            let token = new_token();
+            let start = Instant::now();
+            let votes = self.try_set(&key, &token, ttl).await;
+            let granted = votes.iter().filter(|v| matches!(v, Vote::Granted)).count();
+            let unreachable = votes
+                .iter()
+                .filter(|v| matches!(v, Vote::Unreachable))
+                .count();
+            let elapsed = start.elapsed();
+            if granted >= self.quorum() && elapsed + drift(ttl) < ttl {
+                return Ok(Some(Box::new(RedisGuard {
+                    masters: self.masters.clone(),
+                    op_timeout: self.op_timeout,
+                    key,
+                    token,
+                    quorum: self.quorum(),
+                })));
+            }
+            // Undo partial grants before anyone else can be blocked by them.
+            if granted > 0 {
+                Self::script_all(&self.masters, self.op_timeout, RELEASE, &key, &token, None).await;
+            }
+            if self.masters.len() - unreachable < self.quorum() {
+                return Err(LockError::Unavailable(format!(
+                    "{unreachable} of {} Redis masters unreachable; a lock needs {}",
+                    self.masters.len(),
+                    self.quorum()
+                )));
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                return Ok(None);
+            }
+            tokio::time::sleep(jitter(backoff).min(deadline - now)).await;
+            backoff = (backoff * 2).min(MAX_BACKOFF);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use nixcache_tests::redis::Redis;
+
+    fn lock_over(servers: &[Redis]) -> RedisLock {
+        let urls: Vec<String> = servers.iter().map(Redis::url).collect();
+        RedisLock::new(&urls, Duration::from_millis(500)).expect("lock")
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn conformance_one_master() {
+        let servers = [Redis::start()];
+        super::super::conformance::run(Arc::new(lock_over(&servers))).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn conformance_three_masters() {
+        let servers = [Redis::start(), Redis::start(), Redis::start()];
+        super::super::conformance::run(Arc::new(lock_over(&servers))).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn a_minority_of_masters_down_is_tolerated_a_majority_is_not() {
+        let mut servers = [Redis::start(), Redis::start(), Redis::start()];
+        let lock = lock_over(&servers);
+        let ttl = Duration::from_secs(10);
+        servers[0].stop();
+        let g = lock
+            .acquire("a", ttl, Duration::ZERO)
+            .await
+            .expect("two of three")
+            .expect("free");
+        assert!(lock
+            .acquire("a", ttl, Duration::from_millis(100))
+            .await
+            .expect("reachable")
+            .is_none());
+        g.extend(ttl).await.expect("extend with two of three");
+        drop(g);
+        servers[1].stop();
+        let err = lock
+            .acquire("b", ttl, Duration::from_millis(200))
+            .await
+            .map(|_| ());
+        assert!(
+            matches!(err, Err(LockError::Unavailable(_))),
+            "one of three must not grant a lock"
+        );
+        // Back: locking resumes without a new client.
+        servers[0].resume();
+        servers[1].resume();
+        let start = Instant::now();
+        loop {
+            match lock.acquire("b", ttl, Duration::ZERO).await {
+                Ok(Some(_)) => break,
+                _ => assert!(start.elapsed() < Duration::from_secs(10), "no recovery"),
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn an_expired_holder_cannot_extend_or_release_the_next_holders_lock() {
+        let servers = [Redis::start()];
+        let lock = lock_over(&servers);
+        let first = lock
+            .acquire("k", Duration::from_millis(200), Duration::ZERO)
+            .await
+            .expect("acquire")
+            .expect("free");
+        tokio::time::sleep(Duration::from_millis(400)).await;
+        let second = lock
+            .acquire("k", Duration::from_secs(10), Duration::ZERO)
+            .await
+            .expect("acquire")
+            .expect("expired");
+        assert!(matches!(
+            first.extend(Duration::from_secs(10)).await,
+            Err(LockError::Lost(_))
+        ));
+        drop(first);
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        assert!(
+            lock.acquire("k", Duration::from_secs(10), Duration::ZERO)
+                .await
+                .expect("acquire")
+                .is_none(),
+            "released by the old holder"
+        );
+        second
+            .extend(Duration::from_secs(10))
+            .await
+            .expect("still held");
+    }
+}
