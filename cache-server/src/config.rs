@@ -165,6 +165,20 @@ pub struct ServeArgs {
     #[arg(long, env = "NIXCACHE_STORE_DIR", value_name = "DIR")]
     pub store_dir: Option<String>,
 
+    /// Where NARs and narinfo bodies are kept: `file://DIR` or `s3://BUCKET[/PREFIX]` (shared by
+    /// replicas; credentials from AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY). [default:
+    /// file://DATA_DIR/store]
+    #[arg(long, env = "NIXCACHE_STORAGE_URL", value_name = "URL")]
+    pub storage_url: Option<String>,
+
+    /// S3 endpoint of an S3-compatible server (SeaweedFS, Garage, Ceph, MinIO); path-style requests.
+    #[arg(long, env = "NIXCACHE_S3_ENDPOINT", value_name = "URL")]
+    pub s3_endpoint: Option<String>,
+
+    /// S3 region. [default: us-east-1]
+    #[arg(long, env = "NIXCACHE_S3_REGION", value_name = "REGION")]
+    pub s3_region: Option<String>,
+
     /// Redis master for locks shared by replicas, repeatable: each an independent master (Redlock
     /// needs a majority of them); space-separated in the environment. Without any, locks are
     /// in-process (one replica).
@@ -209,6 +223,13 @@ pub enum DatabaseConfig {
     Postgres(SensitiveUrl),
 }
 
+/// Where NARs and narinfo bodies are kept.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum StorageConfig {
+    Local(PathBuf),
+    S3(crate::storage::S3Config),
+}
+
 /// Where the signing key comes from.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum SigningKeySource {
@@ -229,6 +250,7 @@ pub struct Config {
     pub signing_key: SigningKeySource,
     pub priority: u32,
     pub database: DatabaseConfig,
+    pub storage: StorageConfig,
     pub upstream_connect_timeout: Duration,
     pub upstream_timeout: Duration,
     pub upstream_stall_timeout: Duration,
@@ -262,6 +284,9 @@ impl ServeArgs {
             signing_key_name: self.signing_key_name.or(other.signing_key_name),
             priority: self.priority.or(other.priority),
             database_url: self.database_url.or(other.database_url),
+            storage_url: self.storage_url.or(other.storage_url),
+            s3_endpoint: self.s3_endpoint.or(other.s3_endpoint),
+            s3_region: self.s3_region.or(other.s3_region),
             upstream_connect_timeout: self
                 .upstream_connect_timeout
                 .or(other.upstream_connect_timeout),
@@ -356,6 +381,12 @@ impl ServeArgs {
             None => DatabaseConfig::Sqlite(data_dir.join("nixcache.sqlite")),
             Some(url) => parse_database_url(&url)?,
         };
+        let storage = parse_storage_url(
+            self.storage_url.as_deref(),
+            &data_dir,
+            self.s3_endpoint,
+            self.s3_region.unwrap_or_else(|| "us-east-1".to_string()),
+        )?;
         let positive = |setting: &'static str,
                         d: Option<HumanDuration>,
                         default: u64|
@@ -376,6 +407,7 @@ impl ServeArgs {
             signing_key,
             priority: self.priority.unwrap_or(DEFAULT_PRIORITY),
             database,
+            storage,
             upstream_connect_timeout: positive(
                 "upstream-connect-timeout",
                 self.upstream_connect_timeout,
@@ -456,6 +488,51 @@ fn parse_upstream(spec: &str, default_keys: &[PublicKey]) -> Result<UpstreamConf
         config.keys = default_keys.to_vec();
     }
     Ok(config)
+}
+
+fn parse_storage_url(
+    url: Option<&str>,
+    data_dir: &Path,
+    endpoint: Option<String>,
+    region: String,
+) -> Result<StorageConfig, ConfigError> {
+    let Some(url) = url else {
+        return Ok(StorageConfig::Local(data_dir.join("store")));
+    };
+    if let Some(path) = url.strip_prefix("file://") {
+        if path.is_empty() {
+            return Err(invalid("storage-url", "file:// URL without a path"));
+        }
+        return Ok(StorageConfig::Local(PathBuf::from(path)));
+    }
+    if let Some(rest) = url.strip_prefix("s3://") {
+        let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
+        if bucket.is_empty() {
+            return Err(invalid("storage-url", "s3:// URL without a bucket"));
+        }
+        if let Some(e) = &endpoint {
+            let u = Url::parse(e).map_err(|err| invalid("s3-endpoint", format!("{e:?}: {err}")))?;
+            if !matches!(u.scheme(), "http" | "https") {
+                return Err(invalid(
+                    "s3-endpoint",
+                    format!("{e:?} is not an http(s) URL"),
+                ));
+            }
+        }
+        return Ok(StorageConfig::S3(crate::storage::S3Config {
+            bucket: bucket.to_string(),
+            prefix: prefix.trim_matches('/').to_string(),
+            endpoint,
+            region,
+        }));
+    }
+    Err(invalid(
+        "storage-url",
+        format!(
+            "{:?}: use file://DIR or s3://BUCKET[/PREFIX]",
+            url.chars().take(80).collect::<String>()
+        ),
+    ))
 }
 
 fn parse_redis_url(url: &str) -> Result<SensitiveUrl, ConfigError> {
@@ -678,6 +755,38 @@ mod tests {
         }
         .resolve()
         .is_err());
+    }
+
+    #[test]
+    fn storage_urls() {
+        let c = ServeArgs::default().resolve().expect("valid");
+        assert_eq!(
+            c.storage,
+            StorageConfig::Local(PathBuf::from("./nixcache-data/store"))
+        );
+        let args = ServeArgs {
+            storage_url: Some("s3://cache/nix/".into()),
+            s3_endpoint: Some("http://127.0.0.1:8333".into()),
+            ..Default::default()
+        };
+        let StorageConfig::S3(s3) = args.resolve().expect("valid").storage else {
+            panic!("not S3")
+        };
+        assert_eq!(
+            (s3.bucket.as_str(), s3.prefix.as_str(), s3.region.as_str()),
+            ("cache", "nix", "us-east-1")
+        );
+        for bad in ["s3://", "ftp://x", "file://"] {
+            assert!(
+                ServeArgs {
+                    storage_url: Some(bad.into()),
+                    ..Default::default()
+                }
+                .resolve()
+                .is_err(),
+                "{bad}"
+            );
+        }
     }
 
     #[test]

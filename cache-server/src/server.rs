@@ -9,13 +9,13 @@ use anyhow::Context as _;
 use tracing::{info, warn};
 
 use crate::cache::{Cache, CacheSettings};
-use crate::config::{load_signing_key, Config, DatabaseConfig};
+use crate::config::{load_signing_key, Config, DatabaseConfig, StorageConfig};
 use crate::db::{Database, PostgresDatabase, SqliteDatabase};
 use crate::http::{configure, count_requests, AppState};
 use crate::lock::{FallbackLock, LocalLock, Lock, RedisLock};
 use crate::metrics::Metrics;
 use crate::nix::CacheInfo;
-use crate::storage::{LocalStorage, Storage};
+use crate::storage::{LocalStorage, S3Storage, Storage};
 use crate::upstream::{HttpUpstream, Upstreams};
 
 const ACCESS_FLUSH_INTERVAL: Duration = Duration::from_secs(10);
@@ -65,11 +65,17 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("creating {}", staging_dir.display()))?;
 
-    let storage: Arc<dyn Storage> = Arc::new(
-        LocalStorage::open(config.data_dir.join("store"))
-            .await
-            .context("opening local storage")?,
-    );
+    let storage: Arc<dyn Storage> = match &config.storage {
+        StorageConfig::Local(dir) => Arc::new(
+            LocalStorage::open(dir)
+                .await
+                .with_context(|| format!("opening local storage {}", dir.display()))?,
+        ),
+        StorageConfig::S3(s3) => {
+            info!(bucket = %s3.bucket, prefix = %s3.prefix, endpoint = ?s3.endpoint, "storage in S3");
+            Arc::new(S3Storage::new(s3).context("configuring S3 storage")?)
+        }
+    };
     let db = open_database(&config).await?;
     let metrics = Metrics::new();
     let lock: Arc<dyn Lock> = if config.redis.is_empty() {

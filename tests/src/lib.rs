@@ -1,9 +1,10 @@
 //! Real services for tests, started on loopback on free ports in temporary directories and
-//! stopped when dropped: PostgreSQL, Redis. Used by the cross-process tests here and by the
+//! stopped when dropped: PostgreSQL, Redis, SeaweedFS (S3). Used by the cross-process tests here and by the
 //! conformance suites of the cache server's seams.
 
 pub mod postgres;
 pub mod redis;
+pub mod seaweedfs;
 
 /// A free TCP port on 127.0.0.1.
 pub fn free_port() -> u16 {

@@ -2,6 +2,7 @@
 //! implementation passes the same conformance tests.
 
 mod local;
+mod s3;
 
 use std::path::Path;
 
@@ -10,6 +11,7 @@ use bytes::Bytes;
 use futures_util::stream::BoxStream;
 
 pub use local::LocalStorage;
+pub use s3::{S3Config, S3Storage};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StorageError {

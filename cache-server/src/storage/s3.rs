@@ -1,0 +1,268 @@
+//! Storage in an S3 bucket (AWS, SeaweedFS, Garage, Ceph, MinIO) through `object_store`.
+//! Uploads are multipart from the verified staging file, in constant memory; an object becomes
+//! visible only when its upload completes, and a failed upload is aborted.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use futures_util::{StreamExt, TryStreamExt};
+use object_store::aws::{AmazonS3, AmazonS3Builder};
+use object_store::path::Path as ObjectPath;
+use object_store::{GetOptions, GetRange, ObjectStore, ObjectStoreExt, PutPayload};
+use tokio::io::AsyncReadExt;
+
+use super::{validate_key, ByteRange, Object, Storage, StorageError};
+
+/// Multipart part size: above S3's 5 MiB minimum, small enough to stay in constant memory.
+const PART_SIZE: usize = 8 << 20;
+
+/// Where the bucket is and how to reach it. Credentials come from the standard environment
+/// (`AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`, `AWS_SESSION_TOKEN`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct S3Config {
+    pub bucket: String,
+    pub prefix: String,
+    /// For S3-compatible servers; path-style requests are used then.
+    pub endpoint: Option<String>,
+    pub region: String,
+}
+
+pub struct S3Storage {
+    store: Arc<AmazonS3>,
+    prefix: String,
+}
+
+fn io(e: object_store::Error) -> StorageError {
+    StorageError::Io(std::io::Error::other(e.to_string()))
+}
+
+impl S3Storage {
+    pub fn new(config: &S3Config) -> Result<Self, StorageError> {
+        let mut builder = AmazonS3Builder::from_env()
+            .with_bucket_name(&config.bucket)
+            .with_region(&config.region);
+        if let Some(endpoint) = &config.endpoint {
+            builder = builder
+                .with_endpoint(endpoint)
+                .with_allow_http(endpoint.starts_with("http://"))
+                .with_virtual_hosted_style_request(false);
+        }
+        let store = builder.build().map_err(io)?;
+        Ok(Self {
+            store: Arc::new(store),
+            prefix: config.prefix.trim_matches('/').to_string(),
+        })
+    }
+
+    fn path(&self, key: &str) -> Result<ObjectPath, StorageError> {
+        validate_key(key)?;
+        let full = if self.prefix.is_empty() {
+            key.to_string()
+        } else {
+            format!("{}/{key}", self.prefix)
+        };
+        ObjectPath::parse(full).map_err(|e| StorageError::Key(e.to_string()))
+    }
+}
+
+#[async_trait]
+impl Storage for S3Storage {
+    async fn get(
+        &self,
+        key: &str,
+        range: Option<ByteRange>,
+    ) -> Result<Option<Object>, StorageError> {
+        let path = self.path(key)?;
+        let options = match range {
+            None => GetOptions::default(),
+            Some(r) => {
+                // Resolve against the size first: a range past the end is a 416 here, not an error.
+                let total = match self.store.head(&path).await {
+                    Ok(meta) => meta.size,
+                    Err(object_store::Error::NotFound { .. }) => return Ok(None),
+                    Err(e) => return Err(io(e)),
+                };
+                let (start, end) = r
+                    .resolve(total)
+                    .ok_or(StorageError::RangeNotSatisfiable { total })?;
+                GetOptions {
+                    range: Some(GetRange::Bounded(start..end)),
+                    ..Default::default()
+                }
+            }
+        };
+        match self.store.get_opts(&path, options).await {
+            Ok(result) => {
+                let total = result.meta.size;
+                let range = (result.range.start, result.range.end);
+                let body = result
+                    .into_stream()
+                    .map_err(|e| std::io::Error::other(e.to_string()))
+                    .boxed();
+                Ok(Some(Object { total, range, body }))
+            }
+            Err(object_store::Error::NotFound { .. }) => Ok(None),
+            Err(e) => Err(io(e)),
+        }
+    }
+
+    async fn size(&self, key: &str) -> Result<Option<u64>, StorageError> {
+        match self.store.head(&self.path(key)?).await {
+            Ok(meta) => Ok(Some(meta.size)),
+            Err(object_store::Error::NotFound { .. }) => Ok(None),
+            Err(e) => Err(io(e)),
+        }
+    }
+
+    async fn put_file(&self, key: &str, file: &Path) -> Result<(), StorageError> {
+        let path = self.path(key)?;
+        let mut f = tokio::fs::File::open(file).await?;
+        let len = f.metadata().await?.len();
+        if len <= PART_SIZE as u64 {
+            let mut buf = Vec::with_capacity(len as usize);
+            f.read_to_end(&mut buf).await?;
+            self.store
+                .put(&path, PutPayload::from(buf))
+                .await
+                .map_err(io)?;
+        } else {
+            let mut upload = self.store.put_multipart(&path).await.map_err(io)?;
+            let sent = async {
+                loop {
+                    let mut part = Vec::with_capacity(PART_SIZE);
+                    (&mut f)
+                        .take(PART_SIZE as u64)
+                        .read_to_end(&mut part)
+                        .await?;
+                    if part.is_empty() {
+                        break;
+                    }
+                    upload.put_part(PutPayload::from(part)).await.map_err(io)?;
+                }
+                upload.complete().await.map_err(io)?;
+                Ok::<(), StorageError>(())
+            }
+            .await;
+            if let Err(e) = sent {
+                // Nothing becomes visible; the parts already sent are discarded.
+                let _ = upload.abort().await;
+                return Err(e);
+            }
+        }
+        tokio::fs::remove_file(file).await?;
+        Ok(())
+    }
+
+    async fn put_bytes(&self, key: &str, data: Bytes) -> Result<(), StorageError> {
+        self.store
+            .put(&self.path(key)?, PutPayload::from(data))
+            .await
+            .map_err(io)?;
+        Ok(())
+    }
+
+    async fn delete(&self, key: &str) -> Result<(), StorageError> {
+        match self.store.delete(&self.path(key)?).await {
+            Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
+            Err(e) => Err(io(e)),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use nixcache_tests::seaweedfs::{self, SeaweedFs};
+
+    fn storage(server: &SeaweedFs, prefix: &str) -> S3Storage {
+        // Credentials as the environment would give them, but without touching the process env.
+        let config = S3Config {
+            bucket: seaweedfs::BUCKET.into(),
+            prefix: prefix.into(),
+            endpoint: Some(server.endpoint.clone()),
+            region: "us-east-1".into(),
+        };
+        let store = AmazonS3Builder::new()
+            .with_bucket_name(&config.bucket)
+            .with_region(&config.region)
+            .with_endpoint(server.endpoint.clone())
+            .with_allow_http(true)
+            .with_virtual_hosted_style_request(false)
+            .with_access_key_id(seaweedfs::ACCESS_KEY)
+            .with_secret_access_key(seaweedfs::SECRET_KEY)
+            .build()
+            .expect("store");
+        S3Storage {
+            store: Arc::new(store),
+            prefix: config.prefix,
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn conformance() {
+        let server = SeaweedFs::start();
+        let dir = tempfile::tempdir().expect("tempdir");
+        super::super::conformance::run(&storage(&server, "conformance"), dir.path()).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn large_files_go_up_in_parts_and_come_back_whole() {
+        let server = SeaweedFs::start();
+        let dir = tempfile::tempdir().expect("tempdir");
+        let s = storage(&server, "");
+        let data: Vec<u8> = (0..(PART_SIZE * 2 + 12345))
+            .map(|i| (i * 31 % 251) as u8)
+            .collect();
+        let file = dir.path().join("big");
+        std::fs::write(&file, &data).expect("write");
+        s.put_file("nar/big.nar", &file).await.expect("upload");
+        assert_eq!(
+            s.size("nar/big.nar").await.expect("size"),
+            Some(data.len() as u64)
+        );
+        let o = s
+            .get("nar/big.nar", None)
+            .await
+            .expect("get")
+            .expect("present");
+        let got: Vec<Bytes> = o.body.try_collect().await.expect("read");
+        assert!(got.concat() == data);
+        let o = s
+            .get("nar/big.nar", Some(ByteRange::Suffix(10)))
+            .await
+            .expect("get")
+            .expect("present");
+        let got: Vec<Bytes> = o.body.try_collect().await.expect("read");
+        assert_eq!(got.concat(), &data[data.len() - 10..]);
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn wrong_credentials_are_an_error_not_a_miss() {
+        let server = SeaweedFs::start();
+        let store = AmazonS3Builder::new()
+            .with_bucket_name(seaweedfs::BUCKET)
+            .with_region("us-east-1")
+            .with_endpoint(server.endpoint.clone())
+            .with_allow_http(true)
+            .with_access_key_id(seaweedfs::ACCESS_KEY)
+            .with_secret_access_key("wrong")
+            .build()
+            .expect("store");
+        let s = S3Storage {
+            store: Arc::new(store),
+            prefix: String::new(),
+        };
+        let err = s
+            .put_bytes("narinfo/x.narinfo", Bytes::from_static(b"x"))
+            .await;
+        assert!(err.is_err(), "an unsigned write succeeded");
+        assert!(
+            !err.map_err(|e| e.to_string())
+                .unwrap_err()
+                .contains("wrong"),
+            "secret in error"
+        );
+    }
+}

@@ -1,0 +1,162 @@
+//! Several replicas sharing PostgreSQL, S3 (SeaweedFS) and three Redis masters: a fleet of clients
+//! fetches each upstream path exactly once, and the real Nix client trusts what any replica serves.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{fixture, store_contents, FaultyUpstream, Fixture, Mode, NixClient, Nixcache};
+use nixcache_tests::postgres::Postgres;
+use nixcache_tests::redis::Redis;
+use nixcache_tests::seaweedfs::{self, SeaweedFs};
+
+/// The shared services and a signing key all replicas use.
+struct Cluster {
+    tmp: tempfile::TempDir,
+    pg: Postgres,
+    s3: SeaweedFs,
+    redis: Vec<Redis>,
+    key_file: String,
+}
+
+impl Cluster {
+    fn start() -> Self {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let key_file = tmp.path().join("signing.sec");
+        let out = std::process::Command::new(common::nixcache_bin())
+            .args(["keygen", "--name", "cluster-1", "--secret-key-file"])
+            .arg(&key_file)
+            .output()
+            .expect("keygen");
+        assert!(out.status.success());
+        Self {
+            pg: Postgres::start(),
+            s3: SeaweedFs::start(),
+            redis: vec![Redis::start(), Redis::start(), Redis::start()],
+            key_file: key_file.to_string_lossy().into_owned(),
+            tmp,
+        }
+    }
+
+    async fn replica(&self, n: usize, upstream: &str, upstream_key: &str) -> Nixcache {
+        let pg = self.pg.url();
+        let redis: Vec<String> = self.redis.iter().map(Redis::url).collect();
+        let mut args = vec![
+            "--upstream",
+            upstream,
+            "--upstream-key",
+            upstream_key,
+            "--signing-key-file",
+            &self.key_file,
+            "--database-url",
+            &pg,
+            "--storage-url",
+            "s3://nixcache/replicas",
+            "--s3-endpoint",
+            &self.s3.endpoint,
+        ];
+        for r in &redis {
+            args.extend(["--redis", r.as_str()]);
+        }
+        let env = [
+            ("AWS_ACCESS_KEY_ID", seaweedfs::ACCESS_KEY),
+            ("AWS_SECRET_ACCESS_KEY", seaweedfs::SECRET_KEY),
+        ];
+        Nixcache::start_with_env(&self.tmp.path().join(format!("replica-{n}")), &args, &env).await
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn thirty_clients_over_three_replicas_fetch_each_path_once() {
+    let fx = fixture();
+    let cluster = Cluster::start();
+    let upstream = FaultyUpstream::start(
+        fx.cache.clone(),
+        fx.cache_untrusted.clone(),
+        Mode::SlowNar(Duration::from_millis(5)),
+    )
+    .await;
+    let mut replicas = Vec::new();
+    for n in 0..3 {
+        replicas.push(cluster.replica(n, &upstream.url, &fx.key).await);
+    }
+    let urls: Vec<String> = replicas.iter().map(|r| r.url.clone()).collect();
+    let hashes: Vec<String> = fx
+        .paths
+        .iter()
+        .map(|p| Fixture::hash_of(p).to_string())
+        .collect();
+
+    let client = reqwest::Client::new();
+    let mut tasks = Vec::new();
+    for c in 0..30 {
+        let (client, base, hashes) = (client.clone(), urls[c % 3].clone(), hashes.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut got = Vec::new();
+            for h in &hashes {
+                let r = client
+                    .get(format!("{base}/{h}.narinfo"))
+                    .send()
+                    .await
+                    .expect("narinfo");
+                assert_eq!(r.status(), 200, "narinfo {h} from {base}");
+                let text = r.text().await.expect("body");
+                let url = Fixture::nar_url(&text);
+                let r = client
+                    .get(format!("{base}/{url}"))
+                    .send()
+                    .await
+                    .expect("nar");
+                assert_eq!(r.status(), 200, "{url} from {base}");
+                got.push((h.clone(), r.bytes().await.expect("nar body").to_vec()));
+            }
+            got
+        }));
+    }
+    for t in tasks {
+        for (h, bytes) in t.await.expect("client") {
+            let path = fx
+                .paths
+                .iter()
+                .find(|p| Fixture::hash_of(p) == h)
+                .expect("path");
+            let want = std::fs::read(fx.cache.join(Fixture::nar_url(&fx.narinfo(path))))
+                .expect("upstream nar");
+            assert!(bytes == want, "wrong NAR bytes for {h}");
+        }
+    }
+    for p in &fx.paths {
+        let h = Fixture::hash_of(p);
+        assert_eq!(
+            upstream.hits(&format!("/{h}.narinfo")),
+            1,
+            "narinfo {h} fetched more than once"
+        );
+        let nar = format!("/{}", Fixture::nar_url(&fx.narinfo(p)));
+        assert_eq!(
+            upstream.hits(&nar),
+            1,
+            "NAR {nar} fetched more than once:\n{}",
+            replicas
+                .iter()
+                .map(|r| r.logs())
+                .collect::<Vec<_>>()
+                .join("\n---\n")
+        );
+    }
+
+    // The real Nix client, pointed at one replica, trusting only the cluster's key.
+    let key = replicas[1].public_key().await;
+    assert!(key.starts_with("cluster-1:"));
+    let store = cluster.tmp.path().join("store");
+    let out = NixClient::new()
+        .copy_closure(&urls[1], &store, fx.top(), &key)
+        .await;
+    assert!(
+        out.success,
+        "nix copy failed:\n{}\n{}",
+        out.stderr,
+        replicas[1].logs()
+    );
+    assert_eq!(store_contents(&store).len(), fx.paths.len());
+}
