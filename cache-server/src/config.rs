@@ -191,6 +191,11 @@ pub struct ServeArgs {
     #[serde(rename = "redis")]
     pub redis: Vec<String>,
 
+    /// Lifetime of a distributed lock between extensions: how soon another replica takes over the
+    /// work of one that died. [default: 30s]
+    #[arg(long, env = "NIXCACHE_LOCK_TTL", value_name = "DURATION")]
+    pub lock_ttl: Option<HumanDuration>,
+
     /// While Redis is unreachable, answer misses 404 instead of locking in-process only.
     #[arg(long, env = "NIXCACHE_LOCK_STRICT", num_args = 0..=1, default_missing_value = "true", value_name = "BOOL")]
     pub lock_strict: Option<bool>,
@@ -261,6 +266,7 @@ pub struct Config {
     /// Redis master URLs; empty for in-process locks.
     pub redis: Vec<SensitiveUrl>,
     pub lock_strict: bool,
+    pub lock_ttl: Duration,
 }
 
 impl ServeArgs {
@@ -302,6 +308,7 @@ impl ServeArgs {
                 self.redis
             },
             lock_strict: self.lock_strict.or(other.lock_strict),
+            lock_ttl: self.lock_ttl.or(other.lock_ttl),
         }
     }
 
@@ -430,6 +437,7 @@ impl ServeArgs {
                 .map(|u| parse_redis_url(u))
                 .collect::<Result<_, _>>()?,
             lock_strict: self.lock_strict.unwrap_or(false),
+            lock_ttl: positive("lock-ttl", self.lock_ttl, 30)?,
             data_dir,
         })
     }

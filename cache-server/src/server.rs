@@ -128,7 +128,7 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
         memory_entries: config.narinfo_memory_entries,
         first_byte_timeout: config.upstream_timeout,
         stall_timeout: config.upstream_stall_timeout,
-        lock_ttl: Duration::from_secs(60),
+        lock_ttl: config.lock_ttl,
         staging_dir,
     };
     let cache = Cache::new(settings, storage, db, lock, upstreams.clone(), key, metrics);

@@ -38,7 +38,7 @@ impl Cluster {
         }
     }
 
-    async fn replica(&self, n: usize, upstream: &str, upstream_key: &str) -> Nixcache {
+    async fn replica(&self, n: usize, upstream: &str, upstream_key: &str, extra: &[&str]) -> Nixcache {
         let pg = self.pg.url();
         let redis: Vec<String> = self.redis.iter().map(Redis::url).collect();
         let mut args = vec![
@@ -58,6 +58,7 @@ impl Cluster {
         for r in &redis {
             args.extend(["--redis", r.as_str()]);
         }
+        args.extend_from_slice(extra);
         let env = [
             ("AWS_ACCESS_KEY_ID", seaweedfs::ACCESS_KEY),
             ("AWS_SECRET_ACCESS_KEY", seaweedfs::SECRET_KEY),
@@ -78,7 +79,7 @@ async fn thirty_clients_over_three_replicas_fetch_each_path_once() {
     .await;
     let mut replicas = Vec::new();
     for n in 0..3 {
-        replicas.push(cluster.replica(n, &upstream.url, &fx.key).await);
+        replicas.push(cluster.replica(n, &upstream.url, &fx.key, &[]).await);
     }
     let urls: Vec<String> = replicas.iter().map(|r| r.url.clone()).collect();
     let hashes: Vec<String> = fx
@@ -159,4 +160,48 @@ async fn thirty_clients_over_three_replicas_fetch_each_path_once() {
         replicas[1].logs()
     );
     assert_eq!(store_contents(&store).len(), fx.paths.len());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_replica_killed_mid_download_is_taken_over_after_the_lock_ttl() {
+    let fx = fixture();
+    let cluster = Cluster::start();
+    // About 2.6 s for the 4 MiB NAR: long enough to kill its downloader halfway.
+    let upstream = FaultyUpstream::start(fx.cache.clone(), fx.cache_untrusted.clone(), Mode::SlowNar(Duration::from_millis(40))).await;
+    let ttl = ["--lock-ttl", "3s"];
+    let a = cluster.replica(0, &upstream.url, &fx.key, &ttl).await;
+    let b = cluster.replica(1, &upstream.url, &fx.key, &ttl).await;
+    let (path, rel) = fx.big();
+    let want = std::fs::read(fx.cache.join(&rel)).expect("upstream nar");
+    let hash = Fixture::hash_of(&path);
+    let text = reqwest::get(format!("{}/{hash}.narinfo", a.url)).await.expect("narinfo").text().await.expect("body");
+    let nar = Fixture::nar_url(&text);
+
+    // A starts the download for its client.
+    let mut on_a = reqwest::get(format!("{}/{nar}", a.url)).await.expect("nar from A").bytes_stream();
+    use futures_util::StreamExt;
+    on_a.next().await.expect("first bytes").expect("chunk");
+    assert_eq!(upstream.hits(&format!("/{rel}")), 1);
+    // B's client asks meanwhile: B waits for A's lock.
+    let b_url = format!("{}/{nar}", b.url);
+    let on_b = tokio::spawn(async move {
+        let r = reqwest::get(b_url).await.expect("nar from B");
+        (r.status(), r.bytes().await.map(|b| b.to_vec()))
+    });
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let killed = std::time::Instant::now();
+    a.kill();
+    drop(on_a);
+    // Nothing partial is visible: no object, no row.
+    assert!(cluster.s3.list("replicas/nar/").is_empty(), "partial object in S3");
+    assert_eq!(cluster.pg.query("SELECT count(*) FROM nars").trim(), "0");
+
+    let (status, body) = on_b.await.expect("B's client");
+    assert_eq!(status, 200, "{}", b.logs());
+    let body = body.expect("B's body");
+    assert!(body == want, "B served wrong bytes ({} vs {})", body.len(), want.len());
+    assert!(killed.elapsed() < Duration::from_secs(3 + 20), "takeover took {:?}", killed.elapsed());
+    assert_eq!(upstream.hits(&format!("/{rel}")), 2, "B did not take over the download");
+    assert_eq!(cluster.s3.list("replicas/nar/").len(), 1);
+    assert_eq!(cluster.pg.query("SELECT count(*) FROM nars").trim(), "1");
 }
