@@ -108,15 +108,33 @@ impl SeaweedFs {
     /// Keys under `prefix` in the bucket (signed ListObjectsV2 through curl's SigV4 support).
     pub fn list(&self, prefix: &str) -> Vec<String> {
         let out = Command::new("curl")
-            .args(["-s", "--fail", "--aws-sigv4", "aws:amz:us-east-1:s3", "--user", &format!("{ACCESS_KEY}:{SECRET_KEY}")])
+            .args([
+                "-s",
+                "--fail",
+                "--aws-sigv4",
+                "aws:amz:us-east-1:s3",
+                "--user",
+                &format!("{ACCESS_KEY}:{SECRET_KEY}"),
+            ])
             .args(["-H", "x-amz-content-sha256: UNSIGNED-PAYLOAD"])
             // The query must be in its canonical (percent-encoded) form for the signature to match.
-            .arg(format!("{}/{BUCKET}?list-type=2&prefix={}", self.endpoint, prefix.replace('/', "%2F")))
+            .arg(format!(
+                "{}/{BUCKET}?list-type=2&prefix={}",
+                self.endpoint,
+                prefix.replace('/', "%2F")
+            ))
             .output()
             .expect("curl");
-        assert!(out.status.success(), "listing the bucket failed: {}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "listing the bucket failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         let xml = String::from_utf8_lossy(&out.stdout).into_owned();
-        xml.split("<Key>").skip(1).filter_map(|k| k.split_once("</Key>").map(|(k, _)| k.to_string())).collect()
+        xml.split("<Key>")
+            .skip(1)
+            .filter_map(|k| k.split_once("</Key>").map(|(k, _)| k.to_string()))
+            .collect()
     }
 }
 

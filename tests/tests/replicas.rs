@@ -38,7 +38,13 @@ impl Cluster {
         }
     }
 
-    async fn replica(&self, n: usize, upstream: &str, upstream_key: &str, extra: &[&str]) -> Nixcache {
+    async fn replica(
+        &self,
+        n: usize,
+        upstream: &str,
+        upstream_key: &str,
+        extra: &[&str],
+    ) -> Nixcache {
         let pg = self.pg.url();
         let redis: Vec<String> = self.redis.iter().map(Redis::url).collect();
         let mut args = vec![
@@ -167,18 +173,31 @@ async fn a_replica_killed_mid_download_is_taken_over_after_the_lock_ttl() {
     let fx = fixture();
     let cluster = Cluster::start();
     // About 2.6 s for the 4 MiB NAR: long enough to kill its downloader halfway.
-    let upstream = FaultyUpstream::start(fx.cache.clone(), fx.cache_untrusted.clone(), Mode::SlowNar(Duration::from_millis(40))).await;
+    let upstream = FaultyUpstream::start(
+        fx.cache.clone(),
+        fx.cache_untrusted.clone(),
+        Mode::SlowNar(Duration::from_millis(40)),
+    )
+    .await;
     let ttl = ["--lock-ttl", "3s"];
     let a = cluster.replica(0, &upstream.url, &fx.key, &ttl).await;
     let b = cluster.replica(1, &upstream.url, &fx.key, &ttl).await;
     let (path, rel) = fx.big();
     let want = std::fs::read(fx.cache.join(&rel)).expect("upstream nar");
     let hash = Fixture::hash_of(&path);
-    let text = reqwest::get(format!("{}/{hash}.narinfo", a.url)).await.expect("narinfo").text().await.expect("body");
+    let text = reqwest::get(format!("{}/{hash}.narinfo", a.url))
+        .await
+        .expect("narinfo")
+        .text()
+        .await
+        .expect("body");
     let nar = Fixture::nar_url(&text);
 
     // A starts the download for its client.
-    let mut on_a = reqwest::get(format!("{}/{nar}", a.url)).await.expect("nar from A").bytes_stream();
+    let mut on_a = reqwest::get(format!("{}/{nar}", a.url))
+        .await
+        .expect("nar from A")
+        .bytes_stream();
     use futures_util::StreamExt;
     on_a.next().await.expect("first bytes").expect("chunk");
     assert_eq!(upstream.hits(&format!("/{rel}")), 1);
@@ -193,15 +212,205 @@ async fn a_replica_killed_mid_download_is_taken_over_after_the_lock_ttl() {
     a.kill();
     drop(on_a);
     // Nothing partial is visible: no object, no row.
-    assert!(cluster.s3.list("replicas/nar/").is_empty(), "partial object in S3");
+    assert!(
+        cluster.s3.list("replicas/nar/").is_empty(),
+        "partial object in S3"
+    );
     assert_eq!(cluster.pg.query("SELECT count(*) FROM nars").trim(), "0");
 
     let (status, body) = on_b.await.expect("B's client");
     assert_eq!(status, 200, "{}", b.logs());
     let body = body.expect("B's body");
-    assert!(body == want, "B served wrong bytes ({} vs {})", body.len(), want.len());
-    assert!(killed.elapsed() < Duration::from_secs(3 + 20), "takeover took {:?}", killed.elapsed());
-    assert_eq!(upstream.hits(&format!("/{rel}")), 2, "B did not take over the download");
+    assert!(
+        body == want,
+        "B served wrong bytes ({} vs {})",
+        body.len(),
+        want.len()
+    );
+    assert!(
+        killed.elapsed() < Duration::from_secs(3 + 20),
+        "takeover took {:?}",
+        killed.elapsed()
+    );
+    assert_eq!(
+        upstream.hits(&format!("/{rel}")),
+        2,
+        "B did not take over the download"
+    );
     assert_eq!(cluster.s3.list("replicas/nar/").len(), 1);
     assert_eq!(cluster.pg.query("SELECT count(*) FROM nars").trim(), "1");
+}
+
+async fn status(url: &str) -> u16 {
+    reqwest::get(url)
+        .await
+        .map(|r| r.status().as_u16())
+        .unwrap_or(0)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn postgres_down_hits_still_served_misses_404_and_recovery_without_restart() {
+    let fx = fixture();
+    let cluster = Cluster::start();
+    let upstream =
+        FaultyUpstream::start(fx.cache.clone(), fx.cache_untrusted.clone(), Mode::Normal).await;
+    let a = cluster.replica(0, &upstream.url, &fx.key, &[]).await;
+    let b = cluster.replica(1, &upstream.url, &fx.key, &[]).await;
+    let key = a.public_key().await;
+    // The dependency (a closure of its own) is cached through A; the rest is not.
+    let dep = fx
+        .paths
+        .iter()
+        .find(|p| p.contains("-dep-"))
+        .expect("dep path")
+        .clone();
+    let warm = cluster.tmp.path().join("warm");
+    let out = NixClient::new()
+        .copy_closure(&a.url, &warm, &dep, &key)
+        .await;
+    assert!(out.success, "{}", out.stderr);
+
+    cluster.pg.stop();
+    assert_eq!(status(&format!("{}/readyz", a.url)).await, 503);
+    // Under load from other clients, the real Nix client still gets the cached path: from A (its
+    // narinfo in memory) and from B, which never saw it (its narinfo's copy in S3).
+    let load = {
+        let url = format!("{}/{}.narinfo", a.url, Fixture::hash_of(&dep));
+        tokio::spawn(async move {
+            for _ in 0..200 {
+                assert_eq!(status(&url).await, 200);
+            }
+        })
+    };
+    for (name, replica) in [("a", &a), ("b", &b)] {
+        let store = cluster.tmp.path().join(format!("during-{name}"));
+        let out = NixClient::new()
+            .copy_closure(&replica.url, &store, &dep, &key)
+            .await;
+        assert!(
+            out.success,
+            "replica {name} with PostgreSQL down:\n{}\n{}",
+            out.stderr,
+            replica.logs()
+        );
+    }
+    load.await.expect("load");
+    // A miss cannot be recorded: 404, never 5xx.
+    assert_eq!(
+        status(&format!("{}/{}.narinfo", b.url, Fixture::hash_of(fx.top()))).await,
+        404
+    );
+
+    cluster.pg.resume();
+    let start = std::time::Instant::now();
+    while status(&format!("{}/readyz", b.url)).await != 200 {
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "B not ready again"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // Misses work again, without a restart, and the whole closure arrives.
+    let store = cluster.tmp.path().join("after");
+    let out = NixClient::new()
+        .copy_closure(&b.url, &store, fx.top(), &key)
+        .await;
+    assert!(
+        out.success,
+        "after PostgreSQL returned:\n{}\n{}",
+        out.stderr,
+        b.logs()
+    );
+    assert_eq!(store_contents(&store).len(), fx.paths.len());
+    // Every row is whole: one per path, each naming a NAR that is stored.
+    let rows = cluster
+        .pg
+        .query("SELECT hash, nar_file FROM narinfos ORDER BY hash");
+    assert_eq!(rows.lines().count(), fx.paths.len(), "{rows}");
+    let stored = cluster.s3.list("replicas/nar/");
+    for line in rows.lines() {
+        let (_, nar_file) = line.split_once('|').expect("two columns");
+        assert!(
+            stored.contains(&format!("replicas/nar/{nar_file}")),
+            "row names a NAR that is not stored: {line}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn redis_masters_failing_one_then_two_then_returning() {
+    let fx = fixture();
+    let mut cluster = Cluster::start();
+    let upstream =
+        FaultyUpstream::start(fx.cache.clone(), fx.cache_untrusted.clone(), Mode::Normal).await;
+    let a = cluster.replica(0, &upstream.url, &fx.key, &[]).await;
+    let b = cluster.replica(1, &upstream.url, &fx.key, &[]).await;
+    let strict = cluster
+        .replica(2, &upstream.url, &fx.key, &["--lock-strict"])
+        .await;
+    let mut paths = fx.paths.clone();
+    paths.sort();
+    let narinfo = |base: &str, p: &str| format!("{base}/{}.narinfo", Fixture::hash_of(p));
+    let fallbacks = |base: String| async move {
+        let text = reqwest::get(format!("{base}/metrics"))
+            .await
+            .expect("metrics")
+            .text()
+            .await
+            .expect("body");
+        text.lines()
+            .find_map(|l| l.strip_prefix("nixcache_lock_fallbacks_total "))
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+
+    // One of three down: a majority remains, locking goes on: both replicas, one upstream fetch.
+    cluster.redis[0].stop();
+    let (ua, ub) = (narinfo(&a.url, &paths[0]), narinfo(&b.url, &paths[0]));
+    let (ra, rb) = tokio::join!(status(&ua), status(&ub));
+    assert_eq!((ra, rb), (200, 200));
+    assert_eq!(
+        upstream.hits(&format!("/{}.narinfo", Fixture::hash_of(&paths[0]))),
+        1
+    );
+    assert_eq!(
+        fallbacks(a.url.clone()).await + fallbacks(b.url.clone()).await,
+        0
+    );
+
+    // Two of three down: no majority. By default misses are still served, locked in-process only
+    // (counted); with --lock-strict they are a 404.
+    cluster.redis[1].stop();
+    assert_eq!(status(&narinfo(&strict.url, &paths[1])).await, 404);
+    assert_eq!(status(&narinfo(&a.url, &paths[1])).await, 200);
+    assert!(fallbacks(a.url.clone()).await > 0);
+    assert!(fallbacks(strict.url.clone()).await > 0);
+
+    // Back: normal locking resumes without a restart.
+    cluster.redis[0].resume();
+    cluster.redis[1].resume();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let (before_a, before_b) = (
+        fallbacks(a.url.clone()).await,
+        fallbacks(b.url.clone()).await,
+    );
+    let (ua, ub) = (narinfo(&a.url, &paths[2]), narinfo(&b.url, &paths[2]));
+    let (ra, rb) = tokio::join!(status(&ua), status(&ub));
+    assert_eq!((ra, rb), (200, 200));
+    assert_eq!(
+        upstream.hits(&format!("/{}.narinfo", Fixture::hash_of(&paths[2]))),
+        1
+    );
+    assert_eq!(
+        (
+            fallbacks(a.url.clone()).await,
+            fallbacks(b.url.clone()).await
+        ),
+        (before_a, before_b)
+    );
+    assert_eq!(
+        status(&narinfo(&strict.url, &paths[1])).await,
+        200,
+        "strict replica serves again"
+    );
 }

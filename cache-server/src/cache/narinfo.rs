@@ -87,8 +87,10 @@ impl Cache {
                     .backend_errors
                     .with_label_values(&["lock"])
                     .inc();
-                warn!(error = %e, "lock unavailable; looking up without it");
-                None
+                // Only a strict lock fails here (others degrade to in-process locking): the
+                // miss is not looked up, and answered 404.
+                warn!(error = %e, "lock unavailable; answering 404");
+                return None;
             }
         };
         // Someone else may have fetched it while we waited for the lock.
