@@ -196,6 +196,11 @@ pub struct ServeArgs {
     #[arg(long, env = "NIXCACHE_LOCK_TTL", value_name = "DURATION")]
     pub lock_ttl: Option<HumanDuration>,
 
+    /// With replicas: a NAR being downloaded is published to storage in parts of this many bytes,
+    /// from which other replicas serve their waiting clients. [default: 8388608]
+    #[arg(long, env = "NIXCACHE_INFLIGHT_PART_SIZE", value_name = "BYTES")]
+    pub inflight_part_size: Option<u64>,
+
     /// While Redis is unreachable, answer misses 404 instead of locking in-process only.
     #[arg(long, env = "NIXCACHE_LOCK_STRICT", num_args = 0..=1, default_missing_value = "true", value_name = "BOOL")]
     pub lock_strict: Option<bool>,
@@ -267,6 +272,7 @@ pub struct Config {
     pub redis: Vec<SensitiveUrl>,
     pub lock_strict: bool,
     pub lock_ttl: Duration,
+    pub inflight_part_size: u64,
 }
 
 impl ServeArgs {
@@ -309,6 +315,7 @@ impl ServeArgs {
             },
             lock_strict: self.lock_strict.or(other.lock_strict),
             lock_ttl: self.lock_ttl.or(other.lock_ttl),
+            inflight_part_size: self.inflight_part_size.or(other.inflight_part_size),
         }
     }
 
@@ -438,6 +445,11 @@ impl ServeArgs {
                 .collect::<Result<_, _>>()?,
             lock_strict: self.lock_strict.unwrap_or(false),
             lock_ttl: positive("lock-ttl", self.lock_ttl, 30)?,
+            inflight_part_size: match self.inflight_part_size {
+                Some(0) => return Err(invalid("inflight-part-size", "must be more than zero")),
+                Some(n) => n,
+                None => 8 << 20,
+            },
             data_dir,
         })
     }

@@ -130,6 +130,7 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
         stall_timeout: config.upstream_stall_timeout,
         lock_ttl: config.lock_ttl,
         staging_dir,
+        inflight_part_size: (!config.redis.is_empty()).then_some(config.inflight_part_size),
     };
     let cache = Cache::new(settings, storage, db, lock, upstreams.clone(), key, metrics);
 

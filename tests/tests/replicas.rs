@@ -414,3 +414,80 @@ async fn redis_masters_failing_one_then_two_then_returning() {
         "strict replica serves again"
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_client_waiting_on_another_replica_receives_bytes_while_the_holder_downloads() {
+    let fx = fixture();
+    let cluster = Cluster::start();
+    // The 4 MiB NAR arrives over ~5 s; published in 256 KiB parts (scaled down from 8 MiB parts
+    // of multi-GiB NARs).
+    let upstream = FaultyUpstream::start(
+        fx.cache.clone(),
+        fx.cache_untrusted.clone(),
+        Mode::SlowNar(Duration::from_millis(80)),
+    )
+    .await;
+    let parts = ["--inflight-part-size", "262144"];
+    let a = cluster.replica(0, &upstream.url, &fx.key, &parts).await;
+    let b = cluster.replica(1, &upstream.url, &fx.key, &parts).await;
+    let (path, rel) = fx.big();
+    let want = std::fs::read(fx.cache.join(&rel)).expect("upstream nar");
+    let text = reqwest::get(format!("{}/{}.narinfo", a.url, Fixture::hash_of(&path)))
+        .await
+        .expect("narinfo")
+        .text()
+        .await
+        .expect("body");
+    let nar = Fixture::nar_url(&text);
+
+    use futures_util::StreamExt;
+    let mut on_a = reqwest::get(format!("{}/{nar}", a.url))
+        .await
+        .expect("nar from A")
+        .bytes_stream();
+    on_a.next().await.expect("first bytes").expect("chunk");
+    let a_done = tokio::spawn(async move {
+        while let Some(c) = on_a.next().await {
+            c.expect("chunk from A");
+        }
+        std::time::Instant::now()
+    });
+
+    let r = reqwest::get(format!("{}/{nar}", b.url))
+        .await
+        .expect("nar from B");
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.content_length(), Some(want.len() as u64));
+    let mut body = r.bytes_stream();
+    let (mut got, mut arrivals) = (Vec::new(), Vec::new());
+    while let Some(chunk) = body.next().await {
+        got.extend_from_slice(&chunk.expect("chunk from B"));
+        arrivals.push((std::time::Instant::now(), got.len()));
+    }
+    let a_finished = a_done.await.expect("A's client");
+    assert!(got == want, "B served wrong bytes");
+    assert_eq!(
+        upstream.hits(&format!("/{rel}")),
+        1,
+        "B downloaded it again"
+    );
+    // B's client had half the NAR before A's download ended, and never waited long for more.
+    let half = arrivals
+        .iter()
+        .find(|(_, n)| *n >= want.len() / 2)
+        .expect("half")
+        .0;
+    assert!(
+        half < a_finished,
+        "B's client got half the NAR only after the download finished"
+    );
+    let gaps = arrivals
+        .windows(2)
+        .map(|w| w[1].0 - w[0].0)
+        .max()
+        .unwrap_or_default();
+    assert!(
+        gaps < Duration::from_secs(3),
+        "B's client waited {gaps:?} between bytes"
+    );
+}

@@ -2,6 +2,7 @@
 //! narinfo lookups in [`narinfo`], NAR downloads and serving in [`nar`].
 
 mod access;
+mod inflight;
 mod nar;
 mod narinfo;
 pub mod verify;
@@ -38,6 +39,8 @@ pub struct CacheSettings {
     pub lock_ttl: Duration,
     /// Local directory where downloads are written before they are committed to storage.
     pub staging_dir: PathBuf,
+    /// With replicas: size of the parts a download is published in for other replicas' clients.
+    pub inflight_part_size: Option<u64>,
 }
 
 pub struct Cache {

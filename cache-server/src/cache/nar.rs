@@ -9,7 +9,7 @@ use std::io;
 use std::os::unix::fs::FileExt;
 use std::path::PathBuf;
 use std::sync::{Arc, OnceLock};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use futures_util::stream::{self, BoxStream};
@@ -40,12 +40,16 @@ enum Phase {
     Complete { size: u64 },
     /// Someone else committed it before this download began: read it from storage.
     Stored,
+    /// Another replica holds the download: follow its published parts.
+    Elsewhere,
     /// Abandoned; nothing was committed.
     Failed,
 }
 
 pub(super) struct Download {
     phase: watch::Sender<Phase>,
+    /// The file size when the narinfo vouches for it (FileSize with FileHash).
+    length_hint: Option<u64>,
     /// The staging file, open for reading, set before the first `Streaming`.
     reader: OnceLock<Arc<std::fs::File>>,
 }
@@ -86,8 +90,6 @@ enum DownloadError {
     Storage(#[from] StorageError),
     #[error("lock: {0}")]
     Lock(#[from] crate::lock::LockError),
-    #[error("lock still held elsewhere")]
-    Busy,
 }
 
 /// Removes the staging file unless disarmed.
@@ -142,6 +144,21 @@ impl Cache {
                     .with_label_values(&["storage"])
                     .inc();
                 Ok(self.stored(&file, range).await?.map(NarBody::Stored))
+            }
+            Phase::Elsewhere => {
+                self.metrics
+                    .nar_requests
+                    .with_label_values(&["remote"])
+                    .inc();
+                Ok(Some(NarBody::Live {
+                    length: download.length_hint,
+                    body: super::inflight::follow_remote(
+                        self.storage.clone(),
+                        nar_key(&file),
+                        file.file_name(),
+                        self.settings.stall_timeout,
+                    ),
+                }))
             }
             Phase::Streaming { length, .. } => {
                 self.metrics.nar_requests.with_label_values(&["live"]).inc();
@@ -235,8 +252,12 @@ impl Cache {
             if let Some(d) = downloads.get(&name) {
                 return Some(d.clone());
             }
+            let length_hint = NarInfo::parse(&record.narinfo)
+                .ok()
+                .and_then(|i| i.file_hash.and(i.file_size));
             let d = Arc::new(Download {
                 phase: watch::Sender::new(Phase::Starting),
+                length_hint,
                 reader: OnceLock::new(),
             });
             downloads.insert(name.clone(), d.clone());
@@ -305,17 +326,23 @@ impl Cache {
         record: &NarInfoRecord,
     ) -> Result<Phase, DownloadError> {
         let key = nar_key(file);
-        // Across replicas, the lock makes one of them the downloader; the others find it stored.
-        let wait = self.settings.stall_timeout;
-        let guard = self
-            .lock
-            .acquire(
-                &format!("nar:{}", file.file_name()),
-                self.settings.lock_ttl,
-                wait,
-            )
-            .await?;
-        let guard = guard.ok_or(DownloadError::Busy)?;
+        // Across replicas, the lock makes one of them the downloader. The others serve their
+        // clients from its published parts meanwhile, and take over if it dies.
+        let lock_name = format!("nar:{}", file.file_name());
+        let ttl = self.settings.lock_ttl;
+        let mut guard = self.lock.acquire(&lock_name, ttl, Duration::ZERO).await?;
+        if guard.is_none() {
+            download.phase.send_replace(Phase::Elsewhere);
+        }
+        let guard = loop {
+            if let Some(g) = guard {
+                break g;
+            }
+            if self.storage.size(&key).await?.is_some() {
+                return Ok(Phase::Stored);
+            }
+            guard = self.lock.acquire(&lock_name, ttl, ttl).await?;
+        };
         if self.storage.size(&key).await?.is_some() {
             return Ok(Phase::Stored);
         }
@@ -340,8 +367,11 @@ impl Cache {
         let path = self.settings.staging_dir.join(unique_name());
         let mut staged = Staged(Some(path.clone()));
         let mut out = tokio::fs::File::create(&path).await?;
-        let reader = std::fs::File::open(&path)?;
-        let _ = download.reader.set(Arc::new(reader));
+        let reader = Arc::new(std::fs::File::open(&path)?);
+        let _ = download.reader.set(reader.clone());
+        let mut publisher = self.settings.inflight_part_size.map(|size| {
+            super::inflight::Publisher::new(self.storage.clone(), file.file_name(), size)
+        });
         download
             .phase
             .send_replace(Phase::Streaming { written: 0, length });
@@ -364,6 +394,12 @@ impl Cache {
             download
                 .phase
                 .send_replace(Phase::Streaming { written, length });
+            if let Some(p) = &mut publisher {
+                p.advance(written, length, |offset, len| {
+                    read_exact_at(&reader, offset, len)
+                })
+                .await?;
+            }
             if extended.elapsed() > self.settings.lock_ttl / 3 {
                 guard.extend(self.settings.lock_ttl).await?;
                 extended = Instant::now();
@@ -376,6 +412,9 @@ impl Cache {
         guard.extend(self.settings.lock_ttl).await?;
         self.storage.put_file(&key, &path).await?;
         staged.0 = None;
+        if let Some(p) = publisher {
+            p.finish(self.storage.as_ref(), &file.file_name()).await;
+        }
         if let Err(e) = self.db.put_nar(&file.file_name(), size, unix_now()).await {
             // The NAR is committed and valid; only its bookkeeping row is missing.
             self.metrics
@@ -397,6 +436,12 @@ impl Cache {
             .or_else(|| all.first())
             .cloned()
     }
+}
+
+fn read_exact_at(file: &std::fs::File, offset: u64, len: u64) -> io::Result<Bytes> {
+    let mut buf = vec![0u8; len as usize];
+    file.read_exact_at(&mut buf, offset)?;
+    Ok(Bytes::from(buf))
 }
 
 /// The bytes of a download as they land in its staging file, ending when it is complete, failing
@@ -431,7 +476,7 @@ fn follow(
                 } => (written, false),
                 Phase::Complete { size } => (size, true),
                 Phase::Failed => return Err(io::Error::other("upstream download failed")),
-                Phase::Starting | Phase::Stored => (0, false),
+                Phase::Starting | Phase::Stored | Phase::Elsewhere => (0, false),
             };
             if s.pos < available {
                 let Some(file) = s.download.reader.get().cloned() else {
