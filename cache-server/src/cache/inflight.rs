@@ -152,20 +152,17 @@ pub fn follow_remote(
                 Err(StorageError::RangeNotSatisfiable { .. }) => return Ok(None), // all sent already
                 Ok(None) | Err(_) => {}
             }
-            match s
+            let part = s
                 .storage
                 .get(&part_key(&s.file_name, s.next_part), None)
-                .await
-            {
-                Ok(Some(object)) => {
-                    let chunks: Vec<Bytes> = object.body.try_collect().await?;
-                    let data = Bytes::from(chunks.concat());
-                    s.pos += data.len() as u64;
-                    s.next_part += 1;
-                    s.progress = Instant::now();
-                    return Ok(Some((data, s)));
-                }
-                Ok(None) | Err(_) => {}
+                .await;
+            if let Ok(Some(object)) = part {
+                let chunks: Vec<Bytes> = object.body.try_collect().await?;
+                let data = Bytes::from(chunks.concat());
+                s.pos += data.len() as u64;
+                s.next_part += 1;
+                s.progress = Instant::now();
+                return Ok(Some((data, s)));
             }
             if s.progress.elapsed() > stall {
                 return Err(io::Error::other("the download on another replica stopped"));
