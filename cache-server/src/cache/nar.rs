@@ -92,6 +92,15 @@ enum DownloadError {
     Lock(#[from] crate::lock::LockError),
 }
 
+/// Stops the lock keeper when the download ends, however it ends.
+struct KeepAlive(tokio::task::JoinHandle<()>);
+
+impl Drop for KeepAlive {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
 /// Removes the staging file unless disarmed.
 struct Staged(Option<PathBuf>);
 
@@ -346,6 +355,20 @@ impl Cache {
         if self.storage.size(&key).await?.is_some() {
             return Ok(Phase::Stored);
         }
+        // Keep the lock while the download runs, pauses included; if it cannot be kept, the
+        // check before the commit fails.
+        let guard = Arc::new(guard);
+        let _keeper = KeepAlive(tokio::spawn({
+            let guard = guard.clone();
+            async move {
+                loop {
+                    tokio::time::sleep(ttl / 3).await;
+                    if guard.extend(ttl).await.is_err() {
+                        break;
+                    }
+                }
+            }
+        }));
 
         let info =
             NarInfo::parse(&record.narinfo).map_err(|e| DownloadError::Record(e.to_string()))?;
@@ -377,7 +400,6 @@ impl Cache {
             .send_replace(Phase::Streaming { written: 0, length });
 
         let mut written = 0u64;
-        let mut extended = Instant::now();
         loop {
             let next =
                 tokio::time::timeout(self.settings.stall_timeout, response.body.next()).await;
@@ -399,10 +421,6 @@ impl Cache {
                     read_exact_at(&reader, offset, len)
                 })
                 .await?;
-            }
-            if extended.elapsed() > self.settings.lock_ttl / 3 {
-                guard.extend(self.settings.lock_ttl).await?;
-                extended = Instant::now();
             }
         }
         let size = verifier.finish().await?;
