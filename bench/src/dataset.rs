@@ -106,28 +106,6 @@ fn sizes(profile: Profile) -> Vec<u64> {
     raw.iter().map(|s| ((s * scale) as u64).max(1024)).collect()
 }
 
-/// A NAR holding one regular file.
-fn nar_of(contents: &[u8]) -> Vec<u8> {
-    fn s(out: &mut Vec<u8>, b: &[u8]) {
-        out.extend_from_slice(&(b.len() as u64).to_le_bytes());
-        out.extend_from_slice(b);
-        out.resize(out.len().div_ceil(8) * 8, 0);
-    }
-    let mut out = Vec::with_capacity(contents.len() + 128);
-    for part in [
-        &b"nix-archive-1"[..],
-        b"(",
-        b"type",
-        b"regular",
-        b"contents",
-        contents,
-        b")",
-    ] {
-        s(&mut out, part);
-    }
-    out
-}
-
 async fn compress(data: &[u8], c: Compression) -> anyhow::Result<Vec<u8>> {
     let mut out = Vec::with_capacity(data.len() / 2);
     match c {
@@ -205,7 +183,7 @@ pub async fn ensure(root: &Path, profile: Profile) -> anyhow::Result<Dataset> {
                 filler.fill_random(&mut contents, n)
             }
         }
-        let nar = nar_of(&contents);
+        let nar = nixcache::nix::nar::regular_file(&contents);
         let compression = if *size < (256 << 10) && i % 2 == 0 {
             Compression::Xz
         } else {

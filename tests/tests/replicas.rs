@@ -168,30 +168,62 @@ async fn thirty_clients_over_three_replicas_fetch_each_path_once() {
     assert_eq!(store_contents(&store).len(), fx.paths.len());
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn a_replica_killed_mid_download_is_taken_over_after_the_lock_ttl() {
+/// Two replicas of a fresh cluster in front of an upstream that sends NARs in 64 KiB pieces with a
+/// pause between them, and the fixture's largest NAR: its path at the upstream, its bytes, and its
+/// URL at nixcache (the narinfo already fetched through the first replica).
+struct SlowSetup {
+    cluster: Cluster,
+    upstream: FaultyUpstream,
+    a: Nixcache,
+    b: Nixcache,
+    rel: String,
+    want: Vec<u8>,
+    nar: String,
+}
+
+async fn slow_setup(pause: Duration, extra: &[&str]) -> SlowSetup {
     let fx = fixture();
     let cluster = Cluster::start();
-    // About 2.6 s for the 4 MiB NAR: long enough to kill its downloader halfway.
     let upstream = FaultyUpstream::start(
         fx.cache.clone(),
         fx.cache_untrusted.clone(),
-        Mode::SlowNar(Duration::from_millis(40)),
+        Mode::SlowNar(pause),
     )
     .await;
-    let ttl = ["--lock-ttl", "3s"];
-    let a = cluster.replica(0, &upstream.url, &fx.key, &ttl).await;
-    let b = cluster.replica(1, &upstream.url, &fx.key, &ttl).await;
+    let a = cluster.replica(0, &upstream.url, &fx.key, extra).await;
+    let b = cluster.replica(1, &upstream.url, &fx.key, extra).await;
     let (path, rel) = fx.big();
     let want = std::fs::read(fx.cache.join(&rel)).expect("upstream nar");
-    let hash = Fixture::hash_of(&path);
-    let text = reqwest::get(format!("{}/{hash}.narinfo", a.url))
+    let text = reqwest::get(format!("{}/{}.narinfo", a.url, Fixture::hash_of(&path)))
         .await
         .expect("narinfo")
         .text()
         .await
         .expect("body");
     let nar = Fixture::nar_url(&text);
+    SlowSetup {
+        cluster,
+        upstream,
+        a,
+        b,
+        rel,
+        want,
+        nar,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_replica_killed_mid_download_is_taken_over_after_the_lock_ttl() {
+    // About 2.6 s for the 4 MiB NAR: long enough to kill its downloader halfway.
+    let SlowSetup {
+        cluster,
+        upstream,
+        a,
+        b,
+        rel,
+        want,
+        nar,
+    } = slow_setup(Duration::from_millis(40), &["--lock-ttl", "3s"]).await;
 
     // A starts the download for its client.
     let mut on_a = reqwest::get(format!("{}/{nar}", a.url))
@@ -417,28 +449,21 @@ async fn redis_masters_failing_one_then_two_then_returning() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_client_waiting_on_another_replica_receives_bytes_while_the_holder_downloads() {
-    let fx = fixture();
-    let cluster = Cluster::start();
     // The 4 MiB NAR arrives over ~5 s; published in 256 KiB parts (scaled down from 8 MiB parts
     // of multi-GiB NARs).
-    let upstream = FaultyUpstream::start(
-        fx.cache.clone(),
-        fx.cache_untrusted.clone(),
-        Mode::SlowNar(Duration::from_millis(80)),
+    let SlowSetup {
+        cluster: _cluster,
+        upstream,
+        a,
+        b,
+        rel,
+        want,
+        nar,
+    } = slow_setup(
+        Duration::from_millis(80),
+        &["--inflight-part-size", "262144"],
     )
     .await;
-    let parts = ["--inflight-part-size", "262144"];
-    let a = cluster.replica(0, &upstream.url, &fx.key, &parts).await;
-    let b = cluster.replica(1, &upstream.url, &fx.key, &parts).await;
-    let (path, rel) = fx.big();
-    let want = std::fs::read(fx.cache.join(&rel)).expect("upstream nar");
-    let text = reqwest::get(format!("{}/{}.narinfo", a.url, Fixture::hash_of(&path)))
-        .await
-        .expect("narinfo")
-        .text()
-        .await
-        .expect("body");
-    let nar = Fixture::nar_url(&text);
 
     use futures_util::StreamExt;
     let mut on_a = reqwest::get(format!("{}/{nar}", a.url))

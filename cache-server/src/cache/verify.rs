@@ -247,7 +247,7 @@ mod tests {
 
     /// A NAR of one regular file, laid out as `nix-store --dump` writes it.
     fn sample() -> (Vec<u8>, NarInfo) {
-        let nar = nar_of_regular_file(b"hello nixcache\n");
+        let nar = crate::nix::nar::regular_file(b"hello nixcache\n");
         let info = NarInfo::parse(&format!(
             "StorePath: /nix/store/p404n8pan3pvrll7pci95yg83idrvkdx-x\nURL: nar/x.nar\nCompression: none\nNarHash: {}\nNarSize: {}\nReferences: \n",
             Sha256Hash::digest(&nar),
@@ -255,27 +255,6 @@ mod tests {
         ))
         .expect("narinfo");
         (nar, info)
-    }
-
-    fn nar_of_regular_file(contents: &[u8]) -> Vec<u8> {
-        fn s(out: &mut Vec<u8>, b: &[u8]) {
-            out.extend_from_slice(&(b.len() as u64).to_le_bytes());
-            out.extend_from_slice(b);
-            out.resize(out.len().div_ceil(8) * 8, 0);
-        }
-        let mut out = Vec::new();
-        for part in [
-            &b"nix-archive-1"[..],
-            b"(",
-            b"type",
-            b"regular",
-            b"contents",
-            contents,
-            b")",
-        ] {
-            s(&mut out, part);
-        }
-        out
     }
 
     async fn run(v: &mut Verifier, data: &[u8]) -> Result<(), VerifyError> {

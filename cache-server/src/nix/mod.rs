@@ -6,6 +6,7 @@
 pub mod base32;
 pub mod cache_info;
 pub mod hash;
+pub mod nar;
 pub mod nar_file;
 pub mod narinfo;
 pub mod signing;
