@@ -50,6 +50,17 @@ pub trait Database: Send + Sync + 'static {
     async fn touch(&self, narinfos: &[String], nars: &[String], now: i64) -> Result<(), DbError>;
     /// Checks the database answers.
     async fn ping(&self) -> Result<(), DbError>;
+
+    /// Total size of the stored NARs (each counted once, however many narinfos refer to it).
+    async fn total_nar_size(&self) -> Result<u64, DbError>;
+    /// Up to `limit` narinfos whose NAR is stored, least recently used first: (hash, NAR file).
+    async fn lru_narinfos(&self, limit: i64) -> Result<Vec<(String, String)>, DbError>;
+    async fn delete_narinfo(&self, hash: &str) -> Result<(), DbError>;
+    /// How many narinfos refer to this NAR file.
+    async fn nar_references(&self, nar_file: &str) -> Result<u64, DbError>;
+    /// Size of a stored NAR, if recorded.
+    async fn nar_size(&self, nar_file: &str) -> Result<Option<u64>, DbError>;
+    async fn delete_nar(&self, nar_file: &str) -> Result<(), DbError>;
 }
 
 #[cfg(test)]
@@ -91,5 +102,37 @@ pub(crate) mod conformance {
             .await
             .expect("touch");
         db.touch(&[], &[], 6).await.expect("empty touch");
+
+        // Accounting and eviction.
+        let h2 = "v7c5ji9627raqssv1yj0wpg4pzc29r8z";
+        db.put_narinfo(&record(h2, "f.nar.xz"), 7)
+            .await
+            .expect("second narinfo, same NAR");
+        let h3 = "4qcclcv5ss2dsdzyjnfynr94c3gn07y0";
+        db.put_narinfo(&record(h3, "g.nar.xz"), 8)
+            .await
+            .expect("third narinfo");
+        db.put_nar("g.nar.xz", 50, 8).await.expect("put nar");
+        assert_eq!(
+            db.total_nar_size().await.expect("total"),
+            150,
+            "a NAR counts once"
+        );
+        db.touch(&[h.to_string()], &[], 20).await.expect("touch");
+        let lru = db.lru_narinfos(10).await.expect("lru");
+        assert_eq!(lru.first().map(|r| r.0.as_str()), Some(h2), "{lru:?}");
+        assert_eq!(lru.last().map(|r| r.0.as_str()), Some(h), "{lru:?}");
+        assert_eq!(db.nar_references("f.nar.xz").await.expect("refs"), 2);
+        db.delete_narinfo(h2).await.expect("delete");
+        assert_eq!(db.nar_references("f.nar.xz").await.expect("refs"), 1);
+        assert_eq!(db.nar_size("g.nar.xz").await.expect("size"), Some(50));
+        db.delete_nar("g.nar.xz").await.expect("delete nar");
+        assert_eq!(db.nar_size("g.nar.xz").await.expect("size"), None);
+        assert_eq!(db.total_nar_size().await.expect("total"), 100);
+        assert_eq!(
+            db.lru_narinfos(10).await.expect("lru").len(),
+            1,
+            "narinfos without a stored NAR are not listed"
+        );
     }
 }

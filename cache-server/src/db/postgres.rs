@@ -182,6 +182,71 @@ impl Database for PostgresDatabase {
             .map(|_| ())
             .map_err(q)
     }
+
+    async fn total_nar_size(&self) -> Result<u64, DbError> {
+        let mut c = self.conn().await?;
+        // SUM over BIGINT is NUMERIC in PostgreSQL: cast back for diesel.
+        diesel::select(diesel::dsl::sql::<diesel::sql_types::BigInt>(
+            "(SELECT CAST(COALESCE(SUM(size), 0) AS BIGINT) FROM nars)",
+        ))
+        .get_result::<i64>(&mut c)
+        .await
+        .map(|s| s.max(0) as u64)
+        .map_err(q)
+    }
+
+    async fn lru_narinfos(&self, limit: i64) -> Result<Vec<(String, String)>, DbError> {
+        let mut c = self.conn().await?;
+        narinfos::table
+            .inner_join(nars::table.on(nars::file.eq(narinfos::nar_file)))
+            .order(narinfos::last_accessed_at.asc())
+            .select((narinfos::hash, narinfos::nar_file))
+            .limit(limit)
+            .load(&mut c)
+            .await
+            .map_err(q)
+    }
+
+    async fn delete_narinfo(&self, hash: &str) -> Result<(), DbError> {
+        let mut c = self.conn().await?;
+        diesel::delete(narinfos::table.find(hash))
+            .execute(&mut c)
+            .await
+            .map(|_| ())
+            .map_err(q)
+    }
+
+    async fn nar_references(&self, nar_file: &str) -> Result<u64, DbError> {
+        let mut c = self.conn().await?;
+        narinfos::table
+            .filter(narinfos::nar_file.eq(nar_file))
+            .count()
+            .get_result::<i64>(&mut c)
+            .await
+            .map(|n| n.max(0) as u64)
+            .map_err(q)
+    }
+
+    async fn nar_size(&self, nar_file: &str) -> Result<Option<u64>, DbError> {
+        let mut c = self.conn().await?;
+        nars::table
+            .find(nar_file)
+            .select(nars::size)
+            .first::<i64>(&mut c)
+            .await
+            .optional()
+            .map(|s| s.map(|s| s.max(0) as u64))
+            .map_err(q)
+    }
+
+    async fn delete_nar(&self, nar_file: &str) -> Result<(), DbError> {
+        let mut c = self.conn().await?;
+        diesel::delete(nars::table.find(nar_file))
+            .execute(&mut c)
+            .await
+            .map(|_| ())
+            .map_err(q)
+    }
 }
 
 #[cfg(test)]

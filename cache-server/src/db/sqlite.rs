@@ -168,6 +168,70 @@ impl Database for SqliteDatabase {
         self.with(|c| diesel::sql_query("SELECT 1").execute(c).map(|_| ()))
             .await
     }
+
+    async fn total_nar_size(&self) -> Result<u64, DbError> {
+        self.with(|c| {
+            diesel::select(diesel::dsl::sql::<diesel::sql_types::BigInt>(
+                "(SELECT COALESCE(SUM(size), 0) FROM nars)",
+            ))
+            .get_result::<i64>(c)
+            .map(|s| s.max(0) as u64)
+        })
+        .await
+    }
+
+    async fn lru_narinfos(&self, limit: i64) -> Result<Vec<(String, String)>, DbError> {
+        self.with(move |c| {
+            narinfos::table
+                .inner_join(nars::table.on(nars::file.eq(narinfos::nar_file)))
+                .order(narinfos::last_accessed_at.asc())
+                .select((narinfos::hash, narinfos::nar_file))
+                .limit(limit)
+                .load(c)
+        })
+        .await
+    }
+
+    async fn delete_narinfo(&self, hash: &str) -> Result<(), DbError> {
+        let hash = hash.to_string();
+        self.with(move |c| {
+            diesel::delete(narinfos::table.find(hash))
+                .execute(c)
+                .map(|_| ())
+        })
+        .await
+    }
+
+    async fn nar_references(&self, nar_file: &str) -> Result<u64, DbError> {
+        let f = nar_file.to_string();
+        self.with(move |c| {
+            narinfos::table
+                .filter(narinfos::nar_file.eq(f))
+                .count()
+                .get_result::<i64>(c)
+                .map(|n| n.max(0) as u64)
+        })
+        .await
+    }
+
+    async fn nar_size(&self, nar_file: &str) -> Result<Option<u64>, DbError> {
+        let f = nar_file.to_string();
+        self.with(move |c| {
+            nars::table
+                .find(f)
+                .select(nars::size)
+                .first::<i64>(c)
+                .optional()
+                .map(|s| s.map(|s| s.max(0) as u64))
+        })
+        .await
+    }
+
+    async fn delete_nar(&self, nar_file: &str) -> Result<(), DbError> {
+        let f = nar_file.to_string();
+        self.with(move |c| diesel::delete(nars::table.find(f)).execute(c).map(|_| ()))
+            .await
+    }
 }
 
 #[cfg(test)]
