@@ -201,6 +201,20 @@ pub struct ServeArgs {
     #[arg(long, env = "NIXCACHE_INFLIGHT_PART_SIZE", value_name = "BYTES")]
     pub inflight_part_size: Option<u64>,
 
+    /// Size limit of the stored NARs for GC, e.g. `50G` or `500MiB`. Without it, nothing is evicted.
+    #[arg(long, env = "NIXCACHE_MAX_SIZE", value_name = "SIZE")]
+    pub max_size: Option<String>,
+
+    /// When GC runs, in cron syntax (`MIN HOUR DOM MON DOW`, or with seconds first), e.g.
+    /// `0 * * * *`. Every replica schedules it; only the one that takes the `gc` lock runs.
+    #[arg(long, env = "NIXCACHE_GC_SCHEDULE", value_name = "CRON")]
+    pub gc_schedule: Option<String>,
+
+    /// Time between GC forgetting a narinfo and deleting its NAR; replicas keep narinfos in memory
+    /// for half of it. [default: 60s]
+    #[arg(long, env = "NIXCACHE_GC_GRACE", value_name = "DURATION")]
+    pub gc_grace: Option<HumanDuration>,
+
     /// While Redis is unreachable, answer misses 404 instead of locking in-process only.
     #[arg(long, env = "NIXCACHE_LOCK_STRICT", num_args = 0..=1, default_missing_value = "true", value_name = "BOOL")]
     pub lock_strict: Option<bool>,
@@ -273,6 +287,10 @@ pub struct Config {
     pub lock_strict: bool,
     pub lock_ttl: Duration,
     pub inflight_part_size: u64,
+    /// GC size limit in bytes.
+    pub max_size: Option<u64>,
+    pub gc_schedule: Option<croner::Cron>,
+    pub gc_grace: Duration,
 }
 
 impl ServeArgs {
@@ -316,6 +334,9 @@ impl ServeArgs {
             lock_strict: self.lock_strict.or(other.lock_strict),
             lock_ttl: self.lock_ttl.or(other.lock_ttl),
             inflight_part_size: self.inflight_part_size.or(other.inflight_part_size),
+            max_size: self.max_size.or(other.max_size),
+            gc_schedule: self.gc_schedule.or(other.gc_schedule),
+            gc_grace: self.gc_grace.or(other.gc_grace),
         }
     }
 
@@ -445,6 +466,29 @@ impl ServeArgs {
                 .collect::<Result<_, _>>()?,
             lock_strict: self.lock_strict.unwrap_or(false),
             lock_ttl: positive("lock-ttl", self.lock_ttl, 30)?,
+            max_size: self
+                .max_size
+                .as_deref()
+                .map(|v| {
+                    v.parse::<bytesize::ByteSize>()
+                        .map(|b| b.as_u64())
+                        .map_err(|e| {
+                            invalid("max-size", format!("{v:?}: {e} (write e.g. 50G, 500MiB)"))
+                        })
+                })
+                .transpose()?,
+            gc_schedule: self
+                .gc_schedule
+                .as_deref()
+                .map(|v| {
+                    croner::parser::CronParser::builder()
+                        .seconds(croner::parser::Seconds::Optional)
+                        .build()
+                        .parse(v)
+                        .map_err(|e| invalid("gc-schedule", format!("{v:?}: {e}")))
+                })
+                .transpose()?,
+            gc_grace: positive("gc-grace", self.gc_grace, 60)?,
             inflight_part_size: match self.inflight_part_size {
                 Some(0) => return Err(invalid("inflight-part-size", "must be more than zero")),
                 Some(n) => n,
@@ -807,6 +851,38 @@ mod tests {
                 "{bad}"
             );
         }
+    }
+
+    #[test]
+    fn gc_settings() {
+        let args = ServeArgs {
+            max_size: Some("50G".into()),
+            gc_schedule: Some("*/5 * * * *".into()),
+            ..Default::default()
+        };
+        let c = args.resolve().expect("valid");
+        assert_eq!(c.max_size, Some(50_000_000_000));
+        assert!(c.gc_schedule.is_some());
+        assert_eq!(c.gc_grace, Duration::from_secs(60));
+        let c = ServeArgs {
+            max_size: Some("1MiB".into()),
+            ..Default::default()
+        }
+        .resolve()
+        .expect("valid");
+        assert_eq!(c.max_size, Some(1 << 20));
+        assert!(ServeArgs {
+            max_size: Some("lots".into()),
+            ..Default::default()
+        }
+        .resolve()
+        .is_err());
+        assert!(ServeArgs {
+            gc_schedule: Some("every day".into()),
+            ..Default::default()
+        }
+        .resolve()
+        .is_err());
     }
 
     #[test]

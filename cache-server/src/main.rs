@@ -35,6 +35,9 @@ enum Command {
         #[arg(long, value_name = "PATH")]
         public_key_file: Option<PathBuf>,
     },
+    /// Run one GC pass (LRU eviction down to --max-size), print a summary and exit. Takes the same
+    /// settings as `serve`, and may run while servers serve.
+    Gc(ServeArgs),
     /// Apply database migrations and exit.
     Migrate(ServeArgs),
 }
@@ -73,6 +76,24 @@ fn main() -> ExitCode {
         Command::Serve(args) => args.resolve().map_err(Into::into).and_then(|config| {
             init_logging(config.log_format);
             actix_web::rt::System::new().block_on(nixcache::server::serve(config))
+        }),
+        Command::Gc(args) => args.resolve().map_err(Into::into).and_then(|config| {
+            init_logging(config.log_format);
+            let report = actix_web::rt::System::new().block_on(nixcache::server::gc_once(config))?;
+            if report.ran {
+                println!(
+                    "evicted {} narinfos and {} NARs ({} bytes) in {:.1} s; stored NARs {} -> {} bytes",
+                    report.narinfos_evicted,
+                    report.nars_evicted,
+                    report.bytes_evicted,
+                    report.seconds,
+                    report.size_before,
+                    report.size_after
+                );
+            } else {
+                println!("skipped: another process holds the gc lock");
+            }
+            Ok(())
         }),
         Command::Migrate(args) => args.resolve().map_err(Into::into).and_then(|config| {
             init_logging(config.log_format);

@@ -12,11 +12,23 @@ pub struct Metrics {
     pub nar_requests: IntCounterVec,
     pub backend_errors: IntCounterVec,
     pub lock_fallbacks: prometheus::IntCounter,
+    pub gc_runs: prometheus::IntCounter,
+    pub gc_evicted_nars: prometheus::IntCounter,
+    pub gc_evicted_bytes: prometheus::IntCounter,
 }
 
 fn counter(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
     let c = IntCounterVec::new(Opts::new(name, help), labels)
         .unwrap_or_else(|e| panic!("metric {name}: {e}"));
+    registry
+        .register(Box::new(c.clone()))
+        .unwrap_or_else(|e| panic!("metric {name}: {e}"));
+    c
+}
+
+fn plain(registry: &Registry, name: &str, help: &str) -> prometheus::IntCounter {
+    let c =
+        prometheus::IntCounter::new(name, help).unwrap_or_else(|e| panic!("metric {name}: {e}"));
     registry
         .register(Box::new(c.clone()))
         .unwrap_or_else(|e| panic!("metric {name}: {e}"));
@@ -63,17 +75,14 @@ impl Metrics {
                 "Errors from storage, database or locks",
                 &["backend"],
             ),
-            lock_fallbacks: {
-                let c = prometheus::IntCounter::new(
-                    "nixcache_lock_fallbacks_total",
-                    "Lock acquisitions made while the distributed lock was unavailable (in-process, or refused with --lock-strict)",
-                )
-                .unwrap_or_else(|e| panic!("metric: {e}"));
-                registry
-                    .register(Box::new(c.clone()))
-                    .unwrap_or_else(|e| panic!("metric: {e}"));
-                c
-            },
+            lock_fallbacks: plain(
+                &registry,
+                "nixcache_lock_fallbacks_total",
+                "Lock acquisitions made while the distributed lock was unavailable (in-process, or refused with --lock-strict)",
+            ),
+            gc_runs: plain(&registry, "nixcache_gc_runs_total", "GC passes run by this process"),
+            gc_evicted_nars: plain(&registry, "nixcache_gc_evicted_nars_total", "NARs deleted by GC"),
+            gc_evicted_bytes: plain(&registry, "nixcache_gc_evicted_bytes_total", "Bytes of NARs deleted by GC"),
             registry,
         }
     }

@@ -53,21 +53,32 @@ fn http_client(config: &Config) -> anyhow::Result<reqwest::Client> {
         .context("building the HTTP client")
 }
 
-/// Runs `nixcache serve` until SIGINT/SIGTERM.
-pub async fn serve(config: Config) -> anyhow::Result<()> {
+/// What the cache is built for.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    /// `nixcache serve`: owns the data dir's staging areas (clears what an earlier run left).
+    Serve,
+    /// `nixcache gc`: may run beside serving processes on the same data dir; touches no staging.
+    Gc,
+}
+
+/// Builds the cache from the configuration: the one place that picks each seam's implementation.
+pub async fn build_cache(config: &Config, role: Role) -> anyhow::Result<(Arc<Cache>, Upstreams)> {
     tokio::fs::create_dir_all(&config.data_dir)
         .await
         .with_context(|| format!("creating data dir {}", config.data_dir.display()))?;
     let staging_dir = config.data_dir.join("tmp");
-    // Partial downloads from an earlier run are never complete: start with an empty staging dir.
-    let _ = tokio::fs::remove_dir_all(&staging_dir).await;
+    if role == Role::Serve {
+        // Partial downloads from an earlier run are never complete: start with an empty staging dir.
+        let _ = tokio::fs::remove_dir_all(&staging_dir).await;
+    }
     tokio::fs::create_dir_all(&staging_dir)
         .await
         .with_context(|| format!("creating {}", staging_dir.display()))?;
 
     let storage: Arc<dyn Storage> = match &config.storage {
         StorageConfig::Local(dir) => Arc::new(
-            LocalStorage::open(dir)
+            LocalStorage::open(dir, role == Role::Serve)
                 .await
                 .with_context(|| format!("opening local storage {}", dir.display()))?,
         ),
@@ -99,7 +110,11 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
         ))
     };
 
-    let (key, created) = load_signing_key(&config.signing_key)?;
+    let (key, created) = match role {
+        Role::Serve => load_signing_key(&config.signing_key)?,
+        // GC signs nothing; it must not create a key file a server would then adopt.
+        Role::Gc => (crate::nix::SecretKey::generate("gc-unused")?, false),
+    };
     if created {
         info!(public_key = %key.public_key(), "generated a new signing key");
     }
@@ -126,6 +141,7 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
     let settings = CacheSettings {
         negative_ttl: config.negative_ttl,
         memory_entries: config.narinfo_memory_entries,
+        memory_ttl: (config.gc_grace / 2).max(Duration::from_millis(500)),
         first_byte_timeout: config.upstream_timeout,
         stall_timeout: config.upstream_stall_timeout,
         lock_ttl: config.lock_ttl,
@@ -133,6 +149,24 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
         inflight_part_size: (!config.redis.is_empty()).then_some(config.inflight_part_size),
     };
     let cache = Cache::new(settings, storage, db, lock, upstreams.clone(), key, metrics);
+    Ok((cache, upstreams))
+}
+
+/// Runs `nixcache serve` until SIGINT/SIGTERM.
+pub async fn serve(config: Config) -> anyhow::Result<()> {
+    let (cache, upstreams) = build_cache(&config, Role::Serve).await?;
+    match (config.max_size, &config.gc_schedule) {
+        (Some(max), Some(schedule)) => {
+            tokio::spawn(scheduled_gc(
+                cache.clone(),
+                schedule.clone(),
+                max,
+                config.gc_grace,
+            ));
+        }
+        (None, Some(_)) => warn!("--gc-schedule without --max-size: nothing will be evicted"),
+        _ => {}
+    }
 
     tokio::spawn(learn_upstream_priorities(upstreams));
     let flusher = {
@@ -177,6 +211,42 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
     cache.flush_access_log().await;
     info!("stopped");
     Ok(())
+}
+
+/// Runs a GC pass at every tick of the schedule, when this replica gets the `gc` lock.
+async fn scheduled_gc(cache: Arc<Cache>, schedule: croner::Cron, max_size: u64, grace: Duration) {
+    loop {
+        let now = chrono::Utc::now();
+        let next = match schedule.find_next_occurrence(&now, false) {
+            Ok(t) => t,
+            Err(e) => {
+                warn!(error = %e, "GC schedule has no next run; scheduled GC stops");
+                return;
+            }
+        };
+        tokio::time::sleep((next - now).to_std().unwrap_or_default()).await;
+        match cache
+            .gc(max_size, grace, Duration::ZERO, Duration::from_secs(1))
+            .await
+        {
+            Ok(r) if !r.ran => info!("GC skipped: another replica holds the gc lock"),
+            Ok(_) => {}
+            Err(e) => warn!(error = %e, "GC pass failed"),
+        }
+    }
+}
+
+/// `nixcache gc`: one pass, then a summary.
+pub async fn gc_once(config: Config) -> anyhow::Result<crate::cache::gc::GcReport> {
+    let max = config.max_size.context(
+        "nixcache gc needs --max-size (or NIXCACHE_MAX_SIZE, or max-size in the config file)",
+    )?;
+    let (cache, _) = build_cache(&config, Role::Gc).await?;
+    let report = cache
+        .gc(max, config.gc_grace, config.lock_ttl, Duration::ZERO)
+        .await?;
+    cache.flush_access_log().await;
+    Ok(report)
 }
 
 /// Learns each upstream's priority from its `nix-cache-info`, retrying in the background until

@@ -516,3 +516,26 @@ async fn a_client_waiting_on_another_replica_receives_bytes_while_the_holder_dow
         "B's client waited {gaps:?} between bytes"
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn two_replicas_on_one_schedule_run_one_gc_per_tick() {
+    let fx = fixture();
+    let cluster = Cluster::start();
+    let upstream =
+        FaultyUpstream::start(fx.cache.clone(), fx.cache_untrusted.clone(), Mode::Normal).await;
+    // Every second second (a seconds field first), with room to spare so nothing is evicted.
+    let gc = ["--gc-schedule", "*/2 * * * * *", "--max-size", "1G"];
+    let a = cluster.replica(0, &upstream.url, &fx.key, &gc).await;
+    let b = cluster.replica(1, &upstream.url, &fx.key, &gc).await;
+    tokio::time::sleep(Duration::from_secs(9)).await;
+    let count = |needle: &str| a.logs().matches(needle).count() + b.logs().matches(needle).count();
+    let (runs, skips) = (count("GC pass done"), count("GC skipped"));
+    assert!(runs >= 3, "{runs} runs in 9 s:\n{}\n{}", a.logs(), b.logs());
+    // Each tick: one replica ran, the other skipped.
+    assert!(
+        runs.abs_diff(skips) <= 1,
+        "{runs} runs, {skips} skips:\n{}\n{}",
+        a.logs(),
+        b.logs()
+    );
+}

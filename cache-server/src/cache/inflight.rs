@@ -183,7 +183,7 @@ mod tests {
     async fn followers_get_parts_then_the_committed_rest() {
         let dir = tempfile::tempdir().expect("tempdir");
         let storage: Arc<dyn Storage> = Arc::new(
-            LocalStorage::open(dir.path().join("s"))
+            LocalStorage::open(dir.path().join("s"), true)
                 .await
                 .expect("open"),
         );
@@ -236,7 +236,7 @@ mod tests {
     async fn a_stalled_remote_download_fails_the_stream() {
         let dir = tempfile::tempdir().expect("tempdir");
         let storage: Arc<dyn Storage> =
-            Arc::new(LocalStorage::open(dir.path()).await.expect("open"));
+            Arc::new(LocalStorage::open(dir.path(), true).await.expect("open"));
         let r = follow_remote(
             storage,
             "nar/y.nar".into(),

@@ -2,6 +2,7 @@
 //! narinfo lookups in [`narinfo`], NAR downloads and serving in [`nar`].
 
 mod access;
+pub mod gc;
 mod inflight;
 mod nar;
 mod narinfo;
@@ -31,6 +32,8 @@ pub struct CacheSettings {
     pub negative_ttl: Duration,
     /// Narinfos kept in memory in front of the database.
     pub memory_entries: u64,
+    /// How long a narinfo stays in memory before it is read from the database again.
+    pub memory_ttl: Duration,
     /// Upstream connect-to-headers time, and how long a waiting client waits for a download to start.
     pub first_byte_timeout: Duration,
     /// Longest pause between two chunks of an upstream NAR before the download is abandoned.
@@ -70,9 +73,11 @@ impl Cache {
         key: SecretKey,
         metrics: Metrics,
     ) -> Arc<Self> {
+        // Entries live at most `memory_ttl`: GC waits longer than that between forgetting a
+        // narinfo and deleting its NAR, so no replica serves a narinfo whose NAR is gone.
         let narinfos = moka::sync::Cache::builder()
             .max_capacity(settings.memory_entries)
-            .time_to_idle(Duration::from_secs(3600))
+            .time_to_live(settings.memory_ttl)
             .build();
         let negative = moka::sync::Cache::builder()
             .max_capacity(100_000)

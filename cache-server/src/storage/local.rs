@@ -22,15 +22,18 @@ pub struct LocalStorage {
 }
 
 impl LocalStorage {
-    /// Uses `root` for objects and `root/.staging` for partial writes.
-    pub async fn open(root: impl Into<PathBuf>) -> std::io::Result<Self> {
+    /// Uses `root` for objects and `root/.staging` for partial writes. With `clean`, removes what
+    /// an interrupted earlier run left in staging (only the process that owns the directory may).
+    pub async fn open(root: impl Into<PathBuf>, clean: bool) -> std::io::Result<Self> {
         let root = root.into();
         let staging = root.join(".staging");
         tokio::fs::create_dir_all(&staging).await?;
-        // Anything left in staging is from an interrupted write: never complete, never served.
-        let mut dir = tokio::fs::read_dir(&staging).await?;
-        while let Some(entry) = dir.next_entry().await? {
-            let _ = tokio::fs::remove_file(entry.path()).await;
+        if clean {
+            // Anything left in staging is from an interrupted write: never complete, never served.
+            let mut dir = tokio::fs::read_dir(&staging).await?;
+            while let Some(entry) = dir.next_entry().await? {
+                let _ = tokio::fs::remove_file(entry.path()).await;
+            }
         }
         Ok(Self { root, staging })
     }
@@ -222,7 +225,7 @@ mod tests {
     #[tokio::test]
     async fn conformance() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let storage = LocalStorage::open(dir.path().join("store"))
+        let storage = LocalStorage::open(dir.path().join("store"), true)
             .await
             .expect("open");
         super::super::conformance::run(&storage, dir.path()).await;
@@ -233,7 +236,7 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         std::fs::create_dir_all(dir.path().join(".staging")).expect("mkdir");
         std::fs::write(dir.path().join(".staging/partial"), b"half").expect("write");
-        let _storage = LocalStorage::open(dir.path()).await.expect("open");
+        let _storage = LocalStorage::open(dir.path(), true).await.expect("open");
         assert!(!dir.path().join(".staging/partial").exists());
     }
 }
