@@ -87,7 +87,7 @@ pub async fn build_cache(config: &Config, role: Role) -> anyhow::Result<(Arc<Cac
             Arc::new(S3Storage::new(s3).context("configuring S3 storage")?)
         }
     };
-    let db = open_database(&config).await?;
+    let db = open_database(config).await?;
     let metrics = Metrics::new();
     let lock: Arc<dyn Lock> = if config.redis.is_empty() {
         Arc::new(LocalLock::new())
@@ -123,7 +123,7 @@ pub async fn build_cache(config: &Config, role: Role) -> anyhow::Result<(Arc<Cac
         key.public_key()
     );
 
-    let client = http_client(&config)?;
+    let client = http_client(config)?;
     let upstreams = Upstreams::new(
         config
             .upstreams
