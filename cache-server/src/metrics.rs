@@ -1,89 +1,101 @@
-//! Prometheus metrics, all prefixed `nixcache_`, labels bounded (routes, results, upstream hosts).
+//! Prometheus metrics, all prefixed `nixcache_`, labels bounded (route templates, methods,
+//! statuses, results, upstream hosts; never paths or hashes).
 
-use prometheus::{IntCounterVec, Opts, Registry, TextEncoder};
+use prometheus::core::Collector;
+use prometheus::{
+    Gauge, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts, Registry,
+    TextEncoder,
+};
 
 #[derive(Clone)]
 pub struct Metrics {
     registry: Registry,
     pub http_requests: IntCounterVec,
+    pub http_duration: HistogramVec,
     pub narinfo_lookups: IntCounterVec,
-    pub upstream_errors: IntCounterVec,
-    pub nar_downloads: IntCounterVec,
     pub nar_requests: IntCounterVec,
+    pub upstream_requests: IntCounterVec,
+    pub upstream_bytes: IntCounterVec,
+    pub upstream_errors: IntCounterVec,
+    pub upstream_duration: HistogramVec,
+    pub nar_downloads: IntCounterVec,
+    pub downloads_in_flight: IntGauge,
     pub backend_errors: IntCounterVec,
-    pub lock_fallbacks: prometheus::IntCounter,
-    pub gc_runs: prometheus::IntCounter,
-    pub gc_evicted_nars: prometheus::IntCounter,
-    pub gc_evicted_bytes: prometheus::IntCounter,
+    pub lock_acquisitions: IntCounterVec,
+    pub lock_wait: HistogramVec,
+    pub lock_fallbacks: IntCounter,
+    pub lock_degraded: IntGauge,
+    pub gc_runs: IntCounter,
+    pub gc_evicted_nars: IntCounter,
+    pub gc_evicted_bytes: IntCounter,
+    pub gc_last_duration: Gauge,
+    pub stored_nars: IntGauge,
+    pub stored_bytes: IntGauge,
 }
 
-fn counter(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
-    let c = IntCounterVec::new(Opts::new(name, help), labels)
-        .unwrap_or_else(|e| panic!("metric {name}: {e}"));
+/// Registers a collector; the names and labels here are fixed, so failure is a programming error.
+fn reg<C: Collector + Clone + 'static>(registry: &Registry, c: C) -> C {
     registry
         .register(Box::new(c.clone()))
-        .unwrap_or_else(|e| panic!("metric {name}: {e}"));
+        .unwrap_or_else(|e| panic!("metric registration: {e}"));
     c
 }
 
-fn plain(registry: &Registry, name: &str, help: &str) -> prometheus::IntCounter {
-    let c =
-        prometheus::IntCounter::new(name, help).unwrap_or_else(|e| panic!("metric {name}: {e}"));
-    registry
-        .register(Box::new(c.clone()))
-        .unwrap_or_else(|e| panic!("metric {name}: {e}"));
-    c
+fn counters(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
+    reg(
+        r,
+        IntCounterVec::new(Opts::new(name, help), labels).unwrap_or_else(|e| panic!("{name}: {e}")),
+    )
+}
+
+fn counter(r: &Registry, name: &str, help: &str) -> IntCounter {
+    reg(
+        r,
+        IntCounter::new(name, help).unwrap_or_else(|e| panic!("{name}: {e}")),
+    )
+}
+
+fn gauge(r: &Registry, name: &str, help: &str) -> IntGauge {
+    reg(
+        r,
+        IntGauge::new(name, help).unwrap_or_else(|e| panic!("{name}: {e}")),
+    )
+}
+
+fn histograms(r: &Registry, name: &str, help: &str, labels: &[&str]) -> HistogramVec {
+    reg(
+        r,
+        HistogramVec::new(HistogramOpts::new(name, help), labels)
+            .unwrap_or_else(|e| panic!("{name}: {e}")),
+    )
 }
 
 impl Metrics {
     pub fn new() -> Self {
-        let registry = Registry::new();
+        let r = Registry::new();
         Self {
-            http_requests: counter(
-                &registry,
-                "nixcache_http_requests_total",
-                "HTTP requests by route and status",
-                &["route", "status"],
-            ),
-            narinfo_lookups: counter(
-                &registry,
-                "nixcache_narinfo_lookups_total",
-                "narinfo requests by where they were answered from",
-                &["result"],
-            ),
-            upstream_errors: counter(
-                &registry,
-                "nixcache_upstream_errors_total",
-                "Failed upstream requests (timeouts, bad status, invalid or untrusted narinfos)",
-                &["upstream", "kind"],
-            ),
-            nar_downloads: counter(
-                &registry,
-                "nixcache_nar_downloads_total",
-                "NAR downloads from upstreams by outcome",
-                &["result"],
-            ),
-            nar_requests: counter(
-                &registry,
-                "nixcache_nar_requests_total",
-                "NAR requests by how they were served",
-                &["result"],
-            ),
-            backend_errors: counter(
-                &registry,
-                "nixcache_backend_errors_total",
-                "Errors from storage, database or locks",
-                &["backend"],
-            ),
-            lock_fallbacks: plain(
-                &registry,
-                "nixcache_lock_fallbacks_total",
-                "Lock acquisitions made while the distributed lock was unavailable (in-process, or refused with --lock-strict)",
-            ),
-            gc_runs: plain(&registry, "nixcache_gc_runs_total", "GC passes run by this process"),
-            gc_evicted_nars: plain(&registry, "nixcache_gc_evicted_nars_total", "NARs deleted by GC"),
-            gc_evicted_bytes: plain(&registry, "nixcache_gc_evicted_bytes_total", "Bytes of NARs deleted by GC"),
-            registry,
+            http_requests: counters(&r, "nixcache_http_requests_total", "HTTP requests by route template, method and status", &["route", "method", "status"]),
+            http_duration: histograms(&r, "nixcache_http_request_duration_seconds", "Time to the response head, by route template and method", &["route", "method"]),
+            narinfo_lookups: counters(&r, "nixcache_narinfo_lookups_total", "narinfo requests by where they were answered from (memory, database, upstream) or why not (negative, miss)", &["result"]),
+            nar_requests: counters(&r, "nixcache_nar_requests_total", "NAR requests by how they were served (storage, live, remote, miss)", &["result"]),
+            upstream_requests: counters(&r, "nixcache_upstream_requests_total", "Requests to upstreams by upstream and kind (narinfo, nar, cache_info)", &["upstream", "kind"]),
+            upstream_bytes: counters(&r, "nixcache_upstream_bytes_total", "Bytes received from upstreams (narinfo and NAR bodies)", &["upstream"]),
+            upstream_errors: counters(&r, "nixcache_upstream_errors_total", "Failed upstream requests (timeouts, bad status, invalid or untrusted narinfos)", &["upstream", "kind"]),
+            upstream_duration: histograms(&r, "nixcache_upstream_request_duration_seconds", "Time to an upstream's response head, by upstream and kind", &["upstream", "kind"]),
+            nar_downloads: counters(&r, "nixcache_nar_downloads_total", "NAR downloads from upstreams by outcome", &["result"]),
+            downloads_in_flight: gauge(&r, "nixcache_downloads_in_flight", "NAR downloads running in this process"),
+            backend_errors: counters(&r, "nixcache_backend_errors_total", "Errors from storage, database or locks", &["backend"]),
+            lock_acquisitions: counters(&r, "nixcache_lock_acquisitions_total", "Lock acquisitions by result (acquired, busy, error)", &["result"]),
+            lock_wait: histograms(&r, "nixcache_lock_wait_seconds", "Time spent acquiring locks, by result", &["result"]),
+            lock_fallbacks: counter(&r, "nixcache_lock_fallbacks_total", "Lock acquisitions made while the distributed lock was unavailable (in-process, or refused with --lock-strict)"),
+            lock_degraded: gauge(&r, "nixcache_lock_degraded", "1 while the distributed lock is unavailable and locking is in-process only (or refused)"),
+            gc_runs: counter(&r, "nixcache_gc_runs_total", "GC passes run by this process"),
+            gc_evicted_nars: counter(&r, "nixcache_gc_evicted_nars_total", "NARs deleted by GC"),
+            gc_evicted_bytes: counter(&r, "nixcache_gc_evicted_bytes_total", "Bytes of NARs deleted by GC"),
+            gc_last_duration: reg(&r, Gauge::new("nixcache_gc_last_duration_seconds", "Duration of this process's last GC pass").unwrap_or_else(|e| panic!("{e}"))),
+            stored_nars: gauge(&r, "nixcache_stored_nars", "NARs in storage (as the database records them; refreshed on scrape)"),
+            stored_bytes: gauge(&r, "nixcache_stored_bytes", "Bytes of NARs in storage, each NAR counted once (refreshed on scrape)"),
+            registry: r,
         }
     }
 

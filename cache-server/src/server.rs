@@ -107,6 +107,7 @@ pub async fn build_cache(config: &Config, role: Role) -> anyhow::Result<(Arc<Cac
             redlock,
             config.lock_strict,
             metrics.lock_fallbacks.clone(),
+            metrics.lock_degraded.clone(),
         ))
     };
 
@@ -134,6 +135,7 @@ pub async fn build_cache(config: &Config, role: Role) -> anyhow::Result<(Arc<Cac
                     client.clone(),
                     config.upstream_timeout,
                     &config.store_dir,
+                    metrics.clone(),
                 ))
             })
             .collect(),

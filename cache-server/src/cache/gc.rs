@@ -50,7 +50,7 @@ impl Cache {
     ) -> Result<GcReport, GcError> {
         let started = Instant::now();
         let ttl = self.settings.lock_ttl;
-        let Some(guard) = self.lock.acquire("gc", ttl, lock_wait).await? else {
+        let Some(guard) = self.acquire("gc", ttl, lock_wait).await? else {
             return Ok(GcReport::default());
         };
         let size_before = self.db.total_nar_size().await?;
@@ -114,6 +114,7 @@ impl Cache {
         report.size_after = self.db.total_nar_size().await?;
         report.seconds = started.elapsed().as_secs_f64();
         self.metrics.gc_runs.inc();
+        self.metrics.gc_last_duration.set(report.seconds);
         self.metrics.gc_evicted_bytes.inc_by(report.bytes_evicted);
         self.metrics.gc_evicted_nars.inc_by(report.nars_evicted);
         info!(

@@ -125,9 +125,52 @@ impl Cache {
         }
     }
 
+    /// Updates the stored-NARs gauges from the database (kept as they were if it does not answer).
+    pub async fn refresh_storage_gauges(&self) {
+        let query = async {
+            Ok::<_, crate::db::DbError>((
+                self.db.nar_count().await?,
+                self.db.total_nar_size().await?,
+            ))
+        };
+        if let Ok(Ok((count, bytes))) = tokio::time::timeout(Duration::from_secs(2), query).await {
+            self.metrics
+                .stored_nars
+                .set(i64::try_from(count).unwrap_or(i64::MAX));
+            self.metrics
+                .stored_bytes
+                .set(i64::try_from(bytes).unwrap_or(i64::MAX));
+        }
+    }
+
     /// Whether the database answers (for `/readyz`).
     pub async fn check_database(&self) -> Result<(), crate::db::DbError> {
         self.db.ping().await
+    }
+
+    /// Takes a lock, counting the outcome and timing the wait.
+    async fn acquire(
+        &self,
+        name: &str,
+        ttl: Duration,
+        wait: Duration,
+    ) -> Result<Option<crate::lock::Guard>, crate::lock::LockError> {
+        let started = std::time::Instant::now();
+        let result = self.lock.acquire(name, ttl, wait).await;
+        let outcome = match &result {
+            Ok(Some(_)) => "acquired",
+            Ok(None) => "busy",
+            Err(_) => "error",
+        };
+        self.metrics
+            .lock_acquisitions
+            .with_label_values(&[outcome])
+            .inc();
+        self.metrics
+            .lock_wait
+            .with_label_values(&[outcome])
+            .observe(started.elapsed().as_secs_f64());
+        result
     }
 
     /// Forgets downloads that are no longer running (used by the download task itself).

@@ -286,6 +286,7 @@ impl Cache {
         record: NarInfoRecord,
     ) {
         let started = Instant::now();
+        self.metrics.downloads_in_flight.inc();
         let upstream = Url::parse(&record.upstream_nar_url)
             .ok()
             .and_then(|u| self.upstream_for(&u));
@@ -326,6 +327,7 @@ impl Cache {
             }
         }
         self.finish_download(&file.file_name(), &download);
+        self.metrics.downloads_in_flight.dec();
     }
 
     async fn fetch(
@@ -339,7 +341,7 @@ impl Cache {
         // clients from its published parts meanwhile, and take over if it dies.
         let lock_name = format!("nar:{}", file.file_name());
         let ttl = self.settings.lock_ttl;
-        let mut guard = self.lock.acquire(&lock_name, ttl, Duration::ZERO).await?;
+        let mut guard = self.acquire(&lock_name, ttl, Duration::ZERO).await?;
         if guard.is_none() {
             download.phase.send_replace(Phase::Elsewhere);
         }
@@ -350,7 +352,7 @@ impl Cache {
             if self.storage.size(&key).await?.is_some() {
                 return Ok(Phase::Stored);
             }
-            guard = self.lock.acquire(&lock_name, ttl, ttl).await?;
+            guard = self.acquire(&lock_name, ttl, ttl).await?;
         };
         if self.storage.size(&key).await?.is_some() {
             return Ok(Phase::Stored);
@@ -408,6 +410,10 @@ impl Cache {
                 Ok(None) => break,
                 Ok(Some(chunk)) => chunk?,
             };
+            self.metrics
+                .upstream_bytes
+                .with_label_values(&[upstream.label()])
+                .inc_by(chunk.len() as u64);
             verifier.update(&chunk).await?;
             out.write_all(&chunk).await?;
             // Followers read the file directly: the bytes must be in it before they are announced.

@@ -77,7 +77,6 @@ impl Cache {
     async fn narinfo_from_upstreams(self: Arc<Self>, hash: StoreHash) -> Option<Bytes> {
         let wait = self.settings.first_byte_timeout * (self.upstreams.all().len() as u32 + 1);
         let _guard = match self
-            .lock
             .acquire(&format!("narinfo:{hash}"), self.settings.lock_ttl, wait)
             .await
         {

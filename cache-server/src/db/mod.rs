@@ -51,6 +51,8 @@ pub trait Database: Send + Sync + 'static {
     /// Checks the database answers.
     async fn ping(&self) -> Result<(), DbError>;
 
+    /// Number of stored NARs.
+    async fn nar_count(&self) -> Result<u64, DbError>;
     /// Total size of the stored NARs (each counted once, however many narinfos refer to it).
     async fn total_nar_size(&self) -> Result<u64, DbError>;
     /// Up to `limit` narinfos whose NAR is stored, least recently used first: (hash, NAR file).

@@ -183,6 +183,16 @@ impl Database for PostgresDatabase {
             .map_err(q)
     }
 
+    async fn nar_count(&self) -> Result<u64, DbError> {
+        let mut c = self.conn().await?;
+        nars::table
+            .count()
+            .get_result::<i64>(&mut c)
+            .await
+            .map(|n| n.max(0) as u64)
+            .map_err(q)
+    }
+
     async fn total_nar_size(&self) -> Result<u64, DbError> {
         let mut c = self.conn().await?;
         // SUM over BIGINT is NUMERIC in PostgreSQL: cast back for diesel.

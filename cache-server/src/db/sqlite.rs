@@ -169,6 +169,16 @@ impl Database for SqliteDatabase {
             .await
     }
 
+    async fn nar_count(&self) -> Result<u64, DbError> {
+        self.with(|c| {
+            nars::table
+                .count()
+                .get_result::<i64>(c)
+                .map(|n| n.max(0) as u64)
+        })
+        .await
+    }
+
     async fn total_nar_size(&self) -> Result<u64, DbError> {
         self.with(|c| {
             diesel::select(diesel::dsl::sql::<diesel::sql_types::BigInt>(

@@ -58,24 +58,31 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
     .default_service(web::to(not_found));
 }
 
-/// Counts requests by route template and status.
+/// Counts and times requests by route template, method and status.
 pub async fn count_requests(
     req: ServiceRequest,
     next: Next<impl MessageBody>,
 ) -> Result<ServiceResponse<impl MessageBody>, actix_web::Error> {
     let state = req.app_data::<web::Data<AppState>>().cloned();
+    let method = match *req.method() {
+        actix_web::http::Method::GET => "GET",
+        actix_web::http::Method::HEAD => "HEAD",
+        _ => "other",
+    };
+    let started = std::time::Instant::now();
     let res = next.call(req).await?;
     if let Some(state) = state {
         let route = res
             .request()
             .match_pattern()
             .unwrap_or_else(|| "unmatched".to_string());
-        state
-            .cache
-            .metrics()
-            .http_requests
-            .with_label_values(&[route.as_str(), res.status().as_str()])
+        let m = state.cache.metrics();
+        m.http_requests
+            .with_label_values(&[route.as_str(), method, res.status().as_str()])
             .inc();
+        m.http_duration
+            .with_label_values(&[route.as_str(), method])
+            .observe(started.elapsed().as_secs_f64());
     }
     Ok(res)
 }

@@ -6,7 +6,7 @@
 use std::time::Duration;
 
 use async_trait::async_trait;
-use prometheus::IntCounter;
+use prometheus::{IntCounter, IntGauge};
 
 use super::{Guard, LocalLock, Lock, LockError};
 
@@ -15,15 +15,18 @@ pub struct FallbackLock<L> {
     local: LocalLock,
     strict: bool,
     fallbacks: IntCounter,
+    degraded: IntGauge,
 }
 
 impl<L: Lock> FallbackLock<L> {
-    pub fn new(primary: L, strict: bool, fallbacks: IntCounter) -> Self {
+    /// `fallbacks` counts acquisitions made without the primary; `degraded` is 1 while it is down.
+    pub fn new(primary: L, strict: bool, fallbacks: IntCounter, degraded: IntGauge) -> Self {
         Self {
             primary,
             local: LocalLock::new(),
             strict,
             fallbacks,
+            degraded,
         }
     }
 }
@@ -39,13 +42,17 @@ impl<L: Lock> Lock for FallbackLock<L> {
         match self.primary.acquire(key, ttl, wait).await {
             Err(LockError::Unavailable(why)) => {
                 self.fallbacks.inc();
+                self.degraded.set(1);
                 if self.strict {
                     return Err(LockError::Unavailable(why));
                 }
                 tracing::warn!(lock = key, reason = %why, "distributed lock unavailable; locking in this process only");
                 self.local.acquire(key, ttl, wait).await
             }
-            other => other,
+            other => {
+                self.degraded.set(0);
+                other
+            }
         }
     }
 }
@@ -67,7 +74,12 @@ mod tests {
         let mut redis = Redis::start();
         let primary = RedisLock::new(&[redis.url()], Duration::from_millis(300)).expect("lock");
         let fallbacks = counter();
-        let lock = Arc::new(FallbackLock::new(primary, false, fallbacks.clone()));
+        let lock = Arc::new(FallbackLock::new(
+            primary,
+            false,
+            fallbacks.clone(),
+            IntGauge::new("d", "test").expect("gauge"),
+        ));
         super::super::conformance::run(lock.clone()).await;
         assert_eq!(fallbacks.get(), 0);
 
@@ -110,7 +122,12 @@ mod tests {
     async fn strict_mode_refuses_instead() {
         let mut redis = Redis::start();
         let primary = RedisLock::new(&[redis.url()], Duration::from_millis(300)).expect("lock");
-        let lock = FallbackLock::new(primary, true, counter());
+        let lock = FallbackLock::new(
+            primary,
+            true,
+            counter(),
+            IntGauge::new("d", "test").expect("gauge"),
+        );
         redis.stop();
         let r = lock
             .acquire("x", Duration::from_secs(10), Duration::ZERO)

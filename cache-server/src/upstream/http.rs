@@ -49,6 +49,7 @@ pub struct NarDownload {
 }
 
 pub struct HttpUpstream {
+    metrics: crate::metrics::Metrics,
     config: UpstreamConfig,
     client: reqwest::Client,
     first_byte_timeout: Duration,
@@ -69,9 +70,11 @@ impl HttpUpstream {
         client: reqwest::Client,
         first_byte_timeout: Duration,
         store_dir: &str,
+        metrics: crate::metrics::Metrics,
     ) -> Self {
         let learned = config.priority.unwrap_or(UNKNOWN_PRIORITY);
         Self {
+            metrics,
             config,
             client,
             first_byte_timeout,
@@ -114,7 +117,12 @@ impl HttpUpstream {
         })
     }
 
-    async fn get(&self, url: &Url) -> Result<reqwest::Response, UpstreamError> {
+    async fn get(&self, url: &Url, kind: &'static str) -> Result<reqwest::Response, UpstreamError> {
+        self.metrics
+            .upstream_requests
+            .with_label_values(&[self.label(), kind])
+            .inc();
+        let started = std::time::Instant::now();
         let send = self.client.get(url.clone()).send();
         match tokio::time::timeout(self.first_byte_timeout, send).await {
             Err(_) => Err(UpstreamError::Timeout { url: redact(url) }),
@@ -123,7 +131,13 @@ impl HttpUpstream {
                 url: redact(url),
                 message: without_url(&e),
             }),
-            Ok(Ok(r)) => Ok(r),
+            Ok(Ok(r)) => {
+                self.metrics
+                    .upstream_duration
+                    .with_label_values(&[self.label(), kind])
+                    .observe(started.elapsed().as_secs_f64());
+                Ok(r)
+            }
         }
     }
 
@@ -148,6 +162,10 @@ impl HttpUpstream {
                     });
                 }
                 body.extend_from_slice(&chunk);
+                self.metrics
+                    .upstream_bytes
+                    .with_label_values(&[self.label()])
+                    .inc_by(chunk.len() as u64);
             }
             String::from_utf8(body).map_err(|_| UpstreamError::Invalid {
                 url: redact(url),
@@ -163,7 +181,7 @@ impl HttpUpstream {
     /// upstream's store directory is ours.
     pub async fn refresh_cache_info(&self) -> Result<CacheInfo, UpstreamError> {
         let url = self.join("nix-cache-info")?;
-        let resp = self.get(&url).await?;
+        let resp = self.get(&url, "cache_info").await?;
         if resp.status() != StatusCode::OK {
             return Err(UpstreamError::Status {
                 url: redact(&url),
@@ -193,7 +211,7 @@ impl HttpUpstream {
     /// trusted without signatures).
     pub async fn narinfo(&self, hash: &StoreHash) -> Result<Lookup, UpstreamError> {
         let url = self.join(&format!("{hash}.narinfo"))?;
-        let resp = self.get(&url).await?;
+        let resp = self.get(&url, "narinfo").await?;
         match resp.status() {
             StatusCode::OK => {}
             StatusCode::NOT_FOUND | StatusCode::FORBIDDEN | StatusCode::GONE => {
@@ -236,7 +254,7 @@ impl HttpUpstream {
     /// Starts downloading a NAR. Headers must arrive within the first-byte timeout; the caller
     /// bounds the time between chunks.
     pub async fn nar(&self, url: &Url) -> Result<Option<NarDownload>, UpstreamError> {
-        let resp = self.get(url).await?;
+        let resp = self.get(url, "nar").await?;
         match resp.status() {
             StatusCode::OK => {}
             StatusCode::NOT_FOUND | StatusCode::FORBIDDEN | StatusCode::GONE => return Ok(None),
