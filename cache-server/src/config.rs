@@ -215,6 +215,11 @@ pub struct ServeArgs {
     #[arg(long, env = "NIXCACHE_GC_GRACE", value_name = "DURATION")]
     pub gc_grace: Option<HumanDuration>,
 
+    /// On SIGTERM, how long in-flight requests (and the downloads their clients follow) may take
+    /// to finish before they are cut. [default: 30s]
+    #[arg(long, env = "NIXCACHE_SHUTDOWN_TIMEOUT", value_name = "DURATION")]
+    pub shutdown_timeout: Option<HumanDuration>,
+
     /// While Redis is unreachable, answer misses 404 instead of locking in-process only.
     #[arg(long, env = "NIXCACHE_LOCK_STRICT", num_args = 0..=1, default_missing_value = "true", value_name = "BOOL")]
     pub lock_strict: Option<bool>,
@@ -291,6 +296,7 @@ pub struct Config {
     pub max_size: Option<u64>,
     pub gc_schedule: Option<croner::Cron>,
     pub gc_grace: Duration,
+    pub shutdown_timeout: Duration,
 }
 
 impl ServeArgs {
@@ -337,6 +343,7 @@ impl ServeArgs {
             max_size: self.max_size.or(other.max_size),
             gc_schedule: self.gc_schedule.or(other.gc_schedule),
             gc_grace: self.gc_grace.or(other.gc_grace),
+            shutdown_timeout: self.shutdown_timeout.or(other.shutdown_timeout),
         }
     }
 
@@ -489,6 +496,7 @@ impl ServeArgs {
                 })
                 .transpose()?,
             gc_grace: positive("gc-grace", self.gc_grace, 60)?,
+            shutdown_timeout: positive("shutdown-timeout", self.shutdown_timeout, 30)?,
             inflight_part_size: match self.inflight_part_size {
                 Some(0) => return Err(invalid("inflight-part-size", "must be more than zero")),
                 Some(n) => n,

@@ -20,6 +20,8 @@ use crate::upstream::{HttpUpstream, Upstreams};
 
 const ACCESS_FLUSH_INTERVAL: Duration = Duration::from_secs(10);
 const CACHE_INFO_RETRY: Duration = Duration::from_secs(30);
+/// Between `/readyz` failing and new connections being refused, on SIGTERM.
+const SHUTDOWN_READINESS_DELAY: Duration = Duration::from_secs(1);
 
 /// Opens the configured database (applying migrations).
 pub async fn open_database(config: &Config) -> anyhow::Result<Arc<dyn Database>> {
@@ -205,14 +207,49 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
             let _ = tcp.set_nodelay(true);
         }
     })
+    // Shutdown is ours: readiness first, then no new connections, then in-flight requests (and
+    // the downloads their clients follow) get up to the timeout to finish.
+    .disable_signals()
+    .shutdown_timeout(config.shutdown_timeout.as_secs().max(1))
     .bind(config.listen)
-    .with_context(|| format!("listening on {}", config.listen))?;
+    .with_context(|| format!("listening on {}", config.listen))?
+    .run();
     info!(listen = %config.listen, upstreams = config.upstreams.len(), "nixcache serving");
-    server.run().await.context("HTTP server")?;
+    let handle = server.handle();
+    let draining = cache.clone();
+    actix_web::rt::spawn(async move {
+        wait_for_signal().await;
+        info!("shutting down: not ready any more, finishing in-flight requests");
+        draining.begin_shutdown();
+        // A moment for load balancers to see /readyz fail before connections are refused.
+        tokio::time::sleep(SHUTDOWN_READINESS_DELAY).await;
+        handle.stop(true).await;
+    });
+    server.await.context("HTTP server")?;
     flusher.abort();
     cache.flush_access_log().await;
     info!("stopped");
     Ok(())
+}
+
+/// SIGTERM (what Kubernetes sends) or SIGINT.
+async fn wait_for_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    match (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) {
+        (Ok(mut term), Ok(mut int)) => {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = int.recv() => {}
+            }
+        }
+        _ => {
+            warn!("cannot listen for signals; stopping on Ctrl-C only");
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
 }
 
 /// Runs a GC pass at every tick of the schedule, when this replica gets the `gc` lock.

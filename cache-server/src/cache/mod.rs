@@ -61,6 +61,8 @@ pub struct Cache {
     downloads: Mutex<HashMap<String, Arc<nar::Download>>>,
     access: AccessLog,
     metrics: Metrics,
+    /// Set on SIGTERM: `/readyz` then answers 503 so that traffic moves elsewhere.
+    shutting_down: std::sync::atomic::AtomicBool,
 }
 
 impl Cache {
@@ -95,6 +97,7 @@ impl Cache {
             downloads: Mutex::new(HashMap::new()),
             access: AccessLog::default(),
             metrics,
+            shutting_down: std::sync::atomic::AtomicBool::new(false),
         })
     }
 
@@ -141,6 +144,15 @@ impl Cache {
                 .stored_bytes
                 .set(i64::try_from(bytes).unwrap_or(i64::MAX));
         }
+    }
+
+    pub fn begin_shutdown(&self) {
+        self.shutting_down
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    pub fn is_shutting_down(&self) -> bool {
+        self.shutting_down.load(std::sync::atomic::Ordering::SeqCst)
     }
 
     /// Whether the database answers (for `/readyz`).

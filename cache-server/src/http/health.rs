@@ -11,6 +11,12 @@ pub async fn healthz() -> HttpResponse {
 }
 
 pub async fn readyz(state: web::Data<AppState>) -> HttpResponse {
+    if state.cache.is_shutting_down() {
+        return text(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "not ready: shutting down\n",
+        );
+    }
     match state.cache.check_database().await {
         Ok(()) => text(StatusCode::OK, "ready\n"),
         Err(e) => {

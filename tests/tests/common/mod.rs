@@ -152,6 +152,40 @@ impl Nixcache {
         r.text().await.expect("pubkey body").trim().to_string()
     }
 
+    /// Sends SIGTERM (a graceful stop) and waits up to `timeout` for the process to exit;
+    /// returns whether it exited successfully in time.
+    pub fn terminate(mut self, timeout: Duration) -> bool {
+        let pid = self.process.0.id().to_string();
+        let _ = Command::new("kill").args(["-TERM", &pid]).status();
+        let start = Instant::now();
+        while start.elapsed() < timeout {
+            if let Ok(Some(status)) = self.process.0.try_wait() {
+                return status.success();
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        false
+    }
+
+    /// Sends SIGTERM without waiting.
+    pub fn signal_term(&self) {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.process.0.id().to_string()])
+            .status();
+    }
+
+    /// Waits up to `timeout` for the process to exit on its own; whether it exited successfully.
+    pub fn wait_exit(mut self, timeout: Duration) -> bool {
+        let start = Instant::now();
+        while start.elapsed() < timeout {
+            if let Ok(Some(status)) = self.process.0.try_wait() {
+                return status.success();
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        false
+    }
+
     /// Stops the server with SIGKILL.
     pub fn kill(self) {
         drop(self)
