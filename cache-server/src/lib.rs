@@ -16,4 +16,4 @@ pub mod nix;
 pub mod server;
 pub mod storage;
 pub mod upstream;
-mod util;
+pub mod util;

@@ -215,3 +215,44 @@ async fn cache_info_with(args: &[&str], env: &[(&str, &str)]) -> (String, String
         .expect("body");
     (info, cache.public_key().await)
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn json_logs_carry_the_request_id() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let dead = format!("http://127.0.0.1:{}", common::free_port());
+    let cache = Nixcache::start(
+        &tmp.path().join("data"),
+        &[
+            "--log-format",
+            "json",
+            "--upstream",
+            &dead,
+            "--upstream-timeout",
+            "1s",
+        ],
+    )
+    .await;
+    let r = reqwest::Client::new()
+        .get(format!("{}/{}.narinfo", cache.url, "1".repeat(32)))
+        .header("x-request-id", "req-test-42")
+        .send()
+        .await
+        .expect("narinfo");
+    assert_eq!(r.status(), 404);
+    assert_eq!(r.headers()["x-request-id"], "req-test-42");
+    let r = reqwest::get(format!("{}/healthz", cache.url))
+        .await
+        .expect("healthz");
+    assert_eq!(r.headers()["x-request-id"].len(), 24, "a generated id");
+    let logs = cache.logs();
+    // The upstream failure is logged inside the request's span, as JSON.
+    let line = logs
+        .lines()
+        .find(|l| l.contains("upstream lookup failed"))
+        .unwrap_or_else(|| panic!("no upstream failure logged:\n{logs}"));
+    assert!(
+        line.starts_with('{') && line.ends_with('}'),
+        "not JSON: {line}"
+    );
+    assert!(line.contains("req-test-42"), "no request id: {line}");
+}

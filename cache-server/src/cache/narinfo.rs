@@ -60,9 +60,11 @@ impl Cache {
         // The lookup runs in its own task: a client that goes away does not cancel it halfway
         // through storing what it found.
         let this = self.clone();
-        tokio::spawn(async move { this.narinfo_from_upstreams(hash).await })
-            .await
-            .unwrap_or(None)
+        tokio::spawn(tracing::Instrument::in_current_span(async move {
+            this.narinfo_from_upstreams(hash).await
+        }))
+        .await
+        .unwrap_or(None)
     }
 
     async fn narinfo_from_storage(&self, hash: StoreHash) -> Option<Bytes> {

@@ -70,7 +70,26 @@ pub async fn count_requests(
         _ => "other",
     };
     let started = std::time::Instant::now();
-    let res = next.call(req).await?;
+    // Every log line of the request carries its id; a sane incoming X-Request-Id is kept.
+    let id = req
+        .headers()
+        .get("x-request-id")
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| {
+            !v.is_empty()
+                && v.len() <= 64
+                && v.bytes().all(|c| c.is_ascii_alphanumeric() || c == b'-')
+        })
+        .map_or_else(crate::util::unique_name, str::to_string);
+    let path: String = req.path().chars().take(200).collect();
+    let span = tracing::info_span!("request", id = %id, method, path = %path);
+    let mut res = tracing::Instrument::instrument(next.call(req), span).await?;
+    if let Ok(v) = actix_web::http::header::HeaderValue::from_str(&id) {
+        res.headers_mut().insert(
+            actix_web::http::header::HeaderName::from_static("x-request-id"),
+            v,
+        );
+    }
     if let Some(state) = state {
         let route = res
             .request()
