@@ -38,6 +38,18 @@ enum Command {
     /// Run one GC pass (LRU eviction down to --max-size), print a summary and exit. Takes the same
     /// settings as `serve`, and may run while servers serve.
     Gc(ServeArgs),
+    /// Check database and storage against each other; exit 1 when problems are found.
+    Fsck {
+        /// Also read every NAR and check it against its narinfo's hashes.
+        #[arg(long)]
+        deep: bool,
+        /// Fix what is safe to fix: forget bad or missing NARs (they are fetched again on demand),
+        /// delete orphans, record unrecorded good NARs.
+        #[arg(long)]
+        repair: bool,
+        #[command(flatten)]
+        args: ServeArgs,
+    },
     /// Apply database migrations and exit.
     Migrate(ServeArgs),
 }
@@ -94,6 +106,19 @@ fn main() -> ExitCode {
                 println!("skipped: another process holds the gc lock");
             }
             Ok(())
+        }),
+        Command::Fsck { deep, repair, args } => args.resolve().map_err(Into::into).and_then(|config| {
+            init_logging(config.log_format);
+            let problems = actix_web::rt::System::new().block_on(nixcache::server::fsck(config, deep, repair))?;
+            for p in &problems {
+                println!("{p}{}", if repair { " (repaired)" } else { "" });
+            }
+            println!("{} problem(s){}", problems.len(), if repair { ", repaired" } else { "" });
+            if problems.is_empty() || repair {
+                Ok(())
+            } else {
+                std::process::exit(1)
+            }
         }),
         Command::Migrate(args) => args.resolve().map_err(Into::into).and_then(|config| {
             init_logging(config.log_format);

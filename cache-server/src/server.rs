@@ -288,6 +288,16 @@ pub async fn gc_once(config: Config) -> anyhow::Result<crate::cache::gc::GcRepor
     Ok(report)
 }
 
+/// `nixcache fsck`: the problems found (and repaired, with `repair`).
+pub async fn fsck(
+    config: Config,
+    deep: bool,
+    repair: bool,
+) -> anyhow::Result<Vec<crate::cache::fsck::Problem>> {
+    let (cache, _) = build_cache(&config, Role::Gc).await?;
+    Ok(cache.fsck(deep, repair).await?)
+}
+
 /// Learns each upstream's priority from its `nix-cache-info`, retrying in the background until
 /// every upstream has answered: nixcache serves what it has meanwhile.
 async fn learn_upstream_priorities(upstreams: Upstreams) {

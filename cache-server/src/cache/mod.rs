@@ -2,6 +2,7 @@
 //! narinfo lookups in [`narinfo`], NAR downloads and serving in [`nar`].
 
 mod access;
+pub mod fsck;
 pub mod gc;
 mod inflight;
 mod nar;

@@ -51,6 +51,8 @@ pub trait Database: Send + Sync + 'static {
     /// Checks the database answers.
     async fn ping(&self) -> Result<(), DbError>;
 
+    /// Every recorded NAR: (file, size).
+    async fn list_nars(&self) -> Result<Vec<(String, u64)>, DbError>;
     /// Number of stored NARs.
     async fn nar_count(&self) -> Result<u64, DbError>;
     /// Total size of the stored NARs (each counted once, however many narinfos refer to it).

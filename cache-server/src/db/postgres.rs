@@ -183,6 +183,17 @@ impl Database for PostgresDatabase {
             .map_err(q)
     }
 
+    async fn list_nars(&self) -> Result<Vec<(String, u64)>, DbError> {
+        let mut c = self.conn().await?;
+        nars::table
+            .order(nars::file.asc())
+            .select((nars::file, nars::size))
+            .load::<(String, i64)>(&mut c)
+            .await
+            .map(|v| v.into_iter().map(|(f, s)| (f, s.max(0) as u64)).collect())
+            .map_err(q)
+    }
+
     async fn nar_count(&self) -> Result<u64, DbError> {
         let mut c = self.conn().await?;
         nars::table

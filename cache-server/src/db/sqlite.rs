@@ -169,6 +169,17 @@ impl Database for SqliteDatabase {
             .await
     }
 
+    async fn list_nars(&self) -> Result<Vec<(String, u64)>, DbError> {
+        self.with(|c| {
+            nars::table
+                .order(nars::file.asc())
+                .select((nars::file, nars::size))
+                .load::<(String, i64)>(c)
+                .map(|v| v.into_iter().map(|(f, s)| (f, s.max(0) as u64)).collect())
+        })
+        .await
+    }
+
     async fn nar_count(&self) -> Result<u64, DbError> {
         self.with(|c| {
             nars::table

@@ -209,6 +209,27 @@ impl Storage for LocalStorage {
         result
     }
 
+    async fn list(&self, prefix: &str) -> Result<Vec<(String, u64)>, StorageError> {
+        let dir = self.path(prefix)?;
+        let mut out = Vec::new();
+        let mut entries = match tokio::fs::read_dir(&dir).await {
+            Ok(d) => d,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(out),
+            Err(e) => return Err(e.into()),
+        };
+        while let Some(entry) = entries.next_entry().await? {
+            let meta = entry.metadata().await?;
+            if meta.is_file() {
+                out.push((
+                    format!("{prefix}/{}", entry.file_name().to_string_lossy()),
+                    meta.len(),
+                ));
+            }
+        }
+        out.sort();
+        Ok(out)
+    }
+
     async fn delete(&self, key: &str) -> Result<(), StorageError> {
         match tokio::fs::remove_file(self.path(key)?).await {
             Ok(()) => Ok(()),

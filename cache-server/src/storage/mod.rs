@@ -74,6 +74,8 @@ pub trait Storage: Send + Sync + 'static {
     /// Stores a small object atomically.
     async fn put_bytes(&self, key: &str, data: Bytes) -> Result<(), StorageError>;
     async fn delete(&self, key: &str) -> Result<(), StorageError>;
+    /// Keys directly under a directory-like `prefix` (e.g. `nar`), with their sizes.
+    async fn list(&self, prefix: &str) -> Result<Vec<(String, u64)>, StorageError>;
 }
 
 /// Keys are relative paths of `[a-z0-9._-]` segments, never `.` or `..`: safe as file names and as
@@ -189,6 +191,13 @@ pub(crate) mod conformance {
             .expect("present");
         assert_eq!(read_all(o).await, b"two");
 
+        let listed = storage.list("nar").await.expect("list");
+        assert_eq!(listed, vec![("nar/x.nar.xz".to_string(), 100_000)]);
+        assert!(storage
+            .list("inflight")
+            .await
+            .expect("list of nothing")
+            .is_empty());
         storage.delete("narinfo/a.narinfo").await.expect("delete");
         storage
             .delete("narinfo/a.narinfo")

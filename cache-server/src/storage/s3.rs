@@ -163,6 +163,32 @@ impl Storage for S3Storage {
         Ok(())
     }
 
+    async fn list(&self, prefix: &str) -> Result<Vec<(String, u64)>, StorageError> {
+        let dir = self.path(prefix)?;
+        let strip = if self.prefix.is_empty() {
+            String::new()
+        } else {
+            format!("{}/", self.prefix)
+        };
+        let mut out: Vec<(String, u64)> = self
+            .store
+            .list(Some(&dir))
+            .map_ok(|meta| {
+                (
+                    meta.location
+                        .as_ref()
+                        .trim_start_matches(strip.as_str())
+                        .to_string(),
+                    meta.size,
+                )
+            })
+            .try_collect()
+            .await
+            .map_err(io)?;
+        out.sort();
+        Ok(out)
+    }
+
     async fn delete(&self, key: &str) -> Result<(), StorageError> {
         match self.store.delete(&self.path(key)?).await {
             Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),

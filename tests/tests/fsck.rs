@@ -1,0 +1,107 @@
+//! `nixcache fsck`: deliberately broken storage is found, repaired, and served correctly again.
+
+mod common;
+
+use common::{fixture, store_contents, Fixture, NixClient, Nixcache, StaticServer};
+
+fn fsck(data: &std::path::Path, key: &str, extra: &[&str]) -> (bool, String) {
+    let out = std::process::Command::new(common::nixcache_bin())
+        .arg("fsck")
+        .args(extra)
+        .arg("--data-dir")
+        .arg(data)
+        .args(["--upstream", "http://127.0.0.1:9", "--upstream-key", key])
+        .output()
+        .expect("nixcache fsck");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn fsck_finds_and_repairs_deleted_truncated_corrupt_and_orphaned_nars() {
+    let fx = fixture();
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let data = tmp.path().join("data");
+    let upstream = StaticServer::start(&fx.cache).await;
+    let cache = Nixcache::in_front_of(&data, &upstream.url, &fx.key, &[]).await;
+    let key = cache.public_key().await;
+    let mut nar_of = std::collections::BTreeMap::new();
+    for p in &fx.paths {
+        let text = reqwest::get(format!("{}/{}.narinfo", cache.url, Fixture::hash_of(p)))
+            .await
+            .expect("narinfo")
+            .text()
+            .await
+            .expect("body");
+        let url = Fixture::nar_url(&text);
+        reqwest::get(format!("{}/{url}", cache.url))
+            .await
+            .expect("nar")
+            .bytes()
+            .await
+            .expect("body");
+        nar_of.insert(p.clone(), data.join("store").join(url));
+    }
+    cache.kill();
+    let (ok, out) = fsck(&data, &fx.key, &["--deep"]);
+    assert!(ok, "a healthy cache: {out}");
+    assert!(out.contains("0 problem(s)"), "{out}");
+
+    let find = |part: &str| {
+        nar_of
+            .iter()
+            .find(|(p, _)| p.contains(part))
+            .map(|(_, f)| f.clone())
+            .expect(part)
+    };
+    std::fs::remove_file(find("-dep-")).expect("delete");
+    let big = find("-big-");
+    let len = std::fs::metadata(&big).expect("big").len();
+    std::fs::File::options()
+        .write(true)
+        .open(&big)
+        .expect("open")
+        .set_len(len / 2)
+        .expect("truncate");
+    let top = find("-top-");
+    let mut bytes = std::fs::read(&top).expect("top");
+    let mid = bytes.len() / 2;
+    bytes[mid] ^= 0xff;
+    std::fs::write(&top, bytes).expect("corrupt");
+    std::fs::write(
+        data.join("store/nar")
+            .join(format!("{}.nar.xz", "1".repeat(52))),
+        b"orphan",
+    )
+    .expect("orphan");
+
+    let (ok, out) = fsck(&data, &fx.key, &[]);
+    assert!(!ok, "problems must fail fsck: {out}");
+    for what in ["missing NAR", "size mismatch", "orphaned NAR"] {
+        assert!(out.contains(what), "{what} not reported: {out}");
+    }
+    assert!(
+        out.contains("3 problem(s)"),
+        "a corrupt NAR of the right size needs --deep: {out}"
+    );
+    let (ok, out) = fsck(&data, &fx.key, &["--deep"]);
+    assert!(
+        !ok && out.contains("hash mismatch") && out.contains("4 problem(s)"),
+        "{out}"
+    );
+    let (ok, out) = fsck(&data, &fx.key, &["--deep", "--repair"]);
+    assert!(ok, "{out}");
+    let (ok, out) = fsck(&data, &fx.key, &["--deep"]);
+    assert!(ok && out.contains("0 problem(s)"), "after repair: {out}");
+
+    // Served again: what was forgotten is fetched anew, and Nix verifies all of it.
+    let cache = Nixcache::in_front_of(&data, &upstream.url, &fx.key, &[]).await;
+    let store = tmp.path().join("store");
+    let out = NixClient::new()
+        .copy_closure(&cache.url, &store, fx.top(), &key)
+        .await;
+    assert!(out.success, "{}\n{}", out.stderr, cache.logs());
+    assert_eq!(store_contents(&store).len(), fx.paths.len());
+}
