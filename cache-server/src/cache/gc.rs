@@ -117,6 +117,9 @@ impl Cache {
         self.metrics.gc_last_duration.set(report.seconds);
         self.metrics.gc_evicted_bytes.inc_by(report.bytes_evicted);
         self.metrics.gc_evicted_nars.inc_by(report.nars_evicted);
+        self.metrics
+            .gc_evicted_narinfos
+            .inc_by(report.narinfos_evicted);
         info!(
             narinfos = report.narinfos_evicted,
             nars = report.nars_evicted,
