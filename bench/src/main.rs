@@ -228,8 +228,10 @@ async fn main() -> anyhow::Result<()> {
             );
             s.reset_peak_rss();
             for (w, n) in workers.iter().enumerate() {
-                nar[i][w]
-                    .push(measure::nar_throughput(&s.url, &data.entries, *n, args.seconds).await?);
+                nar[i][w].push(
+                    measure::nar_throughput(&s.url, &data.entries, *n, args.seconds, work.path())
+                        .await?,
+                );
             }
             peak_rss[i] = peak_rss[i].max(s.peak_rss().unwrap_or(0));
         }

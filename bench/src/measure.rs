@@ -1,6 +1,5 @@
 //! The measurements, each run the same way against every server.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -21,9 +20,6 @@ pub fn median(mut v: Vec<f64>) -> f64 {
         (v[m - 1] + v[m]) / 2.0
     }
 }
-
-/// Work index that tells NAR download workers to stop.
-const STOP: usize = usize::MAX / 2;
 
 fn client(max_idle: usize) -> anyhow::Result<reqwest::Client> {
     Ok(reqwest::Client::builder()
@@ -56,6 +52,73 @@ pub async fn narinfo_latency(base: &str, entries: &[Entry], seconds: f64) -> any
     Ok(median(times))
 }
 
+/// Runs wrk with `connections` connections for `seconds`, cycling over `paths`: (requests per
+/// second, bytes per second). Any non-2xx answer or socket error fails the run.
+async fn wrk(
+    base: &str,
+    paths: &[String],
+    connections: usize,
+    seconds: f64,
+    work: &std::path::Path,
+) -> anyhow::Result<(f64, f64)> {
+    let quoted: Vec<String> = paths.iter().map(|p| format!("\"{p}\"")).collect();
+    let script = work.join(format!("wrk-{}.lua", std::process::id()));
+    std::fs::write(
+        &script,
+        format!(
+            "local paths = {{{}}}\nlocal i = 0\nrequest = function()\n  i = i % #paths + 1\n  return wrk.format(\"GET\", paths[i])\nend\n",
+            quoted.join(",")
+        ),
+    )?;
+    let threads = connections.clamp(1, 2);
+    let out = tokio::process::Command::new("wrk")
+        .args([
+            format!("-t{threads}"),
+            format!("-c{connections}"),
+            format!("-d{}s", seconds.ceil() as u64),
+            "-s".into(),
+        ])
+        .arg(&script)
+        .arg(format!("{base}/"))
+        .output()
+        .await
+        .context("running wrk (apt-get install wrk)")?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    if !out.status.success() || text.contains("Non-2xx") || text.contains("Socket errors") {
+        bail!(
+            "wrk against {base} failed:\n{text}{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let field = |name: &str| {
+        text.lines()
+            .find_map(|l| l.trim().strip_prefix(name))
+            .map(str::trim)
+    };
+    let rps: f64 = field("Requests/sec:")
+        .and_then(|v| v.parse().ok())
+        .with_context(|| format!("no Requests/sec in wrk output:\n{text}"))?;
+    let transfer = field("Transfer/sec:")
+        .with_context(|| format!("no Transfer/sec in wrk output:\n{text}"))?;
+    // wrk prints binary units: 1.51GB, 281.16MB, 12.00KB, 100.00B.
+    let (number, unit) = transfer.split_at(
+        transfer
+            .find(|c: char| c.is_ascii_alphabetic())
+            .unwrap_or(transfer.len()),
+    );
+    let scale = match unit {
+        "GB" => 1u64 << 30,
+        "MB" => 1 << 20,
+        "KB" => 1 << 10,
+        _ => 1,
+    };
+    let bytes = number
+        .parse::<f64>()
+        .with_context(|| format!("bad Transfer/sec {transfer:?}"))?
+        * scale as f64;
+    Ok((rps, bytes))
+}
+
 /// narinfo requests per second with 64 connections (wrk, cycling over every narinfo).
 pub async fn narinfo_throughput(
     base: &str,
@@ -65,92 +128,23 @@ pub async fn narinfo_throughput(
 ) -> anyhow::Result<f64> {
     let paths: Vec<String> = entries
         .iter()
-        .map(|e| format!("\"/{}.narinfo\"", e.hash))
+        .map(|e| format!("/{}.narinfo", e.hash))
         .collect();
-    let script = work.join("narinfos.lua");
-    std::fs::write(
-        &script,
-        format!(
-            "local paths = {{{}}}\nlocal i = 0\nrequest = function()\n  i = i % #paths + 1\n  return wrk.format(\"GET\", paths[i])\nend\n\
-             response = function(status, headers, body)\n  if status ~= 200 then error(\"status \" .. status) end\nend\n",
-            paths.join(",")
-        ),
-    )?;
-    let out = tokio::process::Command::new("wrk")
-        .args(["-t2", "-c64", &format!("-d{seconds}s"), "-s"])
-        .arg(&script)
-        .arg(format!("{base}/"))
-        .output()
-        .await
-        .context("running wrk (apt-get install wrk)")?;
-    let text = String::from_utf8_lossy(&out.stdout);
-    if !out.status.success() || text.contains("Non-2xx") {
-        bail!(
-            "wrk against {base} failed:\n{text}{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-    text.lines()
-        .find_map(|l| l.strip_prefix("Requests/sec:"))
-        .and_then(|v| v.trim().parse().ok())
-        .with_context(|| format!("no Requests/sec in wrk output:\n{text}"))
+    Ok(wrk(base, &paths, 64, seconds as f64, work).await?.0)
 }
 
-/// Downloads every NAR with `workers` concurrent connections, all of them again and again for at
-/// least `seconds`: MiB/s.
+/// NAR throughput with `workers` connections (wrk, cycling over every NAR for `seconds`): MiB/s.
+/// A client written in C, so that the client's own CPU use (the cores are shared) disturbs the
+/// comparison as little as possible. Bodies were checked when nixcache was warmed.
 pub async fn nar_throughput(
     base: &str,
     entries: &[Entry],
     workers: usize,
     seconds: f64,
+    work: &std::path::Path,
 ) -> anyhow::Result<f64> {
-    let client = client(workers)?;
-    let next = Arc::new(AtomicUsize::new(0));
-    let entries: Arc<Vec<Entry>> = Arc::new(entries.to_vec());
-    let start = Instant::now();
-    let mut tasks = Vec::new();
-    for _ in 0..workers {
-        let (client, next, entries, base) = (
-            client.clone(),
-            next.clone(),
-            entries.clone(),
-            base.to_string(),
-        );
-        tasks.push(tokio::spawn(async move {
-            let mut bytes = 0u64;
-            loop {
-                let i = next.fetch_add(1, Ordering::Relaxed);
-                if i >= STOP {
-                    break;
-                }
-                // Whole passes over the data set only, so every size weighs the same in each run.
-                if i > 0 && i % entries.len() == 0 && start.elapsed().as_secs_f64() > seconds {
-                    next.store(STOP, Ordering::Relaxed);
-                    break;
-                }
-                let e = &entries[i % entries.len()];
-                let r = client.get(format!("{base}/{}", e.nar_url)).send().await?;
-                if r.status() != 200 {
-                    bail!("{base}/{} → {}", e.nar_url, r.status());
-                }
-                let mut body = r.bytes_stream();
-                let mut n = 0u64;
-                while let Some(chunk) = body.next().await {
-                    n += chunk?.len() as u64;
-                }
-                if n != e.file_size {
-                    bail!("{base}/{}: {n} bytes, expected {}", e.nar_url, e.file_size);
-                }
-                bytes += n;
-            }
-            Ok::<u64, anyhow::Error>(bytes)
-        }));
-    }
-    let mut total = 0;
-    for t in tasks {
-        total += t.await??;
-    }
-    Ok(total as f64 / (1 << 20) as f64 / start.elapsed().as_secs_f64())
+    let paths: Vec<String> = entries.iter().map(|e| format!("/{}", e.nar_url)).collect();
+    Ok(wrk(base, &paths, workers, seconds, work).await?.1 / (1 << 20) as f64)
 }
 
 /// `clients` concurrent clients each fetching every entry (narinfo, then NAR): total seconds and
