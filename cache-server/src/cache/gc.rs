@@ -37,7 +37,53 @@ pub enum GcError {
     Storage(#[from] crate::storage::StorageError),
 }
 
+fn report_swept(n: u64) {
+    if n > 0 {
+        info!(
+            parts = n,
+            "removed in-flight parts of downloads that are not running"
+        );
+    }
+}
+
 impl Cache {
+    /// Removes published parts (`inflight/<file>/<n>`) of downloads nobody is running any more
+    /// (their holder died): a part is only left alone while its NAR's lock is held.
+    async fn sweep_inflight(&self) -> Result<u64, GcError> {
+        let parts = self.storage.list("inflight").await?;
+        let mut by_file: std::collections::BTreeMap<String, Vec<String>> = Default::default();
+        for (key, _) in parts {
+            if let Some(file) = key
+                .strip_prefix("inflight/")
+                .and_then(|r| r.split('/').next())
+            {
+                by_file
+                    .entry(file.to_string())
+                    .or_default()
+                    .push(key.clone());
+            }
+        }
+        let mut removed = 0;
+        for (file, keys) in by_file {
+            let Some(guard) = self
+                .acquire(
+                    &format!("nar:{file}"),
+                    self.settings.lock_ttl,
+                    Duration::ZERO,
+                )
+                .await?
+            else {
+                continue;
+            };
+            for key in keys {
+                self.storage.delete(&key).await?;
+                removed += 1;
+            }
+            drop(guard);
+        }
+        Ok(removed)
+    }
+
     /// One eviction pass down to `max_size` bytes of NARs; `grace` between forgetting narinfos and
     /// deleting their NARs. Waits up to `lock_wait` for the `gc` lock, and holds it at least
     /// `min_hold`, so replicas woken by the same schedule tick run one pass between them.
@@ -53,6 +99,7 @@ impl Cache {
         let Some(guard) = self.acquire("gc", ttl, lock_wait).await? else {
             return Ok(GcReport::default());
         };
+        report_swept(self.sweep_inflight().await?);
         let size_before = self.db.total_nar_size().await?;
         let mut report = GcReport {
             ran: true,
@@ -133,5 +180,83 @@ impl Cache {
         }
         drop(guard);
         Ok(report)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use bytes::Bytes;
+
+    use super::*;
+    use crate::cache::CacheSettings;
+    use crate::db::SqliteDatabase;
+    use crate::lock::{LocalLock, Lock};
+    use crate::metrics::Metrics;
+    use crate::nix::SecretKey;
+    use crate::storage::{LocalStorage, Storage};
+    use crate::upstream::Upstreams;
+
+    #[tokio::test]
+    async fn sweeps_the_parts_of_dead_downloads_only() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let storage: Arc<dyn Storage> = Arc::new(
+            LocalStorage::open(dir.path().join("store"), true)
+                .await
+                .expect("storage"),
+        );
+        let db = Arc::new(
+            SqliteDatabase::open(&dir.path().join("db.sqlite"))
+                .await
+                .expect("db"),
+        );
+        let lock: Arc<dyn Lock> = Arc::new(LocalLock::new());
+        let settings = CacheSettings {
+            negative_ttl: Duration::from_secs(1),
+            memory_entries: 10,
+            memory_ttl: Duration::from_secs(1),
+            first_byte_timeout: Duration::from_secs(1),
+            stall_timeout: Duration::from_secs(1),
+            lock_ttl: Duration::from_secs(10),
+            staging_dir: dir.path().join("tmp"),
+            inflight_part_size: None,
+        };
+        let key = SecretKey::generate("t-1").expect("key");
+        let cache = Cache::new(
+            settings,
+            storage.clone(),
+            db,
+            lock.clone(),
+            Upstreams::new(vec![]),
+            key,
+            Metrics::new(),
+        );
+        for key in ["inflight/a.nar/0", "inflight/a.nar/1", "inflight/b.nar/0"] {
+            storage
+                .put_bytes(key, Bytes::from_static(b"part"))
+                .await
+                .expect("put");
+        }
+        // b's download is running (its lock is held); a's holder is gone.
+        let running = lock
+            .acquire("nar:b.nar", Duration::from_secs(10), Duration::ZERO)
+            .await
+            .expect("lock")
+            .expect("free");
+        let report = cache
+            .gc(u64::MAX, Duration::ZERO, Duration::ZERO, Duration::ZERO)
+            .await
+            .expect("gc");
+        assert!(report.ran);
+        let left: Vec<String> = storage
+            .list("inflight")
+            .await
+            .expect("list")
+            .into_iter()
+            .map(|(k, _)| k)
+            .collect();
+        assert_eq!(left, vec!["inflight/b.nar/0".to_string()]);
+        drop(running);
     }
 }

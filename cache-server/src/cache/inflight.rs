@@ -36,12 +36,42 @@ pub struct Publisher {
     published: u64,
     tx: Option<mpsc::UnboundedSender<(u64, Bytes)>>,
     task: Option<tokio::task::JoinHandle<u64>>,
+    storage: Arc<dyn Storage>,
+    file_name: String,
+}
+
+/// A download that ends without `finish` (failed, abandoned) takes its parts with it, once their
+/// uploads are done.
+impl Drop for Publisher {
+    fn drop(&mut self) {
+        let Some(task) = self.task.take() else { return };
+        self.tx = None;
+        let (storage, file_name, published) = (
+            self.storage.clone(),
+            std::mem::take(&mut self.file_name),
+            self.published,
+        );
+        if let Ok(rt) = tokio::runtime::Handle::try_current() {
+            rt.spawn(async move {
+                let uploaded = task.await.unwrap_or(published);
+                remove_parts(storage.as_ref(), &file_name, uploaded.max(published)).await;
+            });
+        }
+    }
+}
+
+async fn remove_parts(storage: &dyn Storage, file_name: &str, count: u64) {
+    for index in 0..count {
+        let _ = storage.delete(&part_key(file_name, index)).await;
+    }
 }
 
 impl Publisher {
     pub fn new(storage: Arc<dyn Storage>, file_name: String, part_size: u64) -> Self {
         let (tx, mut rx) = mpsc::unbounded_channel::<(u64, Bytes)>();
+        let (uploader_storage, uploader_name) = (storage.clone(), file_name.clone());
         let task = tokio::spawn(async move {
+            let (storage, file_name) = (uploader_storage, uploader_name);
             let mut uploaded = 0;
             while let Some((index, data)) = rx.recv().await {
                 if let Err(e) = storage.put_bytes(&part_key(&file_name, index), data).await {
@@ -58,6 +88,8 @@ impl Publisher {
             published: 0,
             tx: Some(tx),
             task: Some(task),
+            storage,
+            file_name,
         }
     }
 
@@ -87,15 +119,18 @@ impl Publisher {
 
     /// After the commit: waits for the uploads, then removes the parts (followers now read the
     /// committed object).
-    pub async fn finish(mut self, storage: &dyn Storage, file_name: &str) {
+    pub async fn finish(mut self) {
         self.tx = None;
         let uploaded = match self.task.take() {
             Some(t) => t.await.unwrap_or(self.published),
             None => self.published,
         };
-        for index in 0..uploaded.max(self.published) {
-            let _ = storage.delete(&part_key(file_name, index)).await;
-        }
+        remove_parts(
+            self.storage.as_ref(),
+            &self.file_name,
+            uploaded.max(self.published),
+        )
+        .await;
     }
 }
 
@@ -219,7 +254,7 @@ mod tests {
             .put_file("nar/x.nar.xz", &file)
             .await
             .expect("commit");
-        publisher.finish(storage.as_ref(), &name).await;
+        publisher.finish().await;
         let got = follower.await.expect("join").expect("stream");
         assert!(got.concat() == data);
         assert!(

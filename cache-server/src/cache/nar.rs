@@ -437,7 +437,7 @@ impl Cache {
         self.storage.put_file(&key, &path).await?;
         staged.0 = None;
         if let Some(p) = publisher {
-            p.finish(self.storage.as_ref(), &file.file_name()).await;
+            p.finish().await;
         }
         if let Err(e) = self.db.put_nar(&file.file_name(), size, unix_now()).await {
             // The NAR is committed and valid; only its bookkeeping row is missing.

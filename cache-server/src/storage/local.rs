@@ -210,20 +210,22 @@ impl Storage for LocalStorage {
     }
 
     async fn list(&self, prefix: &str) -> Result<Vec<(String, u64)>, StorageError> {
-        let dir = self.path(prefix)?;
         let mut out = Vec::new();
-        let mut entries = match tokio::fs::read_dir(&dir).await {
-            Ok(d) => d,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(out),
-            Err(e) => return Err(e.into()),
-        };
-        while let Some(entry) = entries.next_entry().await? {
-            let meta = entry.metadata().await?;
-            if meta.is_file() {
-                out.push((
-                    format!("{prefix}/{}", entry.file_name().to_string_lossy()),
-                    meta.len(),
-                ));
+        let mut dirs = vec![prefix.to_string()];
+        while let Some(dir) = dirs.pop() {
+            let mut entries = match tokio::fs::read_dir(self.path(&dir)?).await {
+                Ok(d) => d,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                Err(e) => return Err(e.into()),
+            };
+            while let Some(entry) = entries.next_entry().await? {
+                let key = format!("{dir}/{}", entry.file_name().to_string_lossy());
+                let meta = entry.metadata().await?;
+                if meta.is_dir() {
+                    dirs.push(key);
+                } else if meta.is_file() {
+                    out.push((key, meta.len()));
+                }
             }
         }
         out.sort();

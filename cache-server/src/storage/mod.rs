@@ -74,7 +74,7 @@ pub trait Storage: Send + Sync + 'static {
     /// Stores a small object atomically.
     async fn put_bytes(&self, key: &str, data: Bytes) -> Result<(), StorageError>;
     async fn delete(&self, key: &str) -> Result<(), StorageError>;
-    /// Keys directly under a directory-like `prefix` (e.g. `nar`), with their sizes.
+    /// Keys under a directory-like `prefix` (e.g. `nar`), at any depth, with their sizes.
     async fn list(&self, prefix: &str) -> Result<Vec<(String, u64)>, StorageError>;
 }
 
