@@ -33,14 +33,7 @@ pub fn nixcache_bin() -> PathBuf {
     bin
 }
 
-/// A free TCP port on 127.0.0.1.
-pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .expect("bind")
-        .local_addr()
-        .expect("addr")
-        .port()
-}
+pub use nixcache_tests::free_port;
 
 /// Kills the child process when dropped.
 pub struct KillOnDrop(pub Child);
