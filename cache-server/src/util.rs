@@ -21,3 +21,14 @@ pub fn unique_name() -> String {
     }
     n.iter().map(|b| format!("{b:02x}")).collect()
 }
+
+/// A request id: a random per-process prefix and a counter (24 hex digits): unique enough to
+/// find a request's lines in the logs of many replicas, and cheap on the hot path.
+pub fn request_id() -> String {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    use std::sync::OnceLock;
+    static PREFIX: OnceLock<String> = OnceLock::new();
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let prefix = PREFIX.get_or_init(|| unique_name()[..8].to_string());
+    format!("{prefix}{:016x}", COUNTER.fetch_add(1, Ordering::Relaxed))
+}

@@ -80,7 +80,7 @@ pub async fn count_requests(
                 && v.len() <= 64
                 && v.bytes().all(|c| c.is_ascii_alphanumeric() || c == b'-')
         })
-        .map_or_else(crate::util::unique_name, str::to_string);
+        .map_or_else(crate::util::request_id, str::to_string);
     let path: String = req.path().chars().take(200).collect();
     let span = tracing::info_span!("request", id = %id, method, path = %path);
     let mut res = tracing::Instrument::instrument(next.call(req), span).await?;
