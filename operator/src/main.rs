@@ -1,7 +1,17 @@
-//! The nixcache operator: reconciles `NixCache` resources. Not implemented yet; this binary only
-//! reports that, so the workspace layout is in place for it.
+//! `nixcache-operator`: `crd` prints the `NixCache` CustomResourceDefinition. Reconciling is not
+//! implemented yet.
 
-fn main() {
-    eprintln!("nixcache-operator: not implemented yet");
-    std::process::exit(2);
+use std::process::ExitCode;
+
+fn main() -> ExitCode {
+    match std::env::args().nth(1).as_deref() {
+        Some("crd") => {
+            print!("{}", nixcache_operator::crd::crd_json());
+            ExitCode::SUCCESS
+        }
+        _ => {
+            eprintln!("usage: nixcache-operator crd   (reconciling is not implemented yet)");
+            ExitCode::from(2)
+        }
+    }
 }

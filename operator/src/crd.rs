@@ -1,0 +1,267 @@
+//! `NixCache` (`nixcache.io/v1alpha1`): one cache — its replicas, upstreams, storage, database,
+//! Redis, signing key, GC and service — and what the operator reports back in its status.
+
+use kube::CustomResource;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+#[derive(CustomResource, Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
+#[kube(
+    group = "nixcache.io",
+    version = "v1alpha1",
+    kind = "NixCache",
+    plural = "nixcaches",
+    shortname = "nc",
+    namespaced,
+    status = "NixCacheStatus",
+    printcolumn = r#"{"name":"Replicas","type":"integer","jsonPath":".spec.replicas"}"#,
+    printcolumn = r#"{"name":"Ready","type":"integer","jsonPath":".status.readyReplicas"}"#,
+    printcolumn = r#"{"name":"URL","type":"string","jsonPath":".status.url"}"#,
+    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
+)]
+#[serde(rename_all = "camelCase")]
+pub struct NixCacheSpec {
+    /// Replicas of the cache server. More than one needs PostgreSQL, S3 and Redis.
+    #[serde(default = "one")]
+    #[schemars(range(min = 0))]
+    pub replicas: i32,
+    /// Container image with the `nixcache` binary; the operator's own version when unset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image: Option<String>,
+    /// Upstream caches; cache.nixos.org with its key when empty.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub upstreams: Vec<UpstreamSpec>,
+    /// Where NARs are kept: a volume of its own, or an S3 bucket.
+    #[serde(default)]
+    pub storage: StorageSpec,
+    /// Metadata: SQLite on the storage volume when unset, else PostgreSQL.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub database: Option<DatabaseSpec>,
+    /// Redis masters for locks shared by replicas (`redis://HOST:PORT`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub redis: Vec<String>,
+    /// The signing key; generated once into a Secret when unset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signing_key: Option<SigningKeySpec>,
+    /// LRU cleanup.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gc: Option<GcSpec>,
+    /// Resources of each server container.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resources: Option<k8s_openapi::api::core::v1::ResourceRequirements>,
+    #[serde(default)]
+    pub service: ServiceSpec,
+    /// Priority announced in nix-cache-info (lower is preferred).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub priority: Option<u32>,
+}
+
+fn one() -> i32 {
+    1
+}
+
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct UpstreamSpec {
+    pub url: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub priority: Option<u32>,
+    /// Keys (`name:base64`) trusted to sign this upstream's narinfos.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub public_keys: Vec<String>,
+}
+
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct StorageSpec {
+    /// A PersistentVolumeClaim of this size (e.g. `50Gi`) for one replica.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub volume_size: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub s3: Option<S3Spec>,
+}
+
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct S3Spec {
+    pub bucket: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prefix: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub endpoint: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub region: Option<String>,
+    /// Secret with `AWS_ACCESS_KEY_ID` and `AWS_SECRET_ACCESS_KEY`.
+    pub credentials_secret: String,
+}
+
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct DatabaseSpec {
+    /// The key of a Secret holding a `postgres://` URL.
+    pub postgres_url_secret: SecretKeyRef,
+}
+
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SecretKeyRef {
+    pub name: String,
+    pub key: String,
+}
+
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SigningKeySpec {
+    /// An existing Secret whose `secret-key` holds the key in Nix's format; used as is.
+    pub secret_name: String,
+}
+
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct GcSpec {
+    /// Size limit of the stored NARs, e.g. `50G`.
+    pub max_size: String,
+    /// Cron schedule, e.g. `0 * * * *`.
+    pub schedule: String,
+}
+
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ServiceSpec {
+    #[serde(default = "default_port")]
+    pub port: i32,
+    /// `ClusterIP`, `NodePort` or `LoadBalancer`.
+    #[serde(default = "default_service_type", rename = "type")]
+    pub type_: String,
+}
+
+impl Default for ServiceSpec {
+    fn default() -> Self {
+        Self {
+            port: default_port(),
+            type_: default_service_type(),
+        }
+    }
+}
+
+fn default_port() -> i32 {
+    80
+}
+
+fn default_service_type() -> String {
+    "ClusterIP".to_string()
+}
+
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct NixCacheStatus {
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub conditions: Vec<Condition>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ready_replicas: Option<i32>,
+    /// What clients put in `trusted-public-keys`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub public_key: Option<String>,
+    /// The in-cluster substituter URL.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub url: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gc: Option<GcStatus>,
+}
+
+/// A status condition (Ready, Progressing, Degraded), as Kubernetes conditions are written.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Condition {
+    #[serde(rename = "type")]
+    pub type_: String,
+    /// `True`, `False` or `Unknown`.
+    pub status: String,
+    pub reason: String,
+    pub message: String,
+    pub last_transition_time: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+}
+
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct GcStatus {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_schedule_time: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_success_time: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_result: Option<String>,
+}
+
+/// The CRD as JSON (valid YAML too), as committed in `crds/`.
+pub fn crd_json() -> String {
+    use kube::CustomResourceExt;
+    let mut s = serde_json::to_string_pretty(&NixCache::crd()).unwrap_or_default();
+    s.push('\n');
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use kube::CustomResourceExt;
+
+    #[test]
+    fn the_crd_names_and_columns() {
+        let crd = NixCache::crd();
+        assert_eq!(crd.spec.group, "nixcache.io");
+        assert_eq!(crd.spec.names.kind, "NixCache");
+        assert_eq!(crd.spec.names.short_names, Some(vec!["nc".to_string()]));
+        assert_eq!(crd.spec.scope, "Namespaced");
+        let v = &crd.spec.versions[0];
+        assert_eq!(v.name, "v1alpha1");
+        assert!(
+            v.subresources
+                .as_ref()
+                .and_then(|s| s.status.as_ref())
+                .is_some(),
+            "status subresource"
+        );
+        let columns: Vec<&str> = v
+            .additional_printer_columns
+            .iter()
+            .flatten()
+            .map(|c| c.name.as_str())
+            .collect();
+        assert_eq!(columns, ["Replicas", "Ready", "URL", "Age"]);
+    }
+
+    #[test]
+    fn committed_crd_is_current() {
+        let committed = include_str!("../../crds/nixcaches.nixcache.io.json");
+        assert!(committed == crd_json(), "crds/ drifted from the Rust types: run `cargo run -p nixcache-operator -- crd > crds/nixcaches.nixcache.io.json`");
+    }
+
+    #[test]
+    fn a_minimal_spec_takes_defaults_and_an_ha_spec_reads_back() {
+        let minimal: NixCacheSpec = serde_json::from_str("{}").expect("minimal");
+        assert_eq!(minimal.replicas, 1);
+        assert_eq!(
+            minimal.service,
+            ServiceSpec {
+                port: 80,
+                type_: "ClusterIP".into()
+            }
+        );
+        let ha = r#"{"replicas":3,"upstreams":[{"url":"https://cache.nixos.org","priority":40}],
+            "storage":{"s3":{"bucket":"nix","endpoint":"http://seaweedfs:8333","credentialsSecret":"s3"}},
+            "database":{"postgresUrlSecret":{"name":"pg","key":"url"}},
+            "redis":["redis://r1:6379","redis://r2:6379","redis://r3:6379"],
+            "gc":{"maxSize":"50G","schedule":"0 * * * *"}}"#;
+        let spec: NixCacheSpec = serde_json::from_str(ha).expect("ha");
+        assert_eq!(spec.replicas, 3);
+        assert_eq!(spec.redis.len(), 3);
+        let again: NixCacheSpec =
+            serde_json::from_str(&serde_json::to_string(&spec).expect("ser")).expect("de");
+        assert_eq!(again, spec);
+    }
+}
