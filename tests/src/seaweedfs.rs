@@ -16,7 +16,20 @@ pub struct SeaweedFs {
 }
 
 impl SeaweedFs {
+    /// Starts a server; tries again with other ports when one it was given got taken meanwhile
+    /// (ports are picked free, then bound by `weed`: another process can come in between).
     pub fn start() -> Self {
+        let mut last = String::new();
+        for _ in 0..4 {
+            match Self::try_start() {
+                Ok(s) => return s,
+                Err(e) => last = e,
+            }
+        }
+        panic!("SeaweedFS did not start:\n{last}");
+    }
+
+    fn try_start() -> Result<Self, String> {
         let dir = tempfile::Builder::new()
             .prefix("nixcache-s3")
             .tempdir()
@@ -71,11 +84,11 @@ impl SeaweedFs {
             _dir: dir,
             child,
         };
-        server.wait_ready();
-        server
+        server.wait_ready()?;
+        Ok(server)
     }
 
-    fn wait_ready(&mut self) {
+    fn wait_ready(&mut self) -> Result<(), String> {
         let start = Instant::now();
         let url = format!("{}/{BUCKET}", self.endpoint);
         loop {
@@ -87,13 +100,14 @@ impl SeaweedFs {
             if let Ok(out) = out {
                 let code = String::from_utf8_lossy(&out.stdout).to_string();
                 if code == "403" || code == "200" {
-                    return;
+                    return Ok(());
                 }
             }
             if let Ok(Some(status)) = self.child.try_wait() {
                 let log =
                     std::fs::read_to_string(self._dir.path().join("weed.log")).unwrap_or_default();
-                panic!("weed exited with {status}:\n{log}");
+                let log: String = log.chars().take(2000).collect();
+                return Err(format!("weed exited with {status}:\n{log}"));
             }
             assert!(
                 start.elapsed() < Duration::from_secs(60),

@@ -79,6 +79,17 @@ impl Nixcache {
     }
 
     pub async fn start_with_env(data_dir: &Path, args: &[&str], env: &[(&str, &str)]) -> Self {
+        // The port is picked free and then bound by the server: another process may take it in
+        // between, so a start that fails to listen is tried again on another port.
+        for _ in 0..3 {
+            if let Some(server) = Self::try_start(data_dir, args, env).await {
+                return server;
+            }
+        }
+        panic!("nixcache could not listen on a free port three times");
+    }
+
+    async fn try_start(data_dir: &Path, args: &[&str], env: &[(&str, &str)]) -> Option<Self> {
         let port = free_port();
         std::fs::create_dir_all(data_dir).expect("data dir");
         let log = data_dir.with_extension(format!("{port}.log"));
@@ -108,7 +119,11 @@ impl Nixcache {
                 }
             }
             if let Ok(Some(status)) = process.0.try_wait() {
-                panic!("nixcache exited with {status}:\n{}", logs());
+                let text = logs();
+                if text.contains("listening on") && text.contains("in use") {
+                    return None;
+                }
+                panic!("nixcache exited with {status}:\n{text}");
             }
             assert!(
                 start.elapsed() < Duration::from_secs(20),
@@ -117,13 +132,13 @@ impl Nixcache {
             );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
-        Self {
+        Some(Self {
             url,
             port,
             data_dir: data_dir.to_path_buf(),
             log,
             process,
-        }
+        })
     }
 
     /// Starts nixcache in front of the given upstream URL, trusting the fixture's upstream key.
