@@ -60,11 +60,23 @@ impl Postgres {
                 .arg(dir.path().join("data"))
                 .args(["-U", "postgres", "--auth=trust", "--no-sync"]),
         );
-        let pg = Self {
+        let mut pg = Self {
             dir,
             bin,
             port: crate::free_port(),
         };
+        // The port is picked free, then bound by the server: another process may take it in
+        // between, so try again on another one.
+        for _ in 0..3 {
+            if pg
+                .start_command()
+                .output()
+                .is_ok_and(|o| o.status.success())
+            {
+                return pg;
+            }
+            pg.port = crate::free_port();
+        }
         pg.resume();
         pg
     }
@@ -112,20 +124,22 @@ impl Postgres {
     }
 
     pub fn resume(&self) {
+        run("pg_ctl start", &mut self.start_command());
+    }
+
+    fn start_command(&self) -> Command {
         let opts = format!(
             "-p {} -k {} -c listen_addresses=127.0.0.1 -c fsync=off",
             self.port,
             self.dir.path().display()
         );
-        run(
-            "pg_ctl start",
-            as_postgres(&self.bin, "pg_ctl")
-                .arg("-D")
-                .arg(self.dir.path().join("data"))
-                .args(["-o", &opts, "-w", "-l"])
-                .arg(self.dir.path().join("log"))
-                .arg("start"),
-        );
+        let mut cmd = as_postgres(&self.bin, "pg_ctl");
+        cmd.arg("-D")
+            .arg(self.dir.path().join("data"))
+            .args(["-o", &opts, "-w", "-l"])
+            .arg(self.dir.path().join("log"))
+            .arg("start");
+        cmd
     }
 }
 

@@ -14,6 +14,14 @@ impl Redis {
             port: crate::free_port(),
             child: None,
         };
+        // A picked free port may be taken before the server binds it: try another one.
+        for _ in 0..3 {
+            if r.try_resume() {
+                return r;
+            }
+            r.stop();
+            r.port = crate::free_port();
+        }
         r.resume();
         r
     }
@@ -31,6 +39,14 @@ impl Redis {
     }
 
     pub fn resume(&mut self) {
+        assert!(
+            self.try_resume(),
+            "redis-server did not start on port {}",
+            self.port
+        );
+    }
+
+    fn try_resume(&mut self) -> bool {
         let child = Command::new("redis-server")
             .args([
                 "--port",
@@ -53,12 +69,16 @@ impl Redis {
         self.child = Some(child);
         let start = Instant::now();
         while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
-            assert!(
-                start.elapsed() < Duration::from_secs(10),
-                "redis-server did not start"
-            );
+            let exited = self
+                .child
+                .as_mut()
+                .is_some_and(|c| matches!(c.try_wait(), Ok(Some(_))));
+            if exited || start.elapsed() > Duration::from_secs(10) {
+                return false;
+            }
             std::thread::sleep(Duration::from_millis(10));
         }
+        true
     }
 }
 
