@@ -106,17 +106,7 @@ async fn a_key_from_nixcache_keygen_is_trusted_by_nix() {
     let fx = fixture();
     let tmp = tempfile::tempdir().expect("tempdir");
     let secret = tmp.path().join("key.sec");
-    let out = std::process::Command::new(common::nixcache_bin())
-        .args(["keygen", "--name", "ci-cache-1", "--secret-key-file"])
-        .arg(&secret)
-        .output()
-        .expect("keygen");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let public = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    let public = common::keygen("ci-cache-1", &secret);
     assert!(public.starts_with("ci-cache-1:"));
 
     let upstream = StaticServer::start(&fx.cache).await;

@@ -23,12 +23,7 @@ impl Cluster {
     fn start() -> Self {
         let tmp = tempfile::tempdir().expect("tempdir");
         let key_file = tmp.path().join("signing.sec");
-        let out = std::process::Command::new(common::nixcache_bin())
-            .args(["keygen", "--name", "cluster-1", "--secret-key-file"])
-            .arg(&key_file)
-            .output()
-            .expect("keygen");
-        assert!(out.status.success());
+        common::keygen("cluster-1", &key_file);
         Self {
             pg: Postgres::start(),
             s3: SeaweedFs::start(),

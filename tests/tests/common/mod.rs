@@ -35,6 +35,21 @@ pub fn nixcache_bin() -> PathBuf {
 
 pub use nixcache_tests::free_port;
 
+/// Runs `nixcache keygen --name NAME --secret-key-file PATH`; returns the public key it prints.
+pub fn keygen(name: &str, secret: &Path) -> String {
+    let out = Command::new(nixcache_bin())
+        .args(["keygen", "--name", name, "--secret-key-file"])
+        .arg(secret)
+        .output()
+        .expect("keygen");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
 /// Kills the child process when dropped.
 pub struct KillOnDrop(pub Child);
 
