@@ -1,7 +1,7 @@
 //! `NixCache` (`nixcache.io/v1alpha1`): one cache — its replicas, upstreams, storage, database,
 //! Redis, signing key, GC and service — and what the operator reports back in its status.
 
-use kube::CustomResource;
+use kube::{CustomResource, CustomResourceExt};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
@@ -112,44 +112,72 @@ pub struct SecretKeyRef {
 #[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct SigningKeySpec {
-    /// An existing Secret whose `secret-key` holds the key in Nix's format; used as is.
+    /// An existing Secret whose `secret-key` holds the key in Nix's format
+    /// (`NAME:BASE64`, as `nix-store --generate-binary-cache-key` writes it); used as is.
     pub secret_name: String,
 }
 
 #[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct GcSpec {
-    /// Size limit of the stored NARs, e.g. `50G`.
+    /// Size limit of the stored NARs, e.g. `50G` or `500MiB`.
     pub max_size: String,
-    /// Cron schedule, e.g. `0 * * * *`.
+    /// Cron schedule (`MIN HOUR DOM MON DOW`, or with seconds first), e.g. `0 * * * *`.
     pub schedule: String,
+    /// Finished GC Jobs that succeeded kept for inspection.
+    #[serde(default = "three")]
+    #[schemars(range(min = 0, max = 100))]
+    pub successful_jobs_history_limit: i32,
+    /// Finished GC Jobs that failed kept for inspection.
+    #[serde(default = "one")]
+    #[schemars(range(min = 0, max = 100))]
+    pub failed_jobs_history_limit: i32,
+}
+
+fn three() -> i32 {
+    3
 }
 
 #[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct ServiceSpec {
     #[serde(default = "default_port")]
+    #[schemars(range(min = 1, max = 65535))]
     pub port: i32,
-    /// `ClusterIP`, `NodePort` or `LoadBalancer`.
-    #[serde(default = "default_service_type", rename = "type")]
-    pub type_: String,
+    #[serde(default, rename = "type")]
+    pub type_: ServiceType,
+}
+
+/// How the Service is exposed.
+#[derive(Deserialize, Serialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+pub enum ServiceType {
+    #[default]
+    ClusterIP,
+    NodePort,
+    LoadBalancer,
+}
+
+impl ServiceType {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::ClusterIP => "ClusterIP",
+            Self::NodePort => "NodePort",
+            Self::LoadBalancer => "LoadBalancer",
+        }
+    }
 }
 
 impl Default for ServiceSpec {
     fn default() -> Self {
         Self {
             port: default_port(),
-            type_: default_service_type(),
+            type_: ServiceType::default(),
         }
     }
 }
 
 fn default_port() -> i32 {
     80
-}
-
-fn default_service_type() -> String {
-    "ClusterIP".to_string()
 }
 
 #[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
@@ -172,7 +200,7 @@ pub struct NixCacheStatus {
 }
 
 /// A status condition (Ready, Progressing, Degraded), as Kubernetes conditions are written.
-#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Condition {
     #[serde(rename = "type")]
@@ -193,13 +221,16 @@ pub struct GcStatus {
     pub last_schedule_time: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_success_time: Option<String>,
+    /// `Succeeded`, `Failed`, `Running` or `Skipped`, with the Job's name.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_result: Option<String>,
+    /// The GC Job that has not finished yet, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub active_job: Option<String>,
 }
 
 /// The CRD as JSON (valid YAML too), as committed in `crds/`.
 pub fn crd_json() -> String {
-    use kube::CustomResourceExt;
     let mut s = serde_json::to_string_pretty(&NixCache::crd()).unwrap_or_default();
     s.push('\n');
     s
@@ -208,7 +239,6 @@ pub fn crd_json() -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use kube::CustomResourceExt;
 
     #[test]
     fn the_crd_names_and_columns() {
@@ -239,6 +269,8 @@ mod tests {
     fn committed_crd_is_current() {
         let committed = include_str!("../../crds/nixcaches.nixcache.io.json");
         assert!(committed == crd_json(), "crds/ drifted from the Rust types: run `cargo run -p nixcache-operator -- crd > crds/nixcaches.nixcache.io.json`");
+        let chart = include_str!("../../charts/nixcache-operator/crds/nixcaches.nixcache.io.yaml");
+        assert!(chart == committed, "the chart's CRD drifted: copy crds/nixcaches.nixcache.io.json to charts/nixcache-operator/crds/nixcaches.nixcache.io.yaml");
     }
 
     #[test]
@@ -249,7 +281,7 @@ mod tests {
             minimal.service,
             ServiceSpec {
                 port: 80,
-                type_: "ClusterIP".into()
+                type_: ServiceType::ClusterIP
             }
         );
         let ha = r#"{"replicas":3,"upstreams":[{"url":"https://cache.nixos.org","priority":40}],

@@ -1,17 +1,42 @@
-//! `nixcache-operator`: `crd` prints the `NixCache` CustomResourceDefinition. Reconciling is not
-//! implemented yet.
+//! `nixcache-operator`: `run` reconciles NixCache resources (in a cluster, or from outside with a
+//! kubeconfig); `crd` prints the CustomResourceDefinition.
 
 use std::process::ExitCode;
 
-fn main() -> ExitCode {
-    match std::env::args().nth(1).as_deref() {
-        Some("crd") => {
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(
+    name = "nixcache-operator",
+    version,
+    about = "Kubernetes operator for nixcache"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Reconcile NixCache resources until SIGTERM.
+    Run(nixcache_operator::run::RunArgs),
+    /// Print the NixCache CustomResourceDefinition (JSON, which is also YAML).
+    Crd,
+}
+
+#[actix_web::main]
+async fn main() -> ExitCode {
+    match Cli::parse().command {
+        Command::Crd => {
             print!("{}", nixcache_operator::crd::crd_json());
             ExitCode::SUCCESS
         }
-        _ => {
-            eprintln!("usage: nixcache-operator crd   (reconciling is not implemented yet)");
-            ExitCode::from(2)
-        }
+        Command::Run(args) => match nixcache_operator::run::run(args).await {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("nixcache-operator: {e:#}");
+                ExitCode::FAILURE
+            }
+        },
     }
 }

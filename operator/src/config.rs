@@ -1,0 +1,361 @@
+//! A `NixCache` spec as the server's own configuration type ([`nixcache::config::ServeArgs`]),
+//! rendered into the ConfigMap, and the checks that reject a spec before any child changes.
+//!
+//! Secrets stay out of the rendered file: the PostgreSQL URL and the S3 credentials reach the
+//! server as environment variables taken from their Secrets, the signing key as a mounted file.
+
+use std::path::PathBuf;
+
+use nixcache::config::{HumanDuration, LogFormat, ServeArgs};
+use nixcache::nix::PublicKey;
+
+use crate::crd::{NixCache, NixCacheSpec, UpstreamSpec};
+
+/// Where the ConfigMap is mounted in the server container.
+pub const CONFIG_DIR: &str = "/etc/nixcache";
+pub const CONFIG_FILE: &str = "config.toml";
+/// Where the signing key Secret is mounted, and the Secret's key that holds it.
+pub const KEY_DIR: &str = "/etc/nixcache/signing-key";
+pub const KEY_FILE: &str = "secret-key";
+/// The data volume (SQLite and NARs when storage is local).
+pub const DATA_DIR: &str = "/var/lib/nixcache";
+/// The port the server listens on inside the pod.
+pub const SERVER_PORT: u16 = 8080;
+
+/// Why a spec was rejected; the message goes into the Degraded condition.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct InvalidSpec(pub String);
+
+fn invalid(message: impl Into<String>) -> InvalidSpec {
+    InvalidSpec(message.into())
+}
+
+/// The server's settings for this cache. `gc-schedule` is left out when the operator runs GC as
+/// Jobs (see [`gc_runs_as_jobs`]); the server then only knows the size limit, for `nixcache gc`.
+pub fn render(nc: &NixCache) -> ServeArgs {
+    let spec = &nc.spec;
+    let mut args = ServeArgs {
+        listen: Some(std::net::SocketAddr::from(([0, 0, 0, 0], SERVER_PORT))),
+        data_dir: Some(PathBuf::from(DATA_DIR)),
+        upstreams: spec.upstreams.iter().map(upstream_spec).collect(),
+        signing_key_file: Some(PathBuf::from(format!("{KEY_DIR}/{KEY_FILE}"))),
+        priority: spec.priority,
+        log_format: Some(LogFormat::Json),
+        redis: spec.redis.clone(),
+        max_size: spec.gc.as_ref().map(|gc| gc.max_size.clone()),
+        shutdown_timeout: Some(HumanDuration(std::time::Duration::from_secs(25))),
+        ..ServeArgs::default()
+    };
+    if let Some(s3) = &spec.storage.s3 {
+        args.storage_url = Some(match s3.prefix.as_deref().map(|p| p.trim_matches('/')) {
+            Some(prefix) if !prefix.is_empty() => format!("s3://{}/{prefix}", s3.bucket),
+            _ => format!("s3://{}", s3.bucket),
+        });
+        args.s3_endpoint = s3.endpoint.clone();
+        args.s3_region = s3.region.clone();
+    }
+    if !gc_runs_as_jobs(spec) {
+        args.gc_schedule = spec.gc.as_ref().map(|gc| gc.schedule.clone());
+    }
+    args
+}
+
+/// The rendered configuration file.
+pub fn render_toml(nc: &NixCache) -> String {
+    // ServeArgs is plain strings, numbers and lists: serializing it cannot fail.
+    toml::to_string(&render(nc)).unwrap_or_default()
+}
+
+/// GC runs as operator-created Jobs when a Job's pod can reach the cache's data: shared storage
+/// and database (S3 + PostgreSQL), or a PersistentVolumeClaim it mounts too. A cache on an
+/// `emptyDir` has no such thing; its server runs GC itself on the schedule.
+pub fn gc_runs_as_jobs(spec: &NixCacheSpec) -> bool {
+    spec.gc.is_some()
+        && ((spec.storage.s3.is_some() && spec.database.is_some())
+            || spec.storage.volume_size.is_some())
+}
+
+fn upstream_spec(u: &UpstreamSpec) -> String {
+    let mut s = u.url.trim().to_string();
+    if let Some(p) = u.priority {
+        s.push_str(&format!(",priority={p}"));
+    }
+    for k in &u.public_keys {
+        s.push_str(&format!(",key={}", k.trim()));
+    }
+    s
+}
+
+/// Checks a spec as far as it can be checked without the API server: the replica rules, the
+/// shapes of sizes and names, and the rendered configuration through the server's own parser.
+pub fn validate(nc: &NixCache) -> Result<(), InvalidSpec> {
+    let spec = &nc.spec;
+    if spec.replicas > 1 {
+        let mut missing = Vec::new();
+        if spec.database.is_none() {
+            missing.push("PostgreSQL (spec.database)");
+        }
+        if spec.storage.s3.is_none() {
+            missing.push("S3 storage (spec.storage.s3)");
+        }
+        if spec.redis.is_empty() {
+            missing.push("Redis (spec.redis)");
+        }
+        if !missing.is_empty() {
+            return Err(invalid(format!(
+                "{} replicas share their work only through {}: set them or use 1 replica",
+                spec.replicas,
+                missing.join(", ")
+            )));
+        }
+    }
+    if spec.storage.s3.is_some() && spec.storage.volume_size.is_some() {
+        return Err(invalid(
+            "spec.storage: set either volumeSize or s3, not both",
+        ));
+    }
+    if let Some(size) = &spec.storage.volume_size {
+        if !is_quantity(size) {
+            return Err(invalid(format!(
+                "spec.storage.volumeSize {size:?} is not a size (write e.g. 50Gi)"
+            )));
+        }
+    }
+    if spec.replicas > 1 && spec.storage.volume_size.is_some() {
+        return Err(invalid(
+            "spec.storage.volumeSize serves one replica only; use S3 for more",
+        ));
+    }
+    if let Some(s3) = &spec.storage.s3 {
+        if s3.bucket.trim().is_empty() || s3.bucket.contains('/') {
+            return Err(invalid(format!(
+                "spec.storage.s3.bucket {:?} is not a bucket name",
+                s3.bucket
+            )));
+        }
+        if !is_name(&s3.credentials_secret) {
+            return Err(invalid(format!(
+                "spec.storage.s3.credentialsSecret {:?} is not a Secret name",
+                s3.credentials_secret
+            )));
+        }
+        if let Some(endpoint) = &s3.endpoint {
+            if !(endpoint.starts_with("http://") || endpoint.starts_with("https://")) {
+                return Err(invalid(format!(
+                    "spec.storage.s3.endpoint {endpoint:?} is not an http(s) URL"
+                )));
+            }
+        }
+    }
+    if let Some(db) = &spec.database {
+        let r = &db.postgres_url_secret;
+        if !is_name(&r.name) || r.key.trim().is_empty() {
+            return Err(invalid(
+                "spec.database.postgresUrlSecret needs a Secret name and key",
+            ));
+        }
+    }
+    if let Some(key) = &spec.signing_key {
+        if !is_name(&key.secret_name) {
+            return Err(invalid(format!(
+                "spec.signingKey.secretName {:?} is not a Secret name",
+                key.secret_name
+            )));
+        }
+    }
+    if let Some(image) = &spec.image {
+        if image.trim().is_empty() || image.contains(char::is_whitespace) {
+            return Err(invalid(format!("spec.image {image:?} is not an image")));
+        }
+    }
+    for (i, u) in spec.upstreams.iter().enumerate() {
+        if u.url.contains(',') {
+            return Err(invalid(format!(
+                "spec.upstreams[{i}].url {:?} must not contain ','",
+                u.url
+            )));
+        }
+        for k in &u.public_keys {
+            PublicKey::parse(k.trim()).map_err(|e| {
+                invalid(format!(
+                    "spec.upstreams[{i}].publicKeys: {:?}: {e}",
+                    k.split(':').next().unwrap_or_default()
+                ))
+            })?;
+        }
+    }
+    // The server's own parser decides the rest (URLs, sizes, the cron schedule), with its
+    // messages. The schedule is checked even when the operator, not the server, runs it.
+    let mut args = render(nc);
+    if let Some(gc) = &spec.gc {
+        args.gc_schedule = Some(gc.schedule.clone());
+    }
+    // The database URL is a Secret's value; a placeholder of the right shape stands in for it.
+    if spec.database.is_some() {
+        args.database_url = Some("postgres://nixcache@postgres/nixcache".into());
+    }
+    args.resolve()
+        .map(|_| ())
+        .map_err(|e| invalid(format!("spec: {e}")))
+}
+
+/// A DNS-1123 subdomain, as Secret names are.
+fn is_name(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 253
+        && s.split('.').all(|part| {
+            !part.is_empty()
+                && part
+                    .chars()
+                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+                && !part.starts_with('-')
+                && !part.ends_with('-')
+        })
+}
+
+/// A Kubernetes quantity as storage sizes are written: digits, an optional fraction, a suffix.
+fn is_quantity(s: &str) -> bool {
+    let number_end = s
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(s.len());
+    let (number, suffix) = s.split_at(number_end);
+    let number_ok = !number.is_empty()
+        && number.matches('.').count() <= 1
+        && !number.starts_with('.')
+        && !number.ends_with('.');
+    number_ok
+        && [
+            "", "Ki", "Mi", "Gi", "Ti", "Pi", "Ei", "k", "M", "G", "T", "P", "E",
+        ]
+        .contains(&suffix)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::crd::NixCache;
+
+    fn cache(spec: serde_json::Value) -> NixCache {
+        let mut nc = NixCache::new("c", serde_json::from_value(spec).expect("spec"));
+        nc.metadata.namespace = Some("ns".into());
+        nc
+    }
+
+    fn ha() -> serde_json::Value {
+        serde_json::json!({
+            "replicas": 3,
+            "upstreams": [{"url": "https://cache.nixos.org", "priority": 40,
+                "publicKeys": ["cache.nixos.org-1:6NCHdD59X431o0gWypbMrAURkbJ16ZPMQFGspcDShjY="]}],
+            "storage": {"s3": {"bucket": "nix", "prefix": "/cache/", "endpoint": "http://s3:8333",
+                "region": "eu-1", "credentialsSecret": "s3"}},
+            "database": {"postgresUrlSecret": {"name": "pg", "key": "url"}},
+            "redis": ["redis://r1:6379", "redis://r2:6379", "redis://r3:6379"],
+            "gc": {"maxSize": "50G", "schedule": "0 * * * *"}
+        })
+    }
+
+    #[test]
+    fn the_rendered_file_is_read_back_by_the_server_as_the_same_settings() {
+        let nc = cache(ha());
+        let text = render_toml(&nc);
+        let back: ServeArgs = toml::from_str(&text).expect("the server reads it");
+        assert_eq!(
+            toml::to_string(&back).expect("ser"),
+            text,
+            "round trip through the server's type"
+        );
+        assert_eq!(back.storage_url.as_deref(), Some("s3://nix/cache"));
+        assert_eq!(back.s3_endpoint.as_deref(), Some("http://s3:8333"));
+        assert_eq!(back.upstreams, vec!["https://cache.nixos.org,priority=40,key=cache.nixos.org-1:6NCHdD59X431o0gWypbMrAURkbJ16ZPMQFGspcDShjY="]);
+        assert_eq!(back.redis.len(), 3);
+        assert_eq!(back.max_size.as_deref(), Some("50G"));
+        assert_eq!(back.gc_schedule, None, "the operator runs GC as Jobs here");
+        assert_eq!(
+            back.database_url, None,
+            "the URL is a Secret's, not the file's"
+        );
+        assert!(!text.contains("postgres"), "{text}");
+        validate(&nc).expect("valid");
+    }
+
+    #[test]
+    fn an_ephemeral_single_cache_runs_gc_in_its_server() {
+        let nc = cache(serde_json::json!({"gc": {"maxSize": "1G", "schedule": "*/5 * * * *"}}));
+        assert!(!gc_runs_as_jobs(&nc.spec));
+        assert_eq!(render(&nc).gc_schedule.as_deref(), Some("*/5 * * * *"));
+        let pvc = cache(
+            serde_json::json!({"storage": {"volumeSize": "10Gi"}, "gc": {"maxSize": "1G", "schedule": "*/5 * * * *"}}),
+        );
+        assert!(gc_runs_as_jobs(&pvc.spec));
+        assert_eq!(render(&pvc).gc_schedule, None);
+    }
+
+    #[test]
+    fn defaults_are_valid() {
+        let nc = cache(serde_json::json!({}));
+        validate(&nc).expect("valid");
+        let args = render(&nc);
+        assert!(args.upstreams.is_empty(), "the server's default upstream");
+        assert_eq!(args.storage_url, None);
+    }
+
+    #[test]
+    fn invalid_specs_say_why() {
+        let cases: Vec<(serde_json::Value, &str)> = vec![
+            (
+                serde_json::json!({"replicas": 2}),
+                "PostgreSQL (spec.database), S3 storage (spec.storage.s3), Redis (spec.redis)",
+            ),
+            (
+                {
+                    let mut v = ha();
+                    v["redis"] = serde_json::json!([]);
+                    v
+                },
+                "Redis (spec.redis)",
+            ),
+            (
+                serde_json::json!({"upstreams": [{"url": "ftp://x"}]}),
+                "upstream",
+            ),
+            (
+                serde_json::json!({"upstreams": [{"url": "https://x", "publicKeys": ["k:AAAA"]}]}),
+                "publicKeys",
+            ),
+            (serde_json::json!({"redis": ["http://r:6379"]}), "redis"),
+            (
+                serde_json::json!({"gc": {"maxSize": "lots", "schedule": "0 * * * *"}}),
+                "max-size",
+            ),
+            (
+                serde_json::json!({"gc": {"maxSize": "1G", "schedule": "every day"}}),
+                "gc-schedule",
+            ),
+            (
+                serde_json::json!({"storage": {"volumeSize": "big"}}),
+                "volumeSize",
+            ),
+            (
+                serde_json::json!({"signingKey": {"secretName": "Not_A_Name"}}),
+                "secretName",
+            ),
+            (
+                serde_json::json!({"storage": {"s3": {"bucket": "b", "endpoint": "s3.local", "credentialsSecret": "s"}}}),
+                "endpoint",
+            ),
+        ];
+        for (spec, needle) in cases {
+            let err = validate(&cache(spec.clone())).expect_err(&spec.to_string());
+            assert!(err.0.contains(needle), "{spec}: {err}");
+        }
+    }
+
+    #[test]
+    fn names_and_quantities() {
+        assert!(is_name("s3-creds.v1"));
+        assert!(!is_name("-x") && !is_name("A") && !is_name("") && !is_name("a..b"));
+        assert!(is_quantity("50Gi") && is_quantity("1.5T") && is_quantity("100"));
+        assert!(!is_quantity("Gi") && !is_quantity("5 Gi") && !is_quantity("1.2.3G"));
+    }
+}

@@ -1,0 +1,513 @@
+//! Reconciling one `NixCache`: check the spec and what it refers to, make sure a signing key
+//! exists, apply the children with server-side apply, run GC when due, and write status.
+//!
+//! Each step is a function of the resource and a [`Context`]; the builders are pure (see
+//! `resources`), so what is left here is the talking.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::batch::v1::Job;
+use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Secret, Service, ServiceAccount};
+use kube::api::{
+    Api, ApiResource, DeleteParams, DynamicObject, GroupVersionKind, ListParams, Patch,
+    PatchParams, PostParams, PropagationPolicy,
+};
+use kube::runtime::controller::Action;
+use kube::runtime::events::{Event, EventType, Recorder};
+use kube::{Client, Resource, ResourceExt};
+use nixcache::nix::SecretKey;
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use serde_json::json;
+use tracing::{info, warn};
+
+use crate::config::{validate, KEY_FILE};
+use crate::crd::{NixCache, NixCacheStatus};
+use crate::gc::{parse_schedule, plan, GcJob};
+use crate::metrics::Metrics;
+use crate::resources::{self, CACHE_LABEL};
+use crate::status::{conditions, find, Outcome, Rollout, DEGRADED, READY};
+use crate::time::{now_unix, parse_rfc3339, rfc3339};
+
+/// The one field manager of everything the operator applies.
+pub const MANAGER: &str = "nixcache-operator";
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("Kubernetes API: {0}")]
+    Kube(#[from] kube::Error),
+    #[error(transparent)]
+    Build(#[from] resources::BuildError),
+    #[error("generating a signing key: {0}")]
+    Key(String),
+    #[error("the resource has no namespace")]
+    NoNamespace,
+}
+
+/// What the reconciler shares between calls.
+pub struct Context {
+    pub client: Client,
+    pub recorder: Recorder,
+    pub metrics: Arc<Metrics>,
+    /// The server image when a spec names none.
+    pub default_image: String,
+    /// `policy/v1` or `policy/v1beta1`: the PodDisruptionBudget version the API server serves.
+    pub pdb_api_version: String,
+}
+
+/// Finds the PodDisruptionBudget version the API server serves (`policy/v1` since 1.21).
+pub async fn discover_pdb_version(client: &Client) -> Result<String, kube::Error> {
+    for version in ["policy/v1", "policy/v1beta1"] {
+        match client.list_api_group_resources(version).await {
+            Ok(list)
+                if list
+                    .resources
+                    .iter()
+                    .any(|r| r.kind == "PodDisruptionBudget") =>
+            {
+                return Ok(version.to_string())
+            }
+            Ok(_) => {}
+            Err(kube::Error::Api(s)) if s.code == 404 => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok("policy/v1".to_string())
+}
+
+fn apply_params() -> PatchParams {
+    PatchParams::apply(MANAGER).force()
+}
+
+async fn apply<K>(api: &Api<K>, obj: &K) -> Result<K, kube::Error>
+where
+    K: Resource + Clone + DeserializeOwned + Serialize + std::fmt::Debug,
+{
+    let name = obj.meta().name.clone().unwrap_or_default();
+    api.patch(&name, &apply_params(), &Patch::Apply(obj)).await
+}
+
+async fn publish(ctx: &Context, nc: &NixCache, type_: EventType, reason: &str, note: String) {
+    let event = Event {
+        type_,
+        reason: reason.into(),
+        note: Some(note),
+        action: "Reconcile".into(),
+        secondary: None,
+    };
+    if let Err(e) = ctx.recorder.publish(&event, &nc.object_ref(&())).await {
+        warn!(error = %e, reason, "cannot publish an event");
+    }
+}
+
+/// Why a spec was rejected, for conditions and events.
+struct Rejection {
+    reason: &'static str,
+    message: String,
+}
+
+/// The controller's entry point.
+pub async fn reconcile(nc: Arc<NixCache>, ctx: Arc<Context>) -> Result<Action, Error> {
+    let started = Instant::now();
+    let result = reconcile_inner(&nc, &ctx).await;
+    ctx.metrics
+        .observe_reconcile(started.elapsed(), result.is_ok());
+    result
+}
+
+/// The controller's error policy: log, count, retry soon.
+pub fn error_policy(nc: Arc<NixCache>, error: &Error, _ctx: Arc<Context>) -> Action {
+    warn!(
+        namespace = nc.namespace().unwrap_or_default(),
+        name = nc.name_any(),
+        %error,
+        "reconcile failed"
+    );
+    Action::requeue(Duration::from_secs(15))
+}
+
+async fn reconcile_inner(nc: &NixCache, ctx: &Context) -> Result<Action, Error> {
+    if nc.metadata.deletion_timestamp.is_some() {
+        // The API server's garbage collector removes the children through their owner references.
+        return Ok(Action::await_change());
+    }
+    let ns = nc.namespace().ok_or(Error::NoNamespace)?;
+    let client = ctx.client.clone();
+
+    if let Err(rejection) = check(nc, &client, &ns).await? {
+        return reject(nc, ctx, rejection).await;
+    }
+    let public_key = match signing_key(nc, ctx, &ns).await? {
+        Ok(key) => key,
+        Err(rejection) => return reject(nc, ctx, rejection).await,
+    };
+
+    apply(
+        &Api::namespaced(client.clone(), &ns),
+        &resources::config_map(nc),
+    )
+    .await?;
+    apply(
+        &Api::<ServiceAccount>::namespaced(client.clone(), &ns),
+        &resources::service_account(nc),
+    )
+    .await?;
+    if let Some(pvc) = resources::persistent_volume_claim(nc) {
+        apply(
+            &Api::<PersistentVolumeClaim>::namespaced(client.clone(), &ns),
+            &pvc?,
+        )
+        .await?;
+    }
+    apply(
+        &Api::<Service>::namespaced(client.clone(), &ns),
+        &resources::service(nc)?,
+    )
+    .await?;
+    let deployment = apply(
+        &Api::<Deployment>::namespaced(client.clone(), &ns),
+        &resources::deployment(nc, &ctx.default_image, &public_key)?,
+    )
+    .await?;
+    pod_disruption_budget(nc, ctx, &ns).await?;
+
+    let (gc_status, gc_requeue) = if resources::wants_gc_jobs(nc) {
+        let (status, requeue) = gc(nc, ctx, &ns).await?;
+        (Some(status), requeue)
+    } else {
+        (None, None)
+    };
+
+    let status = NixCacheStatus {
+        conditions: conditions(
+            &Outcome::Applied(Rollout::of(&deployment)),
+            &current_conditions(nc),
+            nc.metadata.generation,
+            &rfc3339(now_unix()),
+        ),
+        observed_generation: nc.metadata.generation,
+        ready_replicas: Some(Rollout::of(&deployment).ready),
+        public_key: Some(public_key),
+        url: Some(resources::url(nc)),
+        gc: gc_status,
+    };
+    write_status(nc, ctx, &ns, status).await?;
+
+    let every = Duration::from_secs(300);
+    Ok(Action::requeue(gc_requeue.map_or(every, |r| r.min(every))))
+}
+
+fn current_conditions(nc: &NixCache) -> Vec<crate::crd::Condition> {
+    nc.status
+        .as_ref()
+        .map(|s| s.conditions.clone())
+        .unwrap_or_default()
+}
+
+/// Writes status if it changed (a write is itself a change the controller hears about), and
+/// tells of condition changes as Events.
+async fn write_status(
+    nc: &NixCache,
+    ctx: &Context,
+    ns: &str,
+    status: NixCacheStatus,
+) -> Result<(), Error> {
+    let old = nc.status.clone().unwrap_or_default();
+    if old == status {
+        return Ok(());
+    }
+    let was = |t: &str| find(&old.conditions, t).map(|c| c.status.clone());
+    let is = |t: &str| find(&status.conditions, t).cloned();
+    if let Some(ready) = is(READY) {
+        if was(READY).as_deref() != Some(ready.status.as_str()) && ready.status == "True" {
+            publish(ctx, nc, EventType::Normal, "Ready", ready.message).await;
+        }
+    }
+    if let Some(degraded) = is(DEGRADED) {
+        if was(DEGRADED).as_deref() != Some(degraded.status.as_str()) && degraded.status == "True" {
+            publish(
+                ctx,
+                nc,
+                EventType::Warning,
+                &degraded.reason,
+                degraded.message,
+            )
+            .await;
+        }
+    }
+    let api: Api<NixCache> = Api::namespaced(ctx.client.clone(), ns);
+    let patch = json!({
+        "apiVersion": "nixcache.io/v1alpha1",
+        "kind": "NixCache",
+        "status": status,
+    });
+    api.patch_status(&nc.name_any(), &apply_params(), &Patch::Apply(&patch))
+        .await?;
+    Ok(())
+}
+
+/// A rejected spec: Degraded with the reason, children untouched, looked at again later (a
+/// missing Secret may appear; a spec change triggers a reconcile anyway).
+async fn reject(nc: &NixCache, ctx: &Context, rejection: Rejection) -> Result<Action, Error> {
+    let ns = nc.namespace().ok_or(Error::NoNamespace)?;
+    info!(
+        namespace = %ns,
+        name = nc.name_any(),
+        reason = rejection.reason,
+        message = %rejection.message,
+        "spec rejected"
+    );
+    let old = nc.status.clone().unwrap_or_default();
+    let status = NixCacheStatus {
+        conditions: conditions(
+            &Outcome::Rejected {
+                reason: rejection.reason.into(),
+                message: rejection.message,
+            },
+            &old.conditions,
+            nc.metadata.generation,
+            &rfc3339(now_unix()),
+        ),
+        observed_generation: nc.metadata.generation,
+        // What was true before stays: the children still run as they were.
+        url: Some(resources::url(nc)),
+        ..old
+    };
+    write_status(nc, ctx, &ns, status).await?;
+    Ok(Action::requeue(Duration::from_secs(60)))
+}
+
+/// The spec's own checks, then the Secrets it names.
+async fn check(nc: &NixCache, client: &Client, ns: &str) -> Result<Result<(), Rejection>, Error> {
+    if let Err(e) = validate(nc) {
+        return Ok(Err(Rejection {
+            reason: "InvalidSpec",
+            message: e.0,
+        }));
+    }
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), ns);
+    let mut wanted: Vec<(String, Vec<String>)> = Vec::new();
+    if let Some(s3) = &nc.spec.storage.s3 {
+        wanted.push((
+            s3.credentials_secret.clone(),
+            vec!["AWS_ACCESS_KEY_ID".into(), "AWS_SECRET_ACCESS_KEY".into()],
+        ));
+    }
+    if let Some(db) = &nc.spec.database {
+        let r = &db.postgres_url_secret;
+        wanted.push((r.name.clone(), vec![r.key.clone()]));
+    }
+    for (name, keys) in wanted {
+        let Some(secret) = secrets.get_opt(&name).await? else {
+            return Ok(Err(Rejection {
+                reason: "SecretMissing",
+                message: format!("Secret {name:?} does not exist in namespace {ns:?}"),
+            }));
+        };
+        let data = secret.data.unwrap_or_default();
+        if let Some(missing) = keys.iter().find(|k| !data.contains_key(k.as_str())) {
+            return Ok(Err(Rejection {
+                reason: "SecretMissing",
+                message: format!("Secret {name:?} has no key {missing:?}"),
+            }));
+        }
+    }
+    Ok(Ok(()))
+}
+
+/// The signing key's public half, from the Secret the spec names or from the generated one,
+/// which is created once and never written again.
+async fn signing_key(
+    nc: &NixCache,
+    ctx: &Context,
+    ns: &str,
+) -> Result<Result<String, Rejection>, Error> {
+    let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), ns);
+    let name = resources::signing_key_secret_name(nc);
+    let existing = match secrets.get_opt(&name).await? {
+        Some(secret) => secret,
+        None if nc.spec.signing_key.is_some() => return Ok(Err(Rejection {
+            reason: "SigningKeyMissing",
+            message: format!(
+                "Secret {name:?} (spec.signingKey.secretName) does not exist in namespace {ns:?}"
+            ),
+        })),
+        None => {
+            let key_name = format!("{}.{}-1", nc.name_any(), ns);
+            let key = SecretKey::generate(&key_name).map_err(|e| Error::Key(e.to_string()))?;
+            let public = key.public_key().to_string();
+            let secret = resources::signing_key_secret(nc, &key.to_file_contents(), &public);
+            match secrets.create(&PostParams::default(), &secret).await {
+                Ok(_) => {
+                    info!(namespace = %ns, name = nc.name_any(), public_key = %public, "signing key generated");
+                    publish(
+                        ctx,
+                        nc,
+                        EventType::Normal,
+                        "SigningKeyGenerated",
+                        format!("Generated the signing key {public} into Secret {name}"),
+                    )
+                    .await;
+                    return Ok(Ok(public));
+                }
+                // Made meanwhile (another reconcile, another operator): that one is the key.
+                Err(kube::Error::Api(s)) if s.code == 409 => secrets.get(&name).await?,
+                Err(e) => return Err(e.into()),
+            }
+        }
+    };
+    let text = existing
+        .data
+        .as_ref()
+        .and_then(|d| d.get(KEY_FILE))
+        .map(|b| String::from_utf8_lossy(&b.0).trim().to_string());
+    let Some(text) = text else {
+        return Ok(Err(Rejection {
+            reason: "BadSigningKey",
+            message: format!("Secret {name:?} has no {KEY_FILE:?} entry"),
+        }));
+    };
+    match SecretKey::parse(&text) {
+        Ok(key) => Ok(Ok(key.public_key().to_string())),
+        // The message names the Secret and what is wrong, never the key's bytes.
+        Err(e) => Ok(Err(Rejection {
+            reason: "BadSigningKey",
+            message: format!("Secret {name:?} entry {KEY_FILE:?} is not a Nix secret key: {e}"),
+        })),
+    }
+}
+
+/// With more than one replica, a PodDisruptionBudget in the served `policy` version; with one,
+/// none (a budget of one replica would block node drains).
+async fn pod_disruption_budget(nc: &NixCache, ctx: &Context, ns: &str) -> Result<(), Error> {
+    let (group, version) = ctx
+        .pdb_api_version
+        .split_once('/')
+        .unwrap_or(("policy", "v1"));
+    let resource = ApiResource::from_gvk(&GroupVersionKind::gvk(
+        group,
+        version,
+        "PodDisruptionBudget",
+    ));
+    let api: Api<DynamicObject> = Api::namespaced_with(ctx.client.clone(), ns, &resource);
+    let name = nc.name_any();
+    if nc.spec.replicas > 1 {
+        let pdb = resources::pod_disruption_budget(nc, &ctx.pdb_api_version);
+        api.patch(&name, &apply_params(), &Patch::Apply(&pdb))
+            .await?;
+    } else if let Some(existing) = api.get_opt(&name).await? {
+        let ours = existing
+            .owner_references()
+            .iter()
+            .any(|o| Some(&o.uid) == nc.metadata.uid.as_ref());
+        if ours {
+            api.delete(&name, &DeleteParams::default()).await?;
+        }
+    }
+    Ok(())
+}
+
+/// One GC step: start the due Job, prune history, and return the GC status and when to look again.
+async fn gc(
+    nc: &NixCache,
+    ctx: &Context,
+    ns: &str,
+) -> Result<(crate::crd::GcStatus, Option<Duration>), Error> {
+    let Some(spec) = &nc.spec.gc else {
+        return Ok((Default::default(), None));
+    };
+    // validate() has parsed the schedule already.
+    let schedule = match parse_schedule(&spec.schedule) {
+        Ok(s) => s,
+        Err(_) => return Ok((Default::default(), None)),
+    };
+    let jobs_api: Api<Job> = Api::namespaced(ctx.client.clone(), ns);
+    let selector = format!(
+        "{CACHE_LABEL}={},app.kubernetes.io/component=gc",
+        nc.name_any()
+    );
+    let jobs = jobs_api
+        .list(&ListParams::default().labels(&selector))
+        .await?;
+    let uid = nc.metadata.uid.clone();
+    let jobs: Vec<GcJob> = jobs
+        .items
+        .iter()
+        .filter(|j| {
+            j.owner_references()
+                .iter()
+                .any(|o| Some(&o.uid) == uid.as_ref())
+        })
+        .filter_map(GcJob::from_job)
+        .collect();
+    let last_handled = nc
+        .status
+        .as_ref()
+        .and_then(|s| s.gc.as_ref())
+        .and_then(|g| g.last_schedule_time.as_deref())
+        .and_then(parse_rfc3339);
+    let created = nc
+        .metadata
+        .creation_timestamp
+        .as_ref()
+        .map(|t| t.0.as_second())
+        .unwrap_or_else(now_unix);
+    let mut plan = plan(spec, &schedule, last_handled, created, now_unix(), &jobs);
+
+    if let Some(tick) = plan.start {
+        let job = resources::gc_job(nc, &ctx.default_image, tick)?;
+        let job_name = job.metadata.name.clone().unwrap_or_default();
+        match jobs_api.create(&PostParams::default(), &job).await {
+            Ok(_) => {
+                ctx.metrics.gc_jobs_created.inc();
+                info!(namespace = %ns, name = nc.name_any(), job = %job_name, "gc job created");
+                publish(
+                    ctx,
+                    nc,
+                    EventType::Normal,
+                    "GcJobCreated",
+                    format!(
+                        "Created Job {job_name} for the GC run due at {}",
+                        rfc3339(tick)
+                    ),
+                )
+                .await;
+            }
+            Err(kube::Error::Api(s)) if s.code == 409 => {}
+            Err(e) => return Err(e.into()),
+        }
+        plan.status.active_job = Some(job_name.clone());
+        plan.status.last_result = Some(format!("Running {job_name}"));
+    }
+    if let Some(tick) = plan.skipped {
+        publish(
+            ctx,
+            nc,
+            EventType::Warning,
+            "GcSkipped",
+            format!(
+                "Skipped the GC run due at {}: the previous one is still running",
+                rfc3339(tick)
+            ),
+        )
+        .await;
+    }
+    for name in &plan.delete {
+        let dp = DeleteParams {
+            propagation_policy: Some(PropagationPolicy::Background),
+            ..DeleteParams::default()
+        };
+        match jobs_api.delete(name, &dp).await {
+            Ok(_) => {}
+            Err(kube::Error::Api(s)) if s.code == 404 => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok((
+        plan.status,
+        plan.requeue_after
+            .map(|s| Duration::from_secs(s.max(1) as u64)),
+    ))
+}

@@ -1,0 +1,352 @@
+//! The operator process: a standby until it holds the leader Lease, then the controller (with GC
+//! scheduling) until it loses the Lease or is told to stop; `/healthz` and `/metrics` throughout.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use actix_web::{web, App, HttpResponse, HttpServer};
+use anyhow::Context as _;
+use futures_util::StreamExt;
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::batch::v1::Job;
+use k8s_openapi::api::core::v1::{
+    ConfigMap, PersistentVolumeClaim, Secret, Service, ServiceAccount,
+};
+use kube::config::{KubeConfigOptions, Kubeconfig};
+use kube::runtime::events::{Recorder, Reporter};
+use kube::runtime::{watcher, Controller};
+use kube::{Api, Client};
+use tokio::sync::watch;
+use tracing::{error, info, warn};
+
+use crate::crd::NixCache;
+use crate::leader::{Leadership, LeaseLock};
+use crate::metrics::Metrics;
+use crate::reconcile::{discover_pdb_version, error_policy, reconcile, Context, MANAGER};
+use crate::resources::{DEFAULT_IMAGE, MANAGED_BY};
+
+/// `nixcache-operator run` settings; each also an environment variable.
+#[derive(clap::Args, Debug, Clone)]
+pub struct RunArgs {
+    /// Kubeconfig to use; without it, the in-cluster service account or $KUBECONFIG / ~/.kube/config.
+    #[arg(long, env = "KUBECONFIG", value_name = "PATH")]
+    pub kubeconfig: Option<PathBuf>,
+    /// Address of `/healthz` and `/metrics`.
+    #[arg(
+        long,
+        env = "NIXCACHE_OPERATOR_LISTEN",
+        default_value = "0.0.0.0:8081",
+        value_name = "ADDR"
+    )]
+    pub listen: SocketAddr,
+    /// Watch NixCaches of this namespace only. [default: all namespaces]
+    #[arg(long, env = "NIXCACHE_OPERATOR_WATCH_NAMESPACE", value_name = "NS")]
+    pub watch_namespace: Option<String>,
+    /// Namespace of the leader Lease. [default: $POD_NAMESPACE, else the kubeconfig's namespace]
+    #[arg(long, env = "NIXCACHE_OPERATOR_LEASE_NAMESPACE", value_name = "NS")]
+    pub lease_namespace: Option<String>,
+    /// Name of the leader Lease.
+    #[arg(
+        long,
+        env = "NIXCACHE_OPERATOR_LEASE_NAME",
+        default_value = "nixcache-operator",
+        value_name = "NAME"
+    )]
+    pub lease_name: String,
+    /// This candidate's name in the Lease. [default: $POD_NAME, else host name and process id]
+    #[arg(long, env = "NIXCACHE_OPERATOR_IDENTITY", value_name = "NAME")]
+    pub identity: Option<String>,
+    /// Seconds a Lease holder may go without renewing before another takes over.
+    #[arg(
+        long,
+        env = "NIXCACHE_OPERATOR_LEASE_SECONDS",
+        default_value_t = 15,
+        value_name = "N"
+    )]
+    pub lease_seconds: u64,
+    /// Server image for NixCaches that name none.
+    #[arg(long, env = "NIXCACHE_OPERATOR_IMAGE", default_value = DEFAULT_IMAGE, value_name = "IMAGE")]
+    pub image: String,
+    /// Log format: json or text.
+    #[arg(long, env = "NIXCACHE_OPERATOR_LOG_FORMAT", default_value = "json", value_parser = ["json", "text"])]
+    pub log_format: String,
+}
+
+fn init_logging(format: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if format == "json" {
+        builder.json().flatten_event(true).init();
+    } else {
+        builder.init();
+    }
+}
+
+async fn client(args: &RunArgs) -> anyhow::Result<(Client, String)> {
+    let config = match &args.kubeconfig {
+        Some(path) => {
+            let kubeconfig = Kubeconfig::read_from(path)
+                .with_context(|| format!("reading kubeconfig {}", path.display()))?;
+            kube::Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default())
+                .await
+                .context("kubeconfig")?
+        }
+        None => kube::Config::infer()
+            .await
+            .context("no kubeconfig and not in a cluster")?,
+    };
+    let namespace = config.default_namespace.clone();
+    Ok((Client::try_from(config)?, namespace))
+}
+
+fn identity(args: &RunArgs) -> String {
+    args.identity
+        .clone()
+        .or_else(|| std::env::var("POD_NAME").ok())
+        .unwrap_or_else(|| {
+            let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+                .map(|h| h.trim().to_string())
+                .unwrap_or_else(|_| "operator".into());
+            format!("{host}-{}", std::process::id())
+        })
+}
+
+/// Resolves when SIGTERM or SIGINT arrives.
+async fn terminated() {
+    use tokio::signal::unix::{signal, SignalKind};
+    match signal(SignalKind::terminate()) {
+        Ok(mut term) => {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = tokio::signal::ctrl_c() => {}
+            }
+        }
+        Err(_) => {
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
+}
+
+async fn serve_http(listen: SocketAddr, metrics: Arc<Metrics>) -> anyhow::Result<()> {
+    let server = HttpServer::new(move || {
+        let metrics = metrics.clone();
+        App::new()
+            .route(
+                "/healthz",
+                web::get().to(|| async { HttpResponse::Ok().body("ok\n") }),
+            )
+            .route(
+                "/metrics",
+                web::get().to(move || {
+                    let body = metrics.render();
+                    async move {
+                        HttpResponse::Ok()
+                            .content_type("text/plain; version=0.0.4")
+                            .body(body)
+                    }
+                }),
+            )
+    })
+    .workers(1)
+    .disable_signals()
+    .shutdown_timeout(1)
+    .bind(listen)
+    .with_context(|| format!("binding {listen}"))?
+    .run();
+    actix_web::rt::spawn(server);
+    Ok(())
+}
+
+pub async fn run(args: RunArgs) -> anyhow::Result<()> {
+    init_logging(&args.log_format);
+    let metrics = Arc::new(Metrics::new()?);
+    serve_http(args.listen, metrics.clone()).await?;
+    let (client, default_namespace) = client(&args).await?;
+    let lease_namespace = args
+        .lease_namespace
+        .clone()
+        .or_else(|| std::env::var("POD_NAMESPACE").ok())
+        .unwrap_or(default_namespace);
+    let identity = identity(&args);
+    let lease_duration = Duration::from_secs(args.lease_seconds.max(3));
+    let lock = Arc::new(LeaseLock::new(
+        client.clone(),
+        &lease_namespace,
+        &args.lease_name,
+        &identity,
+        lease_duration,
+    ));
+    info!(identity = %identity, lease = %format!("{lease_namespace}/{}", args.lease_name), listen = %args.listen, "operator starting");
+
+    let (stop_tx, stop_rx) = watch::channel(false);
+    tokio::spawn(async move {
+        terminated().await;
+        info!("stop requested");
+        let _ = stop_tx.send(true);
+    });
+
+    loop {
+        if !wait_for_leadership(&lock, stop_rx.clone(), lease_duration).await {
+            break;
+        }
+        metrics.leader.set(1);
+        info!(identity = %identity, "leading: reconciling NixCaches");
+        let stopped = lead(
+            &args,
+            &client,
+            &lock,
+            &metrics,
+            stop_rx.clone(),
+            lease_duration,
+        )
+        .await;
+        metrics.leader.set(0);
+        if stopped? {
+            break;
+        }
+        warn!(identity = %identity, "lost the leader Lease: standing by");
+    }
+    if let Err(e) = lock.release().await {
+        warn!(error = %e, "could not release the leader Lease; it expires by itself");
+    }
+    info!("operator stopped");
+    Ok(())
+}
+
+/// Tries for the Lease until it is held (true) or a stop is requested (false).
+async fn wait_for_leadership(
+    lock: &LeaseLock,
+    mut stop: watch::Receiver<bool>,
+    lease_duration: Duration,
+) -> bool {
+    let retry = (lease_duration / 5).max(Duration::from_secs(1));
+    let mut last_holder = String::new();
+    loop {
+        if *stop.borrow() {
+            return false;
+        }
+        match lock.try_acquire_or_renew().await {
+            Ok(Leadership::Leader) => return true,
+            Ok(Leadership::Follower { holder }) => {
+                if holder != last_holder {
+                    info!(holder = %holder, "standing by: another operator leads");
+                    last_holder = holder;
+                }
+            }
+            Err(e) => warn!(error = %e, "cannot reach the leader Lease"),
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(retry) => {}
+            _ = stop.changed() => {}
+        }
+    }
+}
+
+/// Runs the controller while renewing the Lease. Returns whether a stop was requested (as
+/// opposed to the Lease being lost).
+async fn lead(
+    args: &RunArgs,
+    client: &Client,
+    lock: &Arc<LeaseLock>,
+    metrics: &Arc<Metrics>,
+    stop: watch::Receiver<bool>,
+    lease_duration: Duration,
+) -> anyhow::Result<bool> {
+    // Whatever ends leadership — a stop or a lost Lease — ends the controller gracefully:
+    // reconciles under way finish, no new ones start.
+    let (end_tx, end_rx) = watch::channel(false);
+    let renewer = {
+        let lock = lock.clone();
+        let mut stop = stop.clone();
+        let end_tx = end_tx.clone();
+        tokio::spawn(async move {
+            let mut last_renewed = Instant::now();
+            let period = lease_duration / 3;
+            loop {
+                tokio::select! {
+                    _ = tokio::time::sleep(period) => {}
+                    _ = stop.changed() => { let _ = end_tx.send(true); return; }
+                }
+                if *stop.borrow() {
+                    let _ = end_tx.send(true);
+                    return;
+                }
+                match lock.try_acquire_or_renew().await {
+                    Ok(Leadership::Leader) => last_renewed = Instant::now(),
+                    Ok(Leadership::Follower { holder }) => {
+                        warn!(holder = %holder, "the leader Lease was taken over");
+                        let _ = end_tx.send(true);
+                        return;
+                    }
+                    Err(e) => {
+                        warn!(error = %e, "cannot renew the leader Lease");
+                        // Step down before the Lease can expire under us.
+                        if last_renewed.elapsed() > lease_duration * 2 / 3 {
+                            let _ = end_tx.send(true);
+                            return;
+                        }
+                    }
+                }
+            }
+        })
+    };
+
+    let pdb_api_version = discover_pdb_version(client)
+        .await
+        .context("discovering the policy API version")?;
+    info!(pdb_api_version = %pdb_api_version, "discovered the API server");
+    let context = Arc::new(Context {
+        client: client.clone(),
+        recorder: Recorder::new(client.clone(), Reporter::from(MANAGER)),
+        metrics: metrics.clone(),
+        default_image: args.image.clone(),
+        pdb_api_version,
+    });
+    let caches: Api<NixCache> = match &args.watch_namespace {
+        Some(ns) => Api::namespaced(client.clone(), ns),
+        None => Api::all(client.clone()),
+    };
+    // Children are found by their label, so the watches see only the operator's own objects.
+    let owned =
+        watcher::Config::default().labels(&format!("app.kubernetes.io/managed-by={MANAGED_BY}"));
+    fn children<K>(client: &Client, ns: &Option<String>) -> Api<K>
+    where
+        K: kube::Resource<Scope = k8s_openapi::NamespaceResourceScope>,
+        <K as kube::Resource>::DynamicType: Default,
+    {
+        match ns {
+            Some(ns) => Api::namespaced(client.clone(), ns),
+            None => Api::all(client.clone()),
+        }
+    }
+    let ns = &args.watch_namespace;
+    let mut end = end_rx.clone();
+    Controller::new(caches, watcher::Config::default())
+        .owns(children::<ConfigMap>(client, ns), owned.clone())
+        .owns(children::<Deployment>(client, ns), owned.clone())
+        .owns(children::<Service>(client, ns), owned.clone())
+        .owns(children::<ServiceAccount>(client, ns), owned.clone())
+        .owns(children::<Secret>(client, ns), owned.clone())
+        .owns(children::<PersistentVolumeClaim>(client, ns), owned.clone())
+        .owns(children::<Job>(client, ns), owned)
+        .graceful_shutdown_on(async move {
+            let _ = end.wait_for(|ended| *ended).await;
+        })
+        .run(reconcile, error_policy, context)
+        .for_each(|result| async move {
+            if let Err(e) = result {
+                match e {
+                    kube::runtime::controller::Error::ReconcilerFailed(..) => {}
+                    other => error!(error = %other, "controller"),
+                }
+            }
+        })
+        .await;
+    renewer.abort();
+    Ok(*stop.borrow())
+}
