@@ -52,13 +52,13 @@ pub fn signing_key_secret_name(nc: &NixCache) -> String {
 pub fn pvc_name(nc: &NixCache) -> String {
     format!("{}-data", nc.name_any())
 }
-/// A GC Job's name: one per cache and scheduled minute, so a second attempt at the same tick
+/// A GC Job's name: one per cache and scheduled time, so a second attempt at the same tick
 /// (another operator, a retried reconcile) finds it exists instead of starting a second run.
 pub fn gc_job_name(nc: &NixCache, scheduled_unix: i64) -> String {
     let mut name = nc.name_any();
     // Job names end up in pod labels (63 characters): keep room for the suffix.
     name.truncate(40);
-    format!("{}-gc-{}", name.trim_end_matches('-'), scheduled_unix / 60)
+    format!("{}-gc-{}", name.trim_end_matches('-'), scheduled_unix)
 }
 
 /// What clients put in `substituters`.
@@ -530,7 +530,7 @@ mod tests {
             ["gc", "--config", "/etc/nixcache/config.toml"]
         );
         let long = cache(json!({})).tap_name(&"x".repeat(63));
-        assert!(gc_job_name(&long, 0).len() <= 52);
+        assert!(gc_job_name(&long, 1_700_000_000).len() <= 63 - 10);
     }
 
     #[test]
