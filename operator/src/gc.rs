@@ -161,8 +161,14 @@ pub fn plan(
         .filter(|j| j.state == JobState::Succeeded)
         .filter_map(|j| j.finished)
         .max();
-    let last_result = match (skipped, active, jobs.last()) {
-        (Some(_), Some(a), _) => Some(format!("Skipped: {} is still running", a.name)),
+    // What became of the latest tick: its own Job's state, or, when it has none because a run
+    // was still going, that it was skipped; once that run is over, the newest run's result.
+    let own_job = last_schedule.and_then(|t| jobs.iter().find(|j| j.scheduled == t));
+    let last_result = match (own_job, active, jobs.last()) {
+        (Some(j), _, _) => Some(format!("{} {}", j.state.word(), j.name)),
+        (None, Some(a), _) if start.is_none() => {
+            Some(format!("Skipped: {} is still running", a.name))
+        }
         (_, _, Some(j)) => Some(format!("{} {}", j.state.word(), j.name)),
         _ => None,
     };
@@ -265,6 +271,16 @@ mod tests {
         );
         assert_eq!((p.start, p.skipped), (None, Some(T0 + H)));
         assert_eq!(p.status.last_schedule_time, Some(rfc3339(T0 + H)));
+        // Looked at again before the next tick, it still says so.
+        let again = plan(
+            &spec(),
+            &s,
+            Some(T0 + H),
+            T0 - 10,
+            T0 + H + 30,
+            &[job(0, JobState::Active)],
+        );
+        assert_eq!(again.status.last_result, p.status.last_result);
         assert!(p
             .status
             .last_result

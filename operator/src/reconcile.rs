@@ -219,6 +219,7 @@ async fn write_status(
         return Ok(());
     }
     let was = |t: &str| find(&old.conditions, t).map(|c| c.status.clone());
+    let was_reason = |t: &str| find(&old.conditions, t).map(|c| c.reason.clone());
     let is = |t: &str| find(&status.conditions, t).cloned();
     if let Some(ready) = is(READY) {
         if was(READY).as_deref() != Some(ready.status.as_str()) && ready.status == "True" {
@@ -226,7 +227,9 @@ async fn write_status(
         }
     }
     if let Some(degraded) = is(DEGRADED) {
-        if was(DEGRADED).as_deref() != Some(degraded.status.as_str()) && degraded.status == "True" {
+        let changed = was(DEGRADED).as_deref() != Some(degraded.status.as_str())
+            || was_reason(DEGRADED).as_deref() != Some(degraded.reason.as_str());
+        if changed && degraded.status == "True" {
             publish(
                 ctx,
                 nc,
@@ -328,12 +331,14 @@ async fn signing_key(
     let name = resources::signing_key_secret_name(nc);
     let existing = match secrets.get_opt(&name).await? {
         Some(secret) => secret,
-        None if nc.spec.signing_key.is_some() => return Ok(Err(Rejection {
-            reason: "SigningKeyMissing",
-            message: format!(
+        None if nc.spec.signing_key.is_some() => {
+            return Ok(Err(Rejection {
+                reason: "SigningKeyMissing",
+                message: format!(
                 "Secret {name:?} (spec.signingKey.secretName) does not exist in namespace {ns:?}"
             ),
-        })),
+            }))
+        }
         None => {
             let key_name = format!("{}.{}-1", nc.name_any(), ns);
             let key = SecretKey::generate(&key_name).map_err(|e| Error::Key(e.to_string()))?;

@@ -1,7 +1,8 @@
 //! Real services for tests, started on loopback on free ports in temporary directories and
-//! stopped when dropped: PostgreSQL, Redis, SeaweedFS (S3). Used by the cross-process tests here and by the
+//! stopped when dropped: PostgreSQL, Redis, SeaweedFS (S3), a Kubernetes API server. Used by the cross-process tests here and by the
 //! conformance suites of the cache server's seams.
 
+pub mod kube;
 pub mod postgres;
 pub mod redis;
 pub mod seaweedfs;

@@ -1,0 +1,906 @@
+//! The operator against a real kube-apiserver (1.20, with etcd; no controllers, no kubelet) and
+//! real helm: the chart installs and validates, a NixCache is reconciled into owned children that
+//! follow its spec and come back when deleted, the signing key is made once, readiness follows
+//! the Deployment's status, an invalid spec is Degraded, and GC Jobs are made once per tick by
+//! the one operator process holding the leader Lease.
+
+use std::future::Future;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::batch::v1::Job;
+use k8s_openapi::api::core::v1::{ConfigMap, Secret, Service, ServiceAccount};
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use kube::api::{Api, DeleteParams, DynamicObject, ListParams, Patch, PatchParams, PostParams};
+use kube::config::{KubeConfigOptions, Kubeconfig};
+use kube::core::{ApiResource, GroupVersionKind};
+use kube::{Client, CustomResourceExt, ResourceExt};
+use nixcache::config::ServeArgs;
+use nixcache::nix::PublicKey;
+use nixcache_operator::crd::NixCache;
+use nixcache_tests::kube::{helm_bin, KubeApiServer};
+use serde_json::json;
+
+fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+fn operator_bin() -> PathBuf {
+    if let Some(p) = std::env::var_os("NIXCACHE_OPERATOR_BIN") {
+        return PathBuf::from(p);
+    }
+    let exe = std::env::current_exe().expect("current exe");
+    let bin = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("target dir")
+        .join("nixcache-operator");
+    assert!(
+        bin.exists(),
+        "{} is missing: run `cargo build --workspace --bins` first",
+        bin.display()
+    );
+    bin
+}
+
+async fn client(server: &KubeApiServer) -> Client {
+    let kubeconfig = Kubeconfig::read_from(&server.kubeconfig).expect("kubeconfig");
+    let config = kube::Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default())
+        .await
+        .expect("config");
+    Client::try_from(config).expect("client")
+}
+
+/// Polls `f` until it returns `Some`, or fails the test after `secs` with `what`.
+async fn eventually<T, F, Fut>(secs: u64, what: &str, mut f: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let start = Instant::now();
+    loop {
+        if let Some(v) = f().await {
+            return v;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(secs),
+            "timed out after {secs}s waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+async fn install_crd(client: &Client) {
+    let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
+    crds.create(&PostParams::default(), &NixCache::crd())
+        .await
+        .expect("create CRD");
+    wait_established(client).await;
+}
+
+async fn wait_established(client: &Client) {
+    let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
+    eventually(30, "the CRD to be established", || async {
+        let crd = crds.get_opt("nixcaches.nixcache.io").await.ok()??;
+        let established = crd
+            .status?
+            .conditions?
+            .iter()
+            .any(|c| c.type_ == "Established" && c.status == "True");
+        established.then_some(())
+    })
+    .await;
+}
+
+/// A `nixcache-operator run` process; killed when dropped.
+struct Operator {
+    child: Option<Child>,
+    port: u16,
+    log: PathBuf,
+}
+
+impl Operator {
+    fn start(server: &KubeApiServer, identity: &str) -> Operator {
+        let port = nixcache_tests::free_port();
+        let log = server.dir().join(format!("{identity}.log"));
+        let out = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log)
+            .expect("log file");
+        let child = Command::new(operator_bin())
+            .args(["run", "--kubeconfig"])
+            .arg(&server.kubeconfig)
+            .args(["--listen", &format!("127.0.0.1:{port}")])
+            .args(["--lease-namespace", "default", "--lease-seconds", "4"])
+            .args(["--identity", identity, "--image", "localhost/nixcache:test"])
+            .args(["--log-format", "text"])
+            .env("RUST_LOG", "info,nixcache_operator=debug")
+            .stdout(Stdio::null())
+            .stderr(out)
+            .spawn()
+            .expect("spawn nixcache-operator");
+        let op = Operator {
+            child: Some(child),
+            port,
+            log,
+        };
+        let start = Instant::now();
+        while blocking_get(op.port, "/healthz").is_none() {
+            assert!(
+                start.elapsed() < Duration::from_secs(20),
+                "the operator did not answer /healthz:\n{}",
+                op.log()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        op
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// A metric's value from `/metrics`.
+    async fn metric(&self, name: &str) -> f64 {
+        let body = reqwest::get(format!("http://127.0.0.1:{}/metrics", self.port))
+            .await
+            .expect("GET /metrics")
+            .text()
+            .await
+            .expect("body");
+        body.lines()
+            .find_map(|l| l.strip_prefix(name).and_then(|v| v.trim().parse().ok()))
+            .unwrap_or(0.0)
+    }
+
+    /// SIGTERM; the process must release its Lease and exit 0.
+    fn terminate(&mut self) {
+        let mut child = self.child.take().expect("running");
+        let _ = Command::new("kill")
+            .args(["-TERM", &child.id().to_string()])
+            .status();
+        let start = Instant::now();
+        loop {
+            if let Ok(Some(status)) = child.try_wait() {
+                assert!(status.success(), "exit {status}:\n{}", self.log());
+                return;
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(20),
+                "the operator did not stop on SIGTERM:\n{}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for Operator {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// A blocking GET for the start-up wait, which runs outside the async runtime's tasks.
+fn blocking_get(port: u16, path: &str) -> Option<String> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
+    write!(s, "GET {path} HTTP/1.0\r\nHost: x\r\n\r\n").ok()?;
+    let mut out = String::new();
+    s.read_to_string(&mut out).ok()?;
+    (out.starts_with("HTTP/1.") && out.split(' ').nth(1) == Some("200")).then_some(out)
+}
+
+fn example(name: &str) -> NixCache {
+    let text = std::fs::read_to_string(repo().join("deploy/examples").join(name)).expect("example");
+    serde_saphyr::from_str(&text).expect("example parses as a NixCache")
+}
+
+async fn create_secret(client: &Client, name: &str, data: &[(&str, &str)]) {
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), "default");
+    let secret = Secret {
+        metadata: kube::api::ObjectMeta {
+            name: Some(name.into()),
+            ..Default::default()
+        },
+        string_data: Some(
+            data.iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+        ),
+        ..Default::default()
+    };
+    secrets
+        .create(&PostParams::default(), &secret)
+        .await
+        .expect("create secret");
+}
+
+/// The Secrets the HA example refers to.
+async fn ha_secrets(client: &Client) {
+    create_secret(
+        client,
+        "nixcache-s3",
+        &[
+            ("AWS_ACCESS_KEY_ID", "id"),
+            ("AWS_SECRET_ACCESS_KEY", "secret"),
+        ],
+    )
+    .await;
+    create_secret(
+        client,
+        "nixcache-postgres",
+        &[("url", "postgres://nixcache:pw@postgres/nixcache")],
+    )
+    .await;
+}
+
+fn condition(nc: &NixCache, type_: &str) -> Option<(String, String, String)> {
+    nc.status
+        .as_ref()?
+        .conditions
+        .iter()
+        .find(|c| c.type_ == type_)
+        .map(|c| (c.status.clone(), c.reason.clone(), c.message.clone()))
+}
+
+fn owned_by(meta: &kube::api::ObjectMeta, nc: &NixCache) -> bool {
+    meta.owner_references.iter().flatten().any(|o| {
+        o.kind == "NixCache"
+            && Some(&o.uid) == nc.metadata.uid.as_ref()
+            && o.controller == Some(true)
+    })
+}
+
+async fn merge_patch_spec(caches: &Api<NixCache>, name: &str, spec: serde_json::Value) {
+    caches
+        .patch(
+            name,
+            &PatchParams::default(),
+            &Patch::Merge(json!({ "spec": spec })),
+        )
+        .await
+        .expect("patch spec");
+}
+
+fn template_hash(d: &Deployment) -> String {
+    d.spec
+        .as_ref()
+        .and_then(|s| s.template.metadata.as_ref())
+        .and_then(|m| m.annotations.as_ref())
+        .and_then(|a| a.get("nixcache.io/config-hash").cloned())
+        .expect("config hash annotation")
+}
+
+fn pdb_api(client: &Client, version: &str) -> Api<DynamicObject> {
+    let ar = ApiResource::from_gvk(&GroupVersionKind::gvk(
+        "policy",
+        version,
+        "PodDisruptionBudget",
+    ));
+    Api::namespaced_with(client.clone(), "default", &ar)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn helm_installs_the_chart_and_every_manifest_validates() {
+    let chart = repo().join("charts/nixcache-operator");
+    let helm = helm_bin();
+    let run = |args: &[&str]| {
+        let out = Command::new(&helm).args(args).output().expect("run helm");
+        assert!(
+            out.status.success(),
+            "helm {args:?}: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let chart_s = chart.to_str().expect("utf-8 path");
+    run(&["lint", "--strict", chart_s]);
+    // The values schema rejects what the chart cannot render.
+    let bad = Command::new(&helm)
+        .args(["lint", "--strict", chart_s, "--set", "logFormat=xml"])
+        .output()
+        .expect("run helm");
+    assert!(
+        !bad.status.success(),
+        "values.schema.json lets logFormat=xml through"
+    );
+
+    // Every rendering validates against the Kubernetes 1.30 schemas.
+    let dir = tempfile::tempdir().expect("tempdir");
+    for (i, set) in [
+        vec![],
+        vec!["--set", "watchNamespace=team", "--set", "replicas=2"],
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let mut args = vec![
+            "template",
+            "op",
+            chart_s,
+            "--namespace",
+            "ops",
+            "--include-crds",
+        ];
+        args.extend(set);
+        let file = dir.path().join(format!("render{i}.yaml"));
+        std::fs::write(&file, run(&args)).expect("write");
+        validate_1_30(&file);
+    }
+    validate_1_30(&repo().join("deploy/nixcache-operator.yaml"));
+
+    // deploy/ is the chart's rendering, current.
+    let rendered = Command::new("bash")
+        .arg(repo().join("scripts/render-deploy.sh"))
+        .env("HELM", &helm)
+        .output()
+        .expect("render-deploy.sh");
+    assert!(rendered.status.success());
+    let committed =
+        std::fs::read_to_string(repo().join("deploy/nixcache-operator.yaml")).expect("deploy/");
+    assert!(
+        String::from_utf8_lossy(&rendered.stdout) == committed,
+        "deploy/nixcache-operator.yaml drifted from the chart: run scripts/render-deploy.sh > deploy/nixcache-operator.yaml"
+    );
+
+    // helm install into a real API server registers the CRD and creates the operator's objects.
+    let server = KubeApiServer::start();
+    let kubeconfig = server.kubeconfig.to_str().expect("utf-8 path");
+    run(&[
+        "install",
+        "nixcache-operator",
+        chart_s,
+        "--kubeconfig",
+        kubeconfig,
+        "--namespace",
+        "nixcache-system",
+        "--create-namespace",
+    ]);
+    let client = client(&server).await;
+    wait_established(&client).await;
+    let deployments: Api<Deployment> = Api::namespaced(client.clone(), "nixcache-system");
+    let d = deployments
+        .get("nixcache-operator")
+        .await
+        .expect("the operator Deployment");
+    let args = d
+        .spec
+        .and_then(|s| s.template.spec)
+        .expect("pod")
+        .containers[0]
+        .args
+        .clone();
+    assert_eq!(args, Some(vec!["run".to_string()]));
+
+    // The plain manifests apply too (server-side, dry run), and so do the examples.
+    let caches: Api<NixCache> = Api::namespaced(client.clone(), "default");
+    for name in ["nixcache.yaml", "nixcache-ha.yaml"] {
+        let nc = example(name);
+        caches
+            .create(
+                &PostParams {
+                    dry_run: true,
+                    ..Default::default()
+                },
+                &nc,
+            )
+            .await
+            .unwrap_or_else(|e| panic!("{name} is rejected by the API server: {e}"));
+        nixcache_operator::config::validate(&nc)
+            .unwrap_or_else(|e| panic!("{name} is rejected by the operator: {e}"));
+    }
+    // The schema rejects what it can express.
+    let mut bad = example("nixcache.yaml");
+    bad.spec.replicas = -1;
+    let err = caches
+        .create(
+            &PostParams {
+                dry_run: true,
+                ..Default::default()
+            },
+            &bad,
+        )
+        .await
+        .expect_err("negative replicas");
+    assert!(err.to_string().contains("replicas"), "{err}");
+}
+
+fn validate_1_30(file: &Path) {
+    let out = Command::new("kubernetes-validate")
+        .args(["-k", "1.30.0", "--strict"])
+        .arg(file)
+        .output()
+        .expect("kubernetes-validate (pip install kubernetes-validate; scripts/provision.sh does)");
+    assert!(
+        out.status.success(),
+        "{} does not validate against Kubernetes 1.30: {}{}",
+        file.display(),
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_nixcache_is_reconciled_into_owned_children_that_follow_its_spec() {
+    let server = KubeApiServer::start();
+    let client = client(&server).await;
+    install_crd(&client).await;
+    let mut operator = Operator::start(&server, "op-a");
+
+    let caches: Api<NixCache> = Api::namespaced(client.clone(), "default");
+    let nc = caches
+        .create(&PostParams::default(), &example("nixcache.yaml"))
+        .await
+        .expect("create NixCache");
+    let name = nc.name_any();
+
+    // Status: a valid public key and the in-cluster URL.
+    let nc = eventually(30, "status.publicKey", || async {
+        let nc = caches.get(&name).await.ok()?;
+        nc.status.as_ref()?.public_key.as_ref()?;
+        Some(nc)
+    })
+    .await;
+    let status = nc.status.clone().expect("status");
+    let public_key = status.public_key.clone().expect("public key");
+    PublicKey::parse(&public_key).expect("a Nix public key");
+    assert_eq!(
+        status.url.as_deref(),
+        Some("http://nixcache.default.svc.cluster.local:80")
+    );
+    assert_eq!(status.observed_generation, nc.metadata.generation);
+
+    // Every child exists and is owned by the cache.
+    let configmaps: Api<ConfigMap> = Api::namespaced(client.clone(), "default");
+    let deployments: Api<Deployment> = Api::namespaced(client.clone(), "default");
+    let services: Api<Service> = Api::namespaced(client.clone(), "default");
+    let accounts: Api<ServiceAccount> = Api::namespaced(client.clone(), "default");
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), "default");
+    let cm = configmaps.get("nixcache-config").await.expect("ConfigMap");
+    let deployment = deployments.get("nixcache").await.expect("Deployment");
+    let service = services.get("nixcache").await.expect("Service");
+    let account = accounts.get("nixcache").await.expect("ServiceAccount");
+    let key_secret = secrets
+        .get("nixcache-signing-key")
+        .await
+        .expect("key Secret");
+    for meta in [
+        &cm.metadata,
+        &deployment.metadata,
+        &service.metadata,
+        &account.metadata,
+        &key_secret.metadata,
+    ] {
+        assert!(owned_by(meta, &nc), "{:?} is not owned", meta.name);
+    }
+    // The ConfigMap is the server's own configuration type, and the server accepts it.
+    let toml_text = cm
+        .data
+        .as_ref()
+        .and_then(|d| d.get("config.toml"))
+        .expect("config.toml");
+    let args: ServeArgs = toml::from_str(toml_text).expect("ServeArgs");
+    args.resolve()
+        .expect("the server accepts the rendered configuration");
+    // The Secret's key is the one in status.
+    let secret_text = |s: &Secret| {
+        String::from_utf8(s.data.as_ref().expect("data")["secret-key"].0.clone()).expect("utf-8")
+    };
+    let key = secret_text(&key_secret);
+    let secret_key = nixcache::nix::SecretKey::parse(&key).expect("a Nix secret key");
+    assert_eq!(secret_key.public_key().to_string(), public_key);
+
+    // Changing replicas (with what more replicas need) updates the Deployment and adds a PDB in
+    // the policy version this server speaks (1.20: v1beta1).
+    ha_secrets(&client).await;
+    let ha = example("nixcache-ha.yaml");
+    let mut ha_spec = serde_json::to_value(&ha.spec).expect("spec");
+    ha_spec["gc"] = serde_json::Value::Null;
+    merge_patch_spec(&caches, &name, ha_spec).await;
+    let deployment = eventually(30, "3 replicas", || async {
+        let d = deployments.get("nixcache").await.ok()?;
+        (d.spec.as_ref()?.replicas == Some(3)).then_some(d)
+    })
+    .await;
+    let env = serde_json::to_string(
+        &deployment
+            .spec
+            .as_ref()
+            .and_then(|s| s.template.spec.clone())
+            .expect("pod")
+            .containers[0]
+            .env,
+    )
+    .expect("env");
+    assert!(
+        env.contains("nixcache-postgres") && env.contains("nixcache-s3"),
+        "{env}"
+    );
+    let pdbs = pdb_api(&client, "v1beta1");
+    let pdb = eventually(30, "the PodDisruptionBudget", || async {
+        pdbs.get_opt("nixcache").await.ok()?
+    })
+    .await;
+    assert!(owned_by(&pdb.metadata, &nc));
+
+    // Changing an upstream rewrites the configuration and rolls the pods.
+    let before = template_hash(&deployment);
+    merge_patch_spec(
+        &caches,
+        &name,
+        json!({"upstreams": [{"url": "https://nix.example.org", "priority": 30}]}),
+    )
+    .await;
+    eventually(30, "the new upstream in the ConfigMap", || async {
+        let cm = configmaps.get("nixcache-config").await.ok()?;
+        cm.data?
+            .get("config.toml")?
+            .contains("https://nix.example.org,priority=30")
+            .then_some(())
+    })
+    .await;
+    eventually(30, "a new pod template", || async {
+        let d = deployments.get("nixcache").await.ok()?;
+        (template_hash(&d) != before).then_some(())
+    })
+    .await;
+
+    // Deleted children come back; hand edits are undone.
+    services
+        .delete("nixcache", &DeleteParams::default())
+        .await
+        .expect("delete Service");
+    configmaps
+        .delete("nixcache-config", &DeleteParams::default())
+        .await
+        .expect("delete ConfigMap");
+    eventually(30, "the Service back", || async {
+        let s = services.get_opt("nixcache").await.ok()??;
+        (s.metadata.uid != service.metadata.uid).then_some(())
+    })
+    .await;
+    eventually(30, "the ConfigMap back", || async {
+        configmaps.get_opt("nixcache-config").await.ok()?
+    })
+    .await;
+    deployments
+        .patch(
+            "nixcache",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"replicas": 7}})),
+        )
+        .await
+        .expect("hand edit");
+    eventually(30, "replicas restored to 3", || async {
+        let d = deployments.get("nixcache").await.ok()?;
+        (d.spec?.replicas == Some(3)).then_some(())
+    })
+    .await;
+
+    // After all those reconciles, and after a restart of the operator, the key is the same.
+    operator.terminate();
+    let _operator = Operator::start(&server, "op-b");
+    caches
+        .patch(
+            &name,
+            &PatchParams::default(),
+            &Patch::Merge(json!({"metadata": {"annotations": {"touched": "1"}}})),
+        )
+        .await
+        .expect("touch");
+    services
+        .delete("nixcache", &DeleteParams::default())
+        .await
+        .expect("delete Service again");
+    eventually(30, "the new operator to recreate the Service", || async {
+        services.get_opt("nixcache").await.ok()?
+    })
+    .await;
+    let key_after = secret_text(&secrets.get("nixcache-signing-key").await.expect("Secret"));
+    assert_eq!(key_after, key, "the signing key was regenerated");
+    let nc_now = caches.get(&name).await.expect("get");
+    assert_eq!(
+        nc_now.status.and_then(|s| s.public_key),
+        Some(public_key.clone())
+    );
+
+    // An invalid spec: Degraded with the reason, children left as they were.
+    let cm_before = configmaps.get("nixcache-config").await.expect("cm").data;
+    merge_patch_spec(&caches, &name, json!({"redis": []})).await;
+    let (status, reason, message) = eventually(30, "Degraded", || async {
+        let nc = caches.get(&name).await.ok()?;
+        let c = condition(&nc, "Degraded")?;
+        (c.0 == "True").then_some(c)
+    })
+    .await;
+    assert_eq!((status.as_str(), reason.as_str()), ("True", "InvalidSpec"));
+    assert!(message.contains("Redis"), "{message}");
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let d = deployments.get("nixcache").await.expect("deployment");
+    assert_eq!(d.spec.and_then(|s| s.replicas), Some(3));
+    assert_eq!(
+        configmaps.get("nixcache-config").await.expect("cm").data,
+        cm_before
+    );
+
+    // A named signing key Secret with bad content is a condition too, not a crash.
+    create_secret(&client, "bad-key", &[("secret-key", "not-a-key")]).await;
+    merge_patch_spec(
+        &caches,
+        &name,
+        json!({"redis": ["redis://r:6379"], "signingKey": {"secretName": "bad-key"}}),
+    )
+    .await;
+    let (_, reason, message) = eventually(30, "BadSigningKey", || async {
+        let nc = caches.get(&name).await.ok()?;
+        let c = condition(&nc, "Degraded")?;
+        (c.1 == "BadSigningKey").then_some(c)
+    })
+    .await;
+    assert!(
+        message.contains("bad-key") && !message.contains("not-a-key"),
+        "{message}"
+    );
+    assert_eq!(reason, "BadSigningKey");
+
+    // What the operator did is told as Events.
+    let events = Api::<DynamicObject>::namespaced_with(
+        client.clone(),
+        "default",
+        &ApiResource::from_gvk(&GroupVersionKind::gvk("events.k8s.io", "v1", "Event")),
+    );
+    let reasons: Vec<String> = events
+        .list(&ListParams::default())
+        .await
+        .expect("events")
+        .items
+        .iter()
+        .filter_map(|e| e.data["reason"].as_str().map(String::from))
+        .collect();
+    for wanted in ["SigningKeyGenerated", "InvalidSpec", "BadSigningKey"] {
+        assert!(
+            reasons.iter().any(|r| r == wanted),
+            "{wanted} not in {reasons:?}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ready_follows_the_deployment_status() {
+    let server = KubeApiServer::start();
+    let client = client(&server).await;
+    install_crd(&client).await;
+    let _operator = Operator::start(&server, "op");
+    let caches: Api<NixCache> = Api::namespaced(client.clone(), "default");
+    caches
+        .create(&PostParams::default(), &example("nixcache.yaml"))
+        .await
+        .expect("create");
+    let deployments: Api<Deployment> = Api::namespaced(client.clone(), "default");
+    let d = eventually(30, "the Deployment", || async {
+        deployments.get_opt("nixcache").await.ok()?
+    })
+    .await;
+    let ready = |want: &'static str| {
+        let caches = caches.clone();
+        async move {
+            eventually(30, &format!("Ready={want}"), || async {
+                let nc = caches.get("nixcache").await.ok()?;
+                let c = condition(&nc, "Ready")?;
+                (c.0 == want).then_some(nc)
+            })
+            .await
+        }
+    };
+    let nc = ready("False").await;
+    assert_eq!(nc.status.and_then(|s| s.ready_replicas), Some(0));
+
+    // No kubelet runs here: the test plays the Deployment controller.
+    let write_status = |ready: i32| {
+        let deployments = deployments.clone();
+        let generation = d.metadata.generation;
+        async move {
+            deployments
+                .patch_status(
+                    "nixcache",
+                    &PatchParams::default(),
+                    &Patch::Merge(json!({"status": {
+                        "observedGeneration": generation,
+                        "replicas": 1, "updatedReplicas": 1,
+                        "readyReplicas": ready, "availableReplicas": ready,
+                    }})),
+                )
+                .await
+                .expect("write Deployment status");
+        }
+    };
+    write_status(1).await;
+    let nc = ready("True").await;
+    assert_eq!(nc.status.as_ref().and_then(|s| s.ready_replicas), Some(1));
+    assert_eq!(
+        condition(&nc, "Progressing").map(|c| c.0),
+        Some("False".to_string())
+    );
+    write_status(0).await;
+    ready("False").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gc_jobs_are_made_once_per_tick_by_the_lease_holder_only() {
+    let server = KubeApiServer::start();
+    let client = client(&server).await;
+    install_crd(&client).await;
+    ha_secrets(&client).await;
+    let mut a = Operator::start(&server, "op-a");
+    let mut b = Operator::start(&server, "op-b");
+    // Exactly one of them leads.
+    let (leader_first, follower_first) = eventually(30, "one leader", || async {
+        match (
+            a.metric("nixcache_operator_leader").await,
+            b.metric("nixcache_operator_leader").await,
+        ) {
+            (x, y) if x == 1.0 && y == 0.0 => Some((true, false)),
+            (x, y) if x == 0.0 && y == 1.0 => Some((false, true)),
+            _ => None,
+        }
+    })
+    .await;
+    assert_ne!(leader_first, follower_first);
+    let (leader, follower) = if leader_first {
+        (&mut a, &mut b)
+    } else {
+        (&mut b, &mut a)
+    };
+
+    let mut nc = example("nixcache-ha.yaml");
+    nc.metadata.name = Some("gc".into());
+    let gc = nc.spec.gc.as_mut().expect("gc");
+    gc.schedule = "*/3 * * * * *".into(); // every 3 seconds
+    gc.successful_jobs_history_limit = 1;
+    let caches: Api<NixCache> = Api::namespaced(client.clone(), "default");
+    let nc = caches
+        .create(&PostParams::default(), &nc)
+        .await
+        .expect("create");
+    let jobs: Api<Job> = Api::namespaced(client.clone(), "default");
+    let list = || async {
+        let mut v = jobs
+            .list(&ListParams::default().labels("nixcache.io/cache=gc"))
+            .await
+            .expect("jobs")
+            .items;
+        v.sort_by_key(|j| j.name_any());
+        v
+    };
+    let first = eventually(30, "the first GC Job", || async {
+        list().await.into_iter().next()
+    })
+    .await;
+    assert!(owned_by(&first.metadata, &nc));
+    let pod = first
+        .spec
+        .clone()
+        .and_then(|s| s.template.spec)
+        .expect("pod");
+    assert_eq!(
+        pod.containers[0].args.clone().unwrap_or_default(),
+        ["gc", "--config", "/etc/nixcache/config.toml"]
+    );
+    assert_eq!(
+        pod.containers[0].image.as_deref(),
+        Some("localhost/nixcache:test")
+    );
+
+    // No overlap: while it runs (no kubelet: until the test says it finished), later ticks are
+    // skipped, not queued.
+    tokio::time::sleep(Duration::from_secs(7)).await;
+    assert_eq!(
+        list().await.len(),
+        1,
+        "a second run started during the first"
+    );
+    let gc_status = caches
+        .get("gc")
+        .await
+        .expect("get")
+        .status
+        .and_then(|s| s.gc)
+        .expect("gc status");
+    assert_eq!(
+        gc_status.active_job.as_deref(),
+        Some(first.name_any().as_str())
+    );
+    assert!(
+        gc_status
+            .last_result
+            .as_deref()
+            .is_some_and(|r| r.starts_with("Skipped")),
+        "{gc_status:?}"
+    );
+
+    let complete = |name: String| {
+        let jobs = jobs.clone();
+        async move {
+            let now = nixcache_operator::time::rfc3339(nixcache_operator::time::now_unix());
+            jobs.patch_status(
+                &name,
+                &PatchParams::default(),
+                &Patch::Merge(json!({"status": {
+                    "startTime": now, "completionTime": now, "succeeded": 1,
+                    "conditions": [{"type": "Complete", "status": "True",
+                        "lastProbeTime": now, "lastTransitionTime": now}],
+                }})),
+            )
+            .await
+            .expect("complete the Job");
+        }
+    };
+    complete(first.name_any()).await;
+    let second = eventually(30, "the next tick's Job", || async {
+        list()
+            .await
+            .into_iter()
+            .find(|j| j.name_any() != first.name_any())
+    })
+    .await;
+    let gc_status = eventually(30, "lastSuccessTime", || async {
+        let g = caches.get("gc").await.ok()?.status?.gc?;
+        g.last_success_time.is_some().then_some(g)
+    })
+    .await;
+    assert!(gc_status.last_schedule_time.is_some());
+
+    // The follower did nothing all along.
+    assert_eq!(
+        follower
+            .metric("nixcache_operator_reconciles_total{result=\"ok\"}")
+            .await,
+        0.0
+    );
+    assert_eq!(
+        follower
+            .metric("nixcache_operator_gc_jobs_created_total")
+            .await,
+        0.0
+    );
+    assert_eq!(
+        leader
+            .metric("nixcache_operator_gc_jobs_created_total")
+            .await,
+        2.0
+    );
+
+    // The leader stops (and hands the Lease over); the other one takes over the schedule, and
+    // the history stays bounded (one successful Job kept).
+    leader.terminate();
+    eventually(30, "the standby to lead", || async {
+        (follower.metric("nixcache_operator_leader").await == 1.0).then_some(())
+    })
+    .await;
+    complete(second.name_any()).await;
+    eventually(30, "a Job by the new leader", || async {
+        (follower
+            .metric("nixcache_operator_gc_jobs_created_total")
+            .await
+            >= 1.0)
+            .then_some(())
+    })
+    .await;
+    eventually(30, "the oldest finished Job pruned", || async {
+        let names: Vec<String> = list().await.iter().map(|j| j.name_any()).collect();
+        (!names.contains(&first.name_any())).then_some(())
+    })
+    .await;
+    let mut names: Vec<String> = list().await.iter().map(|j| j.name_any()).collect();
+    names.dedup();
+    assert!(names.len() <= 2, "history beyond its bound: {names:?}");
+}
