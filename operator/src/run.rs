@@ -27,6 +27,9 @@ use crate::metrics::Metrics;
 use crate::reconcile::{discover_pdb_version, error_policy, reconcile, Context, MANAGER};
 use crate::resources::{DEFAULT_IMAGE, MANAGED_BY};
 
+/// How long reconciles under way may take to finish once leadership ends.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+
 /// `nixcache-operator run` settings; each also an environment variable.
 #[derive(clap::Args, Debug, Clone)]
 pub struct RunArgs {
@@ -327,9 +330,17 @@ async fn lead(
             None => Api::all(client.clone()),
         }
     }
+    if let Err(kube::Error::Api(e)) = caches
+        .list(&kube::api::ListParams::default().limit(1))
+        .await
+    {
+        if e.code == 404 {
+            error!("the NixCache CRD is not installed: kubectl apply -f crds/nixcaches.nixcache.io.json (the Helm chart installs it)");
+        }
+    }
     let ns = &args.watch_namespace;
     let mut end = end_rx.clone();
-    Controller::new(caches, watcher::Config::default())
+    let controller = Controller::new(caches, watcher::Config::default())
         .owns(children::<ConfigMap>(client, ns), owned.clone())
         .owns(children::<Deployment>(client, ns), owned.clone())
         .owns(children::<Service>(client, ns), owned.clone())
@@ -348,8 +359,18 @@ async fn lead(
                     other => error!(error = %other, "controller"),
                 }
             }
-        })
-        .await;
+        });
+    // A graceful stop lets reconciles under way finish. The controller can wait for its caches
+    // forever (an API server that never lists NixCaches), so the stop is forced after a while.
+    let mut end = end_rx.clone();
+    let deadline = async move {
+        let _ = end.wait_for(|ended| *ended).await;
+        tokio::time::sleep(SHUTDOWN_GRACE).await;
+    };
+    tokio::select! {
+        _ = controller => {}
+        _ = deadline => warn!("reconciles did not finish in time; stopping anyway"),
+    }
     renewer.abort();
     Ok(*stop.borrow())
 }
