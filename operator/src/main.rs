@@ -19,7 +19,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Reconcile NixCache resources until SIGTERM.
-    Run(nixcache_operator::run::RunArgs),
+    Run(Box<nixcache_operator::run::RunArgs>),
     /// Print the NixCache CustomResourceDefinition (JSON, which is also YAML).
     Crd,
 }
@@ -31,7 +31,7 @@ async fn main() -> ExitCode {
             print!("{}", nixcache_operator::crd::crd_json());
             ExitCode::SUCCESS
         }
-        Command::Run(args) => match nixcache_operator::run::run(args).await {
+        Command::Run(args) => match nixcache_operator::run::run(*args).await {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
                 eprintln!("nixcache-operator: {e:#}");

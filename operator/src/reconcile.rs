@@ -516,3 +516,7 @@ async fn gc(
             .map(|s| Duration::from_secs(s.max(1) as u64)),
     ))
 }
+
+#[cfg(test)]
+#[path = "reconcile_tests.rs"]
+mod tests;

@@ -1,0 +1,241 @@
+//! Reconcile steps against a mocked API server (tower-test): which requests each step makes, and
+//! which it must never make. The real API server is exercised by `tests/tests/operator.rs`.
+
+use std::sync::{Arc, Mutex};
+
+use http::{Request, Response, StatusCode};
+use kube::client::Body;
+use kube::runtime::events::{Recorder, Reporter};
+use kube::Client;
+use serde_json::{json, Value};
+
+use super::*;
+use crate::crd::NixCache;
+use crate::metrics::Metrics;
+
+/// One request the step made.
+#[derive(Debug, Clone)]
+struct Seen {
+    method: String,
+    path: String,
+    query: String,
+    body: Value,
+}
+
+type Answer = Box<dyn Fn(&str, &str, &Value) -> (StatusCode, Value) + Send + Sync>;
+
+/// A client whose every request is answered by `answer` and recorded.
+fn mock(answer: Answer) -> (Client, Arc<Mutex<Vec<Seen>>>) {
+    let (service, mut handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let log = seen.clone();
+    tokio::spawn(async move {
+        while let Some((request, send)) = handle.next_request().await {
+            let method = request.method().to_string();
+            let path = request.uri().path().to_string();
+            let query = request.uri().query().unwrap_or_default().to_string();
+            let bytes = request
+                .into_body()
+                .collect_bytes()
+                .await
+                .unwrap_or_default();
+            let body: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+            let (status, reply) = answer(&method, &path, &body);
+            log.lock().expect("log").push(Seen {
+                method,
+                path,
+                query,
+                body,
+            });
+            let response = Response::builder()
+                .status(status)
+                .body(Body::from(serde_json::to_vec(&reply).unwrap_or_default()))
+                .expect("response");
+            send.send_response(response);
+        }
+    });
+    (Client::new(service, "default"), seen)
+}
+
+fn not_found() -> (StatusCode, Value) {
+    (
+        StatusCode::NOT_FOUND,
+        json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "reason": "NotFound",
+               "code": 404, "message": "not found"}),
+    )
+}
+
+/// The applied object back, as the API server answers a patch (a status patch names no metadata).
+fn echo(body: &Value) -> (StatusCode, Value) {
+    let mut reply = body.clone();
+    if reply.get("metadata").is_none() {
+        reply["metadata"] = json!({"name": "web", "namespace": "team"});
+    }
+    if reply["kind"] == "NixCache" && reply.get("spec").is_none() {
+        reply["spec"] = json!({});
+    }
+    (StatusCode::OK, reply)
+}
+
+fn context(client: Client) -> Context {
+    Context {
+        recorder: Recorder::new(client.clone(), Reporter::from("test")),
+        client,
+        metrics: Arc::new(Metrics::new().expect("metrics")),
+        default_image: "img:1".into(),
+        pdb_api_version: "policy/v1".into(),
+    }
+}
+
+fn cache(spec: Value) -> NixCache {
+    let mut nc = NixCache::new("web", serde_json::from_value(spec).expect("spec"));
+    nc.metadata.namespace = Some("team".into());
+    nc.metadata.uid = Some("uid-1".into());
+    nc.metadata.generation = Some(2);
+    nc
+}
+
+fn secret_with(name: &str, key_text: &str) -> Value {
+    use base64::Engine;
+    json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": name, "namespace": "team"},
+           "data": {"secret-key": base64::engine::general_purpose::STANDARD.encode(key_text)}})
+}
+
+fn writes(seen: &Arc<Mutex<Vec<Seen>>>) -> Vec<Seen> {
+    seen.lock()
+        .expect("log")
+        .iter()
+        .filter(|s| s.method != "GET" && !s.path.contains("/events"))
+        .cloned()
+        .collect()
+}
+
+#[tokio::test]
+async fn a_missing_key_is_generated_once_into_a_new_secret() {
+    let (client, seen) = mock(Box::new(|method, path, body| match (method, path) {
+        ("GET", "/api/v1/namespaces/team/secrets/web-signing-key") => not_found(),
+        ("POST", "/api/v1/namespaces/team/secrets") => (StatusCode::CREATED, body.clone()),
+        _ => (StatusCode::CREATED, json!({})),
+    }));
+    let ctx = context(client);
+    let public = signing_key(&cache(json!({})), &ctx, "team")
+        .await
+        .expect("no API error")
+        .unwrap_or_else(|r| panic!("rejected: {}", r.message));
+    let posts = writes(&seen);
+    assert_eq!(posts.len(), 1, "{posts:?}");
+    let created = &posts[0].body;
+    assert_eq!(created["metadata"]["name"], "web-signing-key");
+    assert_eq!(created["metadata"]["ownerReferences"][0]["uid"], "uid-1");
+    let secret_text = created["stringData"]["secret-key"].as_str().expect("key");
+    let key = SecretKey::parse(secret_text).expect("a Nix secret key");
+    assert_eq!(key.public_key().to_string(), public);
+    assert!(public.starts_with("web.team-1:"), "{public}");
+}
+
+#[tokio::test]
+async fn an_existing_key_is_read_and_never_written() {
+    let key = SecretKey::generate("mine-1").expect("key");
+    let text = key.to_file_contents();
+    let (client, seen) = mock(Box::new(move |method, path, _| match (method, path) {
+        ("GET", "/api/v1/namespaces/team/secrets/web-signing-key") => {
+            (StatusCode::OK, secret_with("web-signing-key", &text))
+        }
+        _ => (StatusCode::INTERNAL_SERVER_ERROR, json!({})),
+    }));
+    let ctx = context(client);
+    for _ in 0..3 {
+        let public = signing_key(&cache(json!({})), &ctx, "team")
+            .await
+            .expect("no API error")
+            .unwrap_or_else(|r| panic!("rejected: {}", r.message));
+        assert_eq!(public, key.public_key().to_string());
+    }
+    assert!(writes(&seen).is_empty(), "{:?}", writes(&seen));
+}
+
+#[tokio::test]
+async fn a_named_secret_with_a_bad_key_is_a_rejection_that_keeps_the_key_out_of_messages() {
+    let (client, seen) = mock(Box::new(|method, path, _| match (method, path) {
+        ("GET", "/api/v1/namespaces/team/secrets/own-key") => (
+            StatusCode::OK,
+            secret_with("own-key", "own-1:c2VjcmV0LWJ5dGVz"),
+        ),
+        _ => (StatusCode::INTERNAL_SERVER_ERROR, json!({})),
+    }));
+    let ctx = context(client);
+    let nc = cache(json!({"signingKey": {"secretName": "own-key"}}));
+    let rejection = signing_key(&nc, &ctx, "team")
+        .await
+        .expect("no API error")
+        .expect_err("a bad key");
+    assert_eq!(rejection.reason, "BadSigningKey");
+    assert!(rejection.message.contains("own-key"));
+    assert!(
+        !rejection.message.contains("c2VjcmV0"),
+        "{}",
+        rejection.message
+    );
+    assert!(writes(&seen).is_empty());
+}
+
+#[tokio::test]
+async fn an_invalid_spec_writes_status_only() {
+    let (client, seen) = mock(Box::new(|_, _, body| echo(body)));
+    let ctx = Arc::new(context(client));
+    let nc = Arc::new(cache(json!({"replicas": 3})));
+    reconcile(nc, ctx).await.expect("reconciled");
+    let writes = writes(&seen);
+    assert_eq!(writes.len(), 1, "{writes:?}");
+    assert_eq!(writes[0].method, "PATCH");
+    assert_eq!(
+        writes[0].path,
+        "/apis/nixcache.io/v1alpha1/namespaces/team/nixcaches/web/status"
+    );
+    let conditions = writes[0].body["status"]["conditions"]
+        .as_array()
+        .expect("conditions")
+        .clone();
+    let degraded = conditions
+        .iter()
+        .find(|c| c["type"] == "Degraded")
+        .expect("Degraded");
+    assert_eq!(degraded["status"], "True");
+    assert_eq!(degraded["reason"], "InvalidSpec");
+    assert_eq!(writes[0].body["status"]["observedGeneration"], 2);
+}
+
+#[tokio::test]
+async fn a_valid_spec_applies_every_child_with_one_field_manager() {
+    let key = SecretKey::generate("k-1").expect("key");
+    let text = key.to_file_contents();
+    let (client, seen) = mock(Box::new(move |method, path, body| match (method, path) {
+        ("GET", "/api/v1/namespaces/team/secrets/web-signing-key") => {
+            (StatusCode::OK, secret_with("web-signing-key", &text))
+        }
+        ("GET", _) => not_found(),
+        _ => echo(body),
+    }));
+    let ctx = Arc::new(context(client));
+    reconcile(Arc::new(cache(json!({}))), ctx)
+        .await
+        .expect("reconciled");
+    let writes = writes(&seen);
+    let paths: Vec<&str> = writes.iter().map(|w| w.path.as_str()).collect();
+    assert_eq!(
+        paths,
+        [
+            "/api/v1/namespaces/team/configmaps/web-config",
+            "/api/v1/namespaces/team/serviceaccounts/web",
+            "/api/v1/namespaces/team/services/web",
+            "/apis/apps/v1/namespaces/team/deployments/web",
+            "/apis/nixcache.io/v1alpha1/namespaces/team/nixcaches/web/status",
+        ]
+    );
+    assert!(writes.iter().all(|w| w.method == "PATCH"
+        && w.query.contains("fieldManager=nixcache-operator")
+        && w.query.contains("force=true")));
+    let status = &writes[4].body["status"];
+    assert_eq!(status["publicKey"], key.public_key().to_string());
+    assert_eq!(status["url"], "http://web.team.svc.cluster.local:80");
+}
