@@ -14,6 +14,7 @@ use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::{
     ConfigMap, PersistentVolumeClaim, Secret, Service, ServiceAccount,
 };
+use kube::api::{ApiResource, DynamicObject, GroupVersionKind};
 use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::runtime::events::{Recorder, Reporter};
 use kube::runtime::{watcher, Controller};
@@ -308,7 +309,13 @@ async fn lead(
     info!(pdb_api_version = %pdb_api_version, "discovered the API server");
     let context = Arc::new(Context {
         client: client.clone(),
-        recorder: Recorder::new(client.clone(), Reporter::from(MANAGER)),
+        recorder: Recorder::new(
+            client.clone(),
+            Reporter {
+                controller: MANAGER.into(),
+                instance: Some(lock.identity().to_string()),
+            },
+        ),
         metrics: metrics.clone(),
         default_image: args.image.clone(),
         pdb_api_version,
@@ -339,8 +346,25 @@ async fn lead(
         }
     }
     let ns = &args.watch_namespace;
+    // PodDisruptionBudgets in whichever policy version this API server serves.
+    let pdb_resource = {
+        let (group, version) = context
+            .pdb_api_version
+            .split_once('/')
+            .unwrap_or(("policy", "v1"));
+        ApiResource::from_gvk(&GroupVersionKind::gvk(
+            group,
+            version,
+            "PodDisruptionBudget",
+        ))
+    };
+    let pdbs: Api<DynamicObject> = match ns {
+        Some(ns) => Api::namespaced_with(client.clone(), ns, &pdb_resource),
+        None => Api::all_with(client.clone(), &pdb_resource),
+    };
     let mut end = end_rx.clone();
     let controller = Controller::new(caches, watcher::Config::default())
+        .owns_with(pdbs, pdb_resource, owned.clone())
         .owns(children::<ConfigMap>(client, ns), owned.clone())
         .owns(children::<Deployment>(client, ns), owned.clone())
         .owns(children::<Service>(client, ns), owned.clone())

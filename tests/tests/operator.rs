@@ -103,6 +103,16 @@ struct Operator {
 
 impl Operator {
     fn start(server: &KubeApiServer, identity: &str) -> Operator {
+        Self::start_with(server, &server.kubeconfig, "default", identity)
+    }
+
+    /// With another kubeconfig (another user) and the Lease in `lease_namespace`.
+    fn start_with(
+        server: &KubeApiServer,
+        kubeconfig: &Path,
+        lease_namespace: &str,
+        identity: &str,
+    ) -> Operator {
         let port = nixcache_tests::free_port();
         let log = server.dir().join(format!("{identity}.log"));
         let out = std::fs::OpenOptions::new()
@@ -112,9 +122,9 @@ impl Operator {
             .expect("log file");
         let child = Command::new(operator_bin())
             .args(["run", "--kubeconfig"])
-            .arg(&server.kubeconfig)
+            .arg(kubeconfig)
             .args(["--listen", &format!("127.0.0.1:{port}")])
-            .args(["--lease-namespace", "default", "--lease-seconds", "4"])
+            .args(["--lease-namespace", lease_namespace, "--lease-seconds", "4"])
             .args(["--identity", identity, "--image", "localhost/nixcache:test"])
             .args(["--log-format", "text"])
             .env("RUST_LOG", "info,nixcache_operator=debug")
@@ -381,8 +391,60 @@ async fn helm_installs_the_chart_and_every_manifest_validates() {
         .clone();
     assert_eq!(args, Some(vec!["run".to_string()]));
 
-    // The plain manifests apply too (server-side, dry run), and so do the examples.
+    // The chart's RBAC is enough: the operator, acting as the chart's ServiceAccount, reconciles
+    // an HA cache with GC — every child, the PDB, the key Secret, a GC Job, Events, its Lease.
+    let text = std::fs::read_to_string(&server.kubeconfig).expect("kubeconfig");
+    let as_operator = text.replace(
+        "user: {token:",
+        "user: {as: \"system:serviceaccount:nixcache-system:nixcache-operator\", token:",
+    );
+    assert_ne!(
+        text, as_operator,
+        "the kubeconfig's user line changed shape"
+    );
+    let sa_kubeconfig = server.dir().join("operator-sa.kubeconfig");
+    std::fs::write(&sa_kubeconfig, as_operator).expect("write kubeconfig");
+    let operator = Operator::start_with(&server, &sa_kubeconfig, "nixcache-system", "chart-sa");
+    ha_secrets(&client).await;
+    let mut ha = example("nixcache-ha.yaml");
+    ha.spec.gc.as_mut().expect("gc").schedule = "* * * * * *".into();
     let caches: Api<NixCache> = Api::namespaced(client.clone(), "default");
+    caches
+        .create(&PostParams::default(), &ha)
+        .await
+        .expect("create the HA cache");
+    let jobs: Api<Job> = Api::namespaced(client.clone(), "default");
+    eventually(60, "a GC Job made under the chart's RBAC", || async {
+        let list = jobs.list(&ListParams::default()).await.ok()?;
+        (!list.items.is_empty()).then_some(())
+    })
+    .await;
+    let nc = eventually(30, "status under the chart's RBAC", || async {
+        let nc = caches.get("nixcache-ha").await.ok()?;
+        nc.status.as_ref()?.public_key.as_ref()?;
+        nc.status.as_ref()?.gc.as_ref()?.active_job.as_ref()?;
+        Some(nc)
+    })
+    .await;
+    assert_eq!(
+        condition(&nc, "Degraded").map(|c| c.0),
+        Some("False".into())
+    );
+    assert!(pdb_api(&client, "v1beta1")
+        .get_opt("nixcache-ha")
+        .await
+        .expect("get")
+        .is_some());
+    let log = operator.log();
+    assert!(
+        !log.contains("forbidden") && !log.contains("Forbidden"),
+        "the chart's RBAC misses a permission:\n{log}"
+    );
+    drop(operator);
+
+    // The examples are accepted by the API server (server-side dry run against the CRD's schema)
+    // and by the operator's own checks.
+    let caches: Api<NixCache> = Api::namespaced(client.clone(), "nixcache-system");
     for name in ["nixcache.yaml", "nixcache-ha.yaml"] {
         let nc = example(name);
         caches

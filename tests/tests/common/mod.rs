@@ -294,7 +294,7 @@ impl NixClient {
             .env("XDG_CACHE_HOME", self.xdg.path())
             .env(
                 "NIX_CONFIG",
-                "substituters =\nexperimental-features = nix-command",
+                "substituters =\nexperimental-features = nix-command\nbuild-users-group =",
             )
             .output()
             .await
