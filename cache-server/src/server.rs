@@ -125,6 +125,13 @@ pub async fn build_cache(config: &Config, role: Role) -> anyhow::Result<(Arc<Cac
         "public key (for clients' trusted-public-keys): {}",
         key.public_key()
     );
+    if let Some(uploads) = &config.uploads {
+        info!(
+            trusted_keys = uploads.trusted_keys.len(),
+            max_size = uploads.max_size,
+            "uploads enabled (with the upload token)"
+        );
+    }
 
     let client = http_client(config)?;
     let upstreams = Upstreams::new(
@@ -151,6 +158,7 @@ pub async fn build_cache(config: &Config, role: Role) -> anyhow::Result<(Arc<Cac
         lock_ttl: config.lock_ttl,
         staging_dir,
         inflight_part_size: (!config.redis.is_empty()).then_some(config.inflight_part_size),
+        store_dir: config.store_dir.clone(),
     };
     let cache = Cache::new(settings, storage, db, lock, upstreams.clone(), key, metrics);
     Ok((cache, upstreams))
@@ -193,6 +201,7 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
     let state = web::Data::new(AppState {
         cache: cache.clone(),
         cache_info,
+        uploads: config.uploads.clone(),
     });
     let server = HttpServer::new(move || {
         App::new()

@@ -221,6 +221,7 @@ mod tests {
             lock_ttl: Duration::from_secs(10),
             staging_dir: dir.path().join("tmp"),
             inflight_part_size: None,
+            store_dir: "/nix/store".into(),
         };
         let key = SecretKey::generate("t-1").expect("key");
         let cache = Cache::new(

@@ -1,5 +1,5 @@
 //! The request flows, written once against the seams (`Storage`, `Database`, `Lock`, upstreams):
-//! narinfo lookups in [`narinfo`], NAR downloads and serving in [`nar`].
+//! narinfo lookups in [`narinfo`], NAR downloads and serving in [`nar`], uploads in [`upload`].
 
 mod access;
 pub mod fsck;
@@ -7,6 +7,7 @@ pub mod gc;
 mod inflight;
 mod nar;
 mod narinfo;
+pub mod upload;
 pub mod verify;
 
 use std::collections::HashMap;
@@ -45,6 +46,8 @@ pub struct CacheSettings {
     pub staging_dir: PathBuf,
     /// With replicas: size of the parts a download is published in for other replicas' clients.
     pub inflight_part_size: Option<u64>,
+    /// The store directory narinfos must name (uploads are checked against it).
+    pub store_dir: String,
 }
 
 pub struct Cache {

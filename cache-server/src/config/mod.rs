@@ -235,6 +235,61 @@ pub struct ServeArgs {
     /// Log format. [default: text]
     #[arg(long, env = "NIXCACHE_LOG_FORMAT", value_name = "FORMAT")]
     pub log_format: Option<LogFormat>,
+
+    /// Token that allows uploads (`nix copy --to http://…`): the password of HTTP Basic auth (any
+    /// user name; Nix sends it from its netrc file) or a Bearer token. Without a token, uploads
+    /// are refused. Prefer --upload-token-file: a flag's value is visible to other local users.
+    #[arg(
+        long,
+        env = "NIXCACHE_UPLOAD_TOKEN",
+        value_name = "TOKEN",
+        hide_env_values = true
+    )]
+    pub upload_token: Option<String>,
+
+    /// File whose contents (trimmed) are the upload token.
+    #[arg(long, env = "NIXCACHE_UPLOAD_TOKEN_FILE", value_name = "PATH")]
+    pub upload_token_file: Option<PathBuf>,
+
+    /// Public key (`NAME:BASE64`) one of whose signatures every uploaded narinfo must carry,
+    /// repeatable; space-separated in the environment. Without any, the token is enough.
+    #[arg(
+        long = "upload-trusted-key",
+        env = "NIXCACHE_UPLOAD_TRUSTED_KEY",
+        value_name = "NAME:KEY",
+        value_delimiter = ' '
+    )]
+    #[serde(rename = "upload-trusted-key")]
+    pub upload_trusted_keys: Vec<String>,
+
+    /// Largest upload accepted (a NAR file), e.g. `8G`. [default: 8G]
+    #[arg(long, env = "NIXCACHE_MAX_UPLOAD_SIZE", value_name = "SIZE")]
+    pub max_upload_size: Option<String>,
+}
+
+/// A secret value: `Debug` never shows it.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Secret(..)")
+    }
+}
+
+/// Uploads, when a token enables them.
+#[derive(Clone, Debug)]
+pub struct UploadConfig {
+    pub token: Secret,
+    /// Keys one of which must have signed an uploaded narinfo; empty: any.
+    pub trusted_keys: Vec<PublicKey>,
+    pub max_size: u64,
 }
 
 /// A URL that may carry a password: `Debug` shows it redacted; `expose` gives it whole.
@@ -305,9 +360,70 @@ pub struct Config {
     pub gc_schedule: Option<croner::Cron>,
     pub gc_grace: Duration,
     pub shutdown_timeout: Duration,
+    pub uploads: Option<UploadConfig>,
 }
 
 impl ServeArgs {
+    fn upload_config(&self) -> Result<Option<UploadConfig>, ConfigError> {
+        let token = match (&self.upload_token, &self.upload_token_file) {
+            (Some(_), Some(_)) => {
+                return Err(invalid(
+                    "upload-token",
+                    "give either --upload-token or --upload-token-file",
+                ))
+            }
+            (Some(t), None) => t.trim().to_string(),
+            (None, Some(path)) => std::fs::read_to_string(path)
+                .map_err(|e| ConfigError::File {
+                    path: path.display().to_string(),
+                    message: e.to_string(),
+                })?
+                .trim()
+                .to_string(),
+            (None, None) => {
+                if !self.upload_trusted_keys.is_empty() || self.max_upload_size.is_some() {
+                    return Err(invalid(
+                        "upload-token",
+                        "upload settings without --upload-token or --upload-token-file",
+                    ));
+                }
+                return Ok(None);
+            }
+        };
+        if token.len() < 16 {
+            return Err(invalid(
+                "upload-token",
+                "must be at least 16 characters (e.g. `openssl rand -hex 32`)",
+            ));
+        }
+        let trusted_keys = self
+            .upload_trusted_keys
+            .iter()
+            .filter(|k| !k.trim().is_empty())
+            .map(|k| {
+                PublicKey::parse(k)
+                    .map_err(|e| invalid("upload-trusted-key", format!("{}: {e}", key_name(k))))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let max_size = match &self.max_upload_size {
+            None => 8 << 30,
+            Some(v) => v
+                .parse::<bytesize::ByteSize>()
+                .map(|b| b.as_u64())
+                .map_err(|e| {
+                    invalid(
+                        "max-upload-size",
+                        format!("{v:?}: {e} (write e.g. 8G, 500MiB)"),
+                    )
+                })?,
+        };
+        Ok(Some(UploadConfig {
+            token: Secret(token),
+            trusted_keys,
+            max_size,
+        }))
+    }
+
     /// Settings unset here are taken from `other`.
     fn or(self, other: ServeArgs) -> ServeArgs {
         ServeArgs {
@@ -352,6 +468,14 @@ impl ServeArgs {
             gc_schedule: self.gc_schedule.or(other.gc_schedule),
             gc_grace: self.gc_grace.or(other.gc_grace),
             shutdown_timeout: self.shutdown_timeout.or(other.shutdown_timeout),
+            upload_token: self.upload_token.or(other.upload_token),
+            upload_token_file: self.upload_token_file.or(other.upload_token_file),
+            upload_trusted_keys: if self.upload_trusted_keys.is_empty() {
+                other.upload_trusted_keys
+            } else {
+                self.upload_trusted_keys
+            },
+            max_upload_size: self.max_upload_size.or(other.max_upload_size),
         }
     }
 
@@ -375,6 +499,7 @@ impl ServeArgs {
     }
 
     fn into_config(self) -> Result<Config, ConfigError> {
+        let uploads = self.upload_config()?;
         let data_dir = self
             .data_dir
             .unwrap_or_else(|| PathBuf::from(DEFAULT_DATA_DIR));
@@ -448,6 +573,7 @@ impl ServeArgs {
             Ok(d)
         };
         Ok(Config {
+            uploads,
             listen: self.listen.unwrap_or_else(|| {
                 DEFAULT_LISTEN
                     .parse()
@@ -533,6 +659,56 @@ mod tests {
             DatabaseConfig::Sqlite(PathBuf::from("./nixcache-data/nixcache.sqlite"))
         );
         assert!(matches!(c.signing_key, SigningKeySource::Generated { .. }));
+    }
+
+    #[test]
+    fn upload_settings() {
+        let none = ServeArgs::default().resolve().expect("valid");
+        assert!(none.uploads.is_none(), "uploads are off by default");
+        let args = |token: Option<&str>, keys: &[&str], max: Option<&str>| ServeArgs {
+            upload_token: token.map(String::from),
+            upload_trusted_keys: keys.iter().map(|k| k.to_string()).collect(),
+            max_upload_size: max.map(String::from),
+            ..ServeArgs::default()
+        };
+        let on = args(Some("0123456789abcdef"), &[CACHE_NIXOS_ORG_KEY], Some("1G"))
+            .resolve()
+            .expect("valid")
+            .uploads
+            .expect("on");
+        assert_eq!(on.token.expose(), "0123456789abcdef");
+        assert_eq!((on.trusted_keys.len(), on.max_size), (1, 1_000_000_000));
+        assert!(
+            !format!("{on:?}").contains("0123456789abcdef"),
+            "Debug hides the token"
+        );
+        let err = |a: ServeArgs| a.resolve().err().map(|e| e.to_string()).unwrap_or_default();
+        assert!(err(args(Some("short"), &[], None)).contains("16 characters"));
+        assert!(err(args(None, &[CACHE_NIXOS_ORG_KEY], None)).contains("without --upload-token"));
+        assert!(
+            err(args(Some("0123456789abcdef"), &["k:AAAA"], None)).contains("upload-trusted-key")
+        );
+        assert!(err(args(Some("0123456789abcdef"), &[], Some("lots"))).contains("max-upload-size"));
+        let dir = tempfile::tempdir().expect("tempdir");
+        let file = dir.path().join("token");
+        std::fs::write(&file, "fedcba9876543210fedcba\n").expect("write");
+        let from_file = ServeArgs {
+            upload_token_file: Some(file.clone()),
+            ..ServeArgs::default()
+        };
+        assert_eq!(
+            from_file
+                .resolve()
+                .expect("valid")
+                .uploads
+                .map(|u| u.token.expose().to_string()),
+            Some("fedcba9876543210fedcba".to_string())
+        );
+        let both = ServeArgs {
+            upload_token_file: Some(file),
+            ..args(Some("0123456789abcdef"), &[], None)
+        };
+        assert!(err(both).contains("either"));
     }
 
     #[test]

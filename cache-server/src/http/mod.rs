@@ -6,6 +6,7 @@ mod health;
 mod nar;
 mod narinfo;
 mod range;
+mod upload;
 
 use std::sync::Arc;
 
@@ -22,18 +23,23 @@ pub struct AppState {
     pub cache: Arc<Cache>,
     /// The `/nix-cache-info` body.
     pub cache_info: String,
+    /// Uploads, when enabled.
+    pub uploads: Option<crate::config::UploadConfig>,
 }
 
-/// Routes of the cache. GET and HEAD are both answered on every route.
+/// Routes of the cache. GET and HEAD are answered on every route; PUT (uploads) where
+/// `nix copy --to` sends it.
 pub fn configure(cfg: &mut web::ServiceConfig) {
     let get_or_head = || guard::Any(guard::Get()).or(guard::Head());
-    cfg.route(
-        "/nix-cache-info",
-        web::route().guard(get_or_head()).to(cacheinfo::get),
+    cfg.service(
+        web::resource("/nix-cache-info")
+            .route(web::route().guard(get_or_head()).to(cacheinfo::get))
+            .route(web::put().to(upload::put_cache_info)),
     )
-    .route(
-        "/nar/{file}",
-        web::route().guard(get_or_head()).to(nar::get),
+    .service(
+        web::resource("/nar/{file}")
+            .route(web::route().guard(get_or_head()).to(nar::get))
+            .route(web::put().to(upload::put_nar)),
     )
     .route(
         "/pubkey",
@@ -51,9 +57,19 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         "/metrics",
         web::route().guard(get_or_head()).to(health::metrics),
     )
-    .route(
-        "/{name}",
-        web::route().guard(get_or_head()).to(narinfo::get),
+    .service(
+        web::resource([
+            "/log/{name:.+}",
+            "/realisations/{name:.+}",
+            "/build-trace-v2/{name:.+}",
+        ])
+        .route(web::route().guard(get_or_head()).to(upload::get_extra))
+        .route(web::put().to(upload::put_extra)),
+    )
+    .service(
+        web::resource("/{name}")
+            .route(web::route().guard(get_or_head()).to(narinfo::get))
+            .route(web::put().to(upload::put_root)),
     )
     .default_service(web::to(not_found));
 }
@@ -67,6 +83,7 @@ pub async fn count_requests(
     let method = match *req.method() {
         actix_web::http::Method::GET => "GET",
         actix_web::http::Method::HEAD => "HEAD",
+        actix_web::http::Method::PUT => "PUT",
         _ => "other",
     };
     let started = std::time::Instant::now();

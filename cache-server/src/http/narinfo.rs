@@ -1,4 +1,4 @@
-//! `/<hash>.narinfo`
+//! `/<hash>.narinfo` (and `/<hash>.ls`, uploaded listings)
 
 use actix_web::http::header::{HeaderValue, CONTENT_TYPE};
 use actix_web::http::StatusCode;
@@ -8,7 +8,13 @@ use super::{not_found_response, text, AppState};
 use crate::nix::StoreHash;
 
 pub async fn get(state: web::Data<AppState>, name: web::Path<String>) -> HttpResponse {
-    // Other files at the root (`<hash>.ls`, unknown names) are not served.
+    if let Some(hash) = name.strip_suffix(".ls") {
+        return match StoreHash::parse(hash) {
+            Ok(hash) => super::upload::get_listing(&state, hash).await,
+            Err(_) => text(StatusCode::BAD_REQUEST, "invalid store path hash\n"),
+        };
+    }
+    // Other names at the root are not served.
     let Some(hash) = name.strip_suffix(".narinfo") else {
         return not_found_response();
     };

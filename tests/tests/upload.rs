@@ -1,0 +1,266 @@
+//! Uploads with the real Nix client: `nix copy --to http://…` with the token in a netrc file
+//! pushes a closure that a fresh store then fetches back through nixcache with signatures
+//! required and only nixcache's key trusted; without the token nothing is stored. And uploads
+//! that contradict themselves are refused.
+
+mod common;
+
+use std::path::Path;
+
+use common::{fixture, store_contents, Fixture, NixClient, Nixcache};
+
+const TOKEN: &str = "upload-token-0123456789abcdef";
+
+/// `nix copy --to <url> <path>` from the local store, with an optional netrc file.
+async fn push(url: &str, path: &str, netrc: Option<&Path>, xdg: &Path) -> (bool, String) {
+    let mut cmd = tokio::process::Command::new("nix");
+    cmd.args(["copy", "--to", url, path])
+        .env("XDG_CACHE_HOME", xdg)
+        .env(
+            "NIX_CONFIG",
+            "substituters =\nexperimental-features = nix-command\nbuild-users-group =",
+        );
+    if let Some(netrc) = netrc {
+        cmd.arg("--option").arg("netrc-file").arg(netrc);
+    }
+    let out = cmd
+        .output()
+        .await
+        .expect("running nix (nix-bin is required)");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+fn netrc(dir: &Path, password: &str) -> std::path::PathBuf {
+    let path = dir.join("netrc");
+    std::fs::write(
+        &path,
+        format!("machine 127.0.0.1\nlogin nix\npassword {password}\n"),
+    )
+    .expect("netrc");
+    path
+}
+
+fn stored_nars(data_dir: &Path) -> usize {
+    std::fs::read_dir(data_dir.join("store/nar"))
+        .map(|d| d.count())
+        .unwrap_or(0)
+}
+
+async fn status(url: &str) -> u16 {
+    reqwest::get(url).await.expect("GET").status().as_u16()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nix_copy_pushes_with_the_token_and_a_fresh_store_fetches_it_back() {
+    let fx = fixture();
+    let data = tempfile::tempdir().expect("tempdir");
+    let cache = Nixcache::start(
+        data.path(),
+        &["--upstream", "http://127.0.0.1:1", "--upload-token", TOKEN],
+    )
+    .await;
+    let scratch = tempfile::tempdir().expect("tempdir");
+    let top_narinfo = format!("{}/{}.narinfo", cache.url, Fixture::hash_of(fx.top()));
+
+    // Without the token, and with a wrong one: the push fails and nothing is stored.
+    let (ok, _) = push(&cache.url, fx.top(), None, scratch.path()).await;
+    assert!(!ok, "a push without a token succeeded");
+    let wrong = netrc(scratch.path(), "not-the-token-at-all");
+    let (ok, _) = push(&cache.url, fx.top(), Some(&wrong), scratch.path()).await;
+    assert!(!ok, "a push with a wrong token succeeded");
+    assert_eq!(status(&top_narinfo).await, 404);
+    assert_eq!(stored_nars(data.path()), 0, "a refused push stored a NAR");
+
+    // With the token from a netrc file, as Nix users configure it.
+    let good = netrc(scratch.path(), TOKEN);
+    let (ok, stderr) = push(&cache.url, fx.top(), Some(&good), scratch.path()).await;
+    assert!(ok, "nix copy --to failed:\n{stderr}\n{}", cache.logs());
+    assert_eq!(stored_nars(data.path()), fx.paths.len());
+
+    // A fresh store fetches the closure back, trusting only nixcache's key.
+    let store = scratch.path().join("store");
+    let out = NixClient::new()
+        .copy_closure(&cache.url, &store, fx.top(), &cache.public_key().await)
+        .await;
+    assert!(
+        out.success,
+        "fetching the pushed closure failed:\n{}",
+        out.stderr
+    );
+    let mut want: Vec<String> = fx
+        .paths
+        .iter()
+        .map(|p| p.trim_start_matches("/nix/store/").to_string())
+        .collect();
+    want.sort();
+    assert_eq!(store_contents(&store), want);
+    // The served narinfo carries nixcache's signature.
+    let body = reqwest::get(&top_narinfo)
+        .await
+        .expect("GET")
+        .text()
+        .await
+        .expect("body");
+    let key_name = cache.public_key().await;
+    let key_name = key_name.split(':').next().expect("key name");
+    assert!(body.contains(&format!("Sig: {key_name}:")), "{body}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn uploads_that_contradict_themselves_are_refused() {
+    let fx = fixture();
+    let data = tempfile::tempdir().expect("tempdir");
+    let cache = Nixcache::start(
+        data.path(),
+        &["--upstream", "http://127.0.0.1:1", "--upload-token", TOKEN],
+    )
+    .await;
+    let client = reqwest::Client::new();
+    let put = |path: String, body: Vec<u8>, token: Option<&str>| {
+        let mut req = client.put(format!("{}{path}", cache.url)).body(body);
+        if let Some(t) = token {
+            req = req.bearer_auth(t);
+        }
+        async move { req.send().await.expect("PUT").status().as_u16() }
+    };
+
+    // A real NAR and narinfo from the fixture's cache.
+    let hash = Fixture::hash_of(fx.top());
+    let narinfo =
+        std::fs::read_to_string(fx.cache.join(format!("{hash}.narinfo"))).expect("narinfo");
+    let url = narinfo
+        .lines()
+        .find_map(|l| l.strip_prefix("URL: "))
+        .expect("URL")
+        .to_string();
+    let nar = std::fs::read(fx.cache.join(&url)).expect("nar");
+
+    assert_eq!(put(format!("/{url}"), nar.clone(), None).await, 401);
+    assert_eq!(
+        put(
+            format!("/{url}"),
+            nar.clone(),
+            Some("wrong-token-0123456789")
+        )
+        .await,
+        401
+    );
+    // The narinfo before its NAR: refused.
+    assert_eq!(
+        put(
+            format!("/{hash}.narinfo"),
+            narinfo.clone().into_bytes(),
+            Some(TOKEN)
+        )
+        .await,
+        400
+    );
+    // NAR bytes that do not hash to the name: refused, not stored.
+    let mut corrupt = nar.clone();
+    let last = corrupt.len() - 1;
+    corrupt[last] ^= 0xff;
+    assert_eq!(put(format!("/{url}"), corrupt, Some(TOKEN)).await, 400);
+    assert_eq!(stored_nars(data.path()), 0);
+    // The real NAR, then a narinfo that lies about it (NarSize), then the true one.
+    assert_eq!(put(format!("/{url}"), nar.clone(), Some(TOKEN)).await, 201);
+    let nar_size: u64 = narinfo
+        .lines()
+        .find_map(|l| l.strip_prefix("NarSize: "))
+        .and_then(|v| v.parse().ok())
+        .expect("NarSize");
+    let lying = narinfo.replace(
+        &format!("NarSize: {nar_size}"),
+        &format!("NarSize: {}", nar_size + 8),
+    );
+    assert_eq!(
+        put(format!("/{hash}.narinfo"), lying.into_bytes(), Some(TOKEN)).await,
+        400
+    );
+    assert_eq!(status(&format!("{}/{hash}.narinfo", cache.url)).await, 404);
+    // Under another path's name: refused.
+    let other = Fixture::hash_of(&fx.paths[1]);
+    assert_eq!(
+        put(
+            format!("/{other}.narinfo"),
+            narinfo.clone().into_bytes(),
+            Some(TOKEN)
+        )
+        .await,
+        400
+    );
+    // Not a narinfo at all.
+    assert_eq!(
+        put(format!("/{hash}.narinfo"), b"hello".to_vec(), Some(TOKEN)).await,
+        400
+    );
+    assert_eq!(
+        put(
+            format!("/{hash}.narinfo"),
+            narinfo.clone().into_bytes(),
+            Some(TOKEN)
+        )
+        .await,
+        201
+    );
+    assert_eq!(status(&format!("{}/{hash}.narinfo", cache.url)).await, 200);
+
+    // Listings and logs are kept and served back.
+    assert_eq!(
+        put(
+            format!("/{hash}.ls"),
+            b"{\"version\":1}".to_vec(),
+            Some(TOKEN)
+        )
+        .await,
+        201
+    );
+    assert_eq!(status(&format!("{}/{hash}.ls", cache.url)).await, 200);
+    assert_eq!(
+        put(
+            "/log/abc-hello-2.12.drv".into(),
+            b"building\n".to_vec(),
+            Some(TOKEN)
+        )
+        .await,
+        201
+    );
+    let log = reqwest::get(format!("{}/log/abc-hello-2.12.drv", cache.url))
+        .await
+        .expect("GET")
+        .text()
+        .await
+        .expect("body");
+    assert_eq!(log, "building\n");
+    assert_eq!(
+        put("/log/..%2f..%2fetc".into(), b"x".to_vec(), Some(TOKEN)).await,
+        400
+    );
+    assert_eq!(
+        put(
+            "/nix-cache-info".into(),
+            b"StoreDir: /nix/store\n".to_vec(),
+            Some(TOKEN)
+        )
+        .await,
+        204
+    );
+
+    // A cache without a token accepts no upload at all.
+    let closed_data = tempfile::tempdir().expect("tempdir");
+    let closed = Nixcache::start(closed_data.path(), &["--upstream", "http://127.0.0.1:1"]).await;
+    let status = client
+        .put(format!("{}/{url}", closed.url))
+        .bearer_auth(TOKEN)
+        .body(nar)
+        .send()
+        .await
+        .expect("PUT")
+        .status()
+        .as_u16();
+    assert_eq!(status, 405);
+    // The token never reaches the log.
+    assert!(!cache.logs().contains(TOKEN));
+}
