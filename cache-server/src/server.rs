@@ -11,7 +11,7 @@ use tracing::{info, warn};
 use crate::cache::{Cache, CacheSettings};
 use crate::config::{load_signing_key, Config, DatabaseConfig, StorageConfig};
 use crate::db::{Database, PostgresDatabase, SqliteDatabase};
-use crate::http::{configure, count_requests, AppState};
+use crate::http::{configure, count_requests, require_read_token, AppState};
 use crate::lock::{FallbackLock, LocalLock, Lock, RedisLock};
 use crate::metrics::Metrics;
 use crate::nix::CacheInfo;
@@ -22,6 +22,10 @@ const ACCESS_FLUSH_INTERVAL: Duration = Duration::from_secs(10);
 const CACHE_INFO_RETRY: Duration = Duration::from_secs(30);
 /// Between `/readyz` failing and new connections being refused, on SIGTERM.
 const SHUTDOWN_READINESS_DELAY: Duration = Duration::from_secs(1);
+/// Time for a client to send a whole request head.
+const REQUEST_HEAD_TIMEOUT: Duration = Duration::from_secs(5);
+/// An idle keep-alive connection is closed after this long.
+const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// Opens the configured database (applying migrations).
 pub async fn open_database(config: &Config) -> anyhow::Result<Arc<dyn Database>> {
@@ -202,13 +206,22 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
         cache: cache.clone(),
         cache_info,
         uploads: config.uploads.clone(),
+        read_token: config.read_token.clone(),
+        public_metrics: config.public_metrics,
     });
     let server = HttpServer::new(move || {
         App::new()
             .app_data(state.clone())
+            .wrap(middleware::from_fn(require_read_token))
             .wrap(middleware::from_fn(count_requests))
             .configure(configure)
     })
+    // Slow or idle clients: a request head must arrive whole within REQUEST_HEAD_TIMEOUT (a
+    // trickled head is answered 408 and closed), an idle keep-alive connection is closed after
+    // IDLE_TIMEOUT. Heads are bounded by actix-http (32 KiB, 96 headers: 431 beyond).
+    .client_request_timeout(REQUEST_HEAD_TIMEOUT)
+    .client_disconnect_timeout(Duration::from_secs(1))
+    .keep_alive(IDLE_TIMEOUT)
     // Headers and a streamed body leave in separate writes: without TCP_NODELAY, Nagle's algorithm
     // holds the body back until the client's delayed ACK (~40 ms) on keep-alive connections.
     .on_connect(|conn, _| {

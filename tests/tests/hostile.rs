@@ -115,3 +115,67 @@ async fn hostile_requests_get_4xx_and_the_server_stays_up() {
     );
     assert!(!cache.logs().contains("panicked"), "{}", cache.logs());
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn slow_and_oversized_requests_are_cut_off() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let cache = Nixcache::start(
+        &tmp.path().join("data"),
+        &["--upstream", "http://127.0.0.1:1"],
+    )
+    .await;
+
+    // Slowloris: a request head trickled in a byte at a time and never finished is answered 408
+    // and closed once the head timeout (5 s) is over, not kept open.
+    let mut conn = TcpStream::connect(("127.0.0.1", cache.port))
+        .await
+        .expect("connect");
+    let started = std::time::Instant::now();
+    let mut closed = false;
+    for byte in
+        b"GET /nix-cache-info HTTP/1.1\r\nHost: x\r\nX-Slow: aaaaaaaaaaaaaaaaaaaaaaaa".iter()
+    {
+        if conn.write_all(&[*byte]).await.is_err() {
+            closed = true;
+            break;
+        }
+        let mut probe = [0u8; 512];
+        if let Ok(Ok(n)) =
+            tokio::time::timeout(Duration::from_millis(500), conn.read(&mut probe)).await
+        {
+            let text = String::from_utf8_lossy(&probe[..n]);
+            assert!(n == 0 || text.starts_with("HTTP/1.1 408"), "{text}");
+            closed = true;
+            break;
+        }
+    }
+    assert!(closed, "a trickled request head was kept open");
+    assert!(started.elapsed() < Duration::from_secs(20));
+
+    // A head past the size limit: a 4xx or a closed connection, never a hang.
+    let mut conn = TcpStream::connect(("127.0.0.1", cache.port))
+        .await
+        .expect("connect");
+    let big = format!(
+        "GET /nix-cache-info HTTP/1.1\r\nHost: x\r\nX-Big: {}\r\n\r\n",
+        "a".repeat(200_000)
+    );
+    let _ = conn.write_all(big.as_bytes()).await;
+    let mut resp = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(10), conn.read_to_end(&mut resp)).await;
+    assert!(read.is_ok(), "an oversized head was kept open");
+    let text = String::from_utf8_lossy(&resp);
+    let status: u16 = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    assert!(
+        resp.is_empty() || (400..500).contains(&status),
+        "{text:.200}"
+    );
+
+    // Still healthy.
+    assert_eq!(status_of(cache.port, "GET", "/healthz").await, 200);
+    assert!(!cache.logs().contains("panicked"), "{}", cache.logs());
+}

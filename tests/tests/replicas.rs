@@ -147,6 +147,23 @@ async fn thirty_clients_over_three_replicas_fetch_each_path_once() {
         );
     }
 
+    // Credentials and the signing key never reach a log.
+    let secret = std::fs::read_to_string(&cluster.key_file).expect("key file");
+    let secret = secret
+        .trim()
+        .split(':')
+        .nth(1)
+        .expect("key material")
+        .to_string();
+    for r in &replicas {
+        let logs = r.logs();
+        assert!(
+            !logs.contains(seaweedfs::SECRET_KEY),
+            "the S3 secret key was logged"
+        );
+        assert!(!logs.contains(&secret), "the signing key was logged");
+    }
+
     // The real Nix client, pointed at one replica, trusting only the cluster's key.
     let key = replicas[1].public_key().await;
     assert!(key.starts_with("cluster-1:"));

@@ -191,6 +191,11 @@ async fn uploads_that_contradict_themselves_are_refused() {
         .await,
         400
     );
+    // Past the size limit of a narinfo (1 MiB): 413.
+    assert_eq!(
+        put(format!("/{hash}.narinfo"), vec![b'a'; 2 << 20], Some(TOKEN)).await,
+        413
+    );
     // Not a narinfo at all.
     assert_eq!(
         put(format!("/{hash}.narinfo"), b"hello".to_vec(), Some(TOKEN)).await,

@@ -74,7 +74,12 @@ impl Cache {
         let mut out = tokio::fs::File::create(&path).await.map_err(backend)?;
         let mut hasher = Sha256::new();
         let mut size = 0u64;
-        while let Some(chunk) = body.next().await {
+        loop {
+            // A client that stops sending is dropped like a stalled upstream.
+            let next = tokio::time::timeout(self.settings.stall_timeout, body.next())
+                .await
+                .map_err(|_| UploadError::Body("the upload stalled".into()))?;
+            let Some(chunk) = next else { break };
             let chunk = chunk.map_err(|e| UploadError::Body(e.to_string()))?;
             size += chunk.len() as u64;
             if size > max_size {

@@ -265,6 +265,25 @@ pub struct ServeArgs {
     /// Largest upload accepted (a NAR file), e.g. `8G`. [default: 8G]
     #[arg(long, env = "NIXCACHE_MAX_UPLOAD_SIZE", value_name = "SIZE")]
     pub max_upload_size: Option<String>,
+
+    /// Token every read needs (HTTP Basic password or Bearer), for a private cache: clients put
+    /// it in their netrc file. `/healthz`, `/readyz` and `/pubkey` stay open; the upload token
+    /// reads too.
+    #[arg(
+        long,
+        env = "NIXCACHE_READ_TOKEN",
+        value_name = "TOKEN",
+        hide_env_values = true
+    )]
+    pub read_token: Option<String>,
+
+    /// File whose contents (trimmed) are the read token.
+    #[arg(long, env = "NIXCACHE_READ_TOKEN_FILE", value_name = "PATH")]
+    pub read_token_file: Option<PathBuf>,
+
+    /// With a read token: serve `/metrics` without it.
+    #[arg(long, env = "NIXCACHE_PUBLIC_METRICS", num_args = 0..=1, default_missing_value = "true", value_name = "BOOL")]
+    pub public_metrics: Option<bool>,
 }
 
 /// A secret value: `Debug` never shows it.
@@ -281,6 +300,38 @@ impl std::fmt::Debug for Secret {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str("Secret(..)")
     }
+}
+
+/// A token given as a value or in a file: at least 16 characters, trimmed.
+fn token(
+    setting: &'static str,
+    value: Option<&str>,
+    file: Option<&std::path::Path>,
+) -> Result<Option<Secret>, ConfigError> {
+    let token = match (value, file) {
+        (Some(_), Some(_)) => {
+            return Err(invalid(
+                setting,
+                format!("give either --{setting} or --{setting}-file"),
+            ))
+        }
+        (Some(t), None) => t.trim().to_string(),
+        (None, Some(path)) => std::fs::read_to_string(path)
+            .map_err(|e| ConfigError::File {
+                path: path.display().to_string(),
+                message: e.to_string(),
+            })?
+            .trim()
+            .to_string(),
+        (None, None) => return Ok(None),
+    };
+    if token.len() < 16 {
+        return Err(invalid(
+            setting,
+            "must be at least 16 characters (e.g. `openssl rand -hex 32`)",
+        ));
+    }
+    Ok(Some(Secret(token)))
 }
 
 /// Uploads, when a token enables them.
@@ -361,41 +412,27 @@ pub struct Config {
     pub gc_grace: Duration,
     pub shutdown_timeout: Duration,
     pub uploads: Option<UploadConfig>,
+    /// The token reads need, if any.
+    pub read_token: Option<Secret>,
+    pub public_metrics: bool,
 }
 
 impl ServeArgs {
     fn upload_config(&self) -> Result<Option<UploadConfig>, ConfigError> {
-        let token = match (&self.upload_token, &self.upload_token_file) {
-            (Some(_), Some(_)) => {
+        let Some(token) = token(
+            "upload-token",
+            self.upload_token.as_deref(),
+            self.upload_token_file.as_deref(),
+        )?
+        else {
+            if !self.upload_trusted_keys.is_empty() || self.max_upload_size.is_some() {
                 return Err(invalid(
                     "upload-token",
-                    "give either --upload-token or --upload-token-file",
-                ))
+                    "upload settings without --upload-token or --upload-token-file",
+                ));
             }
-            (Some(t), None) => t.trim().to_string(),
-            (None, Some(path)) => std::fs::read_to_string(path)
-                .map_err(|e| ConfigError::File {
-                    path: path.display().to_string(),
-                    message: e.to_string(),
-                })?
-                .trim()
-                .to_string(),
-            (None, None) => {
-                if !self.upload_trusted_keys.is_empty() || self.max_upload_size.is_some() {
-                    return Err(invalid(
-                        "upload-token",
-                        "upload settings without --upload-token or --upload-token-file",
-                    ));
-                }
-                return Ok(None);
-            }
+            return Ok(None);
         };
-        if token.len() < 16 {
-            return Err(invalid(
-                "upload-token",
-                "must be at least 16 characters (e.g. `openssl rand -hex 32`)",
-            ));
-        }
         let trusted_keys = self
             .upload_trusted_keys
             .iter()
@@ -418,7 +455,7 @@ impl ServeArgs {
                 })?,
         };
         Ok(Some(UploadConfig {
-            token: Secret(token),
+            token,
             trusted_keys,
             max_size,
         }))
@@ -476,6 +513,9 @@ impl ServeArgs {
                 self.upload_trusted_keys
             },
             max_upload_size: self.max_upload_size.or(other.max_upload_size),
+            read_token: self.read_token.or(other.read_token),
+            read_token_file: self.read_token_file.or(other.read_token_file),
+            public_metrics: self.public_metrics.or(other.public_metrics),
         }
     }
 
@@ -500,6 +540,11 @@ impl ServeArgs {
 
     fn into_config(self) -> Result<Config, ConfigError> {
         let uploads = self.upload_config()?;
+        let read_token = token(
+            "read-token",
+            self.read_token.as_deref(),
+            self.read_token_file.as_deref(),
+        )?;
         let data_dir = self
             .data_dir
             .unwrap_or_else(|| PathBuf::from(DEFAULT_DATA_DIR));
@@ -574,6 +619,8 @@ impl ServeArgs {
         };
         Ok(Config {
             uploads,
+            read_token,
+            public_metrics: self.public_metrics.unwrap_or(false),
             listen: self.listen.unwrap_or_else(|| {
                 DEFAULT_LISTEN
                     .parse()
@@ -709,6 +756,19 @@ mod tests {
             ..args(Some("0123456789abcdef"), &[], None)
         };
         assert!(err(both).contains("either"));
+        let private = ServeArgs {
+            read_token: Some("abcdefghijklmnopq".into()),
+            ..ServeArgs::default()
+        }
+        .resolve()
+        .expect("valid");
+        assert_eq!(private.read_token.map(|t| t.expose().len()), Some(17));
+        assert!(!private.public_metrics);
+        assert!(err(ServeArgs {
+            read_token: Some("short".into()),
+            ..ServeArgs::default()
+        })
+        .contains("read-token"));
     }
 
     #[test]

@@ -10,7 +10,7 @@ mod upload;
 
 use std::sync::Arc;
 
-use actix_web::body::MessageBody;
+use actix_web::body::{EitherBody, MessageBody};
 use actix_web::dev::{ServiceRequest, ServiceResponse};
 use actix_web::http::header::{HeaderValue, CACHE_CONTROL, CONTENT_TYPE};
 use actix_web::middleware::Next;
@@ -25,6 +25,10 @@ pub struct AppState {
     pub cache_info: String,
     /// Uploads, when enabled.
     pub uploads: Option<crate::config::UploadConfig>,
+    /// The token reads need, when the cache is private.
+    pub read_token: Option<crate::config::Secret>,
+    /// `/metrics` without the read token.
+    pub public_metrics: bool,
 }
 
 /// Routes of the cache. GET and HEAD are answered on every route; PUT (uploads) where
@@ -72,6 +76,38 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
             .route(web::put().to(upload::put_root)),
     )
     .default_service(web::to(not_found));
+}
+
+/// With a read token, GET and HEAD need it (or the upload token), except for the health
+/// endpoints and the public key, and `/metrics` when it is public. PUTs check the upload token
+/// in their handlers.
+pub async fn require_read_token(
+    req: ServiceRequest,
+    next: Next<impl MessageBody + 'static>,
+) -> Result<ServiceResponse<EitherBody<impl MessageBody>>, actix_web::Error> {
+    if let Some(state) = req.app_data::<web::Data<AppState>>() {
+        if let Some(token) = &state.read_token {
+            let read = matches!(
+                *req.method(),
+                actix_web::http::Method::GET | actix_web::http::Method::HEAD
+            );
+            let open = matches!(req.path(), "/healthz" | "/readyz" | "/pubkey")
+                || (req.path() == "/metrics" && state.public_metrics);
+            let allowed = !read
+                || open
+                || upload::authorized(req.request(), token.expose())
+                || state
+                    .uploads
+                    .as_ref()
+                    .is_some_and(|u| upload::authorized(req.request(), u.token.expose()));
+            if !allowed {
+                return Ok(req
+                    .into_response(upload::unauthorized())
+                    .map_into_right_body());
+            }
+        }
+    }
+    Ok(next.call(req).await?.map_into_left_body())
 }
 
 /// Counts and times requests by route template, method and status.
