@@ -9,6 +9,7 @@
 pub mod cache;
 pub mod config;
 pub mod db;
+pub mod fuzz;
 pub mod http;
 pub mod lock;
 pub mod metrics;

@@ -49,6 +49,10 @@ fn stored_nars(data_dir: &Path) -> usize {
         .unwrap_or(0)
 }
 
+async fn status_of_health(base: &str) -> u16 {
+    status(&format!("{base}/healthz")).await
+}
+
 async fn status(url: &str) -> u16 {
     reqwest::get(url).await.expect("GET").status().as_u16()
 }
@@ -266,6 +270,45 @@ async fn uploads_that_contradict_themselves_are_refused() {
         .status()
         .as_u16();
     assert_eq!(status, 405);
-    // The token never reaches the log.
+    // A NAR past --max-upload-size: 413, nothing stored.
+    let small_data = tempfile::tempdir().expect("tempdir");
+    let small = Nixcache::start(
+        small_data.path(),
+        &[
+            "--upstream",
+            "http://127.0.0.1:1",
+            "--upload-token",
+            TOKEN,
+            "--max-upload-size",
+            "1KiB",
+        ],
+    )
+    .await;
+    let (big_url, big_nar) = fx
+        .paths
+        .iter()
+        .map(|p| {
+            let info = fx.narinfo(p);
+            let url = Fixture::nar_url(&info).to_string();
+            let bytes = std::fs::read(fx.cache.join(&url)).expect("nar");
+            (url, bytes)
+        })
+        .max_by_key(|(_, b)| b.len())
+        .expect("a NAR");
+    assert!(big_nar.len() > 1024);
+    let status = client
+        .put(format!("{}/{big_url}", small.url))
+        .bearer_auth(TOKEN)
+        .body(big_nar)
+        .send()
+        .await
+        .map(|r| r.status().as_u16())
+        .unwrap_or(413);
+    assert_eq!(status, 413);
+    assert_eq!(stored_nars(small_data.path()), 0);
+
+    // Healthy after all of it, and the token never reached the log.
+    assert_eq!(status_of_health(&cache.url).await, 200);
     assert!(!cache.logs().contains(TOKEN));
+    assert!(!cache.logs().contains("panicked"));
 }

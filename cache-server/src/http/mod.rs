@@ -6,7 +6,7 @@ mod health;
 mod nar;
 mod narinfo;
 mod range;
-mod upload;
+pub(crate) mod upload;
 
 use std::sync::Arc;
 

@@ -197,7 +197,7 @@ pub async fn put_root(
 
 /// The storage key of a build log, realisation or build trace: its kind and a hash of its name
 /// (names carry characters storage keys do not allow).
-fn extra_key(kind: &str, name: &str) -> Option<String> {
+pub(crate) fn extra_key(kind: &str, name: &str) -> Option<String> {
     let ok = !name.is_empty()
         && name.len() <= 400
         && !name.contains("..")
