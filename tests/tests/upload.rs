@@ -312,3 +312,60 @@ async fn uploads_that_contradict_themselves_are_refused() {
     assert!(!cache.logs().contains(TOKEN));
     assert!(!cache.logs().contains("panicked"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_trusted_upload_keys_only_narinfos_they_signed_are_accepted() {
+    let fx = fixture();
+    let data = tempfile::tempdir().expect("tempdir");
+    let cache = Nixcache::start(
+        data.path(),
+        &[
+            "--upstream",
+            "http://127.0.0.1:1",
+            "--upload-token",
+            TOKEN,
+            "--upload-trusted-key",
+            &fx.key,
+        ],
+    )
+    .await;
+    let client = reqwest::Client::new();
+    let put = |path: String, body: Vec<u8>| {
+        let req = client
+            .put(format!("{}{path}", cache.url))
+            .bearer_auth(TOKEN)
+            .body(body);
+        async move { req.send().await.expect("PUT").status().as_u16() }
+    };
+    let hash = Fixture::hash_of(fx.top());
+    // The same path, signed by a key the cache does not trust for uploads, then by one it does.
+    let untrusted = std::fs::read_to_string(fx.cache_untrusted.join(format!("{hash}.narinfo")))
+        .expect("narinfo");
+    let trusted =
+        std::fs::read_to_string(fx.cache.join(format!("{hash}.narinfo"))).expect("narinfo");
+    let url = Fixture::nar_url(&trusted);
+    let nar = std::fs::read(fx.cache.join(&url)).expect("nar");
+    assert_eq!(put(format!("/{url}"), nar).await, 201);
+    assert_eq!(
+        put(format!("/{hash}.narinfo"), untrusted.into_bytes()).await,
+        403
+    );
+    assert_eq!(status(&format!("{}/{hash}.narinfo", cache.url)).await, 404);
+    assert_eq!(
+        put(format!("/{hash}.narinfo"), trusted.into_bytes()).await,
+        201
+    );
+    let served = reqwest::get(format!("{}/{hash}.narinfo", cache.url))
+        .await
+        .expect("GET")
+        .text()
+        .await
+        .expect("body");
+    // The uploader's signature is kept and nixcache's own added.
+    let signer = |key: &str| format!("Sig: {}:", key.split(':').next().unwrap_or_default());
+    assert!(served.contains(&signer(&fx.key)), "{served}");
+    assert!(
+        served.contains(&signer(&cache.public_key().await)),
+        "{served}"
+    );
+}
