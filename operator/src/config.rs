@@ -47,6 +47,10 @@ pub fn render(nc: &NixCache) -> ServeArgs {
         shutdown_timeout: Some(HumanDuration(std::time::Duration::from_secs(25))),
         ..ServeArgs::default()
     };
+    if let Some(uploads) = &spec.uploads {
+        args.upload_trusted_keys = uploads.trusted_keys.clone();
+        args.max_upload_size = uploads.max_size.clone();
+    }
     if let Some(s3) = &spec.storage.s3 {
         args.storage_url = Some(match s3.prefix.as_deref().map(|p| p.trim_matches('/')) {
             Some(prefix) if !prefix.is_empty() => format!("s3://{}/{prefix}", s3.bucket),
@@ -191,9 +195,26 @@ pub fn validate(nc: &NixCache) -> Result<(), InvalidSpec> {
     if let Some(gc) = &spec.gc {
         args.gc_schedule = Some(gc.schedule.clone());
     }
-    // The database URL is a Secret's value; a placeholder of the right shape stands in for it.
+    // The database URL and the tokens are Secrets' values; placeholders of the right shape
+    // stand in for them.
     if spec.database.is_some() {
         args.database_url = Some("postgres://nixcache@postgres/nixcache".into());
+    }
+    if spec.uploads.is_some() {
+        args.upload_token = Some("placeholder-token-0123456789".into());
+    }
+    for (what, r) in [
+        (
+            "spec.uploads.tokenSecret",
+            spec.uploads.as_ref().map(|u| &u.token_secret),
+        ),
+        ("spec.readTokenSecret", spec.read_token_secret.as_ref()),
+    ] {
+        if let Some(r) = r {
+            if !is_name(&r.name) || r.key.trim().is_empty() {
+                return Err(invalid(format!("{what} needs a Secret name and key")));
+            }
+        }
     }
     args.resolve()
         .map(|_| ())
@@ -349,6 +370,33 @@ mod tests {
             let err = validate(&cache(spec.clone())).expect_err(&spec.to_string());
             assert!(err.0.contains(needle), "{spec}: {err}");
         }
+    }
+
+    #[test]
+    fn uploads_and_private_reads_render_without_their_tokens() {
+        let nc = cache(serde_json::json!({
+            "uploads": {"tokenSecret": {"name": "push", "key": "token"},
+                        "trustedKeys": ["ci-1:6NCHdD59X431o0gWypbMrAURkbJ16ZPMQFGspcDShjY="],
+                        "maxSize": "2G"},
+            "readTokenSecret": {"name": "pull", "key": "token"}
+        }));
+        validate(&nc).expect("valid");
+        let args = render(&nc);
+        assert_eq!(args.upload_trusted_keys.len(), 1);
+        assert_eq!(args.max_upload_size.as_deref(), Some("2G"));
+        assert_eq!((args.upload_token, args.read_token), (None, None));
+        let bad = cache(serde_json::json!({
+            "uploads": {"tokenSecret": {"name": "push", "key": "token"}, "maxSize": "huge"}
+        }));
+        assert!(validate(&bad)
+            .expect_err("bad size")
+            .0
+            .contains("max-upload-size"));
+        let bad = cache(serde_json::json!({"readTokenSecret": {"name": "Pull", "key": "t"}}));
+        assert!(validate(&bad)
+            .expect_err("bad name")
+            .0
+            .contains("readTokenSecret"));
     }
 
     #[test]

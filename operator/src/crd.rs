@@ -54,6 +54,25 @@ pub struct NixCacheSpec {
     /// Priority announced in nix-cache-info (lower is preferred).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub priority: Option<u32>,
+    /// Uploads (`nix copy --to`), allowed with a token kept in a Secret; off when unset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub uploads: Option<UploadsSpec>,
+    /// A private cache: every read needs the token in this Secret (clients put it in netrc).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub read_token_secret: Option<SecretKeyRef>,
+}
+
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct UploadsSpec {
+    /// The key of a Secret holding the upload token (at least 16 characters).
+    pub token_secret: SecretKeyRef,
+    /// Keys (`name:base64`) one of which must have signed every uploaded narinfo.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub trusted_keys: Vec<String>,
+    /// Largest NAR accepted, e.g. `8G`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_size: Option<String>,
 }
 
 fn one() -> i32 {

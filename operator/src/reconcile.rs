@@ -298,8 +298,12 @@ async fn check(nc: &NixCache, client: &Client, ns: &str) -> Result<Result<(), Re
             vec!["AWS_ACCESS_KEY_ID".into(), "AWS_SECRET_ACCESS_KEY".into()],
         ));
     }
-    if let Some(db) = &nc.spec.database {
-        let r = &db.postgres_url_secret;
+    let refs = [
+        nc.spec.database.as_ref().map(|db| &db.postgres_url_secret),
+        nc.spec.uploads.as_ref().map(|u| &u.token_secret),
+        nc.spec.read_token_secret.as_ref(),
+    ];
+    for r in refs.into_iter().flatten() {
         wanted.push((r.name.clone(), vec![r.key.clone()]));
     }
     for (name, keys) in wanted {

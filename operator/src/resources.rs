@@ -209,6 +209,19 @@ fn env(nc: &NixCache) -> Value {
             "name": db.postgres_url_secret.name, "key": db.postgres_url_secret.key}}}),
         );
     }
+    let tokens = [
+        (
+            "NIXCACHE_UPLOAD_TOKEN",
+            nc.spec.uploads.as_ref().map(|u| &u.token_secret),
+        ),
+        ("NIXCACHE_READ_TOKEN", nc.spec.read_token_secret.as_ref()),
+    ];
+    for (name, secret) in tokens {
+        if let Some(r) = secret {
+            env.push(json!({"name": name, "valueFrom": {"secretKeyRef": {
+                "name": r.name, "key": r.key}}}));
+        }
+    }
     if let Some(s3) = &nc.spec.storage.s3 {
         for key in ["AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"] {
             env.push(json!({"name": key, "valueFrom": {"secretKeyRef": {
@@ -530,6 +543,38 @@ mod tests {
             gc_job_name(&long, 1_700_000_000).len() <= 63,
             "fits the job-name label"
         );
+    }
+
+    #[test]
+    fn tokens_reach_the_server_by_secret_reference_only() {
+        let nc = cache(json!({
+            "uploads": {"tokenSecret": {"name": "push", "key": "token"}},
+            "readTokenSecret": {"name": "pull", "key": "t"}
+        }));
+        let d = deployment(&nc, DEFAULT_IMAGE, "k:A").expect("deploy");
+        let env = serde_json::to_value(
+            &d.spec
+                .and_then(|s| s.template.spec)
+                .expect("pod")
+                .containers[0]
+                .env,
+        )
+        .expect("env");
+        let by_name = |n: &str| {
+            env.as_array()
+                .and_then(|a| a.iter().find(|e| e["name"] == n))
+                .cloned()
+                .unwrap_or_default()
+        };
+        assert_eq!(
+            by_name("NIXCACHE_UPLOAD_TOKEN")["valueFrom"]["secretKeyRef"]["name"],
+            "push"
+        );
+        assert_eq!(
+            by_name("NIXCACHE_READ_TOKEN")["valueFrom"]["secretKeyRef"]["key"],
+            "t"
+        );
+        assert!(by_name("NIXCACHE_READ_TOKEN").get("value").is_none());
     }
 
     #[test]
