@@ -93,6 +93,12 @@ impl NarInfo {
             if line.is_empty() {
                 continue;
             }
+            // `lines()` takes a CRLF ending off; a control character left inside a line (a
+            // stray CR, NUL, escape) is no narinfo's, and would not survive printing and
+            // reading back unchanged.
+            if line.chars().any(char::is_control) {
+                return Err(NarInfoError::Line(i + 1));
+            }
             let (key, value) = match line.split_once(": ") {
                 Some(kv) => kv,
                 None => (line.strip_suffix(':').ok_or(NarInfoError::Line(i + 1))?, ""),
@@ -253,6 +259,24 @@ mod tests {
         for text in [TOP, DEP, CURL, HELLO] {
             let info = NarInfo::parse(text).expect("parses");
             assert_eq!(info.to_text(), text);
+        }
+    }
+
+    #[test]
+    fn crlf_endings_are_read_and_control_characters_refused() {
+        let crlf = TOP.replace('\n', "\r\n");
+        assert_eq!(
+            NarInfo::parse(&crlf).expect("CRLF"),
+            NarInfo::parse(TOP).expect("LF")
+        );
+        // Found by fuzzing: a value ending in CR lost it when printed and read back.
+        for bad in [
+            "Sig: k:abc\r\r\n",
+            "URL: nar/x\u{0}.nar\n",
+            "Deriver: a\u{1b}b\n",
+        ] {
+            let text = format!("{TOP}{bad}");
+            assert!(NarInfo::parse(&text).is_err(), "{bad:?}");
         }
     }
 
