@@ -208,6 +208,8 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
         uploads: config.uploads.clone(),
         read_token: config.read_token.clone(),
         public_metrics: config.public_metrics,
+        admin_token: config.admin_token.clone(),
+        store_dir: config.store_dir.clone(),
     });
     let server = HttpServer::new(move || {
         App::new()

@@ -7,6 +7,7 @@ pub mod gc;
 mod inflight;
 mod nar;
 mod narinfo;
+pub mod prefetch;
 pub mod upload;
 pub mod verify;
 

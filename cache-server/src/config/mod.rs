@@ -281,6 +281,19 @@ pub struct ServeArgs {
     #[arg(long, env = "NIXCACHE_READ_TOKEN_FILE", value_name = "PATH")]
     pub read_token_file: Option<PathBuf>,
 
+    /// Token of the admin API (`/api/v1`, as a Bearer token); the API is off without one.
+    #[arg(
+        long,
+        env = "NIXCACHE_ADMIN_TOKEN",
+        value_name = "TOKEN",
+        hide_env_values = true
+    )]
+    pub admin_token: Option<String>,
+
+    /// File whose contents (trimmed) are the admin token.
+    #[arg(long, env = "NIXCACHE_ADMIN_TOKEN_FILE", value_name = "PATH")]
+    pub admin_token_file: Option<PathBuf>,
+
     /// With a read token: serve `/metrics` without it.
     #[arg(long, env = "NIXCACHE_PUBLIC_METRICS", num_args = 0..=1, default_missing_value = "true", value_name = "BOOL")]
     pub public_metrics: Option<bool>,
@@ -414,6 +427,8 @@ pub struct Config {
     pub uploads: Option<UploadConfig>,
     /// The token reads need, if any.
     pub read_token: Option<Secret>,
+    /// The admin API's token; the API is off without one.
+    pub admin_token: Option<Secret>,
     pub public_metrics: bool,
 }
 
@@ -516,6 +531,8 @@ impl ServeArgs {
             read_token: self.read_token.or(other.read_token),
             read_token_file: self.read_token_file.or(other.read_token_file),
             public_metrics: self.public_metrics.or(other.public_metrics),
+            admin_token: self.admin_token.or(other.admin_token),
+            admin_token_file: self.admin_token_file.or(other.admin_token_file),
         }
     }
 
@@ -544,6 +561,11 @@ impl ServeArgs {
             "read-token",
             self.read_token.as_deref(),
             self.read_token_file.as_deref(),
+        )?;
+        let admin_token = token(
+            "admin-token",
+            self.admin_token.as_deref(),
+            self.admin_token_file.as_deref(),
         )?;
         let data_dir = self
             .data_dir
@@ -620,6 +642,7 @@ impl ServeArgs {
         Ok(Config {
             uploads,
             read_token,
+            admin_token,
             public_metrics: self.public_metrics.unwrap_or(false),
             listen: self.listen.unwrap_or_else(|| {
                 DEFAULT_LISTEN

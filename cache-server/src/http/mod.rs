@@ -1,6 +1,7 @@
 //! HTTP: translates requests into calls on [`Cache`] and results into status codes. One file per
 //! endpoint; the flows themselves live in `cache`.
 
+mod api;
 mod cacheinfo;
 mod health;
 mod nar;
@@ -29,6 +30,10 @@ pub struct AppState {
     pub read_token: Option<crate::config::Secret>,
     /// `/metrics` without the read token.
     pub public_metrics: bool,
+    /// The admin API's token; the API is off without one.
+    pub admin_token: Option<crate::config::Secret>,
+    /// The store directory paths must be in.
+    pub store_dir: String,
 }
 
 /// Routes of the cache. GET and HEAD are answered on every route; PUT (uploads) where
@@ -44,6 +49,11 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         web::resource("/nar/{file}")
             .route(web::route().guard(get_or_head()).to(nar::get))
             .route(web::put().to(upload::put_nar)),
+    )
+    .service(
+        web::resource("/api/v1/prefetch")
+            .app_data(web::PayloadConfig::new(4 << 20))
+            .route(web::post().to(api::prefetch)),
     )
     .route(
         "/pubkey",
@@ -91,7 +101,9 @@ pub async fn require_read_token(
                 *req.method(),
                 actix_web::http::Method::GET | actix_web::http::Method::HEAD
             );
+            // The admin API has a token of its own.
             let open = matches!(req.path(), "/healthz" | "/readyz" | "/pubkey")
+                || req.path().starts_with("/api/")
                 || (req.path() == "/metrics" && state.public_metrics);
             let allowed = !read
                 || open
@@ -120,6 +132,7 @@ pub async fn count_requests(
         actix_web::http::Method::GET => "GET",
         actix_web::http::Method::HEAD => "HEAD",
         actix_web::http::Method::PUT => "PUT",
+        actix_web::http::Method::POST => "POST",
         _ => "other",
     };
     let started = std::time::Instant::now();

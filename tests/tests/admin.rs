@@ -1,0 +1,125 @@
+//! The admin API: `POST /api/v1/prefetch` fetches a closure through the miss flow; afterwards the
+//! real Nix client gets the whole closure from nixcache with the upstream gone. The admin token
+//! guards it; without one configured the API does not exist.
+
+mod common;
+
+use common::{fixture, store_contents, Fixture, NixClient, Nixcache, StaticServer};
+use serde_json::{json, Value};
+
+const ADMIN: &str = "admin-token-0123456789abcdef";
+
+async fn post(url: &str, token: Option<&str>, body: String) -> (u16, Value) {
+    let mut req = reqwest::Client::new()
+        .post(format!("{url}/api/v1/prefetch"))
+        .header("content-type", "application/json")
+        .body(body);
+    if let Some(t) = token {
+        req = req.bearer_auth(t);
+    }
+    let r = req.send().await.expect("POST");
+    let status = r.status().as_u16();
+    let text = r.text().await.expect("body");
+    (status, serde_json::from_str(&text).unwrap_or(Value::Null))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_prefetched_closure_is_served_with_the_upstream_gone() {
+    let fx = fixture();
+    let upstream = StaticServer::start(&fx.cache).await;
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let cache = Nixcache::in_front_of(
+        &tmp.path().join("data"),
+        &upstream.url,
+        &fx.key,
+        &["--admin-token", ADMIN],
+    )
+    .await;
+    let request = json!({"paths": [fx.top()], "closure": true}).to_string();
+
+    // Guarded: without the token or with a wrong one, nothing happens.
+    assert_eq!(post(&cache.url, None, request.clone()).await.0, 401);
+    assert_eq!(
+        post(&cache.url, Some("wrong-token-0123456789"), request.clone())
+            .await
+            .0,
+        401
+    );
+    let narinfo = format!("{}/{}.narinfo", cache.url, Fixture::hash_of(fx.top()));
+    let stored = || {
+        std::fs::read_dir(tmp.path().join("data/store/nar"))
+            .map(|d| d.count())
+            .unwrap_or(0)
+    };
+    assert_eq!(stored(), 0, "a refused request fetched something");
+    // Bad bodies: 400 with a message.
+    for bad in [
+        "not json".to_string(),
+        json!({"paths": []}).to_string(),
+        json!({"paths": ["/etc/passwd"]}).to_string(),
+        json!({"paths": [fx.top()], "colour": "blue"}).to_string(),
+    ] {
+        let (status, body) = post(&cache.url, Some(ADMIN), bad.clone()).await;
+        assert_eq!(status, 400, "{bad}");
+        assert!(
+            body["error"].as_str().is_some_and(|e| !e.is_empty()),
+            "{bad}: {body}"
+        );
+    }
+
+    // The closure, fetched once; asked again, it is all cached.
+    let (status, report) = post(&cache.url, Some(ADMIN), request.clone()).await;
+    assert_eq!(status, 200, "{report}");
+    let mut fetched: Vec<String> = report["fetched"]
+        .as_array()
+        .expect("fetched")
+        .iter()
+        .filter_map(|v| v.as_str().map(String::from))
+        .collect();
+    fetched.sort();
+    let mut want = fx.paths.clone();
+    want.sort();
+    assert_eq!(fetched, want, "{report}");
+    assert_eq!(report["failed"], json!([]));
+    let (_, again) = post(&cache.url, Some(ADMIN), request).await;
+    assert_eq!(
+        again["cached"].as_array().map(Vec::len),
+        Some(fx.paths.len()),
+        "{again}"
+    );
+    // A path no upstream has.
+    let missing = format!("/nix/store/{}-missing", "0".repeat(32));
+    let (_, report) = post(
+        &cache.url,
+        Some(ADMIN),
+        json!({"paths": [missing]}).to_string(),
+    )
+    .await;
+    assert_eq!(report["not_found"], json!([missing]));
+
+    // The upstream goes away; the real Nix client still gets the whole closure.
+    drop(upstream);
+    let store = tmp.path().join("client");
+    let out = NixClient::new()
+        .copy_closure(&cache.url, &store, fx.top(), &cache.public_key().await)
+        .await;
+    assert!(out.success, "{}", out.stderr);
+    assert_eq!(store_contents(&store).len(), fx.paths.len());
+    assert_eq!(reqwest::get(&narinfo).await.expect("GET").status(), 200);
+
+    // Without an admin token configured, there is no API.
+    let plain = Nixcache::in_front_of(
+        &tmp.path().join("plain"),
+        "http://127.0.0.1:1",
+        &fx.key,
+        &[],
+    )
+    .await;
+    let (status, _) = post(
+        &plain.url,
+        Some(ADMIN),
+        json!({"paths": [fx.top()]}).to_string(),
+    )
+    .await;
+    assert_eq!(status, 404);
+}
