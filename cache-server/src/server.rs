@@ -210,6 +210,9 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
         public_metrics: config.public_metrics,
         admin_token: config.admin_token.clone(),
         store_dir: config.store_dir.clone(),
+        gc_max_size: config.max_size,
+        gc_grace: config.gc_grace,
+        gc_run: std::sync::Mutex::new(None),
     });
     let server = HttpServer::new(move || {
         App::new()

@@ -123,3 +123,77 @@ async fn a_prefetched_closure_is_served_with_the_upstream_gone() {
     .await;
     assert_eq!(status, 404);
 }
+
+async fn post_gc(url: &str, token: Option<&str>) -> (u16, Value) {
+    let mut req = reqwest::Client::new().post(format!("{url}/api/v1/gc"));
+    if let Some(t) = token {
+        req = req.bearer_auth(t);
+    }
+    let r = req.send().await.expect("POST");
+    let status = r.status().as_u16();
+    let text = r.text().await.expect("body");
+    (status, serde_json::from_str(&text).unwrap_or(Value::Null))
+}
+
+async fn gc_runs(url: &str) -> f64 {
+    let body = reqwest::get(format!("{url}/metrics"))
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .expect("body");
+    body.lines()
+        .find_map(|l| {
+            l.strip_prefix("nixcache_gc_runs_total ")
+                .and_then(|v| v.trim().parse().ok())
+        })
+        .unwrap_or(0.0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_gc_requests_share_one_pass() {
+    let fx = fixture();
+    let upstream = StaticServer::start(&fx.cache).await;
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let cache = Nixcache::in_front_of(
+        &tmp.path().join("data"),
+        &upstream.url,
+        &fx.key,
+        &[
+            "--admin-token",
+            ADMIN,
+            "--max-size",
+            "1KiB",
+            "--gc-grace",
+            "1s",
+        ],
+    )
+    .await;
+    let request = json!({"paths": [fx.top()], "closure": true}).to_string();
+    assert_eq!(post(&cache.url, Some(ADMIN), request).await.0, 200);
+
+    assert_eq!(post_gc(&cache.url, None).await.0, 401);
+    assert_eq!(gc_runs(&cache.url).await, 0.0, "a refused request ran GC");
+    let (a, b) = tokio::join!(
+        post_gc(&cache.url, Some(ADMIN)),
+        post_gc(&cache.url, Some(ADMIN))
+    );
+    assert_eq!((a.0, b.0), (200, 200), "{a:?} {b:?}");
+    assert_eq!(a.1, b.1, "both requests got the same pass");
+    assert_eq!(a.1["ran"], json!(true), "{a:?}");
+    assert!(
+        a.1["narinfos_evicted"].as_u64().is_some_and(|n| n > 0),
+        "{a:?}"
+    );
+    assert_eq!(gc_runs(&cache.url).await, 1.0, "two requests, one pass");
+
+    // Without a size limit there is nothing to collect down to.
+    let plain = Nixcache::in_front_of(
+        &tmp.path().join("plain"),
+        &upstream.url,
+        &fx.key,
+        &["--admin-token", ADMIN],
+    )
+    .await;
+    assert_eq!(post_gc(&plain.url, Some(ADMIN)).await.0, 400);
+}

@@ -15,7 +15,7 @@ use crate::storage::{nar_key, narinfo_key};
 const BATCH: i64 = 500;
 
 /// What a pass did.
-#[derive(Clone, Debug, Default, PartialEq)]
+#[derive(Clone, Debug, Default, PartialEq, serde::Serialize)]
 pub struct GcReport {
     /// Whether this process ran the pass (false: another one holds the `gc` lock).
     pub ran: bool,
