@@ -52,6 +52,33 @@ enum Command {
     },
     /// Apply database migrations and exit.
     Migrate(ServeArgs),
+    /// Have a running nixcache fetch store paths and their closures (its admin API), and print
+    /// what it did; exit 1 when a path could not be had.
+    Prefetch {
+        /// The nixcache, e.g. `http://nixcache.example:8080`.
+        #[arg(long, env = "NIXCACHE_SERVER", value_name = "URL")]
+        server: String,
+        /// File holding the admin token (or NIXCACHE_ADMIN_TOKEN).
+        #[arg(long, env = "NIXCACHE_ADMIN_TOKEN_FILE", value_name = "PATH")]
+        admin_token_file: Option<PathBuf>,
+        /// Only the paths named, not their closures.
+        #[arg(long)]
+        no_closure: bool,
+        /// Store paths (`/nix/store/<hash>-<name>`).
+        #[arg(required = true, value_name = "PATH")]
+        paths: Vec<String>,
+    },
+}
+
+/// The admin token from NIXCACHE_ADMIN_TOKEN or a file.
+fn admin_token(file: Option<&Path>) -> anyhow::Result<String> {
+    if let Some(path) = file {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| anyhow::anyhow!("reading {}: {e}", path.display()))?;
+        return Ok(text.trim().to_string());
+    }
+    std::env::var("NIXCACHE_ADMIN_TOKEN")
+        .map_err(|_| anyhow::anyhow!("give --admin-token-file or NIXCACHE_ADMIN_TOKEN"))
 }
 
 fn init_logging(format: LogFormat) {
@@ -115,6 +142,22 @@ fn main() -> ExitCode {
             }
             println!("{} problem(s){}", problems.len(), if repair { ", repaired" } else { "" });
             if problems.is_empty() || repair {
+                Ok(())
+            } else {
+                std::process::exit(1)
+            }
+        }),
+        Command::Prefetch {
+            server,
+            admin_token_file,
+            no_closure,
+            paths,
+        } => admin_token(admin_token_file.as_deref()).and_then(|token| {
+            let body = serde_json::json!({"paths": paths, "closure": !no_closure});
+            let report = actix_web::rt::System::new().block_on(
+                nixcache::admin_client::post(&server, "prefetch", &token, body),
+            )?;
+            if nixcache::admin_client::print_prefetch(&report) {
                 Ok(())
             } else {
                 std::process::exit(1)

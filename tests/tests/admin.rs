@@ -97,6 +97,35 @@ async fn a_prefetched_closure_is_served_with_the_upstream_gone() {
     .await;
     assert_eq!(report["not_found"], json!([missing]));
 
+    // The command line does the same.
+    let cli = |token: &str, path: &str| {
+        std::process::Command::new(common::nixcache_bin())
+            .args(["prefetch", "--server", &cache.url, path])
+            .env("NIXCACHE_ADMIN_TOKEN", token)
+            .output()
+            .expect("nixcache prefetch")
+    };
+    let out = cli(ADMIN, fx.top());
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains(&format!(
+            "0 fetched, {} cached already, 0 not found, 0 failed",
+            fx.paths.len()
+        )),
+        "{stdout}"
+    );
+    let out = cli(ADMIN, &missing);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("not found upstream"));
+    let out = cli("wrong-token-0123456789", fx.top());
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("refused the admin token"));
+
     // The upstream goes away; the real Nix client still gets the whole closure.
     drop(upstream);
     let store = tmp.path().join("client");
