@@ -209,6 +209,7 @@ pub fn validate(nc: &NixCache) -> Result<(), InvalidSpec> {
             spec.uploads.as_ref().map(|u| &u.token_secret),
         ),
         ("spec.readTokenSecret", spec.read_token_secret.as_ref()),
+        ("spec.adminTokenSecret", spec.admin_token_secret.as_ref()),
     ] {
         if let Some(r) = r {
             if !is_name(&r.name) || r.key.trim().is_empty() {

@@ -60,6 +60,9 @@ pub struct NixCacheSpec {
     /// A private cache: every read needs the token in this Secret (clients put it in netrc).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub read_token_secret: Option<SecretKeyRef>,
+    /// The admin API (`/api/v1`: prefetch, GC on demand), with the token in this Secret.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub admin_token_secret: Option<SecretKeyRef>,
 }
 
 #[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]

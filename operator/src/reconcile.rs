@@ -302,6 +302,7 @@ async fn check(nc: &NixCache, client: &Client, ns: &str) -> Result<Result<(), Re
         nc.spec.database.as_ref().map(|db| &db.postgres_url_secret),
         nc.spec.uploads.as_ref().map(|u| &u.token_secret),
         nc.spec.read_token_secret.as_ref(),
+        nc.spec.admin_token_secret.as_ref(),
     ];
     for r in refs.into_iter().flatten() {
         wanted.push((r.name.clone(), vec![r.key.clone()]));

@@ -215,6 +215,7 @@ fn env(nc: &NixCache) -> Value {
             nc.spec.uploads.as_ref().map(|u| &u.token_secret),
         ),
         ("NIXCACHE_READ_TOKEN", nc.spec.read_token_secret.as_ref()),
+        ("NIXCACHE_ADMIN_TOKEN", nc.spec.admin_token_secret.as_ref()),
     ];
     for (name, secret) in tokens {
         if let Some(r) = secret {
@@ -549,7 +550,8 @@ mod tests {
     fn tokens_reach_the_server_by_secret_reference_only() {
         let nc = cache(json!({
             "uploads": {"tokenSecret": {"name": "push", "key": "token"}},
-            "readTokenSecret": {"name": "pull", "key": "t"}
+            "readTokenSecret": {"name": "pull", "key": "t"},
+            "adminTokenSecret": {"name": "admin", "key": "token"}
         }));
         let d = deployment(&nc, DEFAULT_IMAGE, "k:A").expect("deploy");
         let env = serde_json::to_value(
@@ -575,6 +577,10 @@ mod tests {
             "t"
         );
         assert!(by_name("NIXCACHE_READ_TOKEN").get("value").is_none());
+        assert_eq!(
+            by_name("NIXCACHE_ADMIN_TOKEN")["valueFrom"]["secretKeyRef"]["name"],
+            "admin"
+        );
     }
 
     #[test]
