@@ -23,7 +23,7 @@ use serde::Serialize;
 use serde_json::json;
 use tracing::{info, warn};
 
-use crate::config::{validate, KEY_FILE};
+use crate::config::{gc_runs_as_jobs, validate, KEY_FILE};
 use crate::crd::{NixCache, NixCacheStatus};
 use crate::gc::{parse_schedule, plan, GcJob};
 use crate::metrics::Metrics;
@@ -173,22 +173,23 @@ async fn reconcile_inner(nc: &NixCache, ctx: &Context) -> Result<Action, Error> 
     .await?;
     pod_disruption_budget(nc, ctx, &ns).await?;
 
-    let (gc_status, gc_requeue) = if resources::wants_gc_jobs(nc) {
+    let (gc_status, gc_requeue) = if gc_runs_as_jobs(&nc.spec) {
         let (status, requeue) = gc(nc, ctx, &ns).await?;
         (Some(status), requeue)
     } else {
         (None, None)
     };
 
+    let rollout = Rollout::of(&deployment);
     let status = NixCacheStatus {
         conditions: conditions(
-            &Outcome::Applied(Rollout::of(&deployment)),
+            &Outcome::Applied(rollout),
             &current_conditions(nc),
             nc.metadata.generation,
             &rfc3339(now_unix()),
         ),
         observed_generation: nc.metadata.generation,
-        ready_replicas: Some(Rollout::of(&deployment).ready),
+        ready_replicas: Some(rollout.ready),
         public_key: Some(public_key),
         url: Some(resources::url(nc)),
         gc: gc_status,

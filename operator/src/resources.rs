@@ -15,7 +15,7 @@ use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 
 use crate::config::{
-    gc_runs_as_jobs, render_toml, CONFIG_DIR, CONFIG_FILE, DATA_DIR, KEY_DIR, KEY_FILE, SERVER_PORT,
+    render_toml, CONFIG_DIR, CONFIG_FILE, DATA_DIR, KEY_DIR, KEY_FILE, SERVER_PORT,
 };
 use crate::crd::NixCache;
 
@@ -368,11 +368,6 @@ pub fn gc_job(nc: &NixCache, default_image: &str, scheduled_unix: i64) -> Result
             }
         }),
     )
-}
-
-/// Whether GC of this cache is the operator's to schedule as Jobs.
-pub fn wants_gc_jobs(nc: &NixCache) -> bool {
-    gc_runs_as_jobs(&nc.spec)
 }
 
 #[cfg(test)]

@@ -6,7 +6,7 @@ mod common;
 
 use std::path::Path;
 
-use common::{fixture, store_contents, Fixture, Nixcache, StaticServer};
+use common::{fixture, store_contents, Fixture, NixClient, Nixcache, StaticServer};
 
 const READ: &str = "read-token-0123456789abcdef";
 const UPLOAD: &str = "upload-token-0123456789abcdef";
@@ -21,26 +21,10 @@ async fn status(url: &str, bearer: Option<&str>) -> u16 {
 
 /// `nix copy --from <cache> --to <store> <path>` trusting `key`, with an optional netrc file.
 async fn fetch(cache: &str, store: &Path, path: &str, key: &str, netrc: Option<&Path>) -> bool {
-    let xdg = tempfile::tempdir().expect("tempdir");
-    let mut cmd = tokio::process::Command::new("nix");
-    cmd.args(["copy", "--from", cache, "--to"])
-        .arg(store)
-        .arg(path)
-        .args(["--option", "trusted-public-keys", key])
-        .args(["--option", "require-sigs", "true"])
-        .env("XDG_CACHE_HOME", xdg.path())
-        .env(
-            "NIX_CONFIG",
-            "substituters =\nexperimental-features = nix-command\nbuild-users-group =",
-        );
-    if let Some(netrc) = netrc {
-        cmd.arg("--option").arg("netrc-file").arg(netrc);
-    }
-    cmd.output()
+    NixClient::new()
+        .copy_closure_with_netrc(cache, store, path, key, netrc)
         .await
-        .expect("running nix (nix-bin is required)")
-        .status
-        .success()
+        .success
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

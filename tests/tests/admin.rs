@@ -9,9 +9,10 @@ use serde_json::{json, Value};
 
 const ADMIN: &str = "admin-token-0123456789abcdef";
 
-async fn post(url: &str, token: Option<&str>, body: String) -> (u16, Value) {
+/// `POST <url>/api/v1/<endpoint>` with an optional admin token: status and JSON answer.
+async fn call(url: &str, endpoint: &str, token: Option<&str>, body: String) -> (u16, Value) {
     let mut req = reqwest::Client::new()
-        .post(format!("{url}/api/v1/prefetch"))
+        .post(format!("{url}/api/v1/{endpoint}"))
         .header("content-type", "application/json")
         .body(body);
     if let Some(t) = token {
@@ -21,6 +22,10 @@ async fn post(url: &str, token: Option<&str>, body: String) -> (u16, Value) {
     let status = r.status().as_u16();
     let text = r.text().await.expect("body");
     (status, serde_json::from_str(&text).unwrap_or(Value::Null))
+}
+
+async fn post(url: &str, token: Option<&str>, body: String) -> (u16, Value) {
+    call(url, "prefetch", token, body).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -154,14 +159,7 @@ async fn a_prefetched_closure_is_served_with_the_upstream_gone() {
 }
 
 async fn post_gc(url: &str, token: Option<&str>) -> (u16, Value) {
-    let mut req = reqwest::Client::new().post(format!("{url}/api/v1/gc"));
-    if let Some(t) = token {
-        req = req.bearer_auth(t);
-    }
-    let r = req.send().await.expect("POST");
-    let status = r.status().as_u16();
-    let text = r.text().await.expect("body");
-    (status, serde_json::from_str(&text).unwrap_or(Value::Null))
+    call(url, "gc", token, String::new()).await
 }
 
 async fn gc_runs(url: &str) -> f64 {

@@ -3,6 +3,8 @@
 //! No registry is reachable here, so the image is built on a local Debian base
 //! (`scripts/build-base-image.sh`, which the test runs; it returns at once once the base exists).
 
+mod common;
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
@@ -54,20 +56,12 @@ impl Image {
             "the base image: {}",
             String::from_utf8_lossy(&base.stderr)
         );
-        let bin_dir = std::env::current_exe()
-            .expect("current exe")
-            .parent()
-            .and_then(Path::parent)
-            .expect("target dir")
-            .to_path_buf();
         let context = tempfile::tempdir().expect("tempdir");
-        for bin in ["nixcache", "nixcache-operator"] {
-            let from = bin_dir.join(bin);
-            assert!(
-                from.exists(),
-                "{} is missing: cargo build --workspace --bins",
-                from.display()
-            );
+        for (bin, env) in [
+            ("nixcache", "NIXCACHE_BIN"),
+            ("nixcache-operator", "NIXCACHE_OPERATOR_BIN"),
+        ] {
+            let from = common::workspace_bin(bin, env);
             let to = context.path().join(bin);
             if std::fs::hard_link(&from, &to).is_err() {
                 std::fs::copy(&from, &to).expect("copy binary");

@@ -4,6 +4,8 @@
 //! the Deployment's status, an invalid spec is Degraded, and GC Jobs are made once per tick by
 //! the one operator process holding the leader Lease.
 
+mod common;
+
 use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -28,21 +30,7 @@ fn repo() -> PathBuf {
 }
 
 fn operator_bin() -> PathBuf {
-    if let Some(p) = std::env::var_os("NIXCACHE_OPERATOR_BIN") {
-        return PathBuf::from(p);
-    }
-    let exe = std::env::current_exe().expect("current exe");
-    let bin = exe
-        .parent()
-        .and_then(Path::parent)
-        .expect("target dir")
-        .join("nixcache-operator");
-    assert!(
-        bin.exists(),
-        "{} is missing: run `cargo build --workspace --bins` first",
-        bin.display()
-    );
-    bin
+    common::workspace_bin("nixcache-operator", "NIXCACHE_OPERATOR_BIN")
 }
 
 async fn client(server: &KubeApiServer) -> Client {

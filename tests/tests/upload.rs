@@ -12,25 +12,9 @@ use common::{fixture, store_contents, Fixture, NixClient, Nixcache};
 const TOKEN: &str = "upload-token-0123456789abcdef";
 
 /// `nix copy --to <url> <path>` from the local store, with an optional netrc file.
-async fn push(url: &str, path: &str, netrc: Option<&Path>, xdg: &Path) -> (bool, String) {
-    let mut cmd = tokio::process::Command::new("nix");
-    cmd.args(["copy", "--to", url, path])
-        .env("XDG_CACHE_HOME", xdg)
-        .env(
-            "NIX_CONFIG",
-            "substituters =\nexperimental-features = nix-command\nbuild-users-group =",
-        );
-    if let Some(netrc) = netrc {
-        cmd.arg("--option").arg("netrc-file").arg(netrc);
-    }
-    let out = cmd
-        .output()
-        .await
-        .expect("running nix (nix-bin is required)");
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
+async fn push(url: &str, path: &str, netrc: Option<&Path>) -> (bool, String) {
+    let out = NixClient::new().push(url, path, netrc).await;
+    (out.success, out.stderr)
 }
 
 fn netrc(dir: &Path, password: &str) -> std::path::PathBuf {
@@ -70,17 +54,17 @@ async fn nix_copy_pushes_with_the_token_and_a_fresh_store_fetches_it_back() {
     let top_narinfo = format!("{}/{}.narinfo", cache.url, Fixture::hash_of(fx.top()));
 
     // Without the token, and with a wrong one: the push fails and nothing is stored.
-    let (ok, _) = push(&cache.url, fx.top(), None, scratch.path()).await;
+    let (ok, _) = push(&cache.url, fx.top(), None).await;
     assert!(!ok, "a push without a token succeeded");
     let wrong = netrc(scratch.path(), "not-the-token-at-all");
-    let (ok, _) = push(&cache.url, fx.top(), Some(&wrong), scratch.path()).await;
+    let (ok, _) = push(&cache.url, fx.top(), Some(&wrong)).await;
     assert!(!ok, "a push with a wrong token succeeded");
     assert_eq!(status(&top_narinfo).await, 404);
     assert_eq!(stored_nars(data.path()), 0, "a refused push stored a NAR");
 
     // With the token from a netrc file, as Nix users configure it.
     let good = netrc(scratch.path(), TOKEN);
-    let (ok, stderr) = push(&cache.url, fx.top(), Some(&good), scratch.path()).await;
+    let (ok, stderr) = push(&cache.url, fx.top(), Some(&good)).await;
     assert!(ok, "nix copy --to failed:\n{stderr}\n{}", cache.logs());
     assert_eq!(stored_nars(data.path()), fx.paths.len());
 

@@ -102,7 +102,7 @@ impl Drop for KeepAlive {
 }
 
 /// Removes the staging file unless disarmed.
-struct Staged(Option<PathBuf>);
+pub(super) struct Staged(pub(super) Option<PathBuf>);
 
 impl Drop for Staged {
     fn drop(&mut self) {

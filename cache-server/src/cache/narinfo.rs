@@ -68,11 +68,17 @@ impl Cache {
     }
 
     async fn narinfo_from_storage(&self, hash: StoreHash) -> Option<Bytes> {
-        let object = self.storage.get(&narinfo_key(&hash), None).await.ok()??;
-        let chunks: Vec<Bytes> = object.body.try_collect().await.ok()?;
-        let body = Bytes::from(chunks.concat());
+        let body = self.read_small(&narinfo_key(&hash)).await?;
         self.narinfos.insert(hash, body.clone());
         Some(body)
+    }
+
+    /// A small stored object (a narinfo, a listing, a log) read whole; `None` when absent or
+    /// unreadable.
+    pub(super) async fn read_small(&self, key: &str) -> Option<Bytes> {
+        let object = self.storage.get(key, None).await.ok()??;
+        let chunks: Vec<Bytes> = object.body.try_collect().await.ok()?;
+        Some(Bytes::from(chunks.concat()))
     }
 
     #[instrument(skip_all, fields(hash = %hash))]

@@ -4,14 +4,13 @@
 //! signature; nixcache's own signature is added. Build logs, listings and realisations are kept
 //! as they come.
 
-use std::path::PathBuf;
-
 use bytes::Bytes;
 use futures_util::{Stream, StreamExt};
 use sha2::{Digest, Sha256};
 use tokio::io::AsyncWriteExt;
 use tracing::info;
 
+use super::nar::Staged;
 use super::verify::{verifiable, Verifier};
 use super::Cache;
 use crate::db::NarInfoRecord;
@@ -44,17 +43,6 @@ fn invalid(message: impl Into<String>) -> UploadError {
 
 fn backend(e: impl ToString) -> UploadError {
     UploadError::Backend(e.to_string())
-}
-
-/// Removes a staging file unless it was handed to storage.
-struct Staged(Option<PathBuf>);
-
-impl Drop for Staged {
-    fn drop(&mut self) {
-        if let Some(path) = self.0.take() {
-            let _ = std::fs::remove_file(path);
-        }
-    }
 }
 
 impl Cache {
@@ -215,14 +203,6 @@ impl Cache {
     /// An uploaded listing, build log or realisation.
     pub async fn extra(&self, key: &str) -> Option<Bytes> {
         validate_key(key).ok()?;
-        let object = self.storage.get(key, None).await.ok()??;
-        let chunks: Vec<Bytes> = object
-            .body
-            .collect::<Vec<_>>()
-            .await
-            .into_iter()
-            .collect::<Result<_, _>>()
-            .ok()?;
-        Some(Bytes::from(chunks.concat()))
+        self.read_small(key).await
     }
 }

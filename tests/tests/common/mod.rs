@@ -15,16 +15,21 @@ pub use fixture::{fixture, Fixture};
 /// The `nixcache` binary of this workspace (built by `cargo build --workspace` before the tests),
 /// or `NIXCACHE_BIN`.
 pub fn nixcache_bin() -> PathBuf {
-    if let Some(p) = std::env::var_os("NIXCACHE_BIN") {
+    workspace_bin("nixcache", "NIXCACHE_BIN")
+}
+
+/// A binary of this workspace, next to the test binaries' directory, or the one `env` names.
+pub fn workspace_bin(name: &str, env: &str) -> PathBuf {
+    if let Some(p) = std::env::var_os(env) {
         return PathBuf::from(p);
     }
-    // target/<profile>/deps/<test binary> → target/<profile>/nixcache
+    // target/<profile>/deps/<test binary> → target/<profile>/<name>
     let exe = std::env::current_exe().expect("current exe");
     let bin = exe
         .parent()
         .and_then(Path::parent)
         .expect("target dir")
-        .join("nixcache");
+        .join(name);
     assert!(
         bin.exists(),
         "{} is missing: run `cargo build --workspace --bins` first",
@@ -32,6 +37,11 @@ pub fn nixcache_bin() -> PathBuf {
     );
     bin
 }
+
+/// Nix settings of every client run: no default substituters (nor the wait for cache.nixos.org),
+/// the new CLI, and no build users (a fresh Debian has no `nixbld` group).
+pub const NIX_CONFIG: &str =
+    "substituters =\nexperimental-features = nix-command\nbuild-users-group =";
 
 pub use nixcache_tests::free_port;
 
@@ -279,8 +289,21 @@ impl NixClient {
         path: &str,
         trusted_key: &str,
     ) -> NixOutput {
-        let out = tokio::process::Command::new("nix")
-            .args(["copy", "--from", cache, "--to"])
+        self.copy_closure_with_netrc(cache, store, path, trusted_key, None)
+            .await
+    }
+
+    /// `copy_closure`, with the credentials of a netrc file.
+    pub async fn copy_closure_with_netrc(
+        &self,
+        cache: &str,
+        store: &Path,
+        path: &str,
+        trusted_key: &str,
+        netrc: Option<&Path>,
+    ) -> NixOutput {
+        let mut cmd = tokio::process::Command::new("nix");
+        cmd.args(["copy", "--from", cache, "--to"])
             .arg(store)
             .arg(path)
             .args([
@@ -290,12 +313,24 @@ impl NixClient {
                 "--option",
                 "require-sigs",
                 "true",
-            ])
+            ]);
+        self.run(cmd, netrc).await
+    }
+
+    /// `nix copy --to <cache> <path>` from the local store, with the credentials of a netrc file.
+    pub async fn push(&self, cache: &str, path: &str, netrc: Option<&Path>) -> NixOutput {
+        let mut cmd = tokio::process::Command::new("nix");
+        cmd.args(["copy", "--to", cache, path]);
+        self.run(cmd, netrc).await
+    }
+
+    async fn run(&self, mut cmd: tokio::process::Command, netrc: Option<&Path>) -> NixOutput {
+        if let Some(netrc) = netrc {
+            cmd.arg("--option").arg("netrc-file").arg(netrc);
+        }
+        let out = cmd
             .env("XDG_CACHE_HOME", self.xdg.path())
-            .env(
-                "NIX_CONFIG",
-                "substituters =\nexperimental-features = nix-command\nbuild-users-group =",
-            )
+            .env("NIX_CONFIG", NIX_CONFIG)
             .output()
             .await
             .expect("running nix (nix-bin is required)");
