@@ -8,6 +8,7 @@ use actix_web::{middleware, web, App, HttpServer};
 use anyhow::Context as _;
 use tracing::{info, warn};
 
+use crate::cache::tasks::{TaskSettings, Tasks};
 use crate::cache::{Cache, CacheSettings};
 use crate::config::{load_signing_key, Config, DatabaseConfig, StorageConfig};
 use crate::db::{Database, PostgresDatabase, SqliteDatabase};
@@ -19,6 +20,8 @@ use crate::storage::{LocalStorage, S3Storage, Storage};
 use crate::upstream::{HttpUpstream, Upstreams};
 
 const ACCESS_FLUSH_INTERVAL: Duration = Duration::from_secs(10);
+/// How often a replica looks for admin tasks to run (beside being woken when it records one).
+const TASK_POLL_INTERVAL: Duration = Duration::from_secs(1);
 const CACHE_INFO_RETRY: Duration = Duration::from_secs(30);
 /// Between `/readyz` failing and new connections being refused, on SIGTERM.
 const SHUTDOWN_READINESS_DELAY: Duration = Duration::from_secs(1);
@@ -196,6 +199,20 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
         })
     };
 
+    // Admin tasks: recorded by any replica, run by whichever claims them.
+    let tasks = Tasks::new(
+        cache.clone(),
+        TaskSettings {
+            replica: Tasks::default_replica_name(),
+            poll: TASK_POLL_INTERVAL,
+            retention: config.task_retention,
+            gc_max_size: config.max_size,
+            gc_grace: config.gc_grace,
+        },
+    );
+    let stop_tasks = tokio_util::sync::CancellationToken::new();
+    let task_worker = tokio::spawn(tasks.clone().work(stop_tasks.clone()));
+
     let cache_info = CacheInfo {
         store_dir: config.store_dir.clone(),
         want_mass_query: true,
@@ -211,8 +228,7 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
         admin_token: config.admin_token.clone(),
         store_dir: config.store_dir.clone(),
         gc_max_size: config.max_size,
-        gc_grace: config.gc_grace,
-        gc_run: std::sync::Mutex::new(None),
+        tasks: tasks.clone(),
     });
     let server = HttpServer::new(move || {
         App::new()
@@ -244,15 +260,20 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
     info!(listen = %config.listen, upstreams = config.upstreams.len(), "nixcache serving");
     let handle = server.handle();
     let draining = cache.clone();
+    let stopping = stop_tasks.clone();
     actix_web::rt::spawn(async move {
         wait_for_signal().await;
         info!("shutting down: not ready any more, finishing in-flight requests");
         draining.begin_shutdown();
+        // Running tasks go back to pending for the other replicas.
+        stopping.cancel();
         // A moment for load balancers to see /readyz fail before connections are refused.
         tokio::time::sleep(SHUTDOWN_READINESS_DELAY).await;
         handle.stop(true).await;
     });
     server.await.context("HTTP server")?;
+    stop_tasks.cancel();
+    let _ = task_worker.await;
     flusher.abort();
     cache.flush_access_log().await;
     info!("stopped");

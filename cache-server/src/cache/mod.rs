@@ -8,6 +8,7 @@ mod inflight;
 mod nar;
 mod narinfo;
 pub mod prefetch;
+pub mod tasks;
 pub mod upload;
 pub mod verify;
 

@@ -3,15 +3,47 @@
 //! a fleet finds them cached.
 
 use std::collections::{HashSet, VecDeque};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use futures_util::StreamExt;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use super::nar::NarBody;
 use super::Cache;
 use crate::nix::{NarFile, NarInfo, StorePath};
 use crate::storage::nar_key;
+
+/// A prefetch as asked for (the admin API's body, and a task's stored request).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct PrefetchRequest {
+    pub paths: Vec<String>,
+    #[serde(default)]
+    pub closure: bool,
+}
+
+/// How far a prefetch has got, readable while it runs.
+#[derive(Debug, Default)]
+pub struct PrefetchProgress {
+    /// Paths known so far (the named ones and the references found).
+    known: AtomicU64,
+    /// Paths dealt with, whatever the outcome.
+    done: AtomicU64,
+    fetched: AtomicU64,
+    missing: AtomicU64,
+}
+
+impl PrefetchProgress {
+    pub fn snapshot(&self) -> serde_json::Value {
+        serde_json::json!({
+            "paths_known": self.known.load(Ordering::Relaxed),
+            "paths_done": self.done.load(Ordering::Relaxed),
+            "fetched": self.fetched.load(Ordering::Relaxed),
+            "not_found_or_failed": self.missing.load(Ordering::Relaxed),
+        })
+    }
+}
 
 /// What a prefetch did, path by path.
 #[derive(Debug, Default, Serialize, PartialEq, Eq)]
@@ -33,34 +65,53 @@ pub struct PrefetchFailure {
 
 impl Cache {
     /// Fetches `paths` (with `closure`, their references too, recursively) and reports each.
+    /// `progress` follows it as it goes.
     pub async fn prefetch(
         self: &Arc<Self>,
         paths: Vec<StorePath>,
         closure: bool,
+        progress: &PrefetchProgress,
     ) -> PrefetchReport {
         let mut report = PrefetchReport::default();
-        let mut queue: VecDeque<StorePath> = paths.into();
         let mut seen = HashSet::new();
-        while let Some(path) = queue.pop_front() {
-            if !seen.insert(path.hash()) {
-                continue;
+        let mut queue = VecDeque::new();
+        let mut enqueue = |queue: &mut VecDeque<StorePath>, path: StorePath| {
+            if seen.insert(path.hash()) {
+                progress.known.fetch_add(1, Ordering::Relaxed);
+                queue.push_back(path);
             }
+        };
+        for path in paths {
+            enqueue(&mut queue, path);
+        }
+        while let Some(path) = queue.pop_front() {
             let name = path.to_string();
             match self.prefetch_one(&path).await {
                 Ok((outcome, references)) => {
                     match outcome {
                         Outcome::Cached => report.cached.push(name),
-                        Outcome::Fetched => report.fetched.push(name),
+                        Outcome::Fetched => {
+                            progress.fetched.fetch_add(1, Ordering::Relaxed);
+                            report.fetched.push(name)
+                        }
                     }
                     if closure {
-                        queue.extend(references);
+                        for r in references {
+                            enqueue(&mut queue, r);
+                        }
                     }
                 }
-                Err(Miss::NotFound) => report.not_found.push(name),
-                Err(Miss::Failed(reason)) => {
-                    report.failed.push(PrefetchFailure { path: name, reason })
+                Err(miss) => {
+                    progress.missing.fetch_add(1, Ordering::Relaxed);
+                    match miss {
+                        Miss::NotFound => report.not_found.push(name),
+                        Miss::Failed(reason) => {
+                            report.failed.push(PrefetchFailure { path: name, reason })
+                        }
+                    }
                 }
             }
+            progress.done.fetch_add(1, Ordering::Relaxed);
         }
         report
     }

@@ -294,6 +294,10 @@ pub struct ServeArgs {
     #[arg(long, env = "NIXCACHE_ADMIN_TOKEN_FILE", value_name = "PATH")]
     pub admin_token_file: Option<PathBuf>,
 
+    /// How long finished admin tasks stay readable at `/api/v1/tasks/<id>`. [default: 7days]
+    #[arg(long, env = "NIXCACHE_TASK_RETENTION", value_name = "DURATION")]
+    pub task_retention: Option<HumanDuration>,
+
     /// With a read token: serve `/metrics` without it.
     #[arg(long, env = "NIXCACHE_PUBLIC_METRICS", num_args = 0..=1, default_missing_value = "true", value_name = "BOOL")]
     pub public_metrics: Option<bool>,
@@ -429,6 +433,7 @@ pub struct Config {
     pub read_token: Option<Secret>,
     /// The admin API's token; the API is off without one.
     pub admin_token: Option<Secret>,
+    pub task_retention: Duration,
     pub public_metrics: bool,
 }
 
@@ -533,6 +538,7 @@ impl ServeArgs {
             public_metrics: self.public_metrics.or(other.public_metrics),
             admin_token: self.admin_token.or(other.admin_token),
             admin_token_file: self.admin_token_file.or(other.admin_token_file),
+            task_retention: self.task_retention.or(other.task_retention),
         }
     }
 
@@ -700,6 +706,7 @@ impl ServeArgs {
                 })
                 .transpose()?,
             gc_grace: positive("gc-grace", self.gc_grace, 60)?,
+            task_retention: positive("task-retention", self.task_retention, 7 * 24 * 3600)?,
             shutdown_timeout: positive("shutdown-timeout", self.shutdown_timeout, 30)?,
             inflight_part_size: match self.inflight_part_size {
                 Some(0) => return Err(invalid("inflight-part-size", "must be more than zero")),

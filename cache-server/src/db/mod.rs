@@ -37,6 +37,39 @@ pub struct NarInfoRecord {
     pub file_size: Option<u64>,
 }
 
+/// A task of the admin API (`tasks` table). Times are unix milliseconds.
+#[derive(
+    Clone, Debug, PartialEq, Eq, diesel::Queryable, diesel::Selectable, diesel::Insertable,
+)]
+#[diesel(table_name = schema::tasks)]
+#[diesel(check_for_backend(diesel::sqlite::Sqlite, diesel::pg::Pg))]
+pub struct TaskRecord {
+    /// 32 hex characters.
+    pub id: String,
+    /// `prefetch` or `gc`.
+    pub kind: String,
+    /// `pending`, `running`, `succeeded` or `failed`.
+    pub state: String,
+    /// The request, as JSON.
+    pub request: String,
+    /// Progress as JSON, written by the runner.
+    pub progress: Option<String>,
+    /// The outcome as JSON, once succeeded.
+    pub result: Option<String>,
+    /// Why it failed.
+    pub error: Option<String>,
+    /// The replica running it, or that ran it last.
+    pub owner: Option<String>,
+    /// How many times it was claimed (more than once when a runner died).
+    pub attempts: i32,
+    pub created_at: i64,
+    /// When the latest attempt started.
+    pub started_at: Option<i64>,
+    /// The runner's last sign of life.
+    pub heartbeat_at: Option<i64>,
+    pub finished_at: Option<i64>,
+}
+
 #[async_trait]
 pub trait Database: Send + Sync + 'static {
     async fn get_narinfo(&self, hash: &str) -> Result<Option<NarInfoRecord>, DbError>;
@@ -65,6 +98,63 @@ pub trait Database: Send + Sync + 'static {
     /// Size of a stored NAR, if recorded.
     async fn nar_size(&self, nar_file: &str) -> Result<Option<u64>, DbError>;
     async fn delete_nar(&self, nar_file: &str) -> Result<(), DbError>;
+
+    /// Records a new task. `Ok(false)` when it is a GC task and another one is pending or running
+    /// (at most one is: GC requests coalesce).
+    async fn insert_task(&self, task: &TaskRecord) -> Result<bool, DbError>;
+    async fn get_task(&self, id: &str) -> Result<Option<TaskRecord>, DbError>;
+    /// The oldest pending or running task of `kind`.
+    async fn active_task(&self, kind: &str) -> Result<Option<TaskRecord>, DbError>;
+    /// Up to `limit` tasks a runner may take, oldest first: pending ones, and running ones whose
+    /// runner has not been heard of since `stale_before`.
+    async fn claimable_tasks(
+        &self,
+        stale_before: i64,
+        limit: i64,
+    ) -> Result<Vec<TaskRecord>, DbError>;
+    /// Makes `owner` the runner of a task if it is still claimable; whether it did.
+    async fn claim_task(
+        &self,
+        id: &str,
+        owner: &str,
+        now: i64,
+        stale_before: i64,
+    ) -> Result<bool, DbError>;
+    /// The runner's sign of life, with its progress; false when the task is not its any more.
+    async fn task_heartbeat(
+        &self,
+        id: &str,
+        owner: &str,
+        now: i64,
+        progress: Option<String>,
+    ) -> Result<bool, DbError>;
+    /// Ends a task its runner owns: succeeded with `Ok(result)`, failed with `Err(error)`, or,
+    /// with `None`, back to pending for another runner (a replica shutting down).
+    async fn finish_task(
+        &self,
+        id: &str,
+        owner: &str,
+        now: i64,
+        outcome: Option<Result<String, String>>,
+    ) -> Result<bool, DbError>;
+    /// Forgets tasks that finished before `before`; how many.
+    async fn delete_finished_tasks(&self, before: i64) -> Result<u64, DbError>;
+}
+
+/// Task states, as stored.
+pub mod task_state {
+    pub const PENDING: &str = "pending";
+    pub const RUNNING: &str = "running";
+    pub const SUCCEEDED: &str = "succeeded";
+    pub const FAILED: &str = "failed";
+}
+
+/// Whether an insert failed only because of a unique index.
+pub(crate) fn is_unique_violation(e: &diesel::result::Error) -> bool {
+    matches!(
+        e,
+        diesel::result::Error::DatabaseError(diesel::result::DatabaseErrorKind::UniqueViolation, _)
+    )
 }
 
 #[cfg(test)]
@@ -82,6 +172,139 @@ pub(crate) mod conformance {
             nar_size: 128,
             file_size: Some(100),
         }
+    }
+
+    pub fn task(id: &str, kind: &str, created_at: i64) -> TaskRecord {
+        TaskRecord {
+            id: id.into(),
+            kind: kind.into(),
+            state: task_state::PENDING.into(),
+            request: "{}".into(),
+            progress: None,
+            result: None,
+            error: None,
+            owner: None,
+            attempts: 0,
+            created_at,
+            started_at: None,
+            heartbeat_at: None,
+            finished_at: None,
+        }
+    }
+
+    /// Tasks: claiming, fencing by owner, staleness, GC coalescing, retention.
+    pub async fn tasks(db: &dyn Database) {
+        use task_state::*;
+        let a = task("a0000000000000000000000000000000", "prefetch", 1);
+        assert!(db.insert_task(&a).await.expect("insert"));
+        assert_eq!(db.get_task(&a.id).await.expect("get"), Some(a.clone()));
+        assert_eq!(db.get_task("nope").await.expect("get"), None);
+        let b = task("b0000000000000000000000000000000", "prefetch", 2);
+        assert!(db.insert_task(&b).await.expect("insert"));
+
+        // Claiming: one runner wins; the loser's writes are refused.
+        let ids = |v: Vec<TaskRecord>| v.into_iter().map(|t| t.id).collect::<Vec<_>>();
+        assert_eq!(
+            ids(db.claimable_tasks(0, 10).await.expect("claimable")),
+            [a.id.clone(), b.id.clone()]
+        );
+        assert!(db.claim_task(&a.id, "r1", 10, 0).await.expect("claim"));
+        assert!(!db
+            .claim_task(&a.id, "r2", 11, 0)
+            .await
+            .expect("claim again"));
+        let t = db.get_task(&a.id).await.expect("get").expect("task");
+        assert_eq!(
+            (t.state.as_str(), t.owner.as_deref(), t.attempts),
+            (RUNNING, Some("r1"), 1)
+        );
+        assert_eq!((t.started_at, t.heartbeat_at), (Some(10), Some(10)));
+        assert_eq!(
+            ids(db.claimable_tasks(5, 10).await.expect("claimable")),
+            std::slice::from_ref(&b.id),
+            "a running task heard of recently is not claimable"
+        );
+        assert!(db
+            .task_heartbeat(&a.id, "r1", 20, Some("{\"done\":1}".into()))
+            .await
+            .expect("heartbeat"));
+        assert!(!db
+            .task_heartbeat(&a.id, "r2", 21, None)
+            .await
+            .expect("heartbeat"));
+        let t = db.get_task(&a.id).await.expect("get").expect("task");
+        assert_eq!(
+            (t.heartbeat_at, t.progress.as_deref()),
+            (Some(20), Some("{\"done\":1}"))
+        );
+
+        // Its runner went silent: another takes it over, and the first one's outcome is refused.
+        assert_eq!(
+            ids(db.claimable_tasks(21, 10).await.expect("claimable")),
+            [a.id.clone(), b.id.clone()]
+        );
+        assert!(db.claim_task(&a.id, "r2", 30, 21).await.expect("take over"));
+        assert!(!db
+            .finish_task(&a.id, "r1", 31, Some(Ok("{}".into())))
+            .await
+            .expect("finish"));
+        assert!(db
+            .finish_task(&a.id, "r2", 32, Some(Ok("{\"ok\":true}".into())))
+            .await
+            .expect("finish"));
+        let t = db.get_task(&a.id).await.expect("get").expect("task");
+        assert_eq!(
+            (t.state.as_str(), t.attempts, t.finished_at),
+            (SUCCEEDED, 2, Some(32))
+        );
+        assert_eq!(t.result.as_deref(), Some("{\"ok\":true}"));
+        assert!(!db.claim_task(&a.id, "r3", 40, 100).await.expect("finished"));
+
+        // Handed back (a replica shutting down): pending again, then failed by the next runner.
+        assert!(db.claim_task(&b.id, "r1", 40, 0).await.expect("claim"));
+        assert!(db
+            .finish_task(&b.id, "r1", 41, None)
+            .await
+            .expect("release"));
+        let t = db.get_task(&b.id).await.expect("get").expect("task");
+        assert_eq!((t.state.as_str(), t.heartbeat_at), (PENDING, None));
+        assert!(db.claim_task(&b.id, "r2", 42, 0).await.expect("claim"));
+        assert!(db
+            .finish_task(&b.id, "r2", 43, Some(Err("boom".into())))
+            .await
+            .expect("fail"));
+        let t = db.get_task(&b.id).await.expect("get").expect("task");
+        assert_eq!(
+            (t.state.as_str(), t.error.as_deref()),
+            (FAILED, Some("boom"))
+        );
+
+        // One active GC task at a time.
+        let g1 = task("c0000000000000000000000000000000", "gc", 50);
+        let g2 = task("d0000000000000000000000000000000", "gc", 51);
+        assert!(db.insert_task(&g1).await.expect("insert"));
+        assert!(!db.insert_task(&g2).await.expect("coalesced"));
+        assert_eq!(
+            db.active_task("gc").await.expect("active").map(|t| t.id),
+            Some(g1.id.clone())
+        );
+        assert!(db.claim_task(&g1.id, "r1", 52, 0).await.expect("claim"));
+        assert!(!db.insert_task(&g2).await.expect("still coalesced"));
+        assert!(db
+            .finish_task(&g1.id, "r1", 53, Some(Ok("{}".into())))
+            .await
+            .expect("finish"));
+        assert_eq!(db.active_task("gc").await.expect("active"), None);
+        assert!(db
+            .insert_task(&g2)
+            .await
+            .expect("a new one after it finished"));
+
+        // Retention: finished tasks go, active ones stay.
+        assert_eq!(db.delete_finished_tasks(43).await.expect("delete"), 1);
+        assert_eq!(db.delete_finished_tasks(1000).await.expect("delete"), 2);
+        assert!(db.get_task(&g2.id).await.expect("get").is_some());
+        assert!(db.get_task(&a.id).await.expect("get").is_none());
     }
 
     pub async fn run(db: &dyn Database) {

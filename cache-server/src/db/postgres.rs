@@ -11,8 +11,9 @@ use diesel_async::{AsyncPgConnection, RunQueryDsl};
 use diesel_migrations::{embed_migrations, EmbeddedMigrations, MigrationHarness};
 
 use super::rows::{q, size, NarInfoRow};
-use super::schema::{narinfos, nars};
-use super::{Database, DbError, NarInfoRecord};
+use super::schema::{narinfos, nars, tasks};
+use super::task_state::{FAILED, PENDING, RUNNING, SUCCEEDED};
+use super::{is_unique_violation, Database, DbError, NarInfoRecord, TaskRecord};
 
 const MIGRATIONS: EmbeddedMigrations = embed_migrations!("migrations/postgres");
 
@@ -268,6 +269,177 @@ impl Database for PostgresDatabase {
             .map(|_| ())
             .map_err(q)
     }
+
+    async fn insert_task(&self, task: &TaskRecord) -> Result<bool, DbError> {
+        let mut c = self.conn().await?;
+        match diesel::insert_into(tasks::table)
+            .values(task)
+            .execute(&mut c)
+            .await
+        {
+            Ok(_) => Ok(true),
+            Err(e) if is_unique_violation(&e) => Ok(false),
+            Err(e) => Err(q(e)),
+        }
+    }
+
+    async fn get_task(&self, id: &str) -> Result<Option<TaskRecord>, DbError> {
+        let mut c = self.conn().await?;
+        tasks::table
+            .find(id)
+            .select(TaskRecord::as_select())
+            .first(&mut c)
+            .await
+            .optional()
+            .map_err(q)
+    }
+
+    async fn active_task(&self, kind: &str) -> Result<Option<TaskRecord>, DbError> {
+        let mut c = self.conn().await?;
+        tasks::table
+            .filter(tasks::kind.eq(kind))
+            .filter(tasks::state.eq_any([PENDING, RUNNING]))
+            .order(tasks::created_at.asc())
+            .select(TaskRecord::as_select())
+            .first(&mut c)
+            .await
+            .optional()
+            .map_err(q)
+    }
+
+    async fn claimable_tasks(
+        &self,
+        stale_before: i64,
+        limit: i64,
+    ) -> Result<Vec<TaskRecord>, DbError> {
+        let mut c = self.conn().await?;
+        tasks::table
+            .filter(
+                tasks::state.eq(PENDING).or(tasks::state
+                    .eq(RUNNING)
+                    .and(tasks::heartbeat_at.lt(stale_before))),
+            )
+            .order(tasks::created_at.asc())
+            .limit(limit)
+            .select(TaskRecord::as_select())
+            .load(&mut c)
+            .await
+            .map_err(q)
+    }
+
+    async fn claim_task(
+        &self,
+        id: &str,
+        owner: &str,
+        now: i64,
+        stale_before: i64,
+    ) -> Result<bool, DbError> {
+        let mut c = self.conn().await?;
+        diesel::update(
+            tasks::table.find(id).filter(
+                tasks::state.eq(PENDING).or(tasks::state
+                    .eq(RUNNING)
+                    .and(tasks::heartbeat_at.lt(stale_before))),
+            ),
+        )
+        .set((
+            tasks::state.eq(RUNNING),
+            tasks::owner.eq(owner),
+            tasks::attempts.eq(tasks::attempts + 1),
+            tasks::started_at.eq(now),
+            tasks::heartbeat_at.eq(now),
+        ))
+        .execute(&mut c)
+        .await
+        .map(|n| n == 1)
+        .map_err(q)
+    }
+
+    async fn task_heartbeat(
+        &self,
+        id: &str,
+        owner: &str,
+        now: i64,
+        progress: Option<String>,
+    ) -> Result<bool, DbError> {
+        let mut c = self.conn().await?;
+        let mine = tasks::table
+            .find(id)
+            .filter(tasks::owner.eq(owner))
+            .filter(tasks::state.eq(RUNNING));
+        match progress {
+            Some(p) => {
+                diesel::update(mine)
+                    .set((tasks::heartbeat_at.eq(now), tasks::progress.eq(p)))
+                    .execute(&mut c)
+                    .await
+            }
+            None => {
+                diesel::update(mine)
+                    .set(tasks::heartbeat_at.eq(now))
+                    .execute(&mut c)
+                    .await
+            }
+        }
+        .map(|n| n == 1)
+        .map_err(q)
+    }
+
+    async fn finish_task(
+        &self,
+        id: &str,
+        owner: &str,
+        now: i64,
+        outcome: Option<Result<String, String>>,
+    ) -> Result<bool, DbError> {
+        let mut c = self.conn().await?;
+        let mine = tasks::table
+            .find(id)
+            .filter(tasks::owner.eq(owner))
+            .filter(tasks::state.eq(RUNNING));
+        match outcome {
+            Some(Ok(result)) => {
+                diesel::update(mine)
+                    .set((
+                        tasks::state.eq(SUCCEEDED),
+                        tasks::result.eq(result),
+                        tasks::finished_at.eq(now),
+                    ))
+                    .execute(&mut c)
+                    .await
+            }
+            Some(Err(error)) => {
+                diesel::update(mine)
+                    .set((
+                        tasks::state.eq(FAILED),
+                        tasks::error.eq(error),
+                        tasks::finished_at.eq(now),
+                    ))
+                    .execute(&mut c)
+                    .await
+            }
+            None => {
+                diesel::update(mine)
+                    .set((
+                        tasks::state.eq(PENDING),
+                        tasks::heartbeat_at.eq(None::<i64>),
+                    ))
+                    .execute(&mut c)
+                    .await
+            }
+        }
+        .map(|n| n == 1)
+        .map_err(q)
+    }
+
+    async fn delete_finished_tasks(&self, before: i64) -> Result<u64, DbError> {
+        let mut c = self.conn().await?;
+        diesel::delete(tasks::table.filter(tasks::finished_at.lt(before)))
+            .execute(&mut c)
+            .await
+            .map(|n| n as u64)
+            .map_err(q)
+    }
 }
 
 #[cfg(test)]
@@ -280,6 +452,7 @@ mod tests {
         let pg = Postgres::start();
         let db = PostgresDatabase::open(&pg.url(), 4).await.expect("open");
         super::super::conformance::run(&db).await;
+        super::super::conformance::tasks(&db).await;
         // Migrations are applied once: opening again is fine and keeps the data.
         let again = PostgresDatabase::open(&pg.url(), 4).await.expect("reopen");
         assert!(again

@@ -1,4 +1,4 @@
-// The tables of migrations/*/…_init/up.sql.
+// The tables of migrations/*/*/up.sql.
 
 diesel::table! {
     narinfos (hash) {
@@ -23,4 +23,22 @@ diesel::table! {
     }
 }
 
-diesel::allow_tables_to_appear_in_same_query!(narinfos, nars);
+diesel::table! {
+    tasks (id) {
+        id -> Text,
+        kind -> Text,
+        state -> Text,
+        request -> Text,
+        progress -> Nullable<Text>,
+        result -> Nullable<Text>,
+        error -> Nullable<Text>,
+        owner -> Nullable<Text>,
+        attempts -> Integer,
+        created_at -> BigInt,
+        started_at -> Nullable<BigInt>,
+        heartbeat_at -> Nullable<BigInt>,
+        finished_at -> Nullable<BigInt>,
+    }
+}
+
+diesel::allow_tables_to_appear_in_same_query!(narinfos, nars, tasks);

@@ -11,8 +11,9 @@ use diesel::sqlite::SqliteConnection;
 use diesel_migrations::{embed_migrations, EmbeddedMigrations, MigrationHarness};
 
 use super::rows::{q, size, NarInfoRow};
-use super::schema::{narinfos, nars};
-use super::{Database, DbError, NarInfoRecord};
+use super::schema::{narinfos, nars, tasks};
+use super::task_state::{FAILED, PENDING, RUNNING, SUCCEEDED};
+use super::{is_unique_violation, Database, DbError, NarInfoRecord, TaskRecord};
 
 const MIGRATIONS: EmbeddedMigrations = embed_migrations!("migrations/sqlite");
 
@@ -253,6 +254,168 @@ impl Database for SqliteDatabase {
         self.with(move |c| diesel::delete(nars::table.find(f)).execute(c).map(|_| ()))
             .await
     }
+
+    async fn insert_task(&self, task: &TaskRecord) -> Result<bool, DbError> {
+        let task = task.clone();
+        self.with(
+            move |c| match diesel::insert_into(tasks::table).values(&task).execute(c) {
+                Ok(_) => Ok(true),
+                Err(e) if is_unique_violation(&e) => Ok(false),
+                Err(e) => Err(e),
+            },
+        )
+        .await
+    }
+
+    async fn get_task(&self, id: &str) -> Result<Option<TaskRecord>, DbError> {
+        let id = id.to_string();
+        self.with(move |c| {
+            tasks::table
+                .find(id)
+                .select(TaskRecord::as_select())
+                .first(c)
+                .optional()
+        })
+        .await
+    }
+
+    async fn active_task(&self, kind: &str) -> Result<Option<TaskRecord>, DbError> {
+        let kind = kind.to_string();
+        self.with(move |c| {
+            tasks::table
+                .filter(tasks::kind.eq(kind))
+                .filter(tasks::state.eq_any([PENDING, RUNNING]))
+                .order(tasks::created_at.asc())
+                .select(TaskRecord::as_select())
+                .first(c)
+                .optional()
+        })
+        .await
+    }
+
+    async fn claimable_tasks(
+        &self,
+        stale_before: i64,
+        limit: i64,
+    ) -> Result<Vec<TaskRecord>, DbError> {
+        self.with(move |c| {
+            tasks::table
+                .filter(
+                    tasks::state.eq(PENDING).or(tasks::state
+                        .eq(RUNNING)
+                        .and(tasks::heartbeat_at.lt(stale_before))),
+                )
+                .order(tasks::created_at.asc())
+                .limit(limit)
+                .select(TaskRecord::as_select())
+                .load(c)
+        })
+        .await
+    }
+
+    async fn claim_task(
+        &self,
+        id: &str,
+        owner: &str,
+        now: i64,
+        stale_before: i64,
+    ) -> Result<bool, DbError> {
+        let (id, owner) = (id.to_string(), owner.to_string());
+        self.with(move |c| {
+            diesel::update(
+                tasks::table.find(id).filter(
+                    tasks::state.eq(PENDING).or(tasks::state
+                        .eq(RUNNING)
+                        .and(tasks::heartbeat_at.lt(stale_before))),
+                ),
+            )
+            .set((
+                tasks::state.eq(RUNNING),
+                tasks::owner.eq(owner),
+                tasks::attempts.eq(tasks::attempts + 1),
+                tasks::started_at.eq(now),
+                tasks::heartbeat_at.eq(now),
+            ))
+            .execute(c)
+            .map(|n| n == 1)
+        })
+        .await
+    }
+
+    async fn task_heartbeat(
+        &self,
+        id: &str,
+        owner: &str,
+        now: i64,
+        progress: Option<String>,
+    ) -> Result<bool, DbError> {
+        let (id, owner) = (id.to_string(), owner.to_string());
+        self.with(move |c| {
+            let mine = tasks::table
+                .find(id)
+                .filter(tasks::owner.eq(owner))
+                .filter(tasks::state.eq(RUNNING));
+            match progress {
+                Some(p) => diesel::update(mine)
+                    .set((tasks::heartbeat_at.eq(now), tasks::progress.eq(p)))
+                    .execute(c),
+                None => diesel::update(mine)
+                    .set(tasks::heartbeat_at.eq(now))
+                    .execute(c),
+            }
+            .map(|n| n == 1)
+        })
+        .await
+    }
+
+    async fn finish_task(
+        &self,
+        id: &str,
+        owner: &str,
+        now: i64,
+        outcome: Option<Result<String, String>>,
+    ) -> Result<bool, DbError> {
+        let (id, owner) = (id.to_string(), owner.to_string());
+        self.with(move |c| {
+            let mine = tasks::table
+                .find(id)
+                .filter(tasks::owner.eq(owner))
+                .filter(tasks::state.eq(RUNNING));
+            match outcome {
+                Some(Ok(result)) => diesel::update(mine)
+                    .set((
+                        tasks::state.eq(SUCCEEDED),
+                        tasks::result.eq(result),
+                        tasks::finished_at.eq(now),
+                    ))
+                    .execute(c),
+                Some(Err(error)) => diesel::update(mine)
+                    .set((
+                        tasks::state.eq(FAILED),
+                        tasks::error.eq(error),
+                        tasks::finished_at.eq(now),
+                    ))
+                    .execute(c),
+                None => diesel::update(mine)
+                    .set((
+                        tasks::state.eq(PENDING),
+                        tasks::heartbeat_at.eq(None::<i64>),
+                    ))
+                    .execute(c),
+            }
+            .map(|n| n == 1)
+        })
+        .await
+    }
+
+    async fn delete_finished_tasks(&self, before: i64) -> Result<u64, DbError> {
+        self.with(move |c| {
+            diesel::delete(tasks::table.filter(tasks::finished_at.lt(before)))
+                .execute(c)
+                .map(|n| n as u64)
+        })
+        .await
+    }
 }
 
 #[cfg(test)]
@@ -266,6 +429,7 @@ mod tests {
             .await
             .expect("open");
         super::super::conformance::run(&db).await;
+        super::super::conformance::tasks(&db).await;
         // Reopening applies no migration twice and keeps the data.
         drop(db);
         let db = SqliteDatabase::open(&dir.path().join("db.sqlite"))

@@ -1,33 +1,46 @@
 //! The admin API (`/api/v1`), guarded by the admin token (Bearer) and off without one.
-//! `POST /api/v1/prefetch` fetches store paths (and their closures) through the miss flow and
-//! answers, when done, with what became of each. `POST /api/v1/gc` runs one GC pass; requests
-//! that arrive while one runs share it. A `Prefer: respond-async` is not honoured yet: answers
-//! are synchronous, without `Preference-Applied` (RFC 7240 lets a server ignore it).
+//!
+//! - `POST /api/v1/prefetch` fetches store paths (and their closures) through the miss flow.
+//!   Synchronous by default: the answer comes when the work is done. With `Prefer: respond-async`
+//!   (RFC 7240) the request is recorded as a task and answered at once with 202 and its
+//!   `Location`.
+//! - `POST /api/v1/gc` runs one GC pass as a task, in the same two modes. While a GC task is
+//!   pending or running, on any replica, a request joins it instead of starting another.
+//! - `GET /api/v1/tasks/<id>`: a task's state, progress, times and result, from any replica.
 
-use actix_web::http::header::{HeaderValue, CONTENT_TYPE};
+use actix_web::http::header::{HeaderValue, CONTENT_TYPE, LOCATION, VARY};
 use actix_web::http::StatusCode;
 use actix_web::{web, HttpRequest, HttpResponse};
-use serde::Deserialize;
+use serde_json::{json, Value};
 
 use super::upload::authorized;
-use super::{not_found_response, text, AppState};
+use super::{not_found_response, AppState};
+use crate::cache::prefetch::{PrefetchProgress, PrefetchRequest};
+use crate::cache::tasks::is_finished;
+use crate::db::TaskRecord;
 use crate::nix::StorePath;
 
 /// Most store paths one request may name.
 pub const MAX_PATHS: usize = 10_000;
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct PrefetchRequest {
-    paths: Vec<String>,
-    #[serde(default)]
-    closure: bool,
-}
-
-fn json_error(status: StatusCode, message: String) -> HttpResponse {
+fn json_response(status: StatusCode, body: &Value) -> HttpResponse {
     HttpResponse::build(status)
         .insert_header((CONTENT_TYPE, HeaderValue::from_static("application/json")))
-        .body(serde_json::json!({ "error": message }).to_string())
+        .insert_header((VARY, HeaderValue::from_static("Prefer")))
+        .body(body.to_string())
+}
+
+fn json_error(status: StatusCode, message: impl Into<String>) -> HttpResponse {
+    json_response(status, &json!({ "error": message.into() }))
+}
+
+/// The answer when the task table cannot be reached; the cause goes to the log only.
+fn database_unavailable(e: impl std::fmt::Display) -> HttpResponse {
+    tracing::warn!(error = %e, "admin API: the task could not be recorded or read");
+    json_error(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "the database is unavailable; try again",
+    )
 }
 
 /// The refusal for a request the admin API may not serve: 404 when it is off, 401 without the
@@ -39,61 +52,101 @@ fn refuse(state: &AppState, req: &HttpRequest) -> Option<HttpResponse> {
     (!authorized(req, token.expose())).then(super::upload::unauthorized)
 }
 
-/// A GC pass shared by the requests that arrive while it runs.
-pub type SharedGc = futures_util::future::Shared<
-    futures_util::future::BoxFuture<'static, Result<crate::cache::gc::GcReport, String>>,
->;
+/// Whether the client asked for `Prefer: respond-async` (among other preferences, in any of its
+/// `Prefer` headers).
+fn prefers_async(req: &HttpRequest) -> bool {
+    req.headers()
+        .get_all("prefer")
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|p| {
+            let name = p.split([';', '=']).next().unwrap_or_default();
+            name.trim().eq_ignore_ascii_case("respond-async")
+        })
+}
+
+fn millis_to_rfc3339(ms: Option<i64>) -> Value {
+    ms.and_then(chrono::DateTime::from_timestamp_millis)
+        .map_or(Value::Null, |t| {
+            Value::String(t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true))
+        })
+}
+
+/// A stored JSON column as JSON (a column that somehow is not JSON is shown as a string).
+fn stored_json(text: Option<&str>) -> Value {
+    text.map_or(Value::Null, |t| {
+        serde_json::from_str(t).unwrap_or_else(|_| Value::String(t.to_string()))
+    })
+}
+
+/// A task as the API shows it.
+pub fn task_json(t: &TaskRecord) -> Value {
+    json!({
+        "id": t.id,
+        "kind": t.kind,
+        "state": t.state,
+        "request": stored_json(Some(&t.request)),
+        "progress": stored_json(t.progress.as_deref()),
+        "result": stored_json(t.result.as_deref()),
+        "error": t.error,
+        "runner": t.owner,
+        "attempts": t.attempts,
+        "created_at": millis_to_rfc3339(Some(t.created_at)),
+        "started_at": millis_to_rfc3339(t.started_at),
+        "heartbeat_at": millis_to_rfc3339(t.heartbeat_at),
+        "finished_at": millis_to_rfc3339(t.finished_at),
+    })
+}
+
+/// 202 for a recorded task, pointing at it.
+fn accepted(t: &TaskRecord) -> HttpResponse {
+    HttpResponse::Accepted()
+        .insert_header((CONTENT_TYPE, HeaderValue::from_static("application/json")))
+        .insert_header((LOCATION, format!("/api/v1/tasks/{}", t.id)))
+        .insert_header(("Preference-Applied", "respond-async"))
+        .insert_header((VARY, HeaderValue::from_static("Prefer")))
+        .body(task_json(t).to_string())
+}
+
+/// A finished task's answer in the synchronous mode: its result, or why it failed.
+fn finished(t: &TaskRecord) -> HttpResponse {
+    match (&t.result, &t.error) {
+        (Some(result), _) if t.error.is_none() => {
+            json_response(StatusCode::OK, &stored_json(Some(result)))
+        }
+        (_, error) => json_error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!(
+                "task {} failed: {}",
+                t.id,
+                error.as_deref().unwrap_or("no reason recorded")
+            ),
+        ),
+    }
+}
 
 pub async fn gc(state: web::Data<AppState>, req: HttpRequest) -> HttpResponse {
-    use futures_util::FutureExt;
     if let Some(refusal) = refuse(&state, &req) {
         return refusal;
     }
-    let Some(max_size) = state.gc_max_size else {
+    if state.gc_max_size.is_none() {
         return json_error(
             StatusCode::BAD_REQUEST,
-            "this cache has no size limit (--max-size) to collect down to".into(),
+            "this cache has no size limit (--max-size) to collect down to",
         );
+    }
+    let task = match state.tasks.submit_gc().await {
+        Ok(t) => t,
+        Err(e) => return database_unavailable(e),
     };
-    let run = {
-        let mut slot = state.gc_run.lock().unwrap_or_else(|e| e.into_inner());
-        match slot.as_ref() {
-            Some(run) if run.peek().is_none() => run.clone(),
-            _ => {
-                // Its own task: a client that goes away does not stop the pass.
-                let cache = state.cache.clone();
-                let grace = state.gc_grace;
-                let task = tokio::spawn(async move {
-                    cache
-                        .gc(
-                            max_size,
-                            grace,
-                            std::time::Duration::from_secs(60),
-                            std::time::Duration::ZERO,
-                        )
-                        .await
-                        .map_err(|e| e.to_string())
-                });
-                let run: SharedGc =
-                    async move { task.await.unwrap_or_else(|e| Err(e.to_string())) }
-                        .boxed()
-                        .shared();
-                *slot = Some(run.clone());
-                run
-            }
-        }
-    };
-    match run.await {
-        Ok(report) => HttpResponse::Ok()
-            .insert_header((CONTENT_TYPE, HeaderValue::from_static("application/json")))
-            .body(serde_json::to_string(&report).unwrap_or_default()),
-        Err(e) => {
-            tracing::warn!(error = %e, "GC on request failed");
-            json_error(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "the GC pass failed; see the server's log".into(),
-            )
-        }
+    if prefers_async(&req) {
+        return accepted(&task);
+    }
+    // The task runs whether or not this client stays to see its end.
+    match state.tasks.wait(&task.id).await {
+        Ok(Some(t)) => finished(&t),
+        Ok(None) => json_error(StatusCode::INTERNAL_SERVER_ERROR, "the GC task disappeared"),
+        Err(e) => database_unavailable(e),
     }
 }
 
@@ -133,11 +186,76 @@ pub async fn prefetch(
             }
         }
     }
-    let report = state.cache.prefetch(paths, request.closure).await;
-    match serde_json::to_string(&report) {
-        Ok(body) => HttpResponse::Ok()
-            .insert_header((CONTENT_TYPE, HeaderValue::from_static("application/json")))
-            .body(body),
-        Err(_) => text(StatusCode::INTERNAL_SERVER_ERROR, "internal error\n"),
+    if prefers_async(&req) {
+        return match state.tasks.submit_prefetch(&request).await {
+            Ok(task) => accepted(&task),
+            Err(e) => database_unavailable(e),
+        };
+    }
+    let report = state
+        .cache
+        .prefetch(paths, request.closure, &PrefetchProgress::default())
+        .await;
+    match serde_json::to_value(&report) {
+        Ok(body) => json_response(StatusCode::OK, &body),
+        Err(e) => json_error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+    }
+}
+
+pub async fn task(
+    state: web::Data<AppState>,
+    req: HttpRequest,
+    id: web::Path<String>,
+) -> HttpResponse {
+    if let Some(refusal) = refuse(&state, &req) {
+        return refusal;
+    }
+    let id = id.into_inner();
+    let well_formed = id.len() == 32 && id.bytes().all(|b| b.is_ascii_hexdigit());
+    if !well_formed {
+        return json_error(StatusCode::NOT_FOUND, "no such task");
+    }
+    match state.tasks.get(&id.to_ascii_lowercase()).await {
+        Ok(Some(t)) => {
+            let mut r = json_response(StatusCode::OK, &task_json(&t));
+            if !is_finished(&t) {
+                // Pollers should not be served a cached "running".
+                r.headers_mut().insert(
+                    actix_web::http::header::CACHE_CONTROL,
+                    HeaderValue::from_static("no-store"),
+                );
+            }
+            r
+        }
+        Ok(None) => json_error(
+            StatusCode::NOT_FOUND,
+            "no such task (finished tasks are kept for --task-retention)",
+        ),
+        Err(e) => database_unavailable(e),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use actix_web::test::TestRequest;
+
+    #[test]
+    fn respond_async_is_found_among_preferences() {
+        let asks = |values: &[&str]| {
+            let mut r = TestRequest::default();
+            for v in values {
+                r = r.append_header(("Prefer", *v));
+            }
+            prefers_async(&r.to_http_request())
+        };
+        assert!(asks(&["respond-async"]));
+        assert!(asks(&["Respond-Async"]));
+        assert!(asks(&["return=minimal, respond-async; foo=bar"]));
+        assert!(asks(&["wait=10", " respond-async "]));
+        assert!(!asks(&[]));
+        assert!(!asks(&["wait=10"]));
+        assert!(!asks(&["respond-asynchronously"]));
+        assert!(!asks(&["handling=respond-async"]));
     }
 }

@@ -34,11 +34,10 @@ pub struct AppState {
     pub admin_token: Option<crate::config::Secret>,
     /// The store directory paths must be in.
     pub store_dir: String,
-    /// GC on request: the size limit and grace (none: no limit configured).
+    /// GC's size limit (none: GC on request is refused).
     pub gc_max_size: Option<u64>,
-    pub gc_grace: std::time::Duration,
-    /// The GC pass under way on request, shared by the requests that arrive meanwhile.
-    pub gc_run: std::sync::Mutex<Option<api::SharedGc>>,
+    /// Admin work recorded in the database.
+    pub tasks: Arc<crate::cache::tasks::Tasks>,
 }
 
 /// Routes of the cache. GET and HEAD are answered on every route; PUT (uploads) where
@@ -61,6 +60,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
             .route(web::post().to(api::prefetch)),
     )
     .service(web::resource("/api/v1/gc").route(web::post().to(api::gc)))
+    .service(web::resource("/api/v1/tasks/{id}").route(web::get().to(api::task)))
     .route(
         "/pubkey",
         web::route().guard(get_or_head()).to(health::pubkey),
