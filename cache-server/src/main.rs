@@ -52,22 +52,102 @@ enum Command {
     },
     /// Apply database migrations and exit.
     Migrate(ServeArgs),
-    /// Have a running nixcache fetch store paths and their closures (its admin API), and print
-    /// what it did; exit 1 when a path could not be had.
+    /// Have a running nixcache fetch store paths and their closures (its admin API). Waits,
+    /// showing progress, and prints what it did; exit 1 when a path could not be had. With
+    /// --async, prints the task's id and returns at once.
     Prefetch {
-        /// The nixcache, e.g. `http://nixcache.example:8080`.
-        #[arg(long, env = "NIXCACHE_SERVER", value_name = "URL")]
-        server: String,
-        /// File holding the admin token (or NIXCACHE_ADMIN_TOKEN).
-        #[arg(long, env = "NIXCACHE_ADMIN_TOKEN_FILE", value_name = "PATH")]
-        admin_token_file: Option<PathBuf>,
+        #[command(flatten)]
+        admin: AdminArgs,
         /// Only the paths named, not their closures.
         #[arg(long)]
         no_closure: bool,
+        /// Return once the server has recorded the task; follow it with `nixcache tasks`.
+        #[arg(long = "async")]
+        run_async: bool,
         /// Store paths (`/nix/store/<hash>-<name>`).
         #[arg(required = true, value_name = "PATH")]
         paths: Vec<String>,
     },
+    /// Show a task of a running nixcache's admin API (from `nixcache prefetch --async`); exit 1
+    /// when it failed or, for a prefetch, a path could not be had.
+    Tasks {
+        #[command(flatten)]
+        admin: AdminArgs,
+        /// Wait until the task has finished, showing its progress.
+        #[arg(long)]
+        wait: bool,
+        /// Print the task as JSON.
+        #[arg(long)]
+        json: bool,
+        /// The task's id.
+        id: String,
+    },
+}
+
+#[derive(clap::Args)]
+struct AdminArgs {
+    /// The nixcache, e.g. `http://nixcache.example:8080`.
+    #[arg(long, env = "NIXCACHE_SERVER", value_name = "URL")]
+    server: String,
+    /// File holding the admin token (or NIXCACHE_ADMIN_TOKEN).
+    #[arg(long, env = "NIXCACHE_ADMIN_TOKEN_FILE", value_name = "PATH")]
+    admin_token_file: Option<PathBuf>,
+}
+
+impl AdminArgs {
+    fn client(&self) -> anyhow::Result<nixcache::admin_client::Client> {
+        let token = admin_token(self.admin_token_file.as_deref())?;
+        Ok(nixcache::admin_client::Client::new(&self.server, token))
+    }
+}
+
+/// `nixcache prefetch`: true when every path is cached at the end (or, with `run_async`, the
+/// task was recorded).
+async fn prefetch(
+    client: &nixcache::admin_client::Client,
+    body: serde_json::Value,
+    run_async: bool,
+    server: &str,
+) -> anyhow::Result<bool> {
+    use nixcache::admin_client::{print_prefetch, print_task, Posted};
+    // Waiting is done on a task too: that is where the progress is.
+    match client.post("prefetch", body, true).await? {
+        Posted::Done(report) => Ok(print_prefetch(&report)),
+        Posted::Task(task) => {
+            let id = task["id"].as_str().unwrap_or_default().to_string();
+            if run_async {
+                println!("{id}");
+                eprintln!("follow it with: nixcache tasks --server {server} --wait {id}");
+                return Ok(true);
+            }
+            let task = client.wait(&id).await?;
+            match task["state"].as_str() {
+                Some("succeeded") => Ok(print_prefetch(&task["result"])),
+                _ => Ok(print_task(&task)),
+            }
+        }
+    }
+}
+
+async fn tasks(
+    client: &nixcache::admin_client::Client,
+    id: &str,
+    wait: bool,
+    json: bool,
+) -> anyhow::Result<bool> {
+    let task = if wait {
+        client.wait(id).await?
+    } else {
+        client.task(id).await?
+    };
+    if json {
+        println!("{task:#}");
+        return Ok(task["state"].as_str() != Some("failed")
+            && (task["kind"].as_str() != Some("prefetch")
+                || task["result"].is_null()
+                || nixcache::admin_client::prefetch_complete(&task["result"])));
+    }
+    Ok(nixcache::admin_client::print_task(&task))
 }
 
 /// The admin token from NIXCACHE_ADMIN_TOKEN or a file.
@@ -148,16 +228,32 @@ fn main() -> ExitCode {
             }
         }),
         Command::Prefetch {
-            server,
-            admin_token_file,
+            admin,
             no_closure,
+            run_async,
             paths,
-        } => admin_token(admin_token_file.as_deref()).and_then(|token| {
+        } => admin.client().and_then(|client| {
             let body = serde_json::json!({"paths": paths, "closure": !no_closure});
-            let report = actix_web::rt::System::new().block_on(
-                nixcache::admin_client::post(&server, "prefetch", &token, body),
-            )?;
-            if nixcache::admin_client::print_prefetch(&report) {
+            let complete = actix_web::rt::System::new().block_on(prefetch(
+                &client,
+                body,
+                run_async,
+                &admin.server,
+            ))?;
+            if complete {
+                Ok(())
+            } else {
+                std::process::exit(1)
+            }
+        }),
+        Command::Tasks {
+            admin,
+            wait,
+            json,
+            id,
+        } => admin.client().and_then(|client| {
+            let ok = actix_web::rt::System::new().block_on(tasks(&client, &id, wait, json))?;
+            if ok {
                 Ok(())
             } else {
                 std::process::exit(1)

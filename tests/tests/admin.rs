@@ -1,16 +1,37 @@
 //! The admin API: `POST /api/v1/prefetch` fetches a closure through the miss flow; afterwards the
 //! real Nix client gets the whole closure from nixcache with the upstream gone. The admin token
-//! guards it; without one configured the API does not exist.
+//! guards it; without one configured the API does not exist. With `Prefer: respond-async` the work
+//! becomes a task in the database: any replica reports it, and when the replica running it is
+//! killed another one finishes it. GC requests coalesce into one run across replicas.
 
 mod common;
 
-use common::{fixture, store_contents, Fixture, NixClient, Nixcache, StaticServer};
+use std::time::{Duration, Instant};
+
+use common::{
+    fixture, store_contents, Cluster, FaultyUpstream, Fixture, Mode, NixClient, Nixcache,
+    StaticServer,
+};
 use serde_json::{json, Value};
 
 const ADMIN: &str = "admin-token-0123456789abcdef";
 
-/// `POST <url>/api/v1/<endpoint>` with an optional admin token: status and JSON answer.
-async fn call(url: &str, endpoint: &str, token: Option<&str>, body: String) -> (u16, Value) {
+/// An admin API answer.
+struct Answer {
+    status: u16,
+    headers: reqwest::header::HeaderMap,
+    json: Value,
+}
+
+/// `POST <url>/api/v1/<endpoint>` with an optional admin token, asking for a task with
+/// `prefer_async`.
+async fn api(
+    url: &str,
+    endpoint: &str,
+    token: Option<&str>,
+    body: String,
+    prefer_async: bool,
+) -> Answer {
     let mut req = reqwest::Client::new()
         .post(format!("{url}/api/v1/{endpoint}"))
         .header("content-type", "application/json")
@@ -18,10 +39,84 @@ async fn call(url: &str, endpoint: &str, token: Option<&str>, body: String) -> (
     if let Some(t) = token {
         req = req.bearer_auth(t);
     }
+    if prefer_async {
+        req = req.header("Prefer", "respond-async");
+    }
     let r = req.send().await.expect("POST");
+    let status = r.status().as_u16();
+    let headers = r.headers().clone();
+    let text = r.text().await.expect("body");
+    Answer {
+        status,
+        headers,
+        json: serde_json::from_str(&text).unwrap_or(Value::Null),
+    }
+}
+
+/// `POST <url>/api/v1/<endpoint>`, synchronous: status and JSON answer.
+async fn call(url: &str, endpoint: &str, token: Option<&str>, body: String) -> (u16, Value) {
+    let a = api(url, endpoint, token, body, false).await;
+    (a.status, a.json)
+}
+
+/// `GET <base><location>` with the admin token: status and the task.
+async fn get_task(base: &str, location: &str) -> (u16, Value) {
+    let r = reqwest::Client::new()
+        .get(format!("{base}{location}"))
+        .bearer_auth(ADMIN)
+        .send()
+        .await
+        .expect("GET task");
     let status = r.status().as_u16();
     let text = r.text().await.expect("body");
     (status, serde_json::from_str(&text).unwrap_or(Value::Null))
+}
+
+/// Polls a task at `base` until it has finished; panics after `timeout`.
+async fn wait_finished(base: &str, location: &str, timeout: Duration) -> Value {
+    let start = Instant::now();
+    loop {
+        let (status, task) = get_task(base, location).await;
+        assert_eq!(status, 200, "{task}");
+        if matches!(task["state"].as_str(), Some("succeeded" | "failed")) {
+            return task;
+        }
+        assert!(start.elapsed() < timeout, "task not finished: {task}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+fn sorted_strings(v: &Value) -> Vec<String> {
+    let mut out: Vec<String> = v
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|p| p.as_str().map(String::from))
+        .collect();
+    out.sort();
+    out
+}
+
+/// The `Location` of a 202, checked to be one.
+fn accepted_location(a: &Answer) -> String {
+    assert_eq!(a.status, 202, "{}", a.json);
+    assert_eq!(
+        a.headers
+            .get("preference-applied")
+            .and_then(|v| v.to_str().ok()),
+        Some("respond-async")
+    );
+    let location = a
+        .headers
+        .get("location")
+        .and_then(|v| v.to_str().ok())
+        .expect("Location")
+        .to_string();
+    assert_eq!(
+        location,
+        format!("/api/v1/tasks/{}", a.json["id"].as_str().expect("id"))
+    );
+    location
 }
 
 async fn post(url: &str, token: Option<&str>, body: String) -> (u16, Value) {
@@ -131,6 +226,81 @@ async fn a_prefetched_closure_is_served_with_the_upstream_gone() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("refused the admin token"));
 
+    // Asked for asynchronously: 202 with the task's Location at once; polling it reaches
+    // succeeded, with the report a synchronous request gets.
+    let a = api(
+        &cache.url,
+        "prefetch",
+        Some(ADMIN),
+        json!({"paths": [missing, fx.top()], "closure": false}).to_string(),
+        true,
+    )
+    .await;
+    let location = accepted_location(&a);
+    assert!(
+        matches!(a.json["state"].as_str(), Some("pending" | "running")),
+        "{}",
+        a.json
+    );
+    let task = wait_finished(&cache.url, &location, Duration::from_secs(30)).await;
+    assert_eq!(task["state"], "succeeded", "{task}");
+    assert_eq!(task["kind"], "prefetch");
+    assert_eq!(task["result"]["not_found"], json!([missing]), "{task}");
+    assert_eq!(task["result"]["cached"], json!([fx.top()]), "{task}");
+    assert_eq!(task["attempts"], 1);
+    for t in ["created_at", "started_at", "finished_at"] {
+        assert!(
+            task[t].as_str().is_some_and(|v| v.starts_with("20")),
+            "{t}: {task}"
+        );
+    }
+    // Unknown or malformed ids: 404; without the token: 401.
+    let unknown = format!("/api/v1/tasks/{}", "0".repeat(32));
+    assert_eq!(get_task(&cache.url, &unknown).await.0, 404);
+    assert_eq!(
+        get_task(&cache.url, "/api/v1/tasks/not-a-task").await.0,
+        404
+    );
+    let anonymous = reqwest::get(format!("{}{location}", cache.url))
+        .await
+        .expect("GET");
+    assert_eq!(anonymous.status(), 401);
+
+    // The command line: --async prints the task's id; `nixcache tasks` shows it.
+    let run = |args: &[&str]| {
+        std::process::Command::new(common::nixcache_bin())
+            .args(args)
+            .env("NIXCACHE_ADMIN_TOKEN", ADMIN)
+            .output()
+            .expect("nixcache")
+    };
+    let out = run(&["prefetch", "--async", "--server", &cache.url, fx.top()]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let id = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    assert!(
+        id.len() == 32 && id.bytes().all(|b| b.is_ascii_hexdigit()),
+        "{id:?}"
+    );
+    let out = run(&["tasks", "--server", &cache.url, "--wait", &id]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}");
+    assert!(stdout.contains("succeeded"), "{stdout}");
+    assert!(
+        stdout.contains(&format!("0 fetched, {} cached already", fx.paths.len())),
+        "{stdout}"
+    );
+    let out = run(&["tasks", "--server", &cache.url, "--json", &id]);
+    let shown: Value = serde_json::from_slice(&out.stdout).expect("JSON");
+    assert_eq!(shown["id"], json!(id));
+    assert_eq!(shown["state"], "succeeded");
+    let out = run(&["tasks", "--server", &cache.url, &"0".repeat(32)]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no such task"));
+
     // The upstream goes away; the real Nix client still gets the whole closure.
     drop(upstream);
     let store = tmp.path().join("client");
@@ -223,4 +393,189 @@ async fn concurrent_gc_requests_share_one_pass() {
     )
     .await;
     assert_eq!(post_gc(&plain.url, Some(ADMIN)).await.0, 400);
+}
+
+/// `nixcache_gc_runs_total` summed over replicas.
+async fn gc_runs_total(replicas: &[Nixcache]) -> f64 {
+    let mut total = 0.0;
+    for r in replicas {
+        total += gc_runs(&r.url).await;
+    }
+    total
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn replicas_share_prefetches_and_one_gc_run() {
+    let fx = fixture();
+    let cluster = Cluster::start();
+    let upstream = StaticServer::start(&fx.cache).await;
+    let extra = [
+        "--admin-token",
+        ADMIN,
+        "--max-size",
+        "1KiB",
+        "--gc-grace",
+        "2s",
+    ];
+    let mut replicas = Vec::new();
+    for n in 0..3 {
+        replicas.push(cluster.replica(n, &upstream.url, &fx.key, &extra).await);
+    }
+
+    // A synchronous prefetch through one replica...
+    let request = json!({"paths": [fx.top()], "closure": true}).to_string();
+    let (status, report) = call(&replicas[0].url, "prefetch", Some(ADMIN), request).await;
+    assert_eq!(status, 200, "{report}");
+    assert_eq!(sorted_strings(&report["fetched"]), {
+        let mut p = fx.paths.clone();
+        p.sort();
+        p
+    });
+    // ...and the real Nix client gets the closure from another with the upstream gone.
+    drop(upstream);
+    let store = cluster.tmp.path().join("client");
+    let out = NixClient::new()
+        .copy_closure(
+            &replicas[1].url,
+            &store,
+            fx.top(),
+            &replicas[1].public_key().await,
+        )
+        .await;
+    assert!(out.success, "{}", out.stderr);
+    assert_eq!(store_contents(&store).len(), fx.paths.len());
+
+    // GC: refused without the token, nothing runs.
+    let refused = api(&replicas[0].url, "gc", None, String::new(), true).await;
+    assert_eq!(refused.status, 401);
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(
+        gc_runs_total(&replicas).await,
+        0.0,
+        "a refused request ran GC"
+    );
+    // Two requests at once to two replicas, asynchronous: the same task.
+    let (a, b) = tokio::join!(
+        api(&replicas[0].url, "gc", Some(ADMIN), String::new(), true),
+        api(&replicas[1].url, "gc", Some(ADMIN), String::new(), true),
+    );
+    let (la, lb) = (accepted_location(&a), accepted_location(&b));
+    assert_eq!(la, lb, "two GC tasks queued: {} {}", a.json, b.json);
+    // Two synchronous ones meanwhile join it too, and answer with its report.
+    let (c, d) = tokio::join!(
+        call(&replicas[1].url, "gc", Some(ADMIN), String::new()),
+        call(&replicas[2].url, "gc", Some(ADMIN), String::new()),
+    );
+    assert_eq!((c.0, d.0), (200, 200), "{c:?} {d:?}");
+    assert_eq!(c.1, d.1, "both requests got the same run");
+    assert_eq!(c.1["ran"], json!(true), "{c:?}");
+    assert!(
+        c.1["narinfos_evicted"].as_u64().is_some_and(|n| n > 0),
+        "{c:?}"
+    );
+    // Every replica reports the task the same way.
+    let mut seen = Vec::new();
+    for r in &replicas {
+        let task = wait_finished(&r.url, &la, Duration::from_secs(60)).await;
+        assert_eq!(task["state"], "succeeded", "{task}");
+        assert_eq!(task["result"], c.1, "{task}");
+        seen.push(task);
+    }
+    assert!(seen.windows(2).all(|w| w[0] == w[1]), "{seen:?}");
+    assert_eq!(
+        gc_runs_total(&replicas).await,
+        1.0,
+        "four requests, one run"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_async_prefetch_outlives_the_replica_running_it() {
+    let fx = fixture();
+    let cluster = Cluster::start();
+    // Slow NARs: the 4 MiB one takes about 6 s, long enough to kill the task's runner.
+    let upstream = FaultyUpstream::start(
+        fx.cache.clone(),
+        fx.cache_untrusted.clone(),
+        Mode::SlowNar(Duration::from_millis(100)),
+    )
+    .await;
+    let extra = ["--admin-token", ADMIN, "--lock-ttl", "3s"];
+    let mut replicas = Vec::new();
+    for n in 0..3 {
+        replicas.push(cluster.replica(n, &upstream.url, &fx.key, &extra).await);
+    }
+
+    let body = json!({"paths": [fx.top()], "closure": true}).to_string();
+    let posted = Instant::now();
+    let a = api(&replicas[0].url, "prefetch", Some(ADMIN), body, true).await;
+    assert!(
+        posted.elapsed() < Duration::from_secs(2),
+        "202 only after {:?}",
+        posted.elapsed()
+    );
+    let location = accepted_location(&a);
+
+    // Running somewhere: every replica says where.
+    let start = Instant::now();
+    let runner = loop {
+        let (_, task) = get_task(&replicas[2].url, &location).await;
+        if task["state"] == "running" {
+            break task["runner"].as_str().expect("runner").to_string();
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "not running: {task}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    for r in &replicas {
+        let (status, task) = get_task(&r.url, &location).await;
+        assert_eq!(status, 200);
+        assert_eq!(task["id"], a.json["id"]);
+        assert_eq!(task["runner"], json!(runner), "{task}");
+    }
+
+    // Its replica dies mid-way (kill -9); another one finishes the task.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let (_, before) = get_task(&replicas[1].url, &location).await;
+    assert_eq!(
+        before["state"], "running",
+        "finished before the kill: {before}"
+    );
+    let victim = replicas
+        .iter()
+        .position(|r| runner.ends_with(&format!("/{}", r.pid())))
+        .unwrap_or_else(|| panic!("runner {runner} is none of the replicas"));
+    replicas.remove(victim).kill();
+    let task = wait_finished(&replicas[0].url, &location, Duration::from_secs(90)).await;
+    assert_eq!(task["state"], "succeeded", "{task}");
+    assert!(task["attempts"].as_i64().is_some_and(|n| n >= 2), "{task}");
+    assert_ne!(task["runner"], json!(runner), "{task}");
+    let mut done = sorted_strings(&task["result"]["fetched"]);
+    done.extend(sorted_strings(&task["result"]["cached"]));
+    done.sort();
+    let mut want = fx.paths.clone();
+    want.sort();
+    assert_eq!(done, want, "{task}");
+    assert_eq!(task["result"]["failed"], json!([]), "{task}");
+    // The survivors agree, and the whole closure is there: each NAR fetched again at most once.
+    let (_, other) = get_task(&replicas[1].url, &location).await;
+    assert_eq!(other, task);
+    let (big, rel) = fx.big();
+    assert!(
+        upstream.hits(&format!("/{rel}")) <= 2,
+        "{big}: {} fetches",
+        upstream.hits(&format!("/{rel}"))
+    );
+    for p in &fx.paths {
+        let r = reqwest::get(format!(
+            "{}/{}.narinfo",
+            replicas[1].url,
+            Fixture::hash_of(p)
+        ))
+        .await
+        .expect("narinfo");
+        assert_eq!(r.status(), 200, "{p}");
+    }
 }

@@ -5,68 +5,10 @@ mod common;
 
 use std::time::Duration;
 
-use common::{fixture, store_contents, FaultyUpstream, Fixture, Mode, NixClient, Nixcache};
-use nixcache_tests::postgres::Postgres;
-use nixcache_tests::redis::Redis;
-use nixcache_tests::seaweedfs::{self, SeaweedFs};
-
-/// The shared services and a signing key all replicas use.
-struct Cluster {
-    tmp: tempfile::TempDir,
-    pg: Postgres,
-    s3: SeaweedFs,
-    redis: Vec<Redis>,
-    key_file: String,
-}
-
-impl Cluster {
-    fn start() -> Self {
-        let tmp = tempfile::tempdir().expect("tempdir");
-        let key_file = tmp.path().join("signing.sec");
-        common::keygen("cluster-1", &key_file);
-        Self {
-            pg: Postgres::start(),
-            s3: SeaweedFs::start(),
-            redis: vec![Redis::start(), Redis::start(), Redis::start()],
-            key_file: key_file.to_string_lossy().into_owned(),
-            tmp,
-        }
-    }
-
-    async fn replica(
-        &self,
-        n: usize,
-        upstream: &str,
-        upstream_key: &str,
-        extra: &[&str],
-    ) -> Nixcache {
-        let pg = self.pg.url();
-        let redis: Vec<String> = self.redis.iter().map(Redis::url).collect();
-        let mut args = vec![
-            "--upstream",
-            upstream,
-            "--upstream-key",
-            upstream_key,
-            "--signing-key-file",
-            &self.key_file,
-            "--database-url",
-            &pg,
-            "--storage-url",
-            "s3://nixcache/replicas",
-            "--s3-endpoint",
-            &self.s3.endpoint,
-        ];
-        for r in &redis {
-            args.extend(["--redis", r.as_str()]);
-        }
-        args.extend_from_slice(extra);
-        let env = [
-            ("AWS_ACCESS_KEY_ID", seaweedfs::ACCESS_KEY),
-            ("AWS_SECRET_ACCESS_KEY", seaweedfs::SECRET_KEY),
-        ];
-        Nixcache::start_with_env(&self.tmp.path().join(format!("replica-{n}")), &args, &env).await
-    }
-}
+use common::{
+    fixture, store_contents, Cluster, FaultyUpstream, Fixture, Mode, NixClient, Nixcache,
+};
+use nixcache_tests::seaweedfs;
 
 #[tokio::test(flavor = "multi_thread")]
 async fn thirty_clients_over_three_replicas_fetch_each_path_once() {

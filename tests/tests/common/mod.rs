@@ -2,6 +2,7 @@
 //! cache made by Nix, static and deliberately faulty upstream servers, and the Nix client.
 #![allow(dead_code, unused_imports)] // each test binary uses its own subset
 
+pub mod cluster;
 pub mod faulty;
 pub mod fixture;
 
@@ -9,6 +10,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+pub use cluster::Cluster;
 pub use faulty::{FaultyUpstream, Mode};
 pub use fixture::{fixture, Fixture};
 
@@ -217,6 +219,10 @@ impl Nixcache {
             std::thread::sleep(Duration::from_millis(50));
         }
         false
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.process.0.id()
     }
 
     /// Stops the server with SIGKILL.
