@@ -579,3 +579,33 @@ async fn an_async_prefetch_outlives_the_replica_running_it() {
         assert_eq!(r.status(), 200, "{p}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn finished_tasks_are_kept_for_the_retention_only() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let fx = fixture();
+    let cache = Nixcache::in_front_of(
+        &tmp.path().join("data"),
+        "http://127.0.0.1:1",
+        &fx.key,
+        &["--admin-token", ADMIN, "--task-retention", "2s"],
+    )
+    .await;
+    let body = json!({"paths": [fx.top()]}).to_string();
+    let location = accepted_location(&api(&cache.url, "prefetch", Some(ADMIN), body, true).await);
+    let task = wait_finished(&cache.url, &location, Duration::from_secs(30)).await;
+    assert_eq!(task["result"]["not_found"], json!([fx.top()]), "{task}");
+    let start = Instant::now();
+    while get_task(&cache.url, &location).await.0 == 200 {
+        assert!(
+            start.elapsed() < Duration::from_secs(15),
+            "a finished task outlived its retention"
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    let (status, answer) = get_task(&cache.url, &location).await;
+    assert_eq!(status, 404);
+    assert!(answer["error"]
+        .as_str()
+        .is_some_and(|e| e.contains("retention")));
+}

@@ -31,7 +31,9 @@ pub const GC: &str = "gc";
 
 /// Tasks one replica runs at once; more wait for it or are taken by other replicas.
 const MAX_RUNNING: usize = 4;
-/// How often a finished task's age is checked against the retention.
+/// Longest time between a runner's heartbeats (shorter with a short lock TTL).
+const HEARTBEAT_MAX: Duration = Duration::from_secs(2);
+/// How often finished tasks are checked against the retention (more often for a short one).
 const CLEANUP_INTERVAL: Duration = Duration::from_secs(60);
 
 #[derive(Clone, Debug)]
@@ -154,7 +156,8 @@ impl Tasks {
         let mut last_cleanup: Option<tokio::time::Instant> = None;
         let mut running = tokio::task::JoinSet::new();
         loop {
-            if last_cleanup.is_none_or(|t| t.elapsed() >= CLEANUP_INTERVAL) {
+            let cleanup_every = CLEANUP_INTERVAL.min(self.settings.retention / 2);
+            if last_cleanup.is_none_or(|t| t.elapsed() >= cleanup_every) {
                 last_cleanup = Some(tokio::time::Instant::now());
                 let before = unix_millis() - self.settings.retention.as_millis() as i64;
                 match self.cache.db.delete_finished_tasks(before).await {
@@ -254,7 +257,8 @@ impl Tasks {
         let progress = PrefetchProgress::default();
         let work = self.execute(&task, &progress);
         let mut work = std::pin::pin!(work);
-        let mut beat = tokio::time::interval(ttl / 3);
+        // Often enough to keep the lock, and for pollers to see progress move.
+        let mut beat = tokio::time::interval((ttl / 3).min(HEARTBEAT_MAX));
         beat.tick().await;
         let ending = loop {
             tokio::select! {
