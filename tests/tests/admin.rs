@@ -489,18 +489,46 @@ async fn replicas_share_prefetches_and_one_gc_run() {
     );
 }
 
+/// Waits until the task at `location` runs on a runner other than those in `not`, and returns it.
+async fn running_elsewhere(base: &str, location: &str, not: &[&str], timeout: Duration) -> Value {
+    let start = Instant::now();
+    loop {
+        let (_, task) = get_task(base, location).await;
+        let runner = task["runner"].as_str().unwrap_or_default();
+        if task["state"] == "running" && !runner.is_empty() && !not.contains(&runner) {
+            return task;
+        }
+        assert_ne!(task["state"], "succeeded", "finished too early: {task}");
+        assert!(
+            start.elapsed() < timeout,
+            "no new runner within {timeout:?}: {task}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// The replica whose process runs a task (`runner` is `host/pid`).
+fn replica_of(replicas: &[Nixcache], task: &Value) -> usize {
+    let runner = task["runner"].as_str().unwrap_or_default();
+    replicas
+        .iter()
+        .position(|r| runner.ends_with(&format!("/{}", r.pid())))
+        .unwrap_or_else(|| panic!("runner {runner} is none of the replicas"))
+}
+
 #[tokio::test(flavor = "multi_thread")]
-async fn an_async_prefetch_outlives_the_replica_running_it() {
+async fn an_async_prefetch_outlives_the_replicas_running_it() {
     let fx = fixture();
     let cluster = Cluster::start();
-    // Slow NARs: the 4 MiB one takes about 6 s, long enough to kill the task's runner.
+    // Slow NARs: the 4 MiB one takes about 6 s, long enough to stop the task's runner midway.
     let upstream = FaultyUpstream::start(
         fx.cache.clone(),
         fx.cache_untrusted.clone(),
         Mode::SlowNar(Duration::from_millis(100)),
     )
     .await;
-    let extra = ["--admin-token", ADMIN, "--lock-ttl", "3s"];
+    let ttl = Duration::from_secs(8);
+    let extra = ["--admin-token", ADMIN, "--lock-ttl", "8s"];
     let mut replicas = Vec::new();
     for n in 0..3 {
         replicas.push(cluster.replica(n, &upstream.url, &fx.key, &extra).await);
@@ -516,42 +544,56 @@ async fn an_async_prefetch_outlives_the_replica_running_it() {
     );
     let location = accepted_location(&a);
 
-    // Running somewhere: every replica says where.
-    let start = Instant::now();
-    let runner = loop {
-        let (_, task) = get_task(&replicas[2].url, &location).await;
-        if task["state"] == "running" {
-            break task["runner"].as_str().expect("runner").to_string();
-        }
-        assert!(
-            start.elapsed() < Duration::from_secs(20),
-            "not running: {task}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
+    // Running somewhere: every replica says where, with progress.
+    let first = running_elsewhere(&replicas[2].url, &location, &[], Duration::from_secs(20)).await;
+    let first_runner = first["runner"].as_str().expect("runner").to_string();
+    tokio::time::sleep(Duration::from_millis(2500)).await;
     for r in &replicas {
         let (status, task) = get_task(&r.url, &location).await;
         assert_eq!(status, 200);
         assert_eq!(task["id"], a.json["id"]);
-        assert_eq!(task["runner"], json!(runner), "{task}");
+        assert_eq!(task["state"], "running", "finished too early: {task}");
+        assert_eq!(task["runner"], json!(first_runner), "{task}");
+        assert!(
+            task["progress"]["paths_known"]
+                .as_u64()
+                .is_some_and(|n| n >= 1),
+            "no progress shown while running: {task}"
+        );
     }
 
-    // Its replica dies mid-way (kill -9); another one finishes the task.
-    tokio::time::sleep(Duration::from_millis(1500)).await;
-    let (_, before) = get_task(&replicas[1].url, &location).await;
-    assert_eq!(
-        before["state"], "running",
-        "finished before the kill: {before}"
+    // Its replica stops gracefully (SIGTERM): the task is handed back and another replica takes
+    // it well before the lock would have expired.
+    let stopping = replicas.remove(replica_of(&replicas, &first));
+    stopping.signal_term();
+    let handed = Instant::now();
+    let second = running_elsewhere(
+        &replicas[0].url,
+        &location,
+        &[&first_runner],
+        Duration::from_secs(20),
+    )
+    .await;
+    assert!(
+        handed.elapsed() < ttl / 2,
+        "taken over only after {:?}: {second}",
+        handed.elapsed()
     );
-    let victim = replicas
-        .iter()
-        .position(|r| runner.ends_with(&format!("/{}", r.pid())))
-        .unwrap_or_else(|| panic!("runner {runner} is none of the replicas"));
-    replicas.remove(victim).kill();
+    assert_eq!(second["attempts"], 2, "{second}");
+    assert!(stopping.wait_exit(Duration::from_secs(40)), "no clean exit");
+    let second_runner = second["runner"].as_str().expect("runner").to_string();
+
+    // The next one dies (kill -9): after the lock TTL, the last replica finishes the task.
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    replicas.remove(replica_of(&replicas, &second)).kill();
     let task = wait_finished(&replicas[0].url, &location, Duration::from_secs(90)).await;
     assert_eq!(task["state"], "succeeded", "{task}");
-    assert!(task["attempts"].as_i64().is_some_and(|n| n >= 2), "{task}");
-    assert_ne!(task["runner"], json!(runner), "{task}");
+    assert_eq!(task["attempts"], 3, "{task}");
+    assert!(
+        ![first_runner.as_str(), second_runner.as_str()]
+            .contains(&task["runner"].as_str().unwrap_or_default()),
+        "{task}"
+    );
     let mut done = sorted_strings(&task["result"]["fetched"]);
     done.extend(sorted_strings(&task["result"]["cached"]));
     done.sort();
@@ -559,19 +601,11 @@ async fn an_async_prefetch_outlives_the_replica_running_it() {
     want.sort();
     assert_eq!(done, want, "{task}");
     assert_eq!(task["result"]["failed"], json!([]), "{task}");
-    // The survivors agree, and the whole closure is there: each NAR fetched again at most once.
-    let (_, other) = get_task(&replicas[1].url, &location).await;
-    assert_eq!(other, task);
-    let (big, rel) = fx.big();
-    assert!(
-        upstream.hits(&format!("/{rel}")) <= 2,
-        "{big}: {} fetches",
-        upstream.hits(&format!("/{rel}"))
-    );
+    // The whole closure is there, served by the survivor.
     for p in &fx.paths {
         let r = reqwest::get(format!(
             "{}/{}.narinfo",
-            replicas[1].url,
+            replicas[0].url,
             Fixture::hash_of(p)
         ))
         .await
