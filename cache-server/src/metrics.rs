@@ -33,6 +33,8 @@ pub struct Metrics {
     pub gc_last_duration: Gauge,
     pub stored_nars: IntGauge,
     pub stored_bytes: IntGauge,
+    pub tasks: IntCounterVec,
+    pub tasks_running: IntGauge,
 }
 
 /// Registers a collector; the names and labels here are fixed, so failure is a programming error.
@@ -99,6 +101,8 @@ impl Metrics {
             gc_last_duration: reg(&r, Gauge::new("nixcache_gc_last_duration_seconds", "Duration of this process's last GC pass").unwrap_or_else(|e| panic!("{e}"))),
             stored_nars: gauge(&r, "nixcache_stored_nars", "NARs in storage (as the database records them; refreshed on scrape)"),
             stored_bytes: gauge(&r, "nixcache_stored_bytes", "Bytes of NARs in storage, each NAR counted once (refreshed on scrape)"),
+            tasks: counters(&r, "nixcache_tasks_total", "Admin tasks by kind and event in this process (claimed, succeeded, failed, handed_back, taken_over)", &["kind", "event"]),
+            tasks_running: gauge(&r, "nixcache_tasks_running", "Admin tasks this process runs now"),
             registry: r,
         }
     }

@@ -629,6 +629,26 @@ async fn finished_tasks_are_kept_for_the_retention_only() {
     let location = accepted_location(&api(&cache.url, "prefetch", Some(ADMIN), body, true).await);
     let task = wait_finished(&cache.url, &location, Duration::from_secs(30)).await;
     assert_eq!(task["result"]["not_found"], json!([fx.top()]), "{task}");
+    let metrics = reqwest::get(format!("{}/metrics", cache.url))
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .expect("body");
+    let count = |event: &str| {
+        metrics
+            .lines()
+            .find(|l| {
+                l.starts_with("nixcache_tasks_total{")
+                    && l.contains(&format!("event=\"{event}\""))
+                    && l.contains("kind=\"prefetch\"")
+            })
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse::<f64>().ok())
+    };
+    assert_eq!(count("claimed"), Some(1.0), "{metrics}");
+    assert_eq!(count("succeeded"), Some(1.0), "{metrics}");
+    assert!(metrics.contains("nixcache_tasks_running 0"), "{metrics}");
     let start = Instant::now();
     while get_task(&cache.url, &location).await.0 == 200 {
         assert!(

@@ -242,9 +242,24 @@ impl Tasks {
             } else {
                 info!(task = %task.id, kind = %task.kind, "running a task");
             }
+            self.event(&task, "claimed");
             self.lock_running().insert(task.id.clone());
             running.spawn(self.clone().run(task, guard, stop.clone()));
         }
+    }
+
+    fn event(&self, task: &TaskRecord, event: &str) {
+        // Kinds come from this module; anything else is counted as one label, not many.
+        let kind = if task.kind == PREFETCH || task.kind == GC {
+            task.kind.as_str()
+        } else {
+            "other"
+        };
+        self.cache
+            .metrics
+            .tasks
+            .with_label_values(&[kind, event])
+            .inc();
     }
 
     fn lock_running(&self) -> std::sync::MutexGuard<'_, HashSet<String>> {
@@ -254,6 +269,7 @@ impl Tasks {
     /// Runs a claimed task to its end, with heartbeats.
     async fn run(self: Arc<Self>, task: TaskRecord, guard: Guard, stop: CancellationToken) {
         let ttl = self.cache.settings.lock_ttl;
+        self.cache.metrics.tasks_running.inc();
         let progress = PrefetchProgress::default();
         let work = self.execute(&task, &progress);
         let mut work = std::pin::pin!(work);
@@ -277,6 +293,13 @@ impl Tasks {
                 }
             }
         };
+        let event = match &ending {
+            Ending::Done(Ok(_)) => "succeeded",
+            Ending::Done(Err(_)) => "failed",
+            Ending::TakenOver => "taken_over",
+            Ending::Handed => "handed_back",
+        };
+        self.event(&task, event);
         let outcome = match ending {
             Ending::TakenOver => {
                 warn!(task = %task.id, "another replica took this task over; stopped");
@@ -298,6 +321,7 @@ impl Tasks {
             self.record_end(&task.id, outcome).await;
         }
         self.lock_running().remove(&task.id);
+        self.cache.metrics.tasks_running.dec();
         drop(guard);
     }
 
