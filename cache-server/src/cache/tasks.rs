@@ -155,6 +155,8 @@ impl Tasks {
     pub async fn work(self: Arc<Self>, stop: CancellationToken) {
         let mut last_cleanup: Option<tokio::time::Instant> = None;
         let mut running = tokio::task::JoinSet::new();
+        // Said once when the database stops answering, and once when it is back.
+        let mut unreachable = false;
         loop {
             let cleanup_every = CLEANUP_INTERVAL.min(self.settings.retention / 2);
             if last_cleanup.is_none_or(|t| t.elapsed() >= cleanup_every) {
@@ -167,7 +169,18 @@ impl Tasks {
                 }
             }
             if running.len() < MAX_RUNNING {
-                self.claim_some(&mut running, &stop).await;
+                match self.claim_some(&mut running, &stop).await {
+                    Ok(()) if unreachable => {
+                        info!("the task table answers again");
+                        unreachable = false;
+                    }
+                    Ok(()) => {}
+                    Err(e) if !unreachable => {
+                        warn!(error = %e, "cannot look for tasks; retrying every poll");
+                        unreachable = true;
+                    }
+                    Err(_) => {}
+                }
             }
             while running.try_join_next().is_some() {}
             tokio::select! {
@@ -189,22 +202,15 @@ impl Tasks {
         self: &Arc<Self>,
         running: &mut tokio::task::JoinSet<()>,
         stop: &CancellationToken,
-    ) {
-        let candidates = match self
+    ) -> Result<(), DbError> {
+        let candidates = self
             .cache
             .db
             .claimable_tasks(self.stale_before(), (MAX_RUNNING * 4) as i64)
-            .await
-        {
-            Ok(c) => c,
-            Err(e) => {
-                warn!(error = %e, "cannot look for tasks");
-                return;
-            }
-        };
+            .await?;
         for task in candidates {
             if running.len() >= MAX_RUNNING {
-                return;
+                break;
             }
             if self.lock_running().contains(&task.id) {
                 continue;
@@ -219,8 +225,9 @@ impl Tasks {
                 // Another replica runs it.
                 Ok(None) => continue,
                 Err(e) => {
-                    warn!(error = %e, "cannot lock a task");
-                    return;
+                    // The lock service reports its own outages; tasks wait for it.
+                    tracing::debug!(error = %e, "cannot lock a task");
+                    return Ok(());
                 }
             };
             let now = unix_millis();
@@ -232,10 +239,7 @@ impl Tasks {
             {
                 Ok(true) => {}
                 Ok(false) => continue,
-                Err(e) => {
-                    warn!(error = %e, "cannot claim a task");
-                    return;
-                }
+                Err(e) => return Err(e),
             }
             if task.attempts > 0 {
                 info!(task = %task.id, kind = %task.kind, previous_runner = task.owner.as_deref().unwrap_or("?"), "taking over a task");
@@ -246,6 +250,7 @@ impl Tasks {
             self.lock_running().insert(task.id.clone());
             running.spawn(self.clone().run(task, guard, stop.clone()));
         }
+        Ok(())
     }
 
     fn event(&self, task: &TaskRecord, event: &str) {
