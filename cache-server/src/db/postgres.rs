@@ -10,7 +10,7 @@ use diesel_async::pooled_connection::AsyncDieselConnectionManager;
 use diesel_async::{AsyncPgConnection, RunQueryDsl};
 use diesel_migrations::{embed_migrations, EmbeddedMigrations, MigrationHarness};
 
-use super::rows::{q, size, NarInfoRow};
+use super::rows::{claimable, q, run_by, size, NarInfoRow};
 use super::schema::{narinfos, nars, tasks};
 use super::task_state::{FAILED, PENDING, RUNNING, SUCCEEDED};
 use super::{is_unique_violation, Database, DbError, NarInfoRecord, TaskRecord};
@@ -314,11 +314,7 @@ impl Database for PostgresDatabase {
     ) -> Result<Vec<TaskRecord>, DbError> {
         let mut c = self.conn().await?;
         tasks::table
-            .filter(
-                tasks::state.eq(PENDING).or(tasks::state
-                    .eq(RUNNING)
-                    .and(tasks::heartbeat_at.lt(stale_before))),
-            )
+            .filter(claimable(stale_before))
             .order(tasks::created_at.asc())
             .limit(limit)
             .select(TaskRecord::as_select())
@@ -335,24 +331,18 @@ impl Database for PostgresDatabase {
         stale_before: i64,
     ) -> Result<bool, DbError> {
         let mut c = self.conn().await?;
-        diesel::update(
-            tasks::table.find(id).filter(
-                tasks::state.eq(PENDING).or(tasks::state
-                    .eq(RUNNING)
-                    .and(tasks::heartbeat_at.lt(stale_before))),
-            ),
-        )
-        .set((
-            tasks::state.eq(RUNNING),
-            tasks::owner.eq(owner),
-            tasks::attempts.eq(tasks::attempts + 1),
-            tasks::started_at.eq(now),
-            tasks::heartbeat_at.eq(now),
-        ))
-        .execute(&mut c)
-        .await
-        .map(|n| n == 1)
-        .map_err(q)
+        diesel::update(tasks::table.find(id).filter(claimable(stale_before)))
+            .set((
+                tasks::state.eq(RUNNING),
+                tasks::owner.eq(owner),
+                tasks::attempts.eq(tasks::attempts + 1),
+                tasks::started_at.eq(now),
+                tasks::heartbeat_at.eq(now),
+            ))
+            .execute(&mut c)
+            .await
+            .map(|n| n == 1)
+            .map_err(q)
     }
 
     async fn task_heartbeat(
@@ -363,10 +353,7 @@ impl Database for PostgresDatabase {
         progress: Option<String>,
     ) -> Result<bool, DbError> {
         let mut c = self.conn().await?;
-        let mine = tasks::table
-            .find(id)
-            .filter(tasks::owner.eq(owner))
-            .filter(tasks::state.eq(RUNNING));
+        let mine = run_by(id, owner);
         match progress {
             Some(p) => {
                 diesel::update(mine)
@@ -393,10 +380,7 @@ impl Database for PostgresDatabase {
         outcome: Option<Result<String, String>>,
     ) -> Result<bool, DbError> {
         let mut c = self.conn().await?;
-        let mine = tasks::table
-            .find(id)
-            .filter(tasks::owner.eq(owner))
-            .filter(tasks::state.eq(RUNNING));
+        let mine = run_by(id, owner);
         match outcome {
             Some(Ok(result)) => {
                 diesel::update(mine)

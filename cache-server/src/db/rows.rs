@@ -2,7 +2,8 @@
 
 use diesel::prelude::*;
 
-use super::schema::narinfos;
+use super::schema::{narinfos, tasks};
+use super::task_state::{PENDING, RUNNING};
 use super::{DbError, NarInfoRecord};
 
 #[derive(Queryable, Selectable, Insertable, AsChangeset)]
@@ -53,4 +54,24 @@ pub(super) fn q(e: diesel::result::Error) -> DbError {
 /// Sizes are unsigned here and BIGINT in SQL.
 pub(super) fn size(n: u64) -> i64 {
     i64::try_from(n).unwrap_or(i64::MAX)
+}
+
+/// Tasks a runner may take: pending ones, and running ones not heard of since `stale_before`.
+#[diesel::dsl::auto_type]
+pub(super) fn claimable(stale_before: i64) -> _ {
+    let pending: &'static str = PENDING;
+    let running: &'static str = RUNNING;
+    tasks::state.eq(pending).or(tasks::state
+        .eq(running)
+        .and(tasks::heartbeat_at.lt(stale_before)))
+}
+
+/// The task `id` while `owner` runs it.
+#[diesel::dsl::auto_type]
+pub(super) fn run_by<'a>(id: &'a str, owner: &'a str) -> _ {
+    let running: &'static str = RUNNING;
+    tasks::table
+        .find(id)
+        .filter(tasks::owner.eq(owner))
+        .filter(tasks::state.eq(running))
 }

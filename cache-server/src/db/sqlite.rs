@@ -10,7 +10,7 @@ use diesel::r2d2::{ConnectionManager, CustomizeConnection, Pool, PooledConnectio
 use diesel::sqlite::SqliteConnection;
 use diesel_migrations::{embed_migrations, EmbeddedMigrations, MigrationHarness};
 
-use super::rows::{q, size, NarInfoRow};
+use super::rows::{claimable, q, run_by, size, NarInfoRow};
 use super::schema::{narinfos, nars, tasks};
 use super::task_state::{FAILED, PENDING, RUNNING, SUCCEEDED};
 use super::{is_unique_violation, Database, DbError, NarInfoRecord, TaskRecord};
@@ -300,11 +300,7 @@ impl Database for SqliteDatabase {
     ) -> Result<Vec<TaskRecord>, DbError> {
         self.with(move |c| {
             tasks::table
-                .filter(
-                    tasks::state.eq(PENDING).or(tasks::state
-                        .eq(RUNNING)
-                        .and(tasks::heartbeat_at.lt(stale_before))),
-                )
+                .filter(claimable(stale_before))
                 .order(tasks::created_at.asc())
                 .limit(limit)
                 .select(TaskRecord::as_select())
@@ -322,22 +318,16 @@ impl Database for SqliteDatabase {
     ) -> Result<bool, DbError> {
         let (id, owner) = (id.to_string(), owner.to_string());
         self.with(move |c| {
-            diesel::update(
-                tasks::table.find(id).filter(
-                    tasks::state.eq(PENDING).or(tasks::state
-                        .eq(RUNNING)
-                        .and(tasks::heartbeat_at.lt(stale_before))),
-                ),
-            )
-            .set((
-                tasks::state.eq(RUNNING),
-                tasks::owner.eq(owner),
-                tasks::attempts.eq(tasks::attempts + 1),
-                tasks::started_at.eq(now),
-                tasks::heartbeat_at.eq(now),
-            ))
-            .execute(c)
-            .map(|n| n == 1)
+            diesel::update(tasks::table.find(id).filter(claimable(stale_before)))
+                .set((
+                    tasks::state.eq(RUNNING),
+                    tasks::owner.eq(owner),
+                    tasks::attempts.eq(tasks::attempts + 1),
+                    tasks::started_at.eq(now),
+                    tasks::heartbeat_at.eq(now),
+                ))
+                .execute(c)
+                .map(|n| n == 1)
         })
         .await
     }
@@ -351,10 +341,7 @@ impl Database for SqliteDatabase {
     ) -> Result<bool, DbError> {
         let (id, owner) = (id.to_string(), owner.to_string());
         self.with(move |c| {
-            let mine = tasks::table
-                .find(id)
-                .filter(tasks::owner.eq(owner))
-                .filter(tasks::state.eq(RUNNING));
+            let mine = run_by(&id, &owner);
             match progress {
                 Some(p) => diesel::update(mine)
                     .set((tasks::heartbeat_at.eq(now), tasks::progress.eq(p)))
@@ -377,10 +364,7 @@ impl Database for SqliteDatabase {
     ) -> Result<bool, DbError> {
         let (id, owner) = (id.to_string(), owner.to_string());
         self.with(move |c| {
-            let mine = tasks::table
-                .find(id)
-                .filter(tasks::owner.eq(owner))
-                .filter(tasks::state.eq(RUNNING));
+            let mine = run_by(&id, &owner);
             match outcome {
                 Some(Ok(result)) => diesel::update(mine)
                     .set((
