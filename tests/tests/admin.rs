@@ -663,3 +663,52 @@ async fn finished_tasks_are_kept_for_the_retention_only() {
         .as_str()
         .is_some_and(|e| e.contains("retention")));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sync_prefetch_goes_on_when_its_client_leaves() {
+    let fx = fixture();
+    // Slow NARs: the closure takes several seconds.
+    let upstream = FaultyUpstream::start(
+        fx.cache.clone(),
+        fx.cache_untrusted.clone(),
+        Mode::SlowNar(Duration::from_millis(100)),
+    )
+    .await;
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let cache = Nixcache::in_front_of(
+        &tmp.path().join("data"),
+        &upstream.url,
+        &fx.key,
+        &["--admin-token", ADMIN],
+    )
+    .await;
+    let gave_up = reqwest::Client::new()
+        .post(format!("{}/api/v1/prefetch", cache.url))
+        .bearer_auth(ADMIN)
+        .header("content-type", "application/json")
+        .body(json!({"paths": [fx.top()], "closure": true}).to_string())
+        .timeout(Duration::from_millis(800))
+        .send()
+        .await;
+    assert!(gave_up.is_err(), "the prefetch was expected to take longer");
+    // Every NAR of the closure arrives all the same.
+    let stored = || {
+        std::fs::read_dir(tmp.path().join("data/store/nar"))
+            .map(|d| d.count())
+            .unwrap_or(0)
+    };
+    let start = Instant::now();
+    while stored() < fx.paths.len() {
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "{} of {} NARs stored after the client left",
+            stored(),
+            fx.paths.len()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    for p in &fx.paths {
+        let nar = format!("/{}", Fixture::nar_url(&fx.narinfo(p)));
+        assert_eq!(upstream.hits(&nar), 1, "{p}");
+    }
+}

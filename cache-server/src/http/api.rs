@@ -192,13 +192,26 @@ pub async fn prefetch(
             Err(e) => database_unavailable(e),
         };
     }
-    let report = state
-        .cache
-        .prefetch(paths, request.closure, &PrefetchProgress::default())
-        .await;
-    match serde_json::to_value(&report) {
+    // Its own task: a client that goes away does not stop the prefetch.
+    let cache = state.cache.clone();
+    let work = tokio::spawn(async move {
+        cache
+            .prefetch(paths, request.closure, &PrefetchProgress::default())
+            .await
+    });
+    match work
+        .await
+        .map_err(|e| e.to_string())
+        .and_then(|report| serde_json::to_value(&report).map_err(|e| e.to_string()))
+    {
         Ok(body) => json_response(StatusCode::OK, &body),
-        Err(e) => json_error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+        Err(e) => {
+            tracing::warn!(error = %e, "prefetch on request failed");
+            json_error(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "the prefetch failed; see the server's log",
+            )
+        }
     }
 }
 
