@@ -332,19 +332,29 @@ async fn post_gc(url: &str, token: Option<&str>) -> (u16, Value) {
     call(url, "gc", token, String::new()).await
 }
 
-async fn gc_runs(url: &str) -> f64 {
-    let body = reqwest::get(format!("{url}/metrics"))
+/// `/metrics` of `url`.
+async fn metrics(url: &str) -> String {
+    reqwest::get(format!("{url}/metrics"))
         .await
         .expect("metrics")
         .text()
         .await
-        .expect("body");
-    body.lines()
-        .find_map(|l| {
-            l.strip_prefix("nixcache_gc_runs_total ")
-                .and_then(|v| v.trim().parse().ok())
+        .expect("body")
+}
+
+/// The value of the sample `name` carrying every one of `labels` (`key="value"`) in a metrics text.
+fn sample(text: &str, name: &str, labels: &[&str]) -> Option<f64> {
+    text.lines()
+        .find(|l| {
+            let (series, _) = l.split_once(' ').unwrap_or_default();
+            series.split('{').next() == Some(name) && labels.iter().all(|x| series.contains(x))
         })
-        .unwrap_or(0.0)
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+}
+
+async fn gc_runs(url: &str) -> f64 {
+    sample(&metrics(url).await, "nixcache_gc_runs_total", &[]).unwrap_or(0.0)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -629,26 +639,21 @@ async fn finished_tasks_are_kept_for_the_retention_only() {
     let location = accepted_location(&api(&cache.url, "prefetch", Some(ADMIN), body, true).await);
     let task = wait_finished(&cache.url, &location, Duration::from_secs(30)).await;
     assert_eq!(task["result"]["not_found"], json!([fx.top()]), "{task}");
-    let metrics = reqwest::get(format!("{}/metrics", cache.url))
-        .await
-        .expect("metrics")
-        .text()
-        .await
-        .expect("body");
+    let text = metrics(&cache.url).await;
     let count = |event: &str| {
-        metrics
-            .lines()
-            .find(|l| {
-                l.starts_with("nixcache_tasks_total{")
-                    && l.contains(&format!("event=\"{event}\""))
-                    && l.contains("kind=\"prefetch\"")
-            })
-            .and_then(|l| l.rsplit(' ').next())
-            .and_then(|v| v.parse::<f64>().ok())
+        sample(
+            &text,
+            "nixcache_tasks_total",
+            &[&format!("event=\"{event}\""), "kind=\"prefetch\""],
+        )
     };
-    assert_eq!(count("claimed"), Some(1.0), "{metrics}");
-    assert_eq!(count("succeeded"), Some(1.0), "{metrics}");
-    assert!(metrics.contains("nixcache_tasks_running 0"), "{metrics}");
+    assert_eq!(count("claimed"), Some(1.0), "{text}");
+    assert_eq!(count("succeeded"), Some(1.0), "{text}");
+    assert_eq!(
+        sample(&text, "nixcache_tasks_running", &[]),
+        Some(0.0),
+        "{text}"
+    );
     let start = Instant::now();
     while get_task(&cache.url, &location).await.0 == 200 {
         assert!(

@@ -168,10 +168,30 @@ impl Cache {
             compression: info.compression(),
         };
         let mut served = info;
-        served.url = file.url();
         if served.file_hash.is_none() {
             served.file_size = None;
         }
+        let store_path = served.store_path.to_string();
+        let body = self
+            .keep_narinfo(hash, served, &file, nar_url.to_string())
+            .await
+            .map_err(AcceptError::Backend)?;
+        info!(store_path = %store_path, upstream = upstream.label(), "narinfo cached");
+        Ok(body)
+    }
+
+    /// Points `served` at nixcache's NAR URL for `file`, signs it with nixcache's key and keeps
+    /// it: in storage first (its copy there serves hits while the database is down), then the
+    /// database row (what makes it a hit), then memory. Returns the body served from now on.
+    /// `upstream_nar_url` is where the NAR can be fetched again (empty for uploads).
+    pub(super) async fn keep_narinfo(
+        &self,
+        hash: StoreHash,
+        mut served: NarInfo,
+        file: &NarFile,
+        upstream_nar_url: String,
+    ) -> Result<Bytes, String> {
+        served.url = file.url();
         served.sign(&self.key);
         let text = served.to_text();
         let body = Bytes::from(text.clone());
@@ -179,23 +199,20 @@ impl Cache {
             hash: hash.to_string(),
             store_path: served.store_path.to_string(),
             nar_file: file.file_name(),
-            upstream_nar_url: nar_url.to_string(),
+            upstream_nar_url,
             narinfo: text,
             nar_size: served.nar_size,
             file_size: served.file_size,
         };
-        // Storage first: the database row is what makes it a hit, and its copy in storage is what
-        // serves hits while the database is down.
         self.storage
             .put_bytes(&narinfo_key(&hash), body.clone())
             .await
-            .map_err(|e| AcceptError::Backend(e.to_string()))?;
+            .map_err(|e| e.to_string())?;
         self.db
             .put_narinfo(&record, unix_now())
             .await
-            .map_err(|e| AcceptError::Backend(e.to_string()))?;
+            .map_err(|e| e.to_string())?;
         self.narinfos.insert(hash, body.clone());
-        info!(store_path = %served.store_path, upstream = upstream.label(), "narinfo cached");
         Ok(body)
     }
 }

@@ -13,9 +13,8 @@ use tracing::info;
 use super::nar::Staged;
 use super::verify::{verifiable, Verifier};
 use super::Cache;
-use crate::db::NarInfoRecord;
 use crate::nix::{NarFile, NarInfo, PublicKey, Sha256Hash, StoreHash};
-use crate::storage::{nar_key, narinfo_key, validate_key};
+use crate::storage::{nar_key, validate_key};
 use crate::util::{unique_name, unix_now};
 
 #[derive(Debug, thiserror::Error)]
@@ -162,33 +161,15 @@ impl Cache {
             .map_err(|e| invalid(format!("the stored NAR does not match: {e}")))?;
 
         let mut served = checked;
-        served.url = file.url();
         served.file_size = Some(file_size);
-        served.sign(&self.key);
-        let text = served.to_text();
-        let body = Bytes::from(text.clone());
-        let record = NarInfoRecord {
-            hash: hash.to_string(),
-            store_path: served.store_path.to_string(),
-            nar_file: file.file_name(),
-            // Uploaded: there is no upstream to fetch the NAR from again.
-            upstream_nar_url: String::new(),
-            narinfo: text,
-            nar_size: served.nar_size,
-            file_size: served.file_size,
-        };
-        self.storage
-            .put_bytes(&narinfo_key(&hash), body.clone())
+        let store_path = served.store_path.to_string();
+        // Uploaded: there is no upstream to fetch the NAR from again.
+        self.keep_narinfo(hash, served, &file, String::new())
             .await
             .map_err(backend)?;
-        self.db
-            .put_narinfo(&record, unix_now())
-            .await
-            .map_err(backend)?;
-        self.narinfos.insert(hash, body);
         self.negative.invalidate(&hash);
         self.metrics.uploads.with_label_values(&["narinfo"]).inc();
-        info!(store_path = %served.store_path, "narinfo uploaded");
+        info!(store_path = %store_path, "narinfo uploaded");
         Ok(())
     }
 

@@ -80,7 +80,7 @@ fn stored_json(text: Option<&str>) -> Value {
 }
 
 /// A task as the API shows it.
-pub fn task_json(t: &TaskRecord) -> Value {
+fn task_json(t: &TaskRecord) -> Value {
     json!({
         "id": t.id,
         "kind": t.kind,
