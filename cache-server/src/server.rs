@@ -53,13 +53,12 @@ pub async fn open_database(config: &Config) -> anyhow::Result<Arc<dyn Database>>
     }
 }
 
-fn http_client(config: &Config) -> anyhow::Result<reqwest::Client> {
+/// What every upstream's HTTP client shares; each adds its own redirect rules.
+fn http_client(config: &Config) -> reqwest::ClientBuilder {
     reqwest::Client::builder()
         .user_agent(concat!("nixcache/", env!("CARGO_PKG_VERSION")))
         .connect_timeout(config.upstream_connect_timeout)
         .pool_idle_timeout(Duration::from_secs(60))
-        .build()
-        .context("building the HTTP client")
 }
 
 /// What the cache is built for.
@@ -140,22 +139,19 @@ pub async fn build_cache(config: &Config, role: Role) -> anyhow::Result<(Arc<Cac
         );
     }
 
-    let client = http_client(config)?;
-    let upstreams = Upstreams::new(
-        config
-            .upstreams
-            .iter()
-            .map(|u| {
-                Arc::new(HttpUpstream::new(
-                    u.clone(),
-                    client.clone(),
-                    config.upstream_timeout,
-                    &config.store_dir,
-                    metrics.clone(),
-                ))
-            })
-            .collect(),
-    );
+    let mut all = Vec::new();
+    for u in &config.upstreams {
+        let upstream = HttpUpstream::new(
+            u.clone(),
+            http_client(config),
+            config.upstream_timeout,
+            &config.store_dir,
+            metrics.clone(),
+        )
+        .context("building the HTTP client")?;
+        all.push(Arc::new(upstream));
+    }
+    let upstreams = Upstreams::new(all);
     let settings = CacheSettings {
         negative_ttl: config.negative_ttl,
         memory_entries: config.narinfo_memory_entries,

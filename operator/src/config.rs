@@ -88,6 +88,9 @@ fn upstream_spec(u: &UpstreamSpec) -> String {
     for k in &u.public_keys {
         s.push_str(&format!(",key={}", k.trim()));
     }
+    if u.cross_origin_redirects {
+        s.push_str(",cross-origin-redirects");
+    }
     s
 }
 
@@ -268,7 +271,8 @@ mod tests {
         serde_json::json!({
             "replicas": 3,
             "upstreams": [{"url": "https://cache.nixos.org", "priority": 40,
-                "publicKeys": ["cache.nixos.org-1:6NCHdD59X431o0gWypbMrAURkbJ16ZPMQFGspcDShjY="]}],
+                "publicKeys": ["cache.nixos.org-1:6NCHdD59X431o0gWypbMrAURkbJ16ZPMQFGspcDShjY="]},
+                {"url": "https://private.example", "crossOriginRedirects": true}],
             "storage": {"s3": {"bucket": "nix", "prefix": "/cache/", "endpoint": "http://s3:8333",
                 "region": "eu-1", "credentialsSecret": "s3"}},
             "database": {"postgresUrlSecret": {"name": "pg", "key": "url"}},
@@ -289,7 +293,7 @@ mod tests {
         );
         assert_eq!(back.storage_url.as_deref(), Some("s3://nix/cache"));
         assert_eq!(back.s3_endpoint.as_deref(), Some("http://s3:8333"));
-        assert_eq!(back.upstreams, vec!["https://cache.nixos.org,priority=40,key=cache.nixos.org-1:6NCHdD59X431o0gWypbMrAURkbJ16ZPMQFGspcDShjY="]);
+        assert_eq!(back.upstreams, vec!["https://cache.nixos.org,priority=40,key=cache.nixos.org-1:6NCHdD59X431o0gWypbMrAURkbJ16ZPMQFGspcDShjY=", "https://private.example,cross-origin-redirects"]);
         assert_eq!(back.redis.len(), 3);
         assert_eq!(back.max_size.as_deref(), Some("50G"));
         assert_eq!(back.gc_schedule, None, "the operator runs GC as Jobs here");

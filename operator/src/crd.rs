@@ -91,6 +91,10 @@ pub struct UpstreamSpec {
     /// Keys (`name:base64`) trusted to sign this upstream's narinfos.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub public_keys: Vec<String>,
+    /// Follow this upstream's redirects to other hosts (a CDN, presigned S3 URLs); never to
+    /// loopback, link-local or metadata addresses. Off: redirects stay at the upstream's origin.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub cross_origin_redirects: bool,
 }
 
 #[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]

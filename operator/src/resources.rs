@@ -502,6 +502,7 @@ mod tests {
             url: "https://other.example".into(),
             priority: None,
             public_keys: vec![],
+            cross_origin_redirects: false,
         }];
         assert_ne!(base, hash(&other, "web-1:AAAA"), "config change rolls");
     }

@@ -9,8 +9,8 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::{
-    fixture, store_contents, Cluster, FaultyUpstream, Fixture, Mode, NixClient, Nixcache,
-    StaticServer,
+    fixture, metrics, sample, store_contents, Cluster, FaultyUpstream, Fixture, Mode, NixClient,
+    Nixcache, StaticServer,
 };
 use serde_json::{json, Value};
 
@@ -330,27 +330,6 @@ async fn a_prefetched_closure_is_served_with_the_upstream_gone() {
 
 async fn post_gc(url: &str, token: Option<&str>) -> (u16, Value) {
     call(url, "gc", token, String::new()).await
-}
-
-/// `/metrics` of `url`.
-async fn metrics(url: &str) -> String {
-    reqwest::get(format!("{url}/metrics"))
-        .await
-        .expect("metrics")
-        .text()
-        .await
-        .expect("body")
-}
-
-/// The value of the sample `name` carrying every one of `labels` (`key="value"`) in a metrics text.
-fn sample(text: &str, name: &str, labels: &[&str]) -> Option<f64> {
-    text.lines()
-        .find(|l| {
-            let (series, _) = l.split_once(' ').unwrap_or_default();
-            series.split('{').next() == Some(name) && labels.iter().all(|x| series.contains(x))
-        })
-        .and_then(|l| l.rsplit(' ').next())
-        .and_then(|v| v.parse().ok())
 }
 
 async fn gc_runs(url: &str) -> f64 {

@@ -81,7 +81,7 @@ impl Setup {
 /// A download that went wrong leaves nothing behind, and the next request, once the upstream
 /// is fixed, succeeds.
 async fn recovers_after(mode: Mode) {
-    let mut s = setup(mode, &[]).await;
+    let mut s = setup(mode.clone(), &[]).await;
     assert_eq!(s.narinfo().await, 200);
     let first = s.get_nar().await;
     assert!(first.is_err(), "a {mode:?} NAR was served as complete");

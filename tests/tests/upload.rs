@@ -154,6 +154,16 @@ async fn uploads_that_contradict_themselves_are_refused() {
     assert_eq!(stored_nars(data.path()), 0);
     // The real NAR, then a narinfo that lies about it (NarSize), then the true one.
     assert_eq!(put(format!("/{url}"), nar.clone(), Some(TOKEN)).await, 201);
+    // The same NAR again: accepted, and its staging copy removed rather than left behind.
+    assert_eq!(put(format!("/{url}"), nar.clone(), Some(TOKEN)).await, 201);
+    assert_eq!(put(format!("/{url}"), nar.clone(), Some(TOKEN)).await, 201);
+    assert_eq!(stored_nars(data.path()), 1);
+    let staging: Vec<_> = std::fs::read_dir(data.path().join("tmp"))
+        .expect("staging dir")
+        .flatten()
+        .map(|e| e.path())
+        .collect();
+    assert!(staging.is_empty(), "staging files left: {staging:?}");
     let nar_size: u64 = narinfo
         .lines()
         .find_map(|l| l.strip_prefix("NarSize: "))

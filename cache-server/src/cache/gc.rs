@@ -99,6 +99,13 @@ impl Cache {
         let Some(guard) = self.acquire("gc", ttl, lock_wait).await? else {
             return Ok(GcReport::default());
         };
+        // Kept through lock-service blips; the pass stops between steps once it is lost.
+        let keeper = crate::lock::Keeper::spawn(
+            std::sync::Arc::new(guard),
+            "gc",
+            ttl,
+            self.metrics.lock_extensions.clone(),
+        );
         report_swept(self.sweep_inflight().await?);
         let size_before = self.db.total_nar_size().await?;
         let mut report = GcReport {
@@ -132,7 +139,7 @@ impl Cache {
                     size = size.saturating_sub(self.db.nar_size(&nar_file).await?.unwrap_or(0));
                 }
             }
-            guard.extend(ttl).await?;
+            keeper.check()?;
         }
         if !unreferenced.is_empty() {
             // Every replica's memory forgets the narinfos within the grace period, and clients
@@ -140,10 +147,11 @@ impl Cache {
             let until = Instant::now() + grace;
             while Instant::now() < until {
                 tokio::time::sleep((until - Instant::now()).min(ttl / 3)).await;
-                guard.extend(ttl).await?;
+                keeper.check()?;
             }
         }
         for nar_file in unreferenced {
+            keeper.check()?;
             // Referred to again meanwhile (the path was asked for anew): keep it.
             if self.db.nar_references(&nar_file).await? > 0 {
                 continue;
@@ -178,7 +186,7 @@ impl Cache {
         if let Some(rest) = min_hold.checked_sub(started.elapsed()) {
             tokio::time::sleep(rest).await;
         }
-        drop(guard);
+        drop(keeper);
         Ok(report)
     }
 }

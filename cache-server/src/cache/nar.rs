@@ -22,6 +22,7 @@ use tracing::{info, instrument, warn};
 use super::verify::Verifier;
 use super::Cache;
 use crate::db::NarInfoRecord;
+use crate::lock::Keeper;
 use crate::nix::{NarFile, NarInfo};
 use crate::storage::{nar_key, ByteRange, Object, StorageError};
 use crate::upstream::{upstream_error_kind, UpstreamError};
@@ -90,15 +91,6 @@ enum DownloadError {
     Storage(#[from] StorageError),
     #[error("lock: {0}")]
     Lock(#[from] crate::lock::LockError),
-}
-
-/// Stops the lock keeper when the download ends, however it ends.
-struct KeepAlive(tokio::task::JoinHandle<()>);
-
-impl Drop for KeepAlive {
-    fn drop(&mut self) {
-        self.0.abort();
-    }
 }
 
 /// Removes the staging file unless disarmed.
@@ -357,29 +349,31 @@ impl Cache {
         if self.storage.size(&key).await?.is_some() {
             return Ok(Phase::Stored);
         }
-        // Keep the lock while the download runs, pauses included; if it cannot be kept, the
-        // check before the commit fails.
+        // Keep the lock while the download runs, pauses and lock-service blips included; once
+        // it is lost, the download stops before committing anything.
         let guard = Arc::new(guard);
-        let _keeper = KeepAlive(tokio::spawn({
-            let guard = guard.clone();
-            async move {
-                loop {
-                    tokio::time::sleep(ttl / 3).await;
-                    if guard.extend(ttl).await.is_err() {
-                        break;
-                    }
-                }
-            }
-        }));
+        let keeper = Keeper::spawn(
+            guard.clone(),
+            &lock_name,
+            ttl,
+            self.metrics.lock_extensions.clone(),
+        );
 
         let info =
             NarInfo::parse(&record.narinfo).map_err(|e| DownloadError::Record(e.to_string()))?;
         let url = Url::parse(&record.upstream_nar_url)
             .map_err(|e| DownloadError::Record(e.to_string()))?;
         let mut verifier = Verifier::new(&info)?;
-        let upstream = self
-            .upstream_for(&url)
-            .ok_or_else(|| DownloadError::Record("no upstream configured".into()))?;
+        let Some(upstream) = self.upstream_for(&url) else {
+            self.metrics
+                .refused
+                .with_label_values(&["upstream", "nar_url"])
+                .inc();
+            return Err(DownloadError::Record(format!(
+                "no configured upstream serves {}",
+                crate::upstream::http::redact(&url)
+            )));
+        };
         let mut response = upstream.nar(&url).await?.ok_or(DownloadError::Gone)?;
         let expected = verifier.expected_file_size();
         if let (Some(got), Some(want)) = (response.length, expected) {
@@ -410,6 +404,7 @@ impl Cache {
                 Ok(None) => break,
                 Ok(Some(chunk)) => chunk?,
             };
+            keeper.check()?;
             self.metrics
                 .upstream_bytes
                 .with_label_values(&[upstream.label()])
@@ -433,7 +428,7 @@ impl Cache {
         out.sync_all().await?;
         drop(out);
         // A holder whose lock expired (and may have passed to another replica) must not commit.
-        guard.extend(self.settings.lock_ttl).await?;
+        keeper.confirm().await?;
         self.storage.put_file(&key, &path).await?;
         staged.0 = None;
         if let Some(p) = publisher {
@@ -447,18 +442,16 @@ impl Cache {
                 .inc();
             warn!(error = %e, "could not record stored NAR");
         }
+        drop(keeper);
         drop(guard);
         Ok(Phase::Complete { size })
     }
 
-    /// The upstream a NAR URL belongs to (its URL is under the upstream's), else the first one:
-    /// the URL is what matters, the upstream only lends its client and timeouts.
+    /// The upstream a NAR URL is under, whose client fetches it; `None` when no configured
+    /// upstream serves it (its narinfo came from an upstream since removed): then nothing is
+    /// fetched, since no other upstream vouched for that URL.
     fn upstream_for(&self, url: &Url) -> Option<Arc<crate::upstream::HttpUpstream>> {
-        let all = self.upstreams.all();
-        all.iter()
-            .find(|u| url.as_str().starts_with(u.url().as_str()))
-            .or_else(|| all.first())
-            .cloned()
+        self.upstreams.all().iter().find(|u| u.serves(url)).cloned()
     }
 }
 

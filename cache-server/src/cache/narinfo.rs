@@ -119,8 +119,12 @@ impl Cache {
                             .inc();
                         return Some(body);
                     }
-                    Err(AcceptError::Unverifiable(e)) => {
-                        warn!(upstream = upstream.label(), error = %e, "narinfo rejected");
+                    Err(AcceptError::Refused(reason, e)) => {
+                        self.metrics
+                            .refused
+                            .with_label_values(&["upstream", reason])
+                            .inc();
+                        warn!(upstream = upstream.label(), reason, error = %e, "narinfo refused");
                     }
                     Err(AcceptError::Backend(e)) => {
                         self.metrics
@@ -157,10 +161,10 @@ impl Cache {
         hash: StoreHash,
         info: NarInfo,
     ) -> Result<Bytes, AcceptError> {
-        verifiable(&info).map_err(|e| AcceptError::Unverifiable(e.to_string()))?;
+        verifiable(&info).map_err(|e| AcceptError::Refused("unverifiable", e.to_string()))?;
         let nar_url = upstream
             .nar_url(&info.url)
-            .map_err(|e: UpstreamError| AcceptError::Unverifiable(e.to_string()))?;
+            .map_err(|e: UpstreamError| AcceptError::Refused("nar_url", e.to_string()))?;
         // NARs are named by their file hash; without one, by the NAR hash (any file that
         // decompresses to it is right, so FileSize of the upstream's file no longer applies).
         let file = NarFile {
@@ -218,6 +222,7 @@ impl Cache {
 }
 
 enum AcceptError {
-    Unverifiable(String),
+    /// Not kept, for this reason (a metric label).
+    Refused(&'static str, String),
     Backend(String),
 }

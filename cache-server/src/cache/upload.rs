@@ -88,8 +88,10 @@ impl Cache {
         let key = nar_key(file);
         if self.storage.size(&key).await.map_err(backend)? != Some(size) {
             self.storage.put_file(&key, &path).await.map_err(backend)?;
+            // Committed: the file is storage's now.
+            staged.0 = None;
         }
-        staged.0 = None;
+        // Otherwise the same bytes are stored already, and `staged` removes this copy.
         self.db
             .put_nar(&file.file_name(), size, unix_now())
             .await

@@ -102,7 +102,8 @@ pub struct ServeArgs {
     #[arg(long, env = "NIXCACHE_DATA_DIR", value_name = "DIR")]
     pub data_dir: Option<PathBuf>,
 
-    /// Upstream binary cache, repeatable: `URL[,priority=N][,key=NAME:KEY]...[,trust-unsigned]`.
+    /// Upstream binary cache, repeatable:
+    /// `URL[,priority=N][,key=NAME:KEY]...[,trust-unsigned][,cross-origin-redirects]`.
     /// Without `priority=` its nix-cache-info decides (default 50); without `key=` the
     /// --upstream-key keys apply; `trust-unsigned` accepts narinfos without a trusted signature.
     /// In the environment, separate several with spaces. [default: https://cache.nixos.org]

@@ -38,6 +38,7 @@ pub(super) fn parse_upstream(
         priority: None,
         keys: Vec::new(),
         trust_unsigned: false,
+        cross_origin_redirects: false,
     };
     for opt in parts {
         match opt.split_once('=') {
@@ -52,10 +53,14 @@ pub(super) fn parse_upstream(
                     .map_err(|e| invalid("upstream", format!("key {}: {e}", key_name(k))))?,
             ),
             None if opt == "trust-unsigned" => config.trust_unsigned = true,
+            None if opt == "cross-origin-redirects" => config.cross_origin_redirects = true,
             _ => {
                 return Err(invalid(
                     "upstream",
-                    format!("unknown option {opt:?} (priority=N, key=NAME:KEY, trust-unsigned)"),
+                    format!(
+                        "unknown option {opt:?} (priority=N, key=NAME:KEY, trust-unsigned, \
+                         cross-origin-redirects)"
+                    ),
                 ))
             }
         }

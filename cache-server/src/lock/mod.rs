@@ -2,6 +2,7 @@
 //! `LocalLock` serves one process; a distributed implementation serves many replicas.
 
 mod fallback;
+mod keeper;
 mod local;
 mod redis;
 
@@ -10,6 +11,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 
 pub use fallback::FallbackLock;
+pub use keeper::Keeper;
 pub use local::LocalLock;
 pub use redis::RedisLock;
 
@@ -19,6 +21,12 @@ pub enum LockError {
     Unavailable(String),
     #[error("lock {0} was lost (expired and possibly taken by another holder)")]
     Lost(String),
+}
+
+/// Clock drift allowance of the Redlock algorithm: 1% of the TTL plus 2 ms. A lock is valid for
+/// its TTL less this from the moment its acquisition or extension was sent.
+pub(crate) fn drift(ttl: Duration) -> Duration {
+    ttl / 100 + Duration::from_millis(2)
 }
 
 /// A held lock. Dropping it releases the lock.

@@ -12,7 +12,7 @@ use bb8_redis::redis;
 use bb8_redis::RedisConnectionManager;
 use redis::aio::MultiplexedConnection;
 
-use super::{Guard, Held, Lock, LockError};
+use super::{drift, Guard, Held, Lock, LockError};
 
 const KEY_PREFIX: &str = "nixcache:lock:";
 const RELEASE: &str = r#"if redis.call("get", KEYS[1]) == ARGV[1] then return redis.call("del", KEYS[1]) else return 0 end"#;
@@ -132,11 +132,6 @@ fn redact(text: &str, url: &str) -> String {
         Some(pw) if !pw.is_empty() => text.replace(&pw, "REDACTED"),
         _ => text.to_string(),
     }
-}
-
-/// Clock drift allowance of the Redlock algorithm: 1% of the TTL plus 2 ms.
-fn drift(ttl: Duration) -> Duration {
-    ttl / 100 + Duration::from_millis(2)
 }
 
 fn new_token() -> String {

@@ -83,6 +83,21 @@ impl fmt::Debug for Sha256Hash {
 }
 
 /// Cuts untrusted input short before it is put into an error message.
+/// Whether `s` is a bare digest of `size` bytes in one of the encodings Nix accepts for it: base16,
+/// nix32 or base64 (padded), told apart by length as Nix does.
+pub fn is_digest_of_size(s: &str, size: usize) -> bool {
+    let base64_len = (4 * size).div_ceil(3).next_multiple_of(4);
+    if s.len() == 2 * size {
+        s.bytes().all(|c| c.is_ascii_hexdigit())
+    } else if s.len() == base32::encoded_len(size) {
+        base32::decode_exact(s, size).is_some()
+    } else if s.len() == base64_len {
+        BASE64.decode(s).is_ok_and(|v| v.len() == size)
+    } else {
+        false
+    }
+}
+
 pub(crate) fn truncate(s: &str) -> String {
     s.chars().take(80).collect()
 }

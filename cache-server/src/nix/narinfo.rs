@@ -63,6 +63,48 @@ fn set<T>(slot: &mut Option<T>, field: &'static str, value: T) -> Result<(), Nar
     Ok(())
 }
 
+/// What Nix writes, and reads, for a path without a known deriver.
+const UNKNOWN_DERIVER: &str = "unknown-deriver";
+
+/// `[A-Za-z0-9-]+`: how every narinfo field Nix writes is named.
+fn is_field_name(key: &str) -> bool {
+    !key.is_empty() && key.bytes().all(|c| c.is_ascii_alphanumeric() || c == b'-')
+}
+
+/// A store path's base name `<hash>-<name>`, as Nix's `StorePath` constructor accepts it.
+fn is_base_name(s: &str) -> bool {
+    // The store directory only matters for full paths; any canonical one will do here.
+    StorePath::from_base_name("/nix/store", s).is_ok()
+}
+
+/// A content address as Nix 2.8 and current Nix both parse it (content-address.cc):
+/// `text:sha256:<hash>`, or `fixed:[r:]<md5|sha1|sha256|sha512>:<hash>`, the hash in base16,
+/// nix32 or base64 of that algorithm's length. (Git-hashed `fixed:git:` is newer than 2.8.)
+fn is_content_address(s: &str) -> bool {
+    let (algo, digest) = if let Some(rest) = s.strip_prefix("text:") {
+        match rest.split_once(':') {
+            Some(("sha256", digest)) => ("sha256", digest),
+            _ => return false,
+        }
+    } else if let Some(rest) = s.strip_prefix("fixed:") {
+        let rest = rest.strip_prefix("r:").unwrap_or(rest);
+        match rest.split_once(':') {
+            Some(parts) => parts,
+            None => return false,
+        }
+    } else {
+        return false;
+    };
+    let size = match algo {
+        "md5" => 16,
+        "sha1" => 20,
+        "sha256" => 32,
+        "sha512" => 64,
+        _ => return false,
+    };
+    super::hash::is_digest_of_size(digest, size)
+}
+
 fn parse_u64(field: &'static str, v: &str) -> Result<u64, NarInfoError> {
     // `u64::from_str` accepts a leading '+'; Nix writes plain digits only.
     if v.is_empty() || !v.bytes().all(|c| c.is_ascii_digit()) {
@@ -99,10 +141,11 @@ impl NarInfo {
             if line.chars().any(char::is_control) {
                 return Err(NarInfoError::Line(i + 1));
             }
-            let (key, value) = match line.split_once(": ") {
-                Some(kv) => kv,
-                None => (line.strip_suffix(':').ok_or(NarInfoError::Line(i + 1))?, ""),
-            };
+            // Nix (nar-info.cc) splits at the first `:` and takes the value from two bytes
+            // after it, whatever the byte between. Reading the same way, and requiring that
+            // byte to be a space, means no line can mean one field here and another to Nix.
+            let (key, rest) = line.split_once(':').ok_or(NarInfoError::Line(i + 1))?;
+            let value = rest.strip_prefix(' ').ok_or(NarInfoError::Line(i + 1))?;
             match key {
                 "StorePath" => {
                     let p = StorePath::parse(value).map_err(|_| invalid("StorePath", value))?;
@@ -138,10 +181,24 @@ impl NarInfo {
                         .collect();
                     set(&mut references, "References", refs)?
                 }
-                "Deriver" => set(&mut deriver, "Deriver", value.to_string())?,
+                "Deriver" => {
+                    // Nix reads a Deriver as a store path's base name, `unknown-deriver` as none.
+                    if value != UNKNOWN_DERIVER && !is_base_name(value) {
+                        return Err(invalid("Deriver", value));
+                    }
+                    set(&mut deriver, "Deriver", value.to_string())?
+                }
                 "Sig" => sigs.push(value.to_string()),
-                "CA" => set(&mut ca, "CA", value.to_string())?,
-                _ => extra.push((key.to_string(), value.to_string())),
+                "CA" => {
+                    if !is_content_address(value) {
+                        return Err(invalid("CA", value));
+                    }
+                    set(&mut ca, "CA", value.to_string())?
+                }
+                // Nix ignores fields it does not know; those named like its own are kept, others
+                // (spaces, punctuation) are nobody's and are dropped.
+                _ if is_field_name(key) => extra.push((key.to_string(), value.to_string())),
+                _ => {}
             }
         }
 
@@ -350,6 +407,97 @@ mod tests {
             vec![("IpfsCid".to_string(), "Qmf8".to_string())]
         );
         assert_eq!(info.to_text(), text);
+    }
+
+    #[test]
+    fn keys_split_at_the_first_colon_as_nix_does() {
+        // Nix reads `NarHash:X…` as a NarHash line whose value starts two bytes after the colon:
+        // such a line must not pass here as an unknown field and be served for Nix to misread.
+        let sneaky = format!(
+            "{HELLO}NarHash:Xsha256:1ddv0iqq47j0awyw7a8dmm8bz71c6ifrliq53kmmsfzjxf3rwvb8: \n"
+        );
+        assert_eq!(NarInfo::parse(&sneaky), Err(NarInfoError::Line(11)));
+        for line in ["Sig:x\n", "Deriver:\n", "References:\n"] {
+            let text = format!("{HELLO}{line}");
+            assert_eq!(
+                NarInfo::parse(&text),
+                Err(NarInfoError::Line(11)),
+                "{line:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn unknown_fields_not_named_like_nix_fields_are_dropped() {
+        let text = format!("{HELLO}Odd Key: 1\nX_Y: 2\nSystem: x86_64-linux\n");
+        let info = NarInfo::parse(&text).expect("parses");
+        assert_eq!(
+            info.extra,
+            vec![("System".to_string(), "x86_64-linux".to_string())]
+        );
+        assert_eq!(info.to_text(), format!("{HELLO}System: x86_64-linux\n"));
+    }
+
+    #[test]
+    fn deriver_is_a_base_name_or_unknown() {
+        let with = |d: &str| {
+            HELLO.replace(
+                "Deriver: 5sj6fdfym58sdaf3r5p87v4l8sj2zlvn-hello-2.10.drv",
+                &format!("Deriver: {d}"),
+            )
+        };
+        assert!(HELLO.contains("\nDeriver: "));
+        for good in [
+            "unknown-deriver",
+            "5sj6fdfym58sdaf3r5p87v4l8sj2zlvn-hello-2.10.drv",
+        ] {
+            assert!(NarInfo::parse(&with(good)).is_ok(), "{good}");
+        }
+        for bad in [
+            "not/a-path",
+            "short",
+            "",
+            "5sj6fdfym58sdaf3r5p87v4l8sj2zlvn-",
+            "/nix/store/5sj6fdfym58sdaf3r5p87v4l8sj2zlvn-hello.drv",
+        ] {
+            assert_eq!(
+                NarInfo::parse(&with(bad)),
+                Err(invalid("Deriver", bad)),
+                "{bad:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn content_addresses_in_the_forms_nix_reads() {
+        let sha256 = "1ddv0iqq47j0awyw7a8dmm8bz71c6ifrliq53kmmsfzjxf3rwvb8";
+        let hex = "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855";
+        let b64 = "47DEQpj8HBSa+/TImW+5JCeuQeRkm5NMpJWZG3hSuFU=";
+        for good in [
+            format!("text:sha256:{sha256}"),
+            format!("fixed:r:sha256:{sha256}"),
+            format!("fixed:sha256:{hex}"),
+            format!("fixed:r:sha256:{b64}"),
+            "fixed:sha1:0000000000000000000000000000000000000000".to_string(),
+            "fixed:md5:d41d8cd98f00b204e9800998ecf8427e".to_string(),
+        ] {
+            let text = format!("{HELLO}CA: {good}\n");
+            let info = NarInfo::parse(&text).expect(&good);
+            assert_eq!(info.ca.as_deref(), Some(good.as_str()));
+        }
+        for bad in [
+            "".to_string(),
+            "sha256:x".to_string(),
+            format!("text:sha1:{sha256}"),
+            format!("text:r:sha256:{sha256}"),
+            format!("fixed:git:sha1:{sha256}"),
+            format!("fixed:r:sha256:{}", &sha256[1..]),
+            format!("fixed:sha512:{sha256}"),
+            format!("source:sha256:{sha256}"),
+        ] {
+            let text = format!("{HELLO}CA: {bad}\n");
+            assert_eq!(NarInfo::parse(&text), Err(invalid("CA", &bad)), "{bad:?}");
+        }
     }
 
     #[test]

@@ -8,6 +8,7 @@ use futures_util::stream::BoxStream;
 use futures_util::StreamExt;
 use reqwest::{StatusCode, Url};
 
+use super::origin;
 use crate::nix::narinfo::MAX_NARINFO_BYTES;
 use crate::nix::{CacheInfo, NarInfo, PublicKey, StoreHash};
 
@@ -25,6 +26,9 @@ pub struct UpstreamConfig {
     pub keys: Vec<PublicKey>,
     /// Accept narinfos without a valid signature from a trusted key.
     pub trust_unsigned: bool,
+    /// Follow redirects to other origins (a CDN, presigned S3 URLs); never to internal addresses
+    /// unless the upstream is on one itself. Off: redirects stay at the upstream's origin.
+    pub cross_origin_redirects: bool,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -39,6 +43,8 @@ pub enum UpstreamError {
     Invalid { url: String, message: String },
     #[error("{url}: no signature by a trusted key")]
     Untrusted { url: String },
+    #[error("{url}: NAR URL {nar_url} is not under this upstream")]
+    Elsewhere { url: String, nar_url: String },
 }
 
 /// A NAR response whose headers have arrived.
@@ -65,22 +71,34 @@ pub enum Lookup {
 }
 
 impl HttpUpstream {
+    /// An upstream with its own client, built from `client` (user agent, timeouts) with this
+    /// upstream's redirect rules ([`super::origin`]).
     pub fn new(
         config: UpstreamConfig,
-        client: reqwest::Client,
+        client: reqwest::ClientBuilder,
         first_byte_timeout: Duration,
         store_dir: &str,
         metrics: crate::metrics::Metrics,
-    ) -> Self {
+    ) -> Result<Self, reqwest::Error> {
+        let refused = metrics.refused.with_label_values(&["upstream", "redirect"]);
+        let mut client = client.redirect(origin::redirect_policy(
+            &config.url,
+            config.cross_origin_redirects,
+            refused,
+        ));
+        if origin::needs_guarded_resolver(&config.url, config.cross_origin_redirects) {
+            client = client.dns_resolver(origin::GuardedResolver::new(&config.url));
+        }
+        let client = client.build()?;
         let learned = config.priority.unwrap_or(UNKNOWN_PRIORITY);
-        Self {
+        Ok(Self {
             metrics,
             config,
             client,
             first_byte_timeout,
             store_dir: store_dir.to_string(),
             learned_priority: AtomicU32::new(learned),
-        }
+        })
     }
 
     pub fn url(&self) -> &Url {
@@ -246,9 +264,22 @@ impl HttpUpstream {
     }
 
     /// The absolute URL of a narinfo's NAR: its `URL` field resolved against this upstream, as an
-    /// opaque reference.
+    /// opaque reference, which must stay under this upstream's base URL (the field is not
+    /// covered by signatures; an absolute or `//host/` URL could point anywhere).
     pub fn nar_url(&self, narinfo_url: &str) -> Result<Url, UpstreamError> {
-        self.join(narinfo_url)
+        let url = self.join(narinfo_url)?;
+        if !self.serves(&url) {
+            return Err(UpstreamError::Elsewhere {
+                url: redact(&self.config.url),
+                nar_url: redact(&url),
+            });
+        }
+        Ok(url)
+    }
+
+    /// Whether `url` is under this upstream's base URL.
+    pub fn serves(&self, url: &Url) -> bool {
+        origin::under_base(&self.config.url, url)
     }
 
     /// Starts downloading a NAR. Headers must arrive within the first-byte timeout; the caller
@@ -280,9 +311,13 @@ impl HttpUpstream {
     }
 }
 
-/// A URL for logs and errors: without password or query string, which may carry credentials.
+/// A URL for logs and errors: without user name, password or query string, any of which may
+/// carry credentials (a token is often given as the user name).
 pub fn redact(url: &Url) -> String {
     let mut u = url.clone();
+    if !u.username().is_empty() {
+        let _ = u.set_username("REDACTED");
+    }
     if u.password().is_some() {
         let _ = u.set_password(Some("REDACTED"));
     }

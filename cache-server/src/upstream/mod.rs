@@ -1,6 +1,7 @@
 //! Upstream binary caches, asked in priority order.
 
 pub mod http;
+pub mod origin;
 
 pub use http::{HttpUpstream, UpstreamConfig, UpstreamError};
 
@@ -37,5 +38,6 @@ pub fn upstream_error_kind(e: &UpstreamError) -> &'static str {
         UpstreamError::Status { .. } => "status",
         UpstreamError::Invalid { .. } => "invalid",
         UpstreamError::Untrusted { .. } => "untrusted",
+        UpstreamError::Elsewhere { .. } => "nar_url",
     }
 }

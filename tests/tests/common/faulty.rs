@@ -9,7 +9,7 @@ use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Mode {
     Normal,
     /// NAR bodies have one byte flipped in the middle.
@@ -24,6 +24,9 @@ pub enum Mode {
     Hang,
     /// NARs are sent in 64 KiB pieces with this pause between them.
     SlowNar(Duration),
+    /// NAR requests are answered `302 Found` to `<this URL>/r<path>`. (Every server here
+    /// serves `/r/<path>` as `/<path>`, so a redirect to one of them is followed by the file.)
+    Redirect(String),
 }
 
 struct State {
@@ -47,7 +50,17 @@ impl Drop for FaultyUpstream {
 
 impl FaultyUpstream {
     pub async fn start(cache: PathBuf, untrusted: PathBuf, mode: Mode) -> Self {
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        Self::start_on("127.0.0.1".parse().expect("ip"), cache, untrusted, mode).await
+    }
+
+    /// Listens on `ip` (any free port) instead of loopback.
+    pub async fn start_on(
+        ip: std::net::IpAddr,
+        cache: PathBuf,
+        untrusted: PathBuf,
+        mode: Mode,
+    ) -> Self {
+        let listener = TcpListener::bind((ip, 0)).await.expect("bind");
         let url = format!("http://{}", listener.local_addr().expect("addr"));
         let state = Arc::new(State {
             cache,
@@ -78,6 +91,11 @@ impl FaultyUpstream {
             .copied()
             .unwrap_or(0)
     }
+
+    /// How many requests arrived, for any path.
+    pub fn total_hits(&self) -> usize {
+        self.state.hits.lock().expect("hits").values().sum()
+    }
 }
 
 async fn serve(mut conn: TcpStream, state: Arc<State>) {
@@ -98,12 +116,27 @@ async fn serve(mut conn: TcpStream, state: Arc<State>) {
             .expect("hits")
             .entry(path.clone())
             .or_default() += 1;
-        let mode = *state.mode.lock().expect("mode");
+        let mode = state.mode.lock().expect("mode").clone();
         if mode == Mode::Hang {
             tokio::time::sleep(Duration::from_secs(600)).await;
             return;
         }
         let rel = path.trim_start_matches('/');
+        let (redirected, rel) = match rel.strip_prefix("r/") {
+            Some(rest) => (true, rest),
+            None => (false, rel),
+        };
+        if let Mode::Redirect(target) = &mode {
+            if rel.starts_with("nar/") && !redirected {
+                let head = format!(
+                    "HTTP/1.1 302 Found\r\nLocation: {target}/r/{rel}\r\nContent-Length: 0\r\n\r\n"
+                );
+                if conn.write_all(head.as_bytes()).await.is_err() {
+                    return;
+                }
+                continue;
+            }
+        }
         let is_narinfo = rel.ends_with(".narinfo");
         let dir = if is_narinfo && mode == Mode::UntrustedSig {
             &state.untrusted

@@ -361,3 +361,24 @@ pub fn store_contents(store: &Path) -> Vec<String> {
     v.sort();
     v
 }
+
+/// `/metrics` of `url`.
+pub async fn metrics(url: &str) -> String {
+    reqwest::get(format!("{url}/metrics"))
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .expect("body")
+}
+
+/// The value of the sample `name` carrying every one of `labels` (`key="value"`) in a metrics text.
+pub fn sample(text: &str, name: &str, labels: &[&str]) -> Option<f64> {
+    text.lines()
+        .find(|l| {
+            let (series, _) = l.split_once(' ').unwrap_or_default();
+            series.split('{').next() == Some(name) && labels.iter().all(|x| series.contains(x))
+        })
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+}

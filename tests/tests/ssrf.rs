@@ -1,0 +1,267 @@
+//! What an upstream controls — a narinfo's `URL` field (not covered by signatures) and its
+//! redirects — must not make nixcache fetch from any other host: an "internal" server beside the
+//! upstream must never see a request.
+
+mod common;
+
+use std::net::IpAddr;
+use std::path::Path;
+
+use common::{fixture, metrics, sample, FaultyUpstream, Fixture, Mode, NixClient, Nixcache};
+
+/// Copies the fixture cache into `dir` (files only; it is flat but for `nar/`).
+fn copy_cache(from: &Path, to: &Path) {
+    for entry in walk(from) {
+        let rel = entry.strip_prefix(from).expect("under");
+        let dest = to.join(rel);
+        std::fs::create_dir_all(dest.parent().expect("parent")).expect("mkdir");
+        std::fs::copy(&entry, &dest).expect("copy");
+    }
+}
+
+fn walk(dir: &Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).expect("read_dir").flatten() {
+        let p = e.path();
+        if p.is_dir() {
+            out.extend(walk(&p));
+        } else {
+            out.push(p);
+        }
+    }
+    out
+}
+
+/// Replaces the `URL:` line of `path`'s narinfo in the cache at `dir`.
+fn set_url(dir: &Path, path: &str, url: &str) {
+    let file = dir.join(format!("{}.narinfo", Fixture::hash_of(path)));
+    let text = std::fs::read_to_string(&file).expect("narinfo");
+    let text: String = text
+        .lines()
+        .map(|l| {
+            if l.starts_with("URL: ") {
+                format!("URL: {url}\n")
+            } else {
+                format!("{l}\n")
+            }
+        })
+        .collect();
+    std::fs::write(&file, text).expect("write narinfo");
+}
+
+async fn status(url: &str) -> u16 {
+    reqwest::get(url).await.expect("request").status().as_u16()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn nar_urls_outside_the_upstream_are_refused() {
+    let fx = fixture();
+    let tmp = tempfile::tempdir().expect("tempdir");
+    // The internal server holds the real NARs: any request reaching it is a fetch nixcache was
+    // talked into.
+    let internal =
+        FaultyUpstream::start(fx.cache.clone(), fx.cache_untrusted.clone(), Mode::Normal).await;
+    let internal_host = internal.url.trim_start_matches("http://").to_string();
+    // The upstream serves the cache under /sub/, with the NARs also at /nar/ outside that base.
+    let root = tmp.path().join("root");
+    copy_cache(&fx.cache, &root.join("sub"));
+    copy_cache(&fx.cache.join("nar"), &root.join("nar"));
+    let sub = root.join("sub");
+    let nar_of = |p: &str| Fixture::nar_url(&fx.narinfo(p));
+    let (absolute, escaping, good) = (&fx.paths[0], &fx.paths[1], &fx.paths[2]);
+    set_url(
+        &sub,
+        absolute,
+        &format!("{}/{}", internal.url, nar_of(absolute)),
+    );
+    set_url(&sub, escaping, &format!("../{}", nar_of(escaping)));
+    let upstream =
+        FaultyUpstream::start(root.clone(), fx.cache_untrusted.clone(), Mode::Normal).await;
+    let base = format!("{}/sub/", upstream.url);
+    let cache = Nixcache::in_front_of(
+        &tmp.path().join("data"),
+        &base,
+        &fx.key,
+        &["--negative-ttl", "1s"],
+    )
+    .await;
+
+    for p in [absolute, escaping] {
+        let hash = Fixture::hash_of(p);
+        assert_eq!(
+            status(&format!("{}/{hash}.narinfo", cache.url)).await,
+            404,
+            "{p}"
+        );
+        // Asked again: still refused, from the negative cache.
+        assert_eq!(status(&format!("{}/{hash}.narinfo", cache.url)).await, 404);
+    }
+    // The first path again, once forgotten, now named by a scheme-relative URL.
+    set_url(
+        &sub,
+        absolute,
+        &format!("//{internal_host}/{}", nar_of(absolute)),
+    );
+    tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
+    let hash = Fixture::hash_of(absolute);
+    assert_eq!(status(&format!("{}/{hash}.narinfo", cache.url)).await, 404);
+    // A narinfo that stays under the base is served, and its NAR fetched from the upstream.
+    let hash = Fixture::hash_of(good);
+    let r = reqwest::get(format!("{}/{hash}.narinfo", cache.url))
+        .await
+        .expect("narinfo");
+    assert_eq!(r.status(), 200);
+    let served = r.text().await.expect("body");
+    let nar = reqwest::get(format!("{}/{}", cache.url, Fixture::nar_url(&served)))
+        .await
+        .expect("nar");
+    assert_eq!(nar.status(), 200);
+    let body = nar.bytes().await.expect("nar body");
+    assert_eq!(
+        body.as_ref(),
+        std::fs::read(fx.cache.join(nar_of(good))).expect("nar")
+    );
+
+    assert_eq!(internal.total_hits(), 0, "the internal server was asked");
+    assert_eq!(upstream.hits(&format!("/{}", nar_of(escaping))), 0);
+    let text = metrics(&cache.url).await;
+    assert_eq!(
+        sample(
+            &text,
+            "nixcache_refused_total",
+            &[r#"source="upstream""#, r#"reason="nar_url""#]
+        ),
+        Some(3.0),
+        "{text}"
+    );
+    let logs = cache.logs();
+    assert_eq!(logs.matches("narinfo refused").count(), 3, "{logs}");
+    assert!(logs.contains("is not under this upstream"), "{logs}");
+
+    // The real Nix client sees a path that is not there, not a corrupt narinfo.
+    let client = NixClient::new();
+    let out = client
+        .copy_closure(
+            &cache.url,
+            &tmp.path().join("client-store"),
+            absolute,
+            &cache.public_key().await,
+        )
+        .await;
+    assert!(!out.success);
+    assert!(!out.stderr.contains("corrupt"), "{}", out.stderr);
+    assert_eq!(internal.total_hits(), 0);
+}
+
+/// A non-loopback address of this machine, so that an upstream can be on a host that is not
+/// "internal" while everything still runs here.
+fn external_ip() -> IpAddr {
+    let out = std::process::Command::new("hostname")
+        .arg("-I")
+        .output()
+        .expect("hostname -I");
+    String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .filter_map(|a| a.parse::<IpAddr>().ok())
+        .find(|a| a.is_ipv4() && !a.is_loopback())
+        .expect("this test needs a non-loopback IPv4 address on the machine (hostname -I)")
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn redirects_stay_at_the_upstream_unless_allowed_and_never_go_internal() {
+    let fx = fixture();
+    let (big, rel) = fx.big();
+    let hash = Fixture::hash_of(&big);
+    let want = std::fs::read(fx.cache.join(&rel)).expect("nar");
+    let get_nar = |cache: &Nixcache| {
+        let url = cache.url.clone();
+        async move {
+            let r = reqwest::get(format!("{url}/{hash}.narinfo"))
+                .await
+                .expect("narinfo");
+            assert_eq!(r.status(), 200);
+            let text = r.text().await.expect("body");
+            let nar = reqwest::get(format!("{url}/{}", Fixture::nar_url(&text)))
+                .await
+                .expect("nar");
+            let status = nar.status().as_u16();
+            let body = nar.bytes().await.map(|b| b.to_vec()).unwrap_or_default();
+            (status, body)
+        }
+    };
+    let start = |ip: IpAddr, mode: Mode| {
+        FaultyUpstream::start_on(ip, fx.cache.clone(), fx.cache_untrusted.clone(), mode)
+    };
+    let loopback: IpAddr = "127.0.0.1".parse().expect("ip");
+    let external = external_ip();
+    let internal = start(loopback, Mode::Normal).await;
+
+    // By default a redirect to another origin is refused: the NAR is a 404, nothing is fetched.
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let upstream = start(loopback, Mode::Redirect(internal.url.clone())).await;
+    let cache = Nixcache::in_front_of(&tmp.path().join("a"), &upstream.url, &fx.key, &[]).await;
+    let (status, _) = get_nar(&cache).await;
+    assert_eq!(status, 404);
+    assert_eq!(
+        internal.total_hits(),
+        0,
+        "a cross-origin redirect was followed"
+    );
+    let text = metrics(&cache.url).await;
+    assert!(
+        sample(
+            &text,
+            "nixcache_refused_total",
+            &[r#"source="upstream""#, r#"reason="redirect""#]
+        )
+        .is_some_and(|n| n >= 1.0),
+        "{text}"
+    );
+    assert!(
+        cache.logs().contains("redirect to another origin"),
+        "{}",
+        cache.logs()
+    );
+
+    // A redirect within the upstream's origin is followed.
+    let same = start(loopback, Mode::Normal).await;
+    same.set_mode(Mode::Redirect(same.url.clone()));
+    let cache = Nixcache::in_front_of(&tmp.path().join("b"), &same.url, &fx.key, &[]).await;
+    let (status, body) = get_nar(&cache).await;
+    assert_eq!(status, 200);
+    assert_eq!(body, want);
+    assert_eq!(same.hits(&format!("/r/{rel}")), 1);
+
+    // Allowed cross-origin redirects reach a CDN on another host...
+    let cdn = start(external, Mode::Normal).await;
+    let upstream = start(external, Mode::Redirect(cdn.url.clone())).await;
+    let spec = format!("{},cross-origin-redirects", upstream.url);
+    let cache = Nixcache::in_front_of(&tmp.path().join("c"), &spec, &fx.key, &[]).await;
+    let (status, body) = get_nar(&cache).await;
+    assert_eq!(status, 200);
+    assert_eq!(body, want);
+    assert_eq!(cdn.hits(&format!("/r/{rel}")), 1);
+
+    // ...but never an internal address, by literal or by `localhost`, from an upstream that is
+    // not itself on one.
+    for (i, target) in [
+        internal.url.clone(),
+        internal.url.replace("127.0.0.1", "localhost"),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let upstream = start(external, Mode::Redirect(target.clone())).await;
+        let spec = format!("{},cross-origin-redirects", upstream.url);
+        let dir = tmp.path().join(format!("d{i}"));
+        let cache = Nixcache::in_front_of(&dir, &spec, &fx.key, &[]).await;
+        let (status, _) = get_nar(&cache).await;
+        assert_eq!(status, 404, "{target}");
+        assert!(
+            cache.logs().contains("redirect to an internal address"),
+            "{}",
+            cache.logs()
+        );
+    }
+    assert_eq!(internal.total_hits(), 0, "an internal address was reached");
+}
