@@ -38,6 +38,25 @@ impl Redis {
         }
     }
 
+    /// Freezes the server (SIGSTOP): connections stay open and nothing is answered, as in a
+    /// stall of the host or the network. `unpause` lets it go on.
+    pub fn pause(&self) {
+        self.signal("-STOP");
+    }
+
+    pub fn unpause(&self) {
+        self.signal("-CONT");
+    }
+
+    fn signal(&self, sig: &str) {
+        let pid = self.child.as_ref().expect("running").id().to_string();
+        let ok = Command::new("kill")
+            .args([sig, &pid])
+            .status()
+            .is_ok_and(|s| s.success());
+        assert!(ok, "kill {sig} {pid}");
+    }
+
     pub fn resume(&mut self) {
         assert!(
             self.try_resume(),
