@@ -20,6 +20,9 @@ use crate::storage::{LocalStorage, S3Storage, Storage};
 use crate::upstream::{HttpUpstream, Upstreams};
 
 const ACCESS_FLUSH_INTERVAL: Duration = Duration::from_secs(10);
+/// How often the stored-NARs gauges are set from the database (between, each replica counts what
+/// it commits and evicts itself).
+const STORAGE_GAUGES_INTERVAL: Duration = Duration::from_secs(60);
 /// How often a replica looks for admin tasks to run (beside being woken when it records one).
 const TASK_POLL_INTERVAL: Duration = Duration::from_secs(1);
 const CACHE_INFO_RETRY: Duration = Duration::from_secs(30);
@@ -194,6 +197,16 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
             }
         })
     };
+    let gauges = {
+        let cache = cache.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(STORAGE_GAUGES_INTERVAL);
+            loop {
+                tick.tick().await;
+                cache.reconcile_storage_gauges().await;
+            }
+        })
+    };
 
     // Admin tasks: recorded by any replica, run by whichever claims them.
     let tasks = Tasks::new(
@@ -271,6 +284,7 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
     stop_tasks.cancel();
     let _ = task_worker.await;
     flusher.abort();
+    gauges.abort();
     cache.flush_access_log().await;
     info!("stopped");
     Ok(())

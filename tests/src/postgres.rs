@@ -112,6 +112,11 @@ impl Postgres {
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
 
+    /// The server's log so far (statements too, once `log_statement` is set).
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("log")).unwrap_or_default()
+    }
+
     /// Stops the server (fast shutdown); `resume` starts it again on the same port with the same data.
     pub fn stop(&self) {
         run(

@@ -173,3 +173,83 @@ async fn metrics_count_exactly_what_happened() {
     );
     assert_eq!(get("nixcache_lock_degraded"), 0.0);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn scrapes_cost_the_database_nothing_and_the_gauges_follow_commits() {
+    let fx = fixture();
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let pg = nixcache_tests::postgres::Postgres::start();
+    let upstream =
+        FaultyUpstream::start(fx.cache.clone(), fx.cache_untrusted.clone(), Mode::Normal).await;
+    let db = pg.url();
+    let cache = Nixcache::in_front_of(
+        &tmp.path().join("data"),
+        &upstream.url,
+        &fx.key,
+        &["--database-url", &db],
+    )
+    .await;
+    let scrape = || async {
+        parse(
+            &reqwest::get(format!("{}/metrics", cache.url))
+                .await
+                .expect("metrics")
+                .text()
+                .await
+                .expect("body"),
+        )
+    };
+    // The gauges are set from the database at start.
+    let start = Instant::now();
+    while !scrape().await.contains_key("nixcache_stored_nars") {
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "no stored-NARs gauge"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(scrape().await["nixcache_stored_nars"], 0.0);
+
+    // Every statement is logged from here on; scrapes must add none about stored NARs.
+    pg.query("ALTER SYSTEM SET log_statement = 'all'");
+    pg.query("SELECT pg_reload_conf()");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    pg.query("SELECT 'scrapes-begin'");
+    for _ in 0..20 {
+        scrape().await;
+    }
+    pg.query("SELECT 'scrapes-end'");
+    let log = pg.log();
+    let during = log
+        .split("scrapes-begin")
+        .nth(1)
+        .and_then(|rest| rest.split("scrapes-end").next())
+        .expect("markers in the PostgreSQL log");
+    assert!(
+        !during.contains("\"nars\"") && !during.contains(" nars"),
+        "scrapes queried the nars table:\n{during}"
+    );
+
+    // A commit shows at once, without a scrape querying anything.
+    let (big, rel) = fx.big();
+    let hash = Fixture::hash_of(&big);
+    let text = reqwest::get(format!("{}/{hash}.narinfo", cache.url))
+        .await
+        .expect("narinfo")
+        .text()
+        .await
+        .expect("body");
+    let nar = reqwest::get(format!("{}/{}", cache.url, Fixture::nar_url(&text)))
+        .await
+        .expect("nar")
+        .bytes()
+        .await
+        .expect("body");
+    assert_eq!(
+        nar.as_ref(),
+        std::fs::read(fx.cache.join(rel)).expect("nar")
+    );
+    let m = scrape().await;
+    assert_eq!(m["nixcache_stored_nars"], 1.0);
+    assert_eq!(m["nixcache_stored_bytes"], nar.len() as f64);
+}

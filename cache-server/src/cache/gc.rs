@@ -163,6 +163,7 @@ impl Cache {
             };
             self.storage.delete(&nar_key(&file)).await?;
             self.db.delete_nar(&nar_file).await?;
+            self.count_stored(-1, bytes);
             report.nars_evicted += 1;
             report.bytes_evicted += bytes;
         }

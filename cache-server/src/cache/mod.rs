@@ -134,8 +134,19 @@ impl Cache {
         }
     }
 
-    /// Updates the stored-NARs gauges from the database (kept as they were if it does not answer).
-    pub async fn refresh_storage_gauges(&self) {
+    /// Counts a change to the stored NARs in the gauges at once (a commit, an eviction); the
+    /// periodic [`Cache::reconcile_storage_gauges`] corrects them for what other replicas did.
+    fn count_stored(&self, nars: i64, bytes: u64) {
+        self.metrics.stored_nars.add(nars);
+        let bytes = i64::try_from(bytes).unwrap_or(i64::MAX);
+        self.metrics
+            .stored_bytes
+            .add(if nars < 0 { -bytes } else { bytes });
+    }
+
+    /// Sets the stored-NARs gauges from the database (kept as they were if it does not answer).
+    /// Run on a timer, never per scrape: `/metrics` must not cost a table scan.
+    pub async fn reconcile_storage_gauges(&self) {
         let query = async {
             Ok::<_, crate::db::DbError>((
                 self.db.nar_count().await?,

@@ -434,7 +434,11 @@ impl Cache {
         if let Some(p) = publisher {
             p.finish().await;
         }
-        if let Err(e) = self.db.put_nar(&file.file_name(), size, unix_now()).await {
+        let recorded = self.db.put_nar(&file.file_name(), size, unix_now()).await;
+        if recorded.is_ok() {
+            self.count_stored(1, size);
+        }
+        if let Err(e) = recorded {
             // The NAR is committed and valid; only its bookkeeping row is missing.
             self.metrics
                 .backend_errors

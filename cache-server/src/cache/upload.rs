@@ -86,7 +86,8 @@ impl Cache {
             )));
         }
         let key = nar_key(file);
-        if self.storage.size(&key).await.map_err(backend)? != Some(size) {
+        let new = self.storage.size(&key).await.map_err(backend)? != Some(size);
+        if new {
             self.storage.put_file(&key, &path).await.map_err(backend)?;
             // Committed: the file is storage's now.
             staged.0 = None;
@@ -96,6 +97,9 @@ impl Cache {
             .put_nar(&file.file_name(), size, unix_now())
             .await
             .map_err(backend)?;
+        if new {
+            self.count_stored(1, size);
+        }
         self.metrics.uploads.with_label_values(&["nar"]).inc();
         info!(file = %file, size, "NAR uploaded");
         Ok(())

@@ -39,7 +39,6 @@ pub async fn pubkey(state: web::Data<AppState>) -> HttpResponse {
 }
 
 pub async fn metrics(state: web::Data<AppState>) -> HttpResponse {
-    state.cache.refresh_storage_gauges().await;
     HttpResponse::Ok()
         .insert_header((
             CONTENT_TYPE,
