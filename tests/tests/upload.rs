@@ -300,6 +300,19 @@ async fn uploads_that_contradict_themselves_are_refused() {
         .unwrap_or(413);
     assert_eq!(status, 413);
     assert_eq!(stored_nars(small_data.path()), 0);
+    // Build logs, realisations and build traces are held in memory: a limit of their own, far
+    // below the NAR limit. The default cache accepts 8 GiB NARs but not a 17 MiB log.
+    let log_put = |base: String, body: Vec<u8>| {
+        let req = client
+            .put(format!(
+                "{base}/log/5sj6fdfym58sdaf3r5p87v4l8sj2zlvn-hello-2.10.drv"
+            ))
+            .bearer_auth(TOKEN)
+            .body(body);
+        async move { req.send().await.map(|r| r.status().as_u16()).unwrap_or(413) }
+    };
+    assert_eq!(log_put(cache.url.clone(), vec![b'x'; 17 << 20]).await, 413);
+    assert_eq!(log_put(cache.url.clone(), vec![b'x'; 1 << 20]).await, 201);
 
     // Healthy after all of it, and the token never reached the log.
     assert_eq!(status_of_health(&cache.url).await, 200);

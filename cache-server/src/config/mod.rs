@@ -263,9 +263,14 @@ pub struct ServeArgs {
     #[serde(rename = "upload-trusted-key")]
     pub upload_trusted_keys: Vec<String>,
 
-    /// Largest upload accepted (a NAR file), e.g. `8G`. [default: 8G]
+    /// Largest upload accepted (a NAR file), e.g. `8GiB`, `500MiB` (`G`, `M` are powers of 1000). [default: 8GiB]
     #[arg(long, env = "NIXCACHE_MAX_UPLOAD_SIZE", value_name = "SIZE")]
     pub max_upload_size: Option<String>,
+
+    /// Largest build log, realisation or build-trace upload; these are held in memory while they
+    /// arrive. [default: 16MiB]
+    #[arg(long, env = "NIXCACHE_MAX_LOG_UPLOAD_SIZE", value_name = "SIZE")]
+    pub max_log_upload_size: Option<String>,
 
     /// Token every read needs (HTTP Basic password or Bearer), for a private cache: clients put
     /// it in their netrc file. `/healthz`, `/readyz` and `/pubkey` stay open; the upload token
@@ -358,7 +363,10 @@ pub struct UploadConfig {
     pub token: Secret,
     /// Keys one of which must have signed an uploaded narinfo; empty: any.
     pub trusted_keys: Vec<PublicKey>,
+    /// NAR uploads, streamed to a staging file.
     pub max_size: u64,
+    /// Build logs, realisations and build traces, held in memory.
+    pub max_log_size: u64,
 }
 
 /// A URL that may carry a password: `Debug` shows it redacted; `expose` gives it whole.
@@ -446,7 +454,10 @@ impl ServeArgs {
             self.upload_token_file.as_deref(),
         )?
         else {
-            if !self.upload_trusted_keys.is_empty() || self.max_upload_size.is_some() {
+            if !self.upload_trusted_keys.is_empty()
+                || self.max_upload_size.is_some()
+                || self.max_log_upload_size.is_some()
+            {
                 return Err(invalid(
                     "upload-token",
                     "upload settings without --upload-token or --upload-token-file",
@@ -463,22 +474,18 @@ impl ServeArgs {
                     .map_err(|e| invalid("upload-trusted-key", format!("{}: {e}", key_name(k))))
             })
             .collect::<Result<Vec<_>, _>>()?;
-        let max_size = match &self.max_upload_size {
-            None => 8 << 30,
+        let size = |flag: &'static str, v: &Option<String>, default: u64| match v {
+            None => Ok(default),
             Some(v) => v
                 .parse::<bytesize::ByteSize>()
                 .map(|b| b.as_u64())
-                .map_err(|e| {
-                    invalid(
-                        "max-upload-size",
-                        format!("{v:?}: {e} (write e.g. 8G, 500MiB)"),
-                    )
-                })?,
+                .map_err(|e| invalid(flag, format!("{v:?}: {e} (write e.g. 8GiB, 500MiB)"))),
         };
         Ok(Some(UploadConfig {
             token,
             trusted_keys,
-            max_size,
+            max_size: size("max-upload-size", &self.max_upload_size, 8 << 30)?,
+            max_log_size: size("max-log-upload-size", &self.max_log_upload_size, 16 << 20)?,
         }))
     }
 
@@ -534,6 +541,7 @@ impl ServeArgs {
                 self.upload_trusted_keys
             },
             max_upload_size: self.max_upload_size.or(other.max_upload_size),
+            max_log_upload_size: self.max_log_upload_size.or(other.max_log_upload_size),
             read_token: self.read_token.or(other.read_token),
             read_token_file: self.read_token_file.or(other.read_token_file),
             public_metrics: self.public_metrics.or(other.public_metrics),
@@ -756,6 +764,16 @@ mod tests {
             .expect("on");
         assert_eq!(on.token.expose(), "0123456789abcdef");
         assert_eq!((on.trusted_keys.len(), on.max_size), (1, 1_000_000_000));
+        // As documented: 8 GiB for NARs, 16 MiB for logs, realisations and build traces.
+        let defaults = args(Some("0123456789abcdef"), &[], None)
+            .resolve()
+            .expect("valid")
+            .uploads
+            .expect("on");
+        assert_eq!(
+            (defaults.max_size, defaults.max_log_size),
+            (8 << 30, 16 << 20)
+        );
         assert!(
             !format!("{on:?}").contains("0123456789abcdef"),
             "Debug hides the token"

@@ -234,7 +234,7 @@ pub async fn put_extra(
     let Some(key) = extra_kind(&req).and_then(|(kind, name)| extra_key(kind, &name)) else {
         return text(StatusCode::BAD_REQUEST, "invalid name\n");
     };
-    let limit = usize::try_from(uploads.max_size).unwrap_or(usize::MAX);
+    let limit = usize::try_from(uploads.max_log_size).unwrap_or(usize::MAX);
     let body = match collect(payload, limit).await {
         Ok(b) => b,
         Err(refusal) => return *refusal,
