@@ -6,7 +6,9 @@ use std::io;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
-use async_compression::tokio::write::{BzDecoder, GzipDecoder, XzDecoder, ZstdDecoder};
+use async_compression::tokio::write::{
+    BrotliDecoder, BzDecoder, GzipDecoder, Lz4Decoder, XzDecoder, ZstdDecoder,
+};
 use sha2::{Digest, Sha256};
 use tokio::io::{AsyncWrite, AsyncWriteExt};
 
@@ -26,25 +28,21 @@ pub enum VerifyError {
     TooLarge(u64),
     #[error("cannot decompress: {0}")]
     Decompress(String),
-    #[error("{0} NAR without FileHash cannot be verified")]
+    #[error("{0} NARs cannot be decompressed here to verify their NarHash")]
     Unverifiable(Compression),
 }
 
-/// Whether nixcache can decompress this compression to check NarHash.
+/// Whether nixcache can decompress this compression to check NarHash: every one Nix writes but
+/// lzip, for which no maintained Rust decoder exists.
 pub fn can_decompress(c: Compression) -> bool {
-    matches!(
-        c,
-        Compression::None
-            | Compression::Xz
-            | Compression::Zstd
-            | Compression::Bzip2
-            | Compression::Gzip
-    )
+    !matches!(c, Compression::Lzip)
 }
 
-/// Whether a NAR described by this narinfo can be verified before it is committed.
+/// Whether a NAR described by this narinfo can be verified before it is committed. Verified means
+/// against NarHash, the field signatures cover: FileHash is not signed, so a file that matches
+/// it proves nothing a client will accept, and a NAR nixcache cannot decompress is refused.
 pub fn verifiable(info: &NarInfo) -> Result<(), VerifyError> {
-    if info.file_hash.is_some() || can_decompress(info.compression()) {
+    if can_decompress(info.compression()) {
         Ok(())
     } else {
         Err(VerifyError::Unverifiable(info.compression()))
@@ -85,6 +83,8 @@ enum NarSink {
     Zstd(ZstdDecoder<HashSink>),
     Bzip2(BzDecoder<HashSink>),
     Gzip(GzipDecoder<HashSink>),
+    Brotli(BrotliDecoder<HashSink>),
+    Lz4(Lz4Decoder<HashSink>),
 }
 
 impl NarSink {
@@ -100,7 +100,9 @@ impl NarSink {
             Compression::Zstd => Self::Zstd(ZstdDecoder::new(sink)),
             Compression::Bzip2 => Self::Bzip2(BzDecoder::new(sink)),
             Compression::Gzip => Self::Gzip(GzipDecoder::new(sink)),
-            Compression::Brotli | Compression::Lz4 | Compression::Lzip => return None,
+            Compression::Brotli => Self::Brotli(BrotliDecoder::new(sink)),
+            Compression::Lz4 => Self::Lz4(Lz4Decoder::new(sink)),
+            Compression::Lzip => return None,
         })
     }
 
@@ -111,6 +113,8 @@ impl NarSink {
             Self::Zstd(s) => s.write_all(data).await,
             Self::Bzip2(s) => s.write_all(data).await,
             Self::Gzip(s) => s.write_all(data).await,
+            Self::Brotli(s) => s.write_all(data).await,
+            Self::Lz4(s) => s.write_all(data).await,
         }
     }
 
@@ -130,6 +134,14 @@ impl NarSink {
                 s.into_inner()
             }
             Self::Gzip(mut s) => {
+                s.shutdown().await?;
+                s.into_inner()
+            }
+            Self::Brotli(mut s) => {
+                s.shutdown().await?;
+                s.into_inner()
+            }
+            Self::Lz4(mut s) => {
                 s.shutdown().await?;
                 s.into_inner()
             }
@@ -320,15 +332,66 @@ mod tests {
         assert!(r.is_err() || v.finish().await.is_err());
     }
 
+    async fn compress(c: Compression, data: &[u8]) -> Vec<u8> {
+        use async_compression::tokio::write::{BrotliEncoder, Lz4Encoder};
+        let mut out = Vec::new();
+        match c {
+            Compression::Brotli => {
+                let mut e = BrotliEncoder::new(&mut out);
+                e.write_all(data).await.expect("compress");
+                e.shutdown().await.expect("finish");
+            }
+            Compression::Lz4 => {
+                let mut e = Lz4Encoder::new(&mut out);
+                e.write_all(data).await.expect("compress");
+                e.shutdown().await.expect("finish");
+            }
+            other => panic!("no encoder here for {other}"),
+        }
+        out
+    }
+
+    #[tokio::test]
+    async fn brotli_and_lz4_nars_are_checked_against_nar_hash() {
+        let (nar, info) = sample();
+        let mut wrong = nar.clone();
+        wrong[60] ^= 1;
+        for c in [Compression::Brotli, Compression::Lz4] {
+            let file = compress(c, &nar).await;
+            let mut info = info.clone();
+            info.compression = Some(c);
+            let mut v = Verifier::new(&info).expect("verifiable");
+            run(&mut v, &file).await.expect("update");
+            assert_eq!(v.finish().await, Ok(file.len() as u64), "{c}");
+            // A file that matches its (unsigned) FileHash but holds another NAR is refused.
+            let bad = compress(c, &wrong).await;
+            info.file_hash = Some(Sha256Hash::digest(&bad));
+            info.file_size = Some(bad.len() as u64);
+            let mut v = Verifier::new(&info).expect("verifiable");
+            run(&mut v, &bad).await.expect("update");
+            assert!(
+                matches!(v.finish().await, Err(VerifyError::NarHash { .. })),
+                "{c}"
+            );
+        }
+    }
+
     #[test]
-    fn unverifiable_without_file_hash() {
+    fn lzip_is_unverifiable_even_with_file_hash() {
         let (_, mut info) = sample();
-        info.compression = Some(Compression::Brotli);
+        info.compression = Some(Compression::Lzip);
         assert_eq!(
             verifiable(&info),
-            Err(VerifyError::Unverifiable(Compression::Brotli))
+            Err(VerifyError::Unverifiable(Compression::Lzip))
         );
         info.file_hash = Some(Sha256Hash::digest(b""));
-        assert_eq!(verifiable(&info), Ok(()));
+        assert_eq!(
+            verifiable(&info),
+            Err(VerifyError::Unverifiable(Compression::Lzip))
+        );
+        for c in [Compression::Brotli, Compression::Lz4, Compression::Xz] {
+            info.compression = Some(c);
+            assert_eq!(verifiable(&info), Ok(()));
+        }
     }
 }
