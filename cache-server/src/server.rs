@@ -108,7 +108,7 @@ pub async fn build_cache(config: &Config, role: Role) -> anyhow::Result<(Arc<Cac
             .iter()
             .map(|u| u.expose().to_string())
             .collect();
-        let redlock = RedisLock::new(&urls, Duration::from_millis(500))?;
+        let redlock = RedisLock::new(&urls, Duration::from_millis(500), &config.lock_namespace)?;
         info!(
             masters = urls.len(),
             strict = config.lock_strict,

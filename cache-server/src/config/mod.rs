@@ -233,6 +233,11 @@ pub struct ServeArgs {
     #[arg(long, env = "NIXCACHE_LOCK_STRICT", num_args = 0..=1, default_missing_value = "true", value_name = "BOOL")]
     pub lock_strict: Option<bool>,
 
+    /// Name that sets this cache's lock keys in Redis apart from another cache's sharing the same
+    /// Redis. [default: the storage URL, e.g. `s3://bucket/prefix`]
+    #[arg(long, env = "NIXCACHE_LOCK_NAMESPACE", value_name = "NAME")]
+    pub lock_namespace: Option<String>,
+
     /// Log format. [default: text]
     #[arg(long, env = "NIXCACHE_LOG_FORMAT", value_name = "FORMAT")]
     pub log_format: Option<LogFormat>,
@@ -399,6 +404,17 @@ pub enum StorageConfig {
     S3(crate::storage::S3Config),
 }
 
+impl StorageConfig {
+    /// What names this storage among others (no credentials): replicas sharing it are one cache.
+    pub fn identity(&self) -> String {
+        match self {
+            Self::Local(dir) => format!("file://{}", dir.display()),
+            Self::S3(s3) if s3.prefix.is_empty() => format!("s3://{}", s3.bucket),
+            Self::S3(s3) => format!("s3://{}/{}", s3.bucket, s3.prefix),
+        }
+    }
+}
+
 /// Where the signing key comes from.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum SigningKeySource {
@@ -430,6 +446,8 @@ pub struct Config {
     /// Redis master URLs; empty for in-process locks.
     pub redis: Vec<SensitiveUrl>,
     pub lock_strict: bool,
+    /// Part of every Redis lock key: replicas of one cache share it, other caches do not.
+    pub lock_namespace: String,
     pub lock_ttl: Duration,
     pub inflight_part_size: u64,
     /// GC size limit in bytes.
@@ -527,6 +545,7 @@ impl ServeArgs {
                 self.redis
             },
             lock_strict: self.lock_strict.or(other.lock_strict),
+            lock_namespace: self.lock_namespace.or(other.lock_namespace),
             lock_ttl: self.lock_ttl.or(other.lock_ttl),
             inflight_part_size: self.inflight_part_size.or(other.inflight_part_size),
             max_size: self.max_size.or(other.max_size),
@@ -644,6 +663,11 @@ impl ServeArgs {
             self.s3_endpoint,
             self.s3_region.unwrap_or_else(|| "us-east-1".to_string()),
         )?;
+        let lock_namespace = match self.lock_namespace.as_deref().map(str::trim) {
+            Some("") => return Err(invalid("lock-namespace", "must not be empty")),
+            Some(n) => n.to_string(),
+            None => storage.identity(),
+        };
         let positive = |setting: &'static str,
                         d: Option<HumanDuration>,
                         default: u64|
@@ -691,6 +715,7 @@ impl ServeArgs {
                 .map(|u| parse_redis_url(u))
                 .collect::<Result<_, _>>()?,
             lock_strict: self.lock_strict.unwrap_or(false),
+            lock_namespace,
             lock_ttl: positive("lock-ttl", self.lock_ttl, 30)?,
             max_size: self
                 .max_size

@@ -16,6 +16,8 @@ use super::task_state::{FAILED, PENDING, RUNNING, SUCCEEDED};
 use super::{is_unique_violation, Database, DbError, NarInfoRecord, TaskRecord};
 
 const MIGRATIONS: EmbeddedMigrations = embed_migrations!("migrations/postgres");
+/// The advisory lock key migrations run under (`nixcache` in ASCII).
+const MIGRATION_LOCK: i64 = 0x6e69_7863_6163_6865;
 
 pub struct PostgresDatabase {
     pool: Pool<AsyncPgConnection>,
@@ -57,9 +59,18 @@ impl PostgresDatabase {
                 diesel_async::async_connection_wrapper::AsyncConnectionWrapper<AsyncPgConnection>;
             let mut conn = <Sync as diesel::Connection>::establish(&migrate_url)
                 .map_err(|e| connection_error(e, &migrate_url))?;
-            conn.run_pending_migrations(MIGRATIONS)
+            // Replicas starting together migrate one at a time: the others wait here, then find
+            // nothing pending. The lock is the session's, so it goes with the connection too.
+            let lock = format!("SELECT pg_advisory_lock({MIGRATION_LOCK})");
+            diesel::RunQueryDsl::execute(diesel::sql_query(lock), &mut conn)
+                .map_err(|e| DbError::Migration(format!("taking the migration lock: {e}")))?;
+            let applied = conn
+                .run_pending_migrations(MIGRATIONS)
                 .map(|_| ())
-                .map_err(|e| DbError::Migration(e.to_string()))
+                .map_err(|e| DbError::Migration(e.to_string()));
+            let unlock = format!("SELECT pg_advisory_unlock({MIGRATION_LOCK})");
+            let _ = diesel::RunQueryDsl::execute(diesel::sql_query(unlock), &mut conn);
+            applied
         })
         .await
         .map_err(|e| DbError::Connection(e.to_string()))??;

@@ -72,7 +72,8 @@ mod tests {
     #[tokio::test(flavor = "multi_thread")]
     async fn falls_back_while_redis_is_down_and_recovers() {
         let mut redis = Redis::start();
-        let primary = RedisLock::new(&[redis.url()], Duration::from_millis(300)).expect("lock");
+        let primary =
+            RedisLock::new(&[redis.url()], Duration::from_millis(300), "s3://test").expect("lock");
         let fallbacks = counter();
         let lock = Arc::new(FallbackLock::new(
             primary,
@@ -121,7 +122,8 @@ mod tests {
     #[tokio::test(flavor = "multi_thread")]
     async fn strict_mode_refuses_instead() {
         let mut redis = Redis::start();
-        let primary = RedisLock::new(&[redis.url()], Duration::from_millis(300)).expect("lock");
+        let primary =
+            RedisLock::new(&[redis.url()], Duration::from_millis(300), "s3://test").expect("lock");
         let lock = FallbackLock::new(
             primary,
             true,

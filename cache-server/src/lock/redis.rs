@@ -14,7 +14,6 @@ use redis::aio::MultiplexedConnection;
 
 use super::{drift, Guard, Held, Lock, LockError};
 
-const KEY_PREFIX: &str = "nixcache:lock:";
 const RELEASE: &str = r#"if redis.call("get", KEYS[1]) == ARGV[1] then return redis.call("del", KEYS[1]) else return 0 end"#;
 const EXTEND: &str = r#"if redis.call("get", KEYS[1]) == ARGV[1] then return redis.call("pexpire", KEYS[1], ARGV[2]) else return 0 end"#;
 /// First retry pause; doubled up to `MAX_BACKOFF`, with jitter.
@@ -36,12 +35,15 @@ pub struct RedisLock {
     masters: Arc<Vec<Master>>,
     /// Bound on each command to one master, so a hung master costs little.
     op_timeout: Duration,
+    /// `nixcache:<namespace>:lock:`, before every lock name: caches sharing a Redis do not
+    /// contend for each other's locks.
+    prefix: String,
 }
 
 impl RedisLock {
     /// Pools for each master URL. Connections are made on demand: a master that is down at start
     /// only counts as a missing vote.
-    pub fn new(urls: &[String], op_timeout: Duration) -> Result<Self, LockError> {
+    pub fn new(urls: &[String], op_timeout: Duration, namespace: &str) -> Result<Self, LockError> {
         if urls.is_empty() {
             return Err(LockError::Unavailable("no Redis masters configured".into()));
         }
@@ -61,6 +63,7 @@ impl RedisLock {
         Ok(Self {
             masters: Arc::new(masters),
             op_timeout,
+            prefix: format!("nixcache:{namespace}:lock:"),
         })
     }
 
@@ -157,6 +160,8 @@ fn jitter(d: Duration) -> Duration {
 struct RedisGuard {
     masters: Arc<Vec<Master>>,
     op_timeout: Duration,
+    /// The lock's name (for errors) and its key in Redis.
+    name: String,
     key: String,
     token: String,
     quorum: usize,
@@ -179,9 +184,7 @@ impl Held for RedisGuard {
         if n >= self.quorum && start.elapsed() + drift(ttl) < ttl {
             Ok(())
         } else {
-            Err(LockError::Lost(
-                self.key.trim_start_matches(KEY_PREFIX).to_string(),
-            ))
+            Err(LockError::Lost(self.name.clone()))
         }
     }
 }
@@ -211,7 +214,7 @@ impl Lock for RedisLock {
         ttl: Duration,
         wait: Duration,
     ) -> Result<Option<Guard>, LockError> {
-        let key = format!("{KEY_PREFIX}{name}");
+        let key = format!("{}{name}", self.prefix);
         let deadline = Instant::now() + wait;
         let mut backoff = MIN_BACKOFF;
         loop {
@@ -228,6 +231,7 @@ impl Lock for RedisLock {
                 return Ok(Some(Box::new(RedisGuard {
                     masters: self.masters.clone(),
                     op_timeout: self.op_timeout,
+                    name: name.to_string(),
                     key,
                     token,
                     quorum: self.quorum(),
@@ -261,7 +265,33 @@ mod tests {
 
     fn lock_over(servers: &[Redis]) -> RedisLock {
         let urls: Vec<String> = servers.iter().map(Redis::url).collect();
-        RedisLock::new(&urls, Duration::from_millis(500)).expect("lock")
+        RedisLock::new(&urls, Duration::from_millis(500), "s3://test").expect("lock")
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn caches_sharing_a_redis_do_not_block_each_other() {
+        let servers = [Redis::start()];
+        let urls = vec![servers[0].url()];
+        let ttl = Duration::from_secs(10);
+        let a = RedisLock::new(&urls, Duration::from_millis(500), "s3://a").expect("lock");
+        let a2 = RedisLock::new(&urls, Duration::from_millis(500), "s3://a").expect("lock");
+        let b = RedisLock::new(&urls, Duration::from_millis(500), "s3://b").expect("lock");
+        let held = a.acquire("nar:x", ttl, Duration::ZERO).await.expect("up");
+        assert!(held.is_some());
+        assert!(
+            a2.acquire("nar:x", ttl, Duration::from_millis(50))
+                .await
+                .expect("up")
+                .is_none(),
+            "replicas of one cache share a lock"
+        );
+        assert!(
+            b.acquire("nar:x", ttl, Duration::ZERO)
+                .await
+                .expect("up")
+                .is_some(),
+            "another cache's lock of the same name is its own"
+        );
     }
 
     #[tokio::test(flavor = "multi_thread")]
