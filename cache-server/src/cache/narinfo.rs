@@ -171,6 +171,19 @@ impl Cache {
             hash: info.file_hash.unwrap_or(info.nar_hash),
             compression: info.compression(),
         };
+        if let Some(other) = self
+            .conflicting_claim(hash, &info, &file)
+            .await
+            .map_err(AcceptError::Backend)?
+        {
+            return Err(AcceptError::Refused(
+                "conflicting_file_hash",
+                format!(
+                    "its NAR file {} is claimed by {other} with another NarHash or NarSize",
+                    file.file_name()
+                ),
+            ));
+        }
         let mut served = info;
         if served.file_hash.is_none() {
             served.file_size = None;
@@ -182,6 +195,32 @@ impl Cache {
             .map_err(AcceptError::Backend)?;
         info!(store_path = %store_path, upstream = upstream.label(), "narinfo cached");
         Ok(body)
+    }
+
+    /// Another path whose narinfo names the same NAR file but a different NAR (NarHash, NarSize),
+    /// if any. The file name comes from the unsigned FileHash, so without this check one narinfo
+    /// could take over the download (and verification) of another path's NAR; the first claim
+    /// stands.
+    pub(super) async fn conflicting_claim(
+        &self,
+        hash: StoreHash,
+        info: &NarInfo,
+        file: &NarFile,
+    ) -> Result<Option<String>, String> {
+        let Some(record) = self
+            .db
+            .narinfo_for_nar(&file.file_name())
+            .await
+            .map_err(|e| e.to_string())?
+        else {
+            return Ok(None);
+        };
+        if record.hash == hash.as_str() {
+            return Ok(None);
+        }
+        let agrees = NarInfo::parse(&record.narinfo)
+            .is_ok_and(|o| o.nar_hash == info.nar_hash && o.nar_size == info.nar_size);
+        Ok((!agrees).then_some(record.store_path))
     }
 
     /// Points `served` at nixcache's NAR URL for `file`, signs it with nixcache's key and keeps

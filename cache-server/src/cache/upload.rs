@@ -166,6 +166,16 @@ impl Cache {
             .await
             .map_err(|e| invalid(format!("the stored NAR does not match: {e}")))?;
 
+        if let Some(other) = self
+            .conflicting_claim(hash, &checked, &file)
+            .await
+            .map_err(backend)?
+        {
+            return Err(invalid(format!(
+                "{} is already the NAR of {other}, with another NarHash or NarSize",
+                info.url
+            )));
+        }
         let mut served = checked;
         served.file_size = Some(file_size);
         let store_path = served.store_path.to_string();

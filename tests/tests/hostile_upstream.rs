@@ -1,6 +1,6 @@
-//! What an upstream controls — a narinfo's `URL` field (not covered by signatures) and its
-//! redirects — must not make nixcache fetch from any other host: an "internal" server beside the
-//! upstream must never see a request.
+//! What an upstream controls beyond its signatures — a narinfo's `URL` and `FileHash` fields and
+//! its redirects — must not make nixcache fetch from any other host (an "internal" server beside
+//! the upstream must never see a request), nor let one path's narinfo take over another's NAR.
 
 mod common;
 
@@ -264,4 +264,70 @@ async fn redirects_stay_at_the_upstream_unless_allowed_and_never_go_internal() {
         );
     }
     assert_eq!(internal.total_hits(), 0, "an internal address was reached");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_file_hash_claimed_by_another_path_is_refused() {
+    let fx = fixture();
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let dir = tmp.path().join("cache");
+    copy_cache(&fx.cache, &dir);
+    // The second path's narinfo, still validly signed (FileHash and URL are not signed), names
+    // the first path's NAR file.
+    // The first is one without references, so that the client's copy of it needs only itself.
+    let first = fx
+        .paths
+        .iter()
+        .find(|p| fx.narinfo(p).contains("\nReferences: \n"))
+        .expect("a path without references");
+    let second = fx.paths.iter().find(|p| *p != first).expect("another path");
+    let first_info = fx.narinfo(first);
+    let line = |text: &str, key: &str| {
+        text.lines()
+            .find(|l| l.starts_with(key))
+            .expect("field")
+            .to_string()
+    };
+    let file = dir.join(format!("{}.narinfo", Fixture::hash_of(second)));
+    let text = std::fs::read_to_string(&file).expect("narinfo");
+    let text = text
+        .replace(&line(&text, "FileHash: "), &line(&first_info, "FileHash: "))
+        .replace(&line(&text, "FileSize: "), &line(&first_info, "FileSize: "))
+        .replace(&line(&text, "URL: "), &line(&first_info, "URL: "));
+    std::fs::write(&file, text).expect("write");
+    let upstream =
+        FaultyUpstream::start(dir.clone(), fx.cache_untrusted.clone(), Mode::Normal).await;
+    let cache = Nixcache::in_front_of(&tmp.path().join("data"), &upstream.url, &fx.key, &[]).await;
+
+    let first_hash = Fixture::hash_of(first);
+    assert_eq!(
+        status(&format!("{}/{first_hash}.narinfo", cache.url)).await,
+        200
+    );
+    let second_hash = Fixture::hash_of(second);
+    assert_eq!(
+        status(&format!("{}/{second_hash}.narinfo", cache.url)).await,
+        404
+    );
+    let text = metrics(&cache.url).await;
+    assert_eq!(
+        sample(
+            &text,
+            "nixcache_refused_total",
+            &[r#"reason="conflicting_file_hash""#]
+        ),
+        Some(1.0),
+        "{text}"
+    );
+    // The first path's NAR is still its own.
+    let client = NixClient::new();
+    let out = client
+        .copy_closure(
+            &cache.url,
+            &tmp.path().join("client-store"),
+            first,
+            &cache.public_key().await,
+        )
+        .await;
+    assert!(out.success, "{}", out.stderr);
 }
