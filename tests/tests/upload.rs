@@ -376,3 +376,94 @@ async fn with_trusted_upload_keys_only_narinfos_they_signed_are_accepted() {
         "{served}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upload_cannot_replace_a_held_narinfo_with_other_contents() {
+    let fx = fixture();
+    let upstream = common::StaticServer::start(&fx.cache).await;
+    let run = |dir: std::path::PathBuf, extra: &'static [&'static str]| {
+        let url = upstream.url.clone();
+        async move {
+            let mut args = vec!["--upload-token", TOKEN];
+            args.extend_from_slice(extra);
+            Nixcache::in_front_of(&dir, &url, &fx.key, &args).await
+        }
+    };
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let cache = run(tmp.path().join("a"), &[]).await;
+    let client = reqwest::Client::new();
+    // A path held from the upstream, NAR included.
+    let dep = fx
+        .paths
+        .iter()
+        .find(|p| fx.narinfo(p).contains("\nReferences: \n"))
+        .expect("a path without references");
+    let other = fx.paths.iter().find(|p| *p != dep).expect("another path");
+    let hash = Fixture::hash_of(dep);
+    let held = reqwest::get(format!("{}/{hash}.narinfo", cache.url))
+        .await
+        .expect("narinfo")
+        .text()
+        .await
+        .expect("body");
+    let nar = reqwest::get(format!("{}/{}", cache.url, Fixture::nar_url(&held)))
+        .await
+        .expect("nar");
+    assert_eq!(nar.status(), 200);
+    nar.bytes().await.expect("nar body");
+
+    let put = |base: String, body: String| {
+        let req = client
+            .put(format!("{base}/{hash}.narinfo"))
+            .bearer_auth(TOKEN)
+            .body(body);
+        async move { req.send().await.expect("PUT").status().as_u16() }
+    };
+    // The same contents again: fine.
+    assert_eq!(put(cache.url.clone(), held.clone()).await, 201);
+    // Other references (another fingerprint) for the same path and NAR: refused.
+    let other_base = other.trim_start_matches("/nix/store/");
+    let replaced = held.replace("References: \n", &format!("References: {other_base}\n"));
+    assert_ne!(replaced, held);
+    assert_eq!(put(cache.url.clone(), replaced.clone()).await, 409);
+    let now = reqwest::get(format!("{}/{hash}.narinfo", cache.url))
+        .await
+        .expect("narinfo")
+        .text()
+        .await
+        .expect("body");
+    assert_eq!(now, held, "the held narinfo changed");
+    assert!(cache.logs().contains("upload refused"), "{}", cache.logs());
+    let text = common::metrics(&cache.url).await;
+    assert_eq!(
+        common::sample(
+            &text,
+            "nixcache_refused_total",
+            &[r#"source="upload""#, r#"reason="replaces""#]
+        ),
+        Some(1.0),
+        "{text}"
+    );
+
+    // With --upload-replace the same upload is taken.
+    let open = run(tmp.path().join("b"), &["--upload-replace"]).await;
+    let held_b = reqwest::get(format!("{}/{hash}.narinfo", open.url))
+        .await
+        .expect("narinfo")
+        .text()
+        .await
+        .expect("body");
+    let nar = reqwest::get(format!("{}/{}", open.url, Fixture::nar_url(&held_b)))
+        .await
+        .expect("nar");
+    nar.bytes().await.expect("nar body");
+    let replaced_b = held_b.replace("References: \n", &format!("References: {other_base}\n"));
+    assert_eq!(put(open.url.clone(), replaced_b).await, 201);
+    let now = reqwest::get(format!("{}/{hash}.narinfo", open.url))
+        .await
+        .expect("narinfo")
+        .text()
+        .await
+        .expect("body");
+    assert!(now.contains(other_base), "{now}");
+}

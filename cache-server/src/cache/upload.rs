@@ -25,6 +25,9 @@ pub enum UploadError {
     /// A narinfo without a signature from a key trusted for uploads: a 403.
     #[error("no signature from a key trusted for uploads")]
     Untrusted,
+    /// A narinfo for a path already held with other signed contents: a 409.
+    #[error("{0} is already held with another NarHash, NarSize or references; replacing it needs a signature by a trusted upload key or --upload-replace")]
+    Replaces(String),
     /// More than the upload size limit: a 413.
     #[error("upload larger than {0} bytes")]
     TooLarge(u64),
@@ -111,6 +114,7 @@ impl Cache {
         hash: StoreHash,
         body: &[u8],
         trusted_keys: &[PublicKey],
+        allow_replace: bool,
     ) -> Result<(), UploadError> {
         let text = std::str::from_utf8(body).map_err(|_| invalid("the narinfo is not UTF-8"))?;
         let info = NarInfo::parse(text).map_err(|e| invalid(e.to_string()))?;
@@ -130,6 +134,18 @@ impl Cache {
         verifiable(&info).map_err(|e| invalid(e.to_string()))?;
         if !trusted_keys.is_empty() && !info.verify(trusted_keys) {
             return Err(UploadError::Untrusted);
+        }
+        // What is held already — perhaps verified against an upstream's signature and re-signed
+        // for everyone — is replaced by other contents only when a trusted upload key vouches for
+        // them (checked above) or replacing is allowed; the same contents again are fine.
+        if trusted_keys.is_empty() && !allow_replace {
+            if let Some(held) = self.db.get_narinfo(hash.as_str()).await.map_err(backend)? {
+                let same = NarInfo::parse(&held.narinfo)
+                    .is_ok_and(|h| h.fingerprint() == info.fingerprint());
+                if !same {
+                    return Err(UploadError::Replaces(held.store_path));
+                }
+            }
         }
         let name = info
             .url

@@ -272,6 +272,11 @@ pub struct ServeArgs {
     #[arg(long, env = "NIXCACHE_MAX_UPLOAD_SIZE", value_name = "SIZE")]
     pub max_upload_size: Option<String>,
 
+    /// Let an upload replace a narinfo held with other contents (NarHash, NarSize, references)
+    /// without a signature by a trusted upload key.
+    #[arg(long, env = "NIXCACHE_UPLOAD_REPLACE", num_args = 0..=1, default_missing_value = "true", value_name = "BOOL")]
+    pub upload_replace: Option<bool>,
+
     /// Largest build log, realisation or build-trace upload; these are held in memory while they
     /// arrive. [default: 16MiB]
     #[arg(long, env = "NIXCACHE_MAX_LOG_UPLOAD_SIZE", value_name = "SIZE")]
@@ -372,6 +377,8 @@ pub struct UploadConfig {
     pub max_size: u64,
     /// Build logs, realisations and build traces, held in memory.
     pub max_log_size: u64,
+    /// Uploads may replace held narinfos with other contents.
+    pub allow_replace: bool,
 }
 
 /// A URL that may carry a password: `Debug` shows it redacted; `expose` gives it whole.
@@ -475,6 +482,7 @@ impl ServeArgs {
             if !self.upload_trusted_keys.is_empty()
                 || self.max_upload_size.is_some()
                 || self.max_log_upload_size.is_some()
+                || self.upload_replace.is_some()
             {
                 return Err(invalid(
                     "upload-token",
@@ -504,6 +512,7 @@ impl ServeArgs {
             trusted_keys,
             max_size: size("max-upload-size", &self.max_upload_size, 8 << 30)?,
             max_log_size: size("max-log-upload-size", &self.max_log_upload_size, 16 << 20)?,
+            allow_replace: self.upload_replace.unwrap_or(false),
         }))
     }
 
@@ -561,6 +570,7 @@ impl ServeArgs {
             },
             max_upload_size: self.max_upload_size.or(other.max_upload_size),
             max_log_upload_size: self.max_log_upload_size.or(other.max_log_upload_size),
+            upload_replace: self.upload_replace.or(other.upload_replace),
             read_token: self.read_token.or(other.read_token),
             read_token_file: self.read_token_file.or(other.read_token_file),
             public_metrics: self.public_metrics.or(other.public_metrics),

@@ -85,10 +85,29 @@ fn admit<'a>(state: &'a AppState, req: &HttpRequest) -> Result<&'a UploadConfig,
     Ok(uploads)
 }
 
-fn refused(e: UploadError) -> HttpResponse {
+/// The answer to a refused upload; the refusal is logged and counted by reason.
+fn refused(state: &AppState, e: UploadError) -> HttpResponse {
+    let reason = match &e {
+        UploadError::Invalid(_) => "invalid",
+        UploadError::Body(_) => "body",
+        UploadError::Untrusted => "untrusted",
+        UploadError::Replaces(_) => "replaces",
+        UploadError::TooLarge(_) => "too_large",
+        UploadError::Backend(_) => "backend",
+    };
+    if !matches!(e, UploadError::Backend(_)) {
+        state
+            .cache
+            .metrics()
+            .refused
+            .with_label_values(&["upload", reason])
+            .inc();
+        tracing::info!(reason, error = %e, "upload refused");
+    }
     let status = match e {
         UploadError::Invalid(_) | UploadError::Body(_) => StatusCode::BAD_REQUEST,
         UploadError::Untrusted => StatusCode::FORBIDDEN,
+        UploadError::Replaces(_) => StatusCode::CONFLICT,
         UploadError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
         UploadError::Backend(_) => StatusCode::SERVICE_UNAVAILABLE,
     };
@@ -152,7 +171,7 @@ pub async fn put_nar(
         .await
     {
         Ok(()) => HttpResponse::Created().finish(),
-        Err(e) => refused(e),
+        Err(e) => refused(&state, e),
     }
 }
 
@@ -181,7 +200,7 @@ pub async fn put_root(
     let result = if kind == "narinfo" {
         state
             .cache
-            .upload_narinfo(hash, &body, &uploads.trusted_keys)
+            .upload_narinfo(hash, &body, &uploads.trusted_keys, uploads.allow_replace)
             .await
     } else {
         state
@@ -191,7 +210,7 @@ pub async fn put_root(
     };
     match result {
         Ok(()) => HttpResponse::Created().finish(),
-        Err(e) => refused(e),
+        Err(e) => refused(&state, e),
     }
 }
 
@@ -241,7 +260,7 @@ pub async fn put_extra(
     };
     match state.cache.upload_extra(&key, body).await {
         Ok(()) => HttpResponse::Created().finish(),
-        Err(e) => refused(e),
+        Err(e) => refused(&state, e),
     }
 }
 
