@@ -472,6 +472,89 @@ async fn a_client_waiting_on_another_replica_receives_bytes_while_the_holder_dow
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn a_client_following_a_failed_attempt_never_gets_it_stitched_to_the_next() {
+    // A downloads a corrupt NAR over ~5 s, publishing it in 256 KiB parts; B's client follows
+    // those parts past the corrupt byte. A's download fails verification; B then downloads the
+    // good NAR itself. B's first client must get an error, never A's prefix with B's suffix.
+    let SlowSetup {
+        cluster: _cluster,
+        upstream,
+        a,
+        b,
+        rel,
+        want,
+        nar,
+    } = slow_setup(
+        Duration::from_millis(80),
+        &["--inflight-part-size", "262144", "--lock-ttl", "5s"],
+    )
+    .await;
+    let pause = Duration::from_millis(80);
+    upstream.set_mode(Mode::SlowCorruptNar(pause));
+
+    use futures_util::StreamExt;
+    let mut on_a = reqwest::get(format!("{}/{nar}", a.url))
+        .await
+        .expect("nar from A")
+        .bytes_stream();
+    on_a.next().await.expect("first bytes").expect("chunk");
+    let a_done = tokio::spawn(async move {
+        let mut failed = false;
+        while let Some(c) = on_a.next().await {
+            failed |= c.is_err();
+        }
+        failed
+    });
+    // Later requests to the upstream get the good NAR, quickly.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    upstream.set_mode(Mode::Normal);
+    let r = reqwest::get(format!("{}/{nar}", b.url))
+        .await
+        .expect("nar from B");
+    assert_eq!(r.status(), 200);
+    let mut body = r.bytes_stream();
+    let mut got = Vec::new();
+    let mut broke = false;
+    while let Some(chunk) = body.next().await {
+        match chunk {
+            Ok(c) => got.extend_from_slice(&c),
+            Err(_) => {
+                broke = true;
+                break;
+            }
+        }
+    }
+    assert!(
+        a_done.await.expect("A's client"),
+        "A served a corrupt NAR whole"
+    );
+    assert!(
+        got.len() > want.len() / 2,
+        "B's client did not follow A's download past its corrupt byte ({} bytes)",
+        got.len()
+    );
+    if !broke {
+        assert!(
+            got == want,
+            "B's client received a complete body of {} bytes with wrong bytes: two attempts \
+             stitched together",
+            got.len()
+        );
+    }
+    // The NAR committed by the next attempt is the right one, on both replicas.
+    for r in [&a, &b] {
+        let body = reqwest::get(format!("{}/{nar}", r.url))
+            .await
+            .expect("nar")
+            .bytes()
+            .await
+            .expect("body");
+        assert!(body.as_ref() == want.as_slice(), "wrong stored NAR");
+    }
+    assert_eq!(upstream.hits(&format!("/{rel}")), 2, "{}", b.logs());
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn two_replicas_on_one_schedule_run_one_gc_per_tick() {
     let fx = fixture();
     let cluster = Cluster::start();

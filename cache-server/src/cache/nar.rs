@@ -388,48 +388,68 @@ impl Cache {
         let mut out = tokio::fs::File::create(&path).await?;
         let reader = Arc::new(std::fs::File::open(&path)?);
         let _ = download.reader.set(reader.clone());
-        let mut publisher = self.settings.inflight_part_size.map(|size| {
-            super::inflight::Publisher::new(self.storage.clone(), file.file_name(), size)
-        });
+        let mut publisher = match self.settings.inflight_part_size {
+            Some(size) => Some(
+                super::inflight::Publisher::start(self.storage.clone(), file.file_name(), size)
+                    .await?,
+            ),
+            None => None,
+        };
         download
             .phase
             .send_replace(Phase::Streaming { written: 0, length });
 
-        let mut written = 0u64;
-        loop {
-            let next =
-                tokio::time::timeout(self.settings.stall_timeout, response.body.next()).await;
-            let chunk = match next {
-                Err(_) => return Err(DownloadError::Stalled(self.settings.stall_timeout)),
-                Ok(None) => break,
-                Ok(Some(chunk)) => chunk?,
-            };
-            keeper.check()?;
-            self.metrics
-                .upstream_bytes
-                .with_label_values(&[upstream.label()])
-                .inc_by(chunk.len() as u64);
-            verifier.update(&chunk).await?;
-            out.write_all(&chunk).await?;
-            // Followers read the file directly: the bytes must be in it before they are announced.
-            out.flush().await?;
-            written += chunk.len() as u64;
-            download
-                .phase
-                .send_replace(Phase::Streaming { written, length });
-            if let Some(p) = &mut publisher {
-                p.advance(written, length, |offset, len| {
-                    read_exact_at(&reader, offset, len)
-                })
-                .await?;
+        let transferred = async {
+            let mut written = 0u64;
+            loop {
+                let next =
+                    tokio::time::timeout(self.settings.stall_timeout, response.body.next()).await;
+                let chunk = match next {
+                    Err(_) => return Err(DownloadError::Stalled(self.settings.stall_timeout)),
+                    Ok(None) => break,
+                    Ok(Some(chunk)) => chunk?,
+                };
+                keeper.check()?;
+                self.metrics
+                    .upstream_bytes
+                    .with_label_values(&[upstream.label()])
+                    .inc_by(chunk.len() as u64);
+                verifier.update(&chunk).await?;
+                out.write_all(&chunk).await?;
+                // Followers read the file directly: the bytes must be in it before they are
+                // announced.
+                out.flush().await?;
+                written += chunk.len() as u64;
+                download
+                    .phase
+                    .send_replace(Phase::Streaming { written, length });
+                if let Some(p) = &mut publisher {
+                    p.advance(written, length, |offset, len| {
+                        read_exact_at(&reader, offset, len)
+                    })
+                    .await?;
+                }
             }
+            let size = verifier.finish().await?;
+            out.sync_all().await?;
+            drop(out);
+            // A holder whose lock expired (and may have passed to another replica) must not
+            // commit.
+            keeper.confirm().await?;
+            self.storage.put_file(&key, &path).await?;
+            Ok(size)
         }
-        let size = verifier.finish().await?;
-        out.sync_all().await?;
-        drop(out);
-        // A holder whose lock expired (and may have passed to another replica) must not commit.
-        keeper.confirm().await?;
-        self.storage.put_file(&key, &path).await?;
+        .await;
+        let size = match transferred {
+            Ok(size) => size,
+            Err(e) => {
+                // Still under the lock: this attempt's followers are told before another begins.
+                if let Some(p) = publisher {
+                    p.abandon().await;
+                }
+                return Err(e);
+            }
+        };
         staged.0 = None;
         if let Some(p) = publisher {
             p.finish().await;

@@ -24,6 +24,8 @@ pub enum Mode {
     Hang,
     /// NARs are sent in 64 KiB pieces with this pause between them.
     SlowNar(Duration),
+    /// Both: a byte flipped in the middle, sent slowly.
+    SlowCorruptNar(Duration),
     /// NAR requests are answered `302 Found` to `<this URL>/r<path>`. (Every server here
     /// serves `/r/<path>` as `/<path>`, so a redirect to one of them is followed by the file.)
     Redirect(String),
@@ -159,7 +161,7 @@ async fn serve(mut conn: TcpStream, state: Arc<State>) {
                 .into_bytes();
         }
         let is_nar = rel.starts_with("nar/");
-        if is_nar && mode == Mode::CorruptNar {
+        if is_nar && matches!(mode, Mode::CorruptNar | Mode::SlowCorruptNar(_)) {
             let mid = body.len() / 2;
             body[mid] ^= 0xff;
         }
@@ -173,7 +175,7 @@ async fn serve(mut conn: TcpStream, state: Arc<State>) {
                 let _ = conn.shutdown().await;
                 return;
             }
-            Mode::SlowNar(pause) if is_nar => {
+            Mode::SlowNar(pause) | Mode::SlowCorruptNar(pause) if is_nar => {
                 for chunk in body.chunks(64 * 1024) {
                     if conn.write_all(chunk).await.is_err() {
                         return;
