@@ -165,6 +165,10 @@ pub async fn build_cache(config: &Config, role: Role) -> anyhow::Result<(Arc<Cac
         staging_dir,
         inflight_part_size: (!config.redis.is_empty()).then_some(config.inflight_part_size),
         store_dir: config.store_dir.clone(),
+        max_downloads: config.max_downloads,
+        download_queue_timeout: config.download_queue_timeout,
+        staging_min_free: config.staging_min_free,
+        nar_failure_ttl: config.nar_failure_ttl,
     };
     let cache = Cache::new(settings, storage, db, lock, upstreams.clone(), key, metrics);
     Ok((cache, upstreams))

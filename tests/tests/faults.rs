@@ -79,9 +79,10 @@ impl Setup {
 }
 
 /// A download that went wrong leaves nothing behind, and the next request, once the upstream
-/// is fixed, succeeds.
+/// is fixed, succeeds. A NAR that failed verification is answered 404 for `--nar-failure-ttl`
+/// first, without another download.
 async fn recovers_after(mode: Mode) {
-    let mut s = setup(mode.clone(), &[]).await;
+    let mut s = setup(mode.clone(), &["--nar-failure-ttl", "2s"]).await;
     assert_eq!(s.narinfo().await, 200);
     let first = s.get_nar().await;
     assert!(first.is_err(), "a {mode:?} NAR was served as complete");
@@ -93,6 +94,14 @@ async fn recovers_after(mode: Mode) {
     assert_eq!(s.upstream.hits(&s.upstream_nar), 1);
 
     s.upstream.set_mode(Mode::Normal);
+    if mode == Mode::CorruptNar {
+        assert_eq!(
+            s.get_nar().await.err().as_deref(),
+            Some("status 404 Not Found")
+        );
+        assert_eq!(s.upstream.hits(&s.upstream_nar), 1, "fetched again at once");
+        tokio::time::sleep(Duration::from_millis(2500)).await;
+    }
     let second = s.get_nar().await.expect("NAR after the upstream was fixed");
     assert!(second == s.nar_bytes, "wrong bytes after recovery");
     assert_eq!(s.upstream.hits(&s.upstream_nar), 2);
@@ -224,4 +233,114 @@ async fn first_client_leaving_does_not_stop_the_download() {
     assert!(body == s.nar_bytes);
     assert_eq!(s.upstream.hits(&s.upstream_nar), 1);
     assert!(s.cache.logs().contains("NAR cached"), "{}", s.cache.logs());
+}
+
+/// GETs a path's narinfo and then its NAR through `cache`; the NAR's status and, when 200, body.
+async fn fetch_nar(base: &str, path: &str) -> (u16, Vec<u8>) {
+    let text = reqwest::get(format!("{base}/{}.narinfo", Fixture::hash_of(path)))
+        .await
+        .expect("narinfo")
+        .text()
+        .await
+        .expect("body");
+    let r = reqwest::get(format!("{base}/{}", Fixture::nar_url(&text)))
+        .await
+        .expect("nar");
+    let status = r.status().as_u16();
+    let body = r.bytes().await.map(|b| b.to_vec()).unwrap_or_default();
+    (status, body)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn downloads_beyond_the_limit_wait_and_then_are_404() {
+    let fx = fixture();
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let upstream =
+        FaultyUpstream::start(fx.cache.clone(), fx.cache_untrusted.clone(), Mode::Normal).await;
+    let cache = Nixcache::in_front_of(
+        &tmp.path().join("data"),
+        &upstream.url,
+        &fx.key,
+        &["--max-downloads", "1", "--download-queue-timeout", "1s"],
+    )
+    .await;
+    let (big, big_rel) = fx.big();
+    let others: Vec<&String> = fx.paths.iter().filter(|p| **p != big).collect();
+    assert!(others.len() >= 2);
+    // The one slot: the big NAR, over about eight seconds.
+    upstream.set_mode(Mode::SlowNar(Duration::from_millis(120)));
+    let first = {
+        let url = cache.url.clone();
+        let big = big.clone();
+        tokio::spawn(async move { fetch_nar(&url, &big).await })
+    };
+    let start = Instant::now();
+    while upstream.hits(&format!("/{big_rel}")) == 0 {
+        assert!(start.elapsed() < Duration::from_secs(10));
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // Distinct NARs meanwhile: each waits for the slot, is given up after a second, and is a
+    // 404; the upstream never hears of them.
+    for p in &others {
+        let asked = Instant::now();
+        let (status, _) = fetch_nar(&cache.url, p).await;
+        assert_eq!(status, 404, "{p}");
+        assert!(asked.elapsed() >= Duration::from_millis(900));
+        let rel = Fixture::nar_url(&fx.narinfo(p));
+        assert_eq!(upstream.hits(&format!("/{rel}")), 0, "{p} was fetched");
+    }
+    let text = common::metrics(&cache.url).await;
+    let get = |name: &str, labels: &[&str]| common::sample(&text, name, labels).unwrap_or(0.0);
+    assert_eq!(
+        get(
+            "nixcache_nar_downloads_total",
+            &[r#"result="queue_timeout""#]
+        ),
+        others.len() as f64,
+        "{text}"
+    );
+    assert_eq!(get("nixcache_downloads_queued", &[]), 0.0);
+    assert_eq!(get("nixcache_downloads_in_flight", &[]), 1.0);
+    let (status, body) = first.await.expect("first client");
+    assert_eq!(status, 200);
+    assert!(body == std::fs::read(fx.cache.join(&big_rel)).expect("nar"));
+    // The slot is free again.
+    upstream.set_mode(Mode::Normal);
+    let (status, _) = fetch_nar(&cache.url, others[0]).await;
+    assert_eq!(status, 200);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_download_that_would_eat_the_staging_floor_is_not_started() {
+    let fx = fixture();
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let upstream =
+        FaultyUpstream::start(fx.cache.clone(), fx.cache_untrusted.clone(), Mode::Normal).await;
+    // A floor no disk here has: every download would go below it.
+    let cache = Nixcache::in_front_of(
+        &tmp.path().join("data"),
+        &upstream.url,
+        &fx.key,
+        &["--staging-min-free", "1000PiB"],
+    )
+    .await;
+    let (big, big_rel) = fx.big();
+    let (status, _) = fetch_nar(&cache.url, &big).await;
+    assert_eq!(status, 404);
+    assert_eq!(upstream.hits(&format!("/{big_rel}")), 0, "fetched anyway");
+    assert!(
+        cache.logs().contains("--staging-min-free keeps"),
+        "{}",
+        cache.logs()
+    );
+    let text = common::metrics(&cache.url).await;
+    assert_eq!(
+        common::sample(
+            &text,
+            "nixcache_nar_downloads_total",
+            &[r#"result="no_space""#]
+        ),
+        Some(1.0),
+        "{text}"
+    );
 }

@@ -541,8 +541,9 @@ async fn a_client_following_a_failed_attempt_never_gets_it_stitched_to_the_next(
             got.len()
         );
     }
-    // The NAR committed by the next attempt is the right one, on both replicas.
-    for r in [&a, &b] {
+    // The NAR committed by the next attempt (B's: A remembers its failure for a while) is the
+    // right one, on both replicas.
+    for r in [&b, &a] {
         let body = reqwest::get(format!("{}/{nar}", r.url))
             .await
             .expect("nar")

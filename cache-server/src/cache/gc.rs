@@ -231,6 +231,10 @@ mod tests {
             staging_dir: dir.path().join("tmp"),
             inflight_part_size: None,
             store_dir: "/nix/store".into(),
+            max_downloads: 4,
+            download_queue_timeout: Duration::from_secs(1),
+            staging_min_free: 0,
+            nar_failure_ttl: Duration::from_secs(1),
         };
         let key = SecretKey::generate("t-1").expect("key");
         let cache = Cache::new(

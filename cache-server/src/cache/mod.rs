@@ -50,6 +50,15 @@ pub struct CacheSettings {
     pub inflight_part_size: Option<u64>,
     /// The store directory narinfos must name (uploads are checked against it).
     pub store_dir: String,
+    /// NAR downloads this process runs at once; more wait in a queue.
+    pub max_downloads: usize,
+    /// How long a download waits in that queue before it is given up (its clients get a 404).
+    pub download_queue_timeout: Duration,
+    /// Free space the staging directory keeps: a download that would leave less is not started,
+    /// and one that gets there is stopped.
+    pub staging_min_free: u64,
+    /// How long a NAR whose download failed verification is answered 404 without a new one.
+    pub nar_failure_ttl: Duration,
 }
 
 pub struct Cache {
@@ -65,6 +74,10 @@ pub struct Cache {
     negative: moka::sync::Cache<StoreHash, ()>,
     /// NAR downloads in progress in this process, by NAR file name.
     downloads: Mutex<HashMap<String, Arc<nar::Download>>>,
+    /// Permits to run a download (`max_downloads`).
+    download_slots: Arc<tokio::sync::Semaphore>,
+    /// NAR file names whose download failed verification, for `nar_failure_ttl`.
+    failed_nars: moka::sync::Cache<String, ()>,
     access: AccessLog,
     metrics: Metrics,
     /// Set on SIGTERM: `/readyz` then answers 503 so that traffic moves elsewhere.
@@ -91,6 +104,11 @@ impl Cache {
             .max_capacity(100_000)
             .time_to_live(settings.negative_ttl)
             .build();
+        let failed_nars = moka::sync::Cache::builder()
+            .max_capacity(100_000)
+            .time_to_live(settings.nar_failure_ttl)
+            .build();
+        let download_slots = Arc::new(tokio::sync::Semaphore::new(settings.max_downloads.max(1)));
         Arc::new(Self {
             settings,
             storage,
@@ -101,6 +119,8 @@ impl Cache {
             narinfos,
             negative,
             downloads: Mutex::new(HashMap::new()),
+            download_slots,
+            failed_nars,
             access: AccessLog::default(),
             metrics,
             shutting_down: std::sync::atomic::AtomicBool::new(false),

@@ -91,6 +91,36 @@ enum DownloadError {
     Storage(#[from] StorageError),
     #[error("lock: {0}")]
     Lock(#[from] crate::lock::LockError),
+    #[error("no download slot within {0:?} (--max-downloads are all busy)")]
+    Queue(Duration),
+    #[error("staging has {free} bytes free; this download needs {needed} and --staging-min-free keeps {floor}")]
+    NoSpace { free: u64, needed: u64, floor: u64 },
+}
+
+impl DownloadError {
+    /// The bytes were there and wrong: remembered for `nar_failure_ttl`, so that clients asking
+    /// again at once do not each start another download of a bad NAR.
+    fn is_verification(&self) -> bool {
+        matches!(self, Self::Verify(_) | Self::Length { .. })
+    }
+
+    fn outcome(&self) -> &'static str {
+        match self {
+            Self::Verify(_) | Self::Length { .. } => "verify_failed",
+            Self::Queue(_) => "queue_timeout",
+            Self::NoSpace { .. } => "no_space",
+            _ => "failed",
+        }
+    }
+}
+
+/// How often, in bytes written, a download checks the staging directory's free space.
+const SPACE_CHECK_EVERY: u64 = 64 << 20;
+
+/// Free bytes for unprivileged use on the file system of `dir`.
+fn free_space(dir: &std::path::Path) -> io::Result<u64> {
+    let st = rustix::fs::statvfs(dir)?;
+    Ok(st.f_bavail.saturating_mul(st.f_frsize))
 }
 
 /// Removes the staging file unless disarmed.
@@ -117,6 +147,13 @@ impl Cache {
                 .with_label_values(&["storage"])
                 .inc();
             return Ok(Some(NarBody::Stored(object)));
+        }
+        if self.failed_nars.contains_key(&file.file_name()) {
+            self.metrics
+                .nar_requests
+                .with_label_values(&["failed_recently"])
+                .inc();
+            return Ok(None);
         }
         let Some(download) = self.download(&file).await else {
             self.metrics.nar_requests.with_label_values(&["miss"]).inc();
@@ -286,11 +323,14 @@ impl Cache {
             .as_ref()
             .map_or("unknown", |u| u.label())
             .to_string();
-        let result = self.fetch(&file, &download, &record).await;
+        let result = match self.download_slot().await {
+            Ok(_slot) => self.fetch(&file, &download, &record).await,
+            Err(e) => Err(e),
+        };
         let outcome = match &result {
             Ok(Phase::Stored) => "already_stored",
             Ok(_) => "ok",
-            Err(_) => "failed",
+            Err(e) => e.outcome(),
         };
         self.metrics
             .nar_downloads
@@ -314,12 +354,41 @@ impl Cache {
                         .with_label_values(&[label.as_str(), upstream_error_kind(u)])
                         .inc();
                 }
+                if e.is_verification() {
+                    self.failed_nars.insert(file.file_name(), ());
+                }
                 warn!(error = %e, "NAR download failed; nothing stored");
                 download.phase.send_replace(Phase::Failed);
             }
         }
         self.finish_download(&file.file_name(), &download);
         self.metrics.downloads_in_flight.dec();
+    }
+
+    /// One of the `max_downloads` slots, waiting up to `download_queue_timeout` for it.
+    async fn download_slot(&self) -> Result<tokio::sync::OwnedSemaphorePermit, DownloadError> {
+        let wait = self.settings.download_queue_timeout;
+        self.metrics.downloads_queued.inc();
+        let slot = tokio::time::timeout(wait, self.download_slots.clone().acquire_owned()).await;
+        self.metrics.downloads_queued.dec();
+        match slot {
+            Ok(Ok(permit)) => Ok(permit),
+            _ => Err(DownloadError::Queue(wait)),
+        }
+    }
+
+    /// Whether the staging directory can take `needed` more bytes and keep its floor.
+    fn check_space(&self, needed: u64) -> Result<(), DownloadError> {
+        let floor = self.settings.staging_min_free;
+        let free = free_space(&self.settings.staging_dir)?;
+        if free < floor.saturating_add(needed) {
+            return Err(DownloadError::NoSpace {
+                free,
+                needed,
+                floor,
+            });
+        }
+        Ok(())
     }
 
     async fn fetch(
@@ -374,14 +443,19 @@ impl Cache {
                 crate::upstream::http::redact(&url)
             )));
         };
-        let mut response = upstream.nar(&url).await?.ok_or(DownloadError::Gone)?;
+        // Room for the file (when its size is vouched for) before anything is asked upstream.
         let expected = verifier.expected_file_size();
+        self.check_space(expected.unwrap_or(0))?;
+        let mut response = upstream.nar(&url).await?.ok_or(DownloadError::Gone)?;
         if let (Some(got), Some(want)) = (response.length, expected) {
             if got != want {
                 return Err(DownloadError::Length { got, want });
             }
         }
         let length = expected.or(response.length);
+        if expected.is_none() {
+            self.check_space(length.unwrap_or(0))?;
+        }
 
         let path = self.settings.staging_dir.join(unique_name());
         let mut staged = Staged(Some(path.clone()));
@@ -419,7 +493,11 @@ impl Cache {
                 // Followers read the file directly: the bytes must be in it before they are
                 // announced.
                 out.flush().await?;
+                let before = written;
                 written += chunk.len() as u64;
+                if written / SPACE_CHECK_EVERY != before / SPACE_CHECK_EVERY {
+                    self.check_space(0)?;
+                }
                 download
                     .phase
                     .send_replace(Phase::Streaming { written, length });

@@ -166,6 +166,26 @@ pub struct ServeArgs {
     #[arg(long, env = "NIXCACHE_NEGATIVE_TTL", value_name = "DURATION")]
     pub negative_ttl: Option<HumanDuration>,
 
+    /// NAR downloads from upstreams that run at once in this process; more wait their turn.
+    /// [default: 32]
+    #[arg(long, env = "NIXCACHE_MAX_DOWNLOADS", value_name = "N")]
+    pub max_downloads: Option<usize>,
+
+    /// How long a NAR download waits for a --max-downloads slot before it is given up and its
+    /// clients get a 404. [default: 10s]
+    #[arg(long, env = "NIXCACHE_DOWNLOAD_QUEUE_TIMEOUT", value_name = "DURATION")]
+    pub download_queue_timeout: Option<HumanDuration>,
+
+    /// Free space kept in the staging directory (DATA_DIR/tmp): a download that would leave less
+    /// is not started, one that reaches it is stopped. [default: 256MiB]
+    #[arg(long, env = "NIXCACHE_STAGING_MIN_FREE", value_name = "SIZE")]
+    pub staging_min_free: Option<String>,
+
+    /// How long a NAR whose download failed verification is answered 404 without trying again.
+    /// [default: 10s]
+    #[arg(long, env = "NIXCACHE_NAR_FAILURE_TTL", value_name = "DURATION")]
+    pub nar_failure_ttl: Option<HumanDuration>,
+
     /// Narinfos kept in memory in front of the database. [default: 100000]
     #[arg(long, env = "NIXCACHE_NARINFO_MEMORY_ENTRIES", value_name = "N")]
     pub narinfo_memory_entries: Option<u64>,
@@ -447,6 +467,10 @@ pub struct Config {
     pub upstream_timeout: Duration,
     pub upstream_stall_timeout: Duration,
     pub negative_ttl: Duration,
+    pub max_downloads: usize,
+    pub download_queue_timeout: Duration,
+    pub staging_min_free: u64,
+    pub nar_failure_ttl: Duration,
     pub narinfo_memory_entries: u64,
     pub store_dir: String,
     pub log_format: LogFormat,
@@ -545,6 +569,10 @@ impl ServeArgs {
             upstream_timeout: self.upstream_timeout.or(other.upstream_timeout),
             upstream_stall_timeout: self.upstream_stall_timeout.or(other.upstream_stall_timeout),
             negative_ttl: self.negative_ttl.or(other.negative_ttl),
+            max_downloads: self.max_downloads.or(other.max_downloads),
+            download_queue_timeout: self.download_queue_timeout.or(other.download_queue_timeout),
+            staging_min_free: self.staging_min_free.or(other.staging_min_free),
+            nar_failure_ttl: self.nar_failure_ttl.or(other.nar_failure_ttl),
             narinfo_memory_entries: self.narinfo_memory_entries.or(other.narinfo_memory_entries),
             store_dir: self.store_dir.or(other.store_dir),
             log_format: self.log_format.or(other.log_format),
@@ -715,6 +743,27 @@ impl ServeArgs {
                 60,
             )?,
             negative_ttl: self.negative_ttl.map_or(Duration::from_secs(60), |d| d.0),
+            max_downloads: match self.max_downloads {
+                Some(0) => return Err(invalid("max-downloads", "must be more than zero")),
+                n => n.unwrap_or(32),
+            },
+            download_queue_timeout: positive(
+                "download-queue-timeout",
+                self.download_queue_timeout,
+                10,
+            )?,
+            staging_min_free: match self.staging_min_free.as_deref() {
+                None => 256 << 20,
+                Some(v) => v
+                    .parse::<bytesize::ByteSize>()
+                    .map(|b| b.as_u64())
+                    .map_err(|e| {
+                        invalid("staging-min-free", format!("{v:?}: {e} (write e.g. 1GiB)"))
+                    })?,
+            },
+            nar_failure_ttl: self
+                .nar_failure_ttl
+                .map_or(Duration::from_secs(10), |d| d.0),
             narinfo_memory_entries: self.narinfo_memory_entries.unwrap_or(100_000),
             store_dir,
             log_format: self.log_format.unwrap_or(LogFormat::Text),
