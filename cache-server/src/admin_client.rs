@@ -182,10 +182,12 @@ pub fn print_gc(report: &Value) {
         return;
     }
     println!(
-        "GC evicted {} narinfos and {} NARs ({} bytes); {} bytes stored now",
+        "GC evicted {} narinfos and {} NARs ({} bytes, {} of them orphans) and {} unfetched narinfos; {} bytes stored now",
         n("narinfos_evicted"),
         n("nars_evicted"),
         n("bytes_evicted"),
+        n("orphans_collected"),
+        n("unfetched_collected"),
         n("size_after")
     );
 }

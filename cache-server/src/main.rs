@@ -201,10 +201,12 @@ fn main() -> ExitCode {
             let report = actix_web::rt::System::new().block_on(nixcache::server::gc_once(config))?;
             if report.ran {
                 println!(
-                    "evicted {} narinfos and {} NARs ({} bytes) in {:.1} s; stored NARs {} -> {} bytes",
+                    "evicted {} narinfos and {} NARs ({} bytes, {} of them orphans) and {} unfetched narinfos in {:.1} s; stored NARs {} -> {} bytes",
                     report.narinfos_evicted,
                     report.nars_evicted,
                     report.bytes_evicted,
+                    report.orphans_collected,
+                    report.unfetched_collected,
                     report.seconds,
                     report.size_before,
                     report.size_after

@@ -169,6 +169,7 @@ pub async fn build_cache(config: &Config, role: Role) -> anyhow::Result<(Arc<Cac
         download_queue_timeout: config.download_queue_timeout,
         staging_min_free: config.staging_min_free,
         nar_failure_ttl: config.nar_failure_ttl,
+        unfetched_ttl: config.gc_unfetched_ttl,
     };
     let cache = Cache::new(settings, storage, db, lock, upstreams.clone(), key, metrics);
     Ok((cache, upstreams))
@@ -357,7 +358,7 @@ pub async fn fsck(
     repair: bool,
 ) -> anyhow::Result<Vec<crate::cache::fsck::Problem>> {
     let (cache, _) = build_cache(&config, Role::Gc).await?;
-    Ok(cache.fsck(deep, repair).await?)
+    Ok(cache.fsck(deep, repair, config.gc_grace).await?)
 }
 
 /// Learns each upstream's priority from its `nix-cache-info`, retrying in the background until

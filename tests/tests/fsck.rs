@@ -105,3 +105,59 @@ async fn fsck_finds_and_repairs_deleted_truncated_corrupt_and_orphaned_nars() {
     assert!(out.success, "{}\n{}", out.stderr, cache.logs());
     assert_eq!(store_contents(&store).len(), fx.paths.len());
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn fsck_reports_and_repairs_recorded_orphans_and_stale_unfetched_narinfos() {
+    const TOKEN: &str = "upload-token-0123456789abcdef";
+    let fx = fixture();
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let data = tmp.path().join("data");
+    let upstream = StaticServer::start(&fx.cache).await;
+    let cache =
+        Nixcache::in_front_of(&data, &upstream.url, &fx.key, &["--upload-token", TOKEN]).await;
+    // One path only looked up; a NAR uploaded without a narinfo.
+    let hash = Fixture::hash_of(fx.top());
+    let r = reqwest::get(format!("{}/{hash}.narinfo", cache.url))
+        .await
+        .expect("narinfo");
+    assert_eq!(r.status(), 200);
+    let orphan = b"an uploaded NAR nobody names".to_vec();
+    let name = format!(
+        "{}.nar",
+        nixcache::nix::Sha256Hash::digest(&orphan).to_nix32()
+    );
+    let status = reqwest::Client::new()
+        .put(format!("{}/nar/{name}", cache.url))
+        .bearer_auth(TOKEN)
+        .body(orphan)
+        .send()
+        .await
+        .expect("PUT")
+        .status();
+    assert_eq!(status, 201);
+    cache.kill();
+    let periods = ["--gc-grace", "1s", "--gc-unfetched-ttl", "1s"];
+    // Fresh: neither is a problem yet (GC would not take them either).
+    let (ok, out) = fsck(
+        &data,
+        &fx.key,
+        &["--gc-grace", "1h", "--gc-unfetched-ttl", "1h"],
+    );
+    assert!(ok && out.contains("0 problem(s)"), "{out}");
+    std::thread::sleep(std::time::Duration::from_millis(2100));
+    let (ok, out) = fsck(&data, &fx.key, &periods);
+    assert!(!ok, "{out}");
+    assert!(out.contains("orphaned NAR") && out.contains(&name), "{out}");
+    assert!(
+        out.contains("unfetched narinfo") && out.contains(hash),
+        "{out}"
+    );
+    assert!(out.contains("2 problem(s)"), "{out}");
+    let mut repair = periods.to_vec();
+    repair.push("--repair");
+    let (ok, out) = fsck(&data, &fx.key, &repair);
+    assert!(ok, "{out}");
+    let (ok, out) = fsck(&data, &fx.key, &periods);
+    assert!(ok && out.contains("0 problem(s)"), "after repair: {out}");
+    assert!(!data.join("store/nar").join(&name).exists());
+}

@@ -155,3 +155,169 @@ fn gc_without_a_size_limit_is_a_clear_error() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("--max-size"));
 }
+
+/// `nixcache gc` on `data` with these settings: its summary line.
+async fn gc_pass(data: &std::path::Path, key: &str, args: &[&str]) -> String {
+    let out = tokio::process::Command::new(common::nixcache_bin())
+        .arg("gc")
+        .arg("--data-dir")
+        .arg(data)
+        .args(["--upstream", "http://127.0.0.1:9", "--upstream-key", key])
+        .args(args)
+        .output()
+        .await
+        .expect("nixcache gc");
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "gc failed: {stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    stdout
+}
+
+fn stored_nar_files(data: &std::path::Path) -> usize {
+    std::fs::read_dir(data.join("store/nar"))
+        .map(|d| d.count())
+        .unwrap_or(0)
+}
+
+async fn get(url: String) -> (u16, String) {
+    let r = reqwest::get(url).await.expect("GET");
+    (r.status().as_u16(), r.text().await.unwrap_or_default())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn orphaned_nars_and_unfetched_narinfos_are_collected_whatever_the_size() {
+    const TOKEN: &str = "upload-token-0123456789abcdef";
+    let fx = fixture();
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let data = tmp.path().join("data");
+    let upstream = StaticServer::start(&fx.cache).await;
+    let cache =
+        Nixcache::in_front_of(&data, &upstream.url, &fx.key, &["--upload-token", TOKEN]).await;
+    // Two paths fetched whole, the third only looked up.
+    let (fetched, looked_up) = fx.paths.split_at(2);
+    for p in fetched {
+        let (status, text) = get(format!("{}/{}.narinfo", cache.url, Fixture::hash_of(p))).await;
+        assert_eq!(status, 200);
+        let (status, _) = get(format!("{}/{}", cache.url, Fixture::nar_url(&text))).await;
+        assert_eq!(status, 200);
+    }
+    let unfetched = Fixture::hash_of(&looked_up[0]);
+    assert_eq!(
+        get(format!("{}/{unfetched}.narinfo", cache.url)).await.0,
+        200
+    );
+    // A NAR uploaded without its narinfo.
+    let orphan: Vec<u8> = (0..5000u32).map(|i| (i * 7 % 256) as u8).collect();
+    let name = format!(
+        "{}.nar",
+        nixcache::nix::Sha256Hash::digest(&orphan).to_nix32()
+    );
+    let status = reqwest::Client::new()
+        .put(format!("{}/nar/{name}", cache.url))
+        .bearer_auth(TOKEN)
+        .body(orphan.clone())
+        .send()
+        .await
+        .expect("PUT")
+        .status();
+    assert_eq!(status, 201);
+    assert_eq!(stored_nar_files(&data), 3);
+
+    // Far under the size limit, both kinds go once unused for their periods.
+    tokio::time::sleep(std::time::Duration::from_millis(2100)).await;
+    let summary = gc_pass(
+        &data,
+        &fx.key,
+        &[
+            "--max-size",
+            "1TB",
+            "--gc-grace",
+            "1s",
+            "--gc-unfetched-ttl",
+            "1s",
+        ],
+    )
+    .await;
+    assert!(summary.contains("1 of them orphans"), "{summary}");
+    assert!(summary.contains("1 unfetched narinfos"), "{summary}");
+    assert!(summary.contains("evicted 0 narinfos"), "{summary}");
+    assert_eq!(stored_nar_files(&data), 2, "{summary}");
+    assert!(!data.join("store/nar").join(&name).exists());
+    // The fetched paths are whole; the unfetched one is looked up again on demand.
+    for p in fetched {
+        let (status, text) = get(format!("{}/{}.narinfo", cache.url, Fixture::hash_of(p))).await;
+        assert_eq!(status, 200);
+        assert_eq!(
+            get(format!("{}/{}", cache.url, Fixture::nar_url(&text)))
+                .await
+                .0,
+            200
+        );
+    }
+    drop(cache);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_gc_pass_killed_between_narinfos_and_nars_is_finished_by_the_next() {
+    let fx = fixture();
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let data = tmp.path().join("data");
+    let upstream = StaticServer::start(&fx.cache).await;
+    {
+        let cache = Nixcache::in_front_of(&data, &upstream.url, &fx.key, &[]).await;
+        for p in &fx.paths {
+            let (_, text) = get(format!("{}/{}.narinfo", cache.url, Fixture::hash_of(p))).await;
+            assert_eq!(
+                get(format!("{}/{}", cache.url, Fixture::nar_url(&text)))
+                    .await
+                    .0,
+                200
+            );
+        }
+    }
+    assert_eq!(stored_nar_files(&data), fx.paths.len());
+    // A pass that must evict everything forgets the narinfos, then waits out its grace period
+    // before deleting the NARs: killed there.
+    let mut pass = common::KillOnDrop(
+        std::process::Command::new(common::nixcache_bin())
+            .arg("gc")
+            .arg("--data-dir")
+            .arg(&data)
+            .args([
+                "--upstream",
+                "http://127.0.0.1:9",
+                "--upstream-key",
+                &fx.key,
+            ])
+            .args(["--max-size", "0", "--gc-grace", "60s"])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("nixcache gc"),
+    );
+    tokio::time::sleep(std::time::Duration::from_secs(3)).await;
+    assert!(
+        pass.0.try_wait().expect("wait").is_none(),
+        "the pass ended early"
+    );
+    pass.0.kill().expect("kill -9");
+    let _ = pass.0.wait();
+    assert_eq!(
+        stored_nar_files(&data),
+        fx.paths.len(),
+        "NARs went before their grace"
+    );
+
+    // The next pass finds the NARs no narinfo names and deletes them after its own grace.
+    tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
+    let summary = gc_pass(&data, &fx.key, &["--max-size", "0", "--gc-grace", "1s"]).await;
+    assert!(
+        summary.contains(&format!("{} of them orphans", fx.paths.len())),
+        "{summary}"
+    );
+    assert!(summary.ends_with("-> 0 bytes\n"), "{summary}");
+    assert_eq!(stored_nar_files(&data), 0);
+}

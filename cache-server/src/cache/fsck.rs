@@ -1,10 +1,12 @@
 //! Consistency check of database and storage (`nixcache fsck`).
 //!
 //! Finds recorded NARs whose object is missing or has the wrong size (or, with `deep`, the wrong
-//! contents), stored NARs no narinfo refers to, and stored NARs a narinfo refers to but no row
-//! records. Repairs what is safe: a bad or missing NAR is forgotten (object and row), so the next
-//! request fetches it again from the upstream its narinfo names; an orphan is deleted; a good but
-//! unrecorded NAR is recorded.
+//! contents), stored NARs no narinfo refers to (recorded or not; recorded ones once unused for the
+//! GC grace period, as GC judges them), stored NARs a narinfo refers to but no row records, and
+//! narinfos whose NAR was never fetched, unused for the GC's unfetched TTL. Repairs what is safe: a
+//! bad or missing NAR is forgotten (object and row), so the next request fetches it again from the
+//! upstream its narinfo names; an orphan is deleted; a good but unrecorded NAR is recorded; a
+//! stale unfetched narinfo is forgotten (looked up again on demand).
 
 use std::collections::BTreeMap;
 
@@ -33,6 +35,8 @@ pub enum Problem {
     Orphan { file: String },
     /// Stored NAR a narinfo refers to, not recorded in the database.
     Unrecorded { file: String, size: u64 },
+    /// Narinfo whose NAR was never fetched, unused for longer than the unfetched TTL.
+    Unfetched { hash: String },
 }
 
 impl std::fmt::Display for Problem {
@@ -60,6 +64,10 @@ impl std::fmt::Display for Problem {
                 f,
                 "unrecorded NAR: {file} ({size} bytes) is stored but not recorded"
             ),
+            Self::Unfetched { hash } => write!(
+                f,
+                "unfetched narinfo: {hash} was looked up but its NAR never fetched, and is unused"
+            ),
         }
     }
 }
@@ -74,7 +82,12 @@ pub enum FsckError {
 
 impl Cache {
     /// Checks (and with `repair`, fixes) database and storage; returns what it found.
-    pub async fn fsck(&self, deep: bool, repair: bool) -> Result<Vec<Problem>, FsckError> {
+    pub async fn fsck(
+        &self,
+        deep: bool,
+        repair: bool,
+        grace: std::time::Duration,
+    ) -> Result<Vec<Problem>, FsckError> {
         let recorded: BTreeMap<String, u64> = self.db.list_nars().await?.into_iter().collect();
         let stored: BTreeMap<String, u64> = self
             .storage
@@ -121,6 +134,18 @@ impl Cache {
                 });
             }
         }
+        // Recorded and stored, but named by no narinfo: what GC collects as orphans.
+        let now = unix_now();
+        let unused_since = now - i64::try_from(grace.as_secs()).unwrap_or(i64::MAX);
+        for (file, _) in self.db.orphan_nars(unused_since, i64::MAX).await? {
+            if stored.contains_key(&file) {
+                problems.push(Problem::Orphan { file });
+            }
+        }
+        let ttl = i64::try_from(self.settings.unfetched_ttl.as_secs()).unwrap_or(i64::MAX);
+        for hash in self.db.unfetched_narinfos(now - ttl, i64::MAX).await? {
+            problems.push(Problem::Unfetched { hash });
+        }
         if repair {
             for p in &problems {
                 self.repair(p).await?;
@@ -141,6 +166,14 @@ impl Cache {
                 self.db.delete_nar(file).await?;
             }
             Problem::Unrecorded { file, size } => self.db.put_nar(file, *size, unix_now()).await?,
+            Problem::Unfetched { hash } => {
+                self.db.delete_narinfo(hash).await?;
+                if let Ok(h) = crate::nix::StoreHash::parse(hash) {
+                    self.storage
+                        .delete(&crate::storage::narinfo_key(&h))
+                        .await?;
+                }
+            }
         }
         Ok(())
     }

@@ -3,6 +3,13 @@
 //! are deleted only after a grace period, longer than any replica keeps a narinfo in memory and
 //! than a client takes from a narinfo to its NAR — so nobody is ever handed a narinfo whose NAR is
 //! already gone. A NAR still downloading has no row yet and is never a candidate.
+//!
+//! Garbage is collected whatever the size: NARs no narinfo names (an upload without its narinfo,
+//! a replaced narinfo, or a pass interrupted between forgetting narinfos and deleting their NARs,
+//! which the next pass thus finishes) once unused for the grace period, and narinfos whose NAR was
+//! never fetched (looked up only, as `nix copy --to` and channel scans do) once unused for
+//! `unfetched_ttl`. Every step is a database row, so a pass killed anywhere loses nothing and
+//! leaves nothing that the next pass does not find.
 
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
@@ -13,6 +20,8 @@ use super::Cache;
 use crate::storage::{nar_key, narinfo_key};
 
 const BATCH: i64 = 500;
+/// Orphaned NARs taken per pass (the next pass takes more).
+const ORPHAN_LIMIT: i64 = 10_000;
 
 /// What a pass did.
 #[derive(Clone, Debug, Default, PartialEq, serde::Serialize)]
@@ -24,6 +33,12 @@ pub struct GcReport {
     pub narinfos_evicted: u64,
     pub nars_evicted: u64,
     pub bytes_evicted: u64,
+    /// Of `nars_evicted`, those no narinfo named when the pass began.
+    #[serde(default)]
+    pub orphans_collected: u64,
+    /// Narinfos removed because their NAR was never fetched.
+    #[serde(default)]
+    pub unfetched_collected: u64,
     pub seconds: f64,
 }
 
@@ -107,6 +122,8 @@ impl Cache {
             self.metrics.lock_extensions.clone(),
         );
         report_swept(self.sweep_inflight().await?);
+        // This replica's recent accesses count before anything is judged unused.
+        self.flush_access_log().await;
         let size_before = self.db.total_nar_size().await?;
         let mut report = GcReport {
             ran: true,
@@ -116,6 +133,38 @@ impl Cache {
         };
         let mut size = size_before;
         let mut unreferenced: BTreeSet<String> = BTreeSet::new();
+        let now = crate::util::unix_now();
+        // Orphans first: they count against the size limit, and removing them spares live
+        // entries. Deleted after the grace wait below, like the NARs this pass unreferences.
+        let unused_since = now - i64::try_from(grace.as_secs()).unwrap_or(i64::MAX);
+        for (file, bytes) in self.db.orphan_nars(unused_since, ORPHAN_LIMIT).await? {
+            if unreferenced.insert(file) {
+                size = size.saturating_sub(bytes);
+                report.orphans_collected += 1;
+            }
+        }
+        keeper.check()?;
+        // Narinfos whose NAR never came: nothing to wait for, no NAR to delete.
+        let unfetched_secs = self.settings.unfetched_ttl.as_secs();
+        let unfetched_before = now - i64::try_from(unfetched_secs).unwrap_or(i64::MAX);
+        loop {
+            let batch = self.db.unfetched_narinfos(unfetched_before, BATCH).await?;
+            if batch.is_empty() {
+                break;
+            }
+            for hash in &batch {
+                self.db.delete_narinfo(hash).await?;
+                if let Ok(h) = crate::nix::StoreHash::parse(hash) {
+                    self.storage.delete(&narinfo_key(&h)).await?;
+                    self.narinfos.invalidate(&h);
+                }
+                report.unfetched_collected += 1;
+            }
+            keeper.check()?;
+            if batch.len() < BATCH as usize {
+                break;
+            }
+        }
         'evict: while size > max_size {
             let batch = self.db.lru_narinfos(BATCH).await?;
             if batch.is_empty() {
@@ -179,6 +228,8 @@ impl Cache {
         info!(
             narinfos = report.narinfos_evicted,
             nars = report.nars_evicted,
+            orphans = report.orphans_collected,
+            unfetched = report.unfetched_collected,
             bytes = report.bytes_evicted,
             size_after = report.size_after,
             seconds = report.seconds,
@@ -235,6 +286,7 @@ mod tests {
             download_queue_timeout: Duration::from_secs(1),
             staging_min_free: 0,
             nar_failure_ttl: Duration::from_secs(1),
+            unfetched_ttl: Duration::from_secs(3600),
         };
         let key = SecretKey::generate("t-1").expect("key");
         let cache = Cache::new(

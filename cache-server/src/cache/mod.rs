@@ -59,6 +59,8 @@ pub struct CacheSettings {
     pub staging_min_free: u64,
     /// How long a NAR whose download failed verification is answered 404 without a new one.
     pub nar_failure_ttl: Duration,
+    /// GC removes a narinfo whose NAR was never fetched once unused for this long.
+    pub unfetched_ttl: Duration,
 }
 
 pub struct Cache {

@@ -244,6 +244,11 @@ pub struct ServeArgs {
     #[arg(long, env = "NIXCACHE_GC_GRACE", value_name = "DURATION")]
     pub gc_grace: Option<HumanDuration>,
 
+    /// GC removes a narinfo whose NAR was never fetched (looked up only) once unused this long.
+    /// [default: 1h]
+    #[arg(long, env = "NIXCACHE_GC_UNFETCHED_TTL", value_name = "DURATION")]
+    pub gc_unfetched_ttl: Option<HumanDuration>,
+
     /// On SIGTERM, how long in-flight requests (and the downloads their clients follow) may take
     /// to finish before they are cut. [default: 30s]
     #[arg(long, env = "NIXCACHE_SHUTDOWN_TIMEOUT", value_name = "DURATION")]
@@ -485,6 +490,7 @@ pub struct Config {
     pub max_size: Option<u64>,
     pub gc_schedule: Option<croner::Cron>,
     pub gc_grace: Duration,
+    pub gc_unfetched_ttl: Duration,
     pub shutdown_timeout: Duration,
     pub uploads: Option<UploadConfig>,
     /// The token reads need, if any.
@@ -588,6 +594,7 @@ impl ServeArgs {
             max_size: self.max_size.or(other.max_size),
             gc_schedule: self.gc_schedule.or(other.gc_schedule),
             gc_grace: self.gc_grace.or(other.gc_grace),
+            gc_unfetched_ttl: self.gc_unfetched_ttl.or(other.gc_unfetched_ttl),
             shutdown_timeout: self.shutdown_timeout.or(other.shutdown_timeout),
             upload_token: self.upload_token.or(other.upload_token),
             upload_token_file: self.upload_token_file.or(other.upload_token_file),
@@ -799,6 +806,7 @@ impl ServeArgs {
                 })
                 .transpose()?,
             gc_grace: positive("gc-grace", self.gc_grace, 60)?,
+            gc_unfetched_ttl: positive("gc-unfetched-ttl", self.gc_unfetched_ttl, 3600)?,
             task_retention: positive("task-retention", self.task_retention, 7 * 24 * 3600)?,
             shutdown_timeout: positive("shutdown-timeout", self.shutdown_timeout, 30)?,
             inflight_part_size: match self.inflight_part_size {

@@ -92,6 +92,13 @@ pub trait Database: Send + Sync + 'static {
     async fn total_nar_size(&self) -> Result<u64, DbError>;
     /// Up to `limit` narinfos whose NAR is stored, least recently used first: (hash, NAR file).
     async fn lru_narinfos(&self, limit: i64) -> Result<Vec<(String, String)>, DbError>;
+    /// Up to `limit` recorded NARs that no narinfo refers to, last used before `before`, least
+    /// recently used first: (file, size). Left by an upload without its narinfo, an interrupted
+    /// GC pass, or a replaced narinfo.
+    async fn orphan_nars(&self, before: i64, limit: i64) -> Result<Vec<(String, u64)>, DbError>;
+    /// Up to `limit` narinfos whose NAR was never stored (only looked up, e.g. by a client's
+    /// HEAD), last used before `before`, least recently used first: their hashes.
+    async fn unfetched_narinfos(&self, before: i64, limit: i64) -> Result<Vec<String>, DbError>;
     async fn delete_narinfo(&self, hash: &str) -> Result<(), DbError>;
     /// How many narinfos refer to this NAR file.
     async fn nar_references(&self, nar_file: &str) -> Result<u64, DbError>;
@@ -361,5 +368,44 @@ pub(crate) mod conformance {
             1,
             "narinfos without a stored NAR are not listed"
         );
+
+        // What nothing collected before: NARs no narinfo names, narinfos whose NAR never came.
+        // Now h (-> f, stored) and h3 (-> g, no longer stored).
+        assert_eq!(
+            db.unfetched_narinfos(100, 10).await.expect("unfetched"),
+            vec![h3.to_string()]
+        );
+        assert!(
+            db.unfetched_narinfos(8, 10)
+                .await
+                .expect("unfetched")
+                .is_empty(),
+            "used at 8, not before"
+        );
+        assert!(db.orphan_nars(100, 10).await.expect("orphans").is_empty());
+        db.put_nar("o.nar.zst", 7, 30)
+            .await
+            .expect("an uploaded NAR alone");
+        assert_eq!(
+            db.orphan_nars(31, 10).await.expect("orphans"),
+            vec![("o.nar.zst".to_string(), 7)]
+        );
+        assert!(db.orphan_nars(30, 10).await.expect("orphans").is_empty());
+        let h4 = "1b4sb93wp679q4zx9k1ignby1yna3z7c";
+        db.put_narinfo(&record(h4, "q.nar.xz"), 9)
+            .await
+            .expect("put");
+        db.put_nar("q.nar.xz", 3, 9).await.expect("put nar");
+        assert_eq!(db.orphan_nars(100, 10).await.expect("orphans").len(), 1);
+        db.delete_narinfo(h4)
+            .await
+            .expect("its narinfo replaced or evicted");
+        let orphans = db.orphan_nars(100, 10).await.expect("orphans");
+        assert_eq!(
+            orphans.iter().map(|o| o.0.as_str()).collect::<Vec<_>>(),
+            vec!["q.nar.xz", "o.nar.zst"],
+            "least recently used first"
+        );
+        assert_eq!(db.orphan_nars(100, 1).await.expect("orphans").len(), 1);
     }
 }

@@ -240,6 +240,39 @@ impl Database for PostgresDatabase {
             .map_err(q)
     }
 
+    async fn orphan_nars(&self, before: i64, limit: i64) -> Result<Vec<(String, u64)>, DbError> {
+        use diesel::dsl::{exists, not};
+        let mut c = self.conn().await?;
+        nars::table
+            .filter(not(exists(
+                narinfos::table.filter(narinfos::nar_file.eq(nars::file)),
+            )))
+            .filter(nars::last_accessed_at.lt(before))
+            .order(nars::last_accessed_at.asc())
+            .select((nars::file, nars::size))
+            .limit(limit)
+            .load::<(String, i64)>(&mut c)
+            .await
+            .map(|v| v.into_iter().map(|(f, s)| (f, s.max(0) as u64)).collect())
+            .map_err(q)
+    }
+
+    async fn unfetched_narinfos(&self, before: i64, limit: i64) -> Result<Vec<String>, DbError> {
+        use diesel::dsl::{exists, not};
+        let mut c = self.conn().await?;
+        narinfos::table
+            .filter(not(exists(
+                nars::table.filter(nars::file.eq(narinfos::nar_file)),
+            )))
+            .filter(narinfos::last_accessed_at.lt(before))
+            .order(narinfos::last_accessed_at.asc())
+            .select(narinfos::hash)
+            .limit(limit)
+            .load(&mut c)
+            .await
+            .map_err(q)
+    }
+
     async fn delete_narinfo(&self, hash: &str) -> Result<(), DbError> {
         let mut c = self.conn().await?;
         diesel::delete(narinfos::table.find(hash))
