@@ -20,6 +20,9 @@ use super::Cache;
 use crate::storage::{nar_key, narinfo_key};
 
 const BATCH: i64 = 500;
+/// An upload to storage not completed after this long was left by a process that died: no commit
+/// of a NAR takes a day.
+const STALE_UPLOAD_AGE: Duration = Duration::from_secs(24 * 3600);
 /// Orphaned NARs taken per pass (the next pass takes more).
 const ORPHAN_LIMIT: i64 = 10_000;
 
@@ -39,6 +42,9 @@ pub struct GcReport {
     /// Narinfos removed because their NAR was never fetched.
     #[serde(default)]
     pub unfetched_collected: u64,
+    /// Incomplete storage uploads (S3 multipart) of dead processes, aborted.
+    #[serde(default)]
+    pub stale_uploads_aborted: u64,
     pub seconds: f64,
 }
 
@@ -122,6 +128,19 @@ impl Cache {
             self.metrics.lock_extensions.clone(),
         );
         report_swept(self.sweep_inflight().await?);
+        // Uploads of processes killed mid-commit keep their parts until aborted.
+        let stale_uploads = match self.storage.abort_stale_uploads(STALE_UPLOAD_AGE).await {
+            Ok(n) => {
+                if n > 0 {
+                    info!(uploads = n, "aborted incomplete storage uploads older than a day");
+                }
+                n
+            }
+            Err(e) => {
+                warn!(error = %e, "could not list incomplete storage uploads; left for the next pass");
+                0
+            }
+        };
         // This replica's recent accesses count before anything is judged unused.
         self.flush_access_log().await;
         let size_before = self.db.total_nar_size().await?;
@@ -129,6 +148,7 @@ impl Cache {
             ran: true,
             size_before,
             size_after: size_before,
+            stale_uploads_aborted: stale_uploads,
             ..Default::default()
         };
         let mut size = size_before;

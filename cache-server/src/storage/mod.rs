@@ -76,6 +76,16 @@ pub trait Storage: Send + Sync + 'static {
     async fn delete(&self, key: &str) -> Result<(), StorageError>;
     /// Keys under a directory-like `prefix` (e.g. `nar`), at any depth, with their sizes.
     async fn list(&self, prefix: &str) -> Result<Vec<(String, u64)>, StorageError>;
+    /// Aborts uploads begun more than `older_than` ago and never completed (a process killed in
+    /// the middle of one), which would otherwise keep their parts — and their cost — forever.
+    /// How many were aborted. Storage without such uploads has nothing to do.
+    async fn abort_stale_uploads(
+        &self,
+        older_than: std::time::Duration,
+    ) -> Result<u64, StorageError> {
+        let _ = older_than;
+        Ok(0)
+    }
 }
 
 /// Keys are relative paths of `[a-z0-9._-]` segments, never `.` or `..`: safe as file names and as

@@ -9,7 +9,9 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use futures_util::{StreamExt, TryStreamExt};
 use object_store::aws::{AmazonS3, AmazonS3Builder};
+use object_store::multipart::MultipartStore;
 use object_store::path::Path as ObjectPath;
+use object_store::signer::{SignedUrlOptions, Signer};
 use object_store::{GetOptions, GetRange, ObjectStore, ObjectStoreExt, PutPayload};
 use tokio::io::AsyncReadExt;
 
@@ -32,6 +34,33 @@ pub struct S3Config {
 pub struct S3Storage {
     store: Arc<AmazonS3>,
     prefix: String,
+}
+
+/// A page of S3's ListMultipartUploads answer, as far as it is read here.
+#[derive(Debug, Default, serde::Deserialize)]
+#[serde(rename_all = "PascalCase", default)]
+struct MultipartUploads {
+    #[serde(rename = "Upload")]
+    uploads: Vec<PendingUpload>,
+    is_truncated: bool,
+    next_key_marker: Option<String>,
+    next_upload_id_marker: Option<String>,
+}
+
+#[derive(Debug, serde::Deserialize)]
+#[serde(rename_all = "PascalCase")]
+struct PendingUpload {
+    key: String,
+    upload_id: String,
+    initiated: String,
+}
+
+/// Pages of pending uploads read per cleanup (1000 uploads each).
+const MAX_UPLOAD_PAGES: usize = 20;
+
+/// `GET`, as object_store's signer spells it.
+fn http_method_get() -> http::Method {
+    http::Method::GET
 }
 
 fn io(e: object_store::Error) -> StorageError {
@@ -189,6 +218,86 @@ impl Storage for S3Storage {
         Ok(out)
     }
 
+    async fn abort_stale_uploads(
+        &self,
+        older_than: std::time::Duration,
+    ) -> Result<u64, StorageError> {
+        // object_store creates, completes and aborts multipart uploads but does not list them:
+        // ListMultipartUploads is one GET on the bucket, signed by the same store's credentials.
+        let cutoff = chrono::Utc::now()
+            - chrono::Duration::from_std(older_than).unwrap_or(chrono::Duration::MAX);
+        let prefix = if self.prefix.is_empty() {
+            String::new()
+        } else {
+            format!("{}/", self.prefix)
+        };
+        let client = reqwest::Client::new();
+        let mut markers: Option<(String, String)> = None;
+        let mut aborted = 0;
+        for _ in 0..MAX_UPLOAD_PAGES {
+            let mut query = vec![
+                ("uploads".to_string(), String::new()),
+                ("prefix".to_string(), prefix.clone()),
+            ];
+            if let Some((key, id)) = &markers {
+                query.push(("key-marker".to_string(), key.clone()));
+                query.push(("upload-id-marker".to_string(), id.clone()));
+            }
+            let url = self
+                .store
+                .signed_url_opts(
+                    http_method_get(),
+                    &ObjectPath::default(),
+                    std::time::Duration::from_secs(300),
+                    &SignedUrlOptions::default().with_query(query),
+                )
+                .await
+                .map_err(io)?;
+            let resp = client
+                .get(url)
+                .send()
+                .await
+                .map_err(|e| StorageError::Io(std::io::Error::other(e.without_url())))?;
+            if !resp.status().is_success() {
+                return Err(StorageError::Io(std::io::Error::other(format!(
+                    "listing incomplete uploads: status {}",
+                    resp.status()
+                ))));
+            }
+            let text = resp
+                .text()
+                .await
+                .map_err(|e| StorageError::Io(std::io::Error::other(e.without_url())))?;
+            let page: MultipartUploads = quick_xml::de::from_str(&text).map_err(|e| {
+                StorageError::Io(std::io::Error::other(format!(
+                    "listing incomplete uploads: {e}"
+                )))
+            })?;
+            for upload in &page.uploads {
+                let started = chrono::DateTime::parse_from_rfc3339(&upload.initiated)
+                    .map(|t| t.with_timezone(&chrono::Utc));
+                // An upload whose start cannot be read is left alone.
+                if started.is_ok_and(|t| t < cutoff) {
+                    let path = ObjectPath::from(upload.key.as_str());
+                    self.store
+                        .abort_multipart(&path, &upload.upload_id)
+                        .await
+                        .map_err(io)?;
+                    aborted += 1;
+                }
+            }
+            match (
+                page.is_truncated,
+                page.next_key_marker,
+                page.next_upload_id_marker,
+            ) {
+                (true, Some(k), Some(u)) => markers = Some((k, u)),
+                _ => break,
+            }
+        }
+        Ok(aborted)
+    }
+
     async fn delete(&self, key: &str) -> Result<(), StorageError> {
         match self.store.delete(&self.path(key)?).await {
             Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
@@ -231,6 +340,52 @@ mod tests {
         let server = SeaweedFs::start();
         let dir = tempfile::tempdir().expect("tempdir");
         super::super::conformance::run(&storage(&server, "conformance"), dir.path()).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn incomplete_uploads_left_by_a_crash_are_aborted_once_stale() {
+        let server = SeaweedFs::start();
+        let s = storage(&server, "stale");
+        let other = storage(&server, "elsewhere");
+        // Uploads begun and never completed, as a process killed mid-commit leaves them.
+        for st in [&s, &other] {
+            let path = st.path("nar/x.nar").expect("path");
+            let mut upload = st.store.put_multipart(&path).await.expect("create");
+            upload
+                .put_part(PutPayload::from(vec![7u8; 5 << 20]))
+                .await
+                .expect("part");
+            drop(upload);
+        }
+        // Not stale yet: kept.
+        assert_eq!(
+            s.abort_stale_uploads(std::time::Duration::from_secs(3600))
+                .await
+                .expect("list"),
+            0
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
+        assert_eq!(
+            s.abort_stale_uploads(std::time::Duration::from_secs(1))
+                .await
+                .expect("abort"),
+            1,
+            "only this prefix's upload"
+        );
+        assert_eq!(
+            s.abort_stale_uploads(std::time::Duration::ZERO)
+                .await
+                .expect("again"),
+            0,
+            "gone"
+        );
+        assert_eq!(
+            other
+                .abort_stale_uploads(std::time::Duration::ZERO)
+                .await
+                .expect("other prefix"),
+            1
+        );
     }
 
     #[tokio::test(flavor = "multi_thread")]
