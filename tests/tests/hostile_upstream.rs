@@ -331,3 +331,89 @@ async fn a_file_hash_claimed_by_another_path_is_refused() {
         .await;
     assert!(out.success, "{}", out.stderr);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn unsigned_lines_nix_would_misread_are_refused_or_dropped() {
+    let fx = fixture();
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let dir = tmp.path().join("cache");
+    copy_cache(&fx.cache, &dir);
+    let leaf = fx
+        .paths
+        .iter()
+        .find(|p| fx.narinfo(p).contains("\nReferences: \n"))
+        .expect("a path without references");
+    let others: Vec<&String> = fx.paths.iter().filter(|p| *p != leaf).collect();
+    let append = |path: &str, extra: &str| {
+        let file = dir.join(format!("{}.narinfo", Fixture::hash_of(path)));
+        let mut text = std::fs::read_to_string(&file).expect("narinfo");
+        text.push_str(extra);
+        std::fs::write(&file, text).expect("write");
+    };
+    // Signatures do not cover these lines. Nix splits at the first colon: this is a second
+    // NarHash to it, which a line-based reader would keep as an unknown field.
+    append(
+        others[0],
+        "NarHash:Xsha256:1b4sb93wp679q4zx9k1ignby1yna3z7c4c2ri3wphylbc2dwsys0: \n",
+    );
+    // Nix reads a Deriver as a store path.
+    let file = dir.join(format!("{}.narinfo", Fixture::hash_of(others[1])));
+    let text = std::fs::read_to_string(&file).expect("narinfo");
+    let text: String = text
+        .lines()
+        .filter(|l| !l.starts_with("Deriver: "))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    std::fs::write(&file, format!("{text}Deriver: not/a-path\n")).expect("write");
+    // Fields nobody names that way are dropped; fields named like Nix's are kept.
+    append(leaf, "Odd Key: 1\nX-Extra: kept\n");
+    let upstream =
+        FaultyUpstream::start(dir.clone(), fx.cache_untrusted.clone(), Mode::Normal).await;
+    let cache = Nixcache::in_front_of(&tmp.path().join("data"), &upstream.url, &fx.key, &[]).await;
+
+    for p in &others {
+        let hash = Fixture::hash_of(p);
+        assert_eq!(
+            status(&format!("{}/{hash}.narinfo", cache.url)).await,
+            404,
+            "{p}"
+        );
+    }
+    let text = metrics(&cache.url).await;
+    assert_eq!(
+        sample(
+            &text,
+            "nixcache_upstream_errors_total",
+            &[r#"kind="invalid""#]
+        ),
+        Some(2.0),
+        "{text}"
+    );
+    let served = reqwest::get(format!("{}/{}.narinfo", cache.url, Fixture::hash_of(leaf)))
+        .await
+        .expect("narinfo")
+        .text()
+        .await
+        .expect("body");
+    assert!(!served.contains("Odd Key"), "{served}");
+    assert!(served.contains("\nX-Extra: kept\n"), "{served}");
+
+    // The real Nix client reads what is served; what is refused is a miss to it, never corrupt.
+    let key = cache.public_key().await;
+    let client = NixClient::new();
+    let out = client
+        .copy_closure(&cache.url, &tmp.path().join("store-a"), leaf, &key)
+        .await;
+    assert!(out.success, "{}", out.stderr);
+    for (i, p) in others.iter().enumerate() {
+        let out = client
+            .copy_closure(&cache.url, &tmp.path().join(format!("store-{i}")), p, &key)
+            .await;
+        assert!(!out.success, "{p}");
+        assert!(
+            !out.stderr.contains("corrupt") && !out.stderr.contains("too short"),
+            "{}",
+            out.stderr
+        );
+    }
+}

@@ -132,7 +132,10 @@ impl Cache {
         let stale_uploads = match self.storage.abort_stale_uploads(STALE_UPLOAD_AGE).await {
             Ok(n) => {
                 if n > 0 {
-                    info!(uploads = n, "aborted incomplete storage uploads older than a day");
+                    info!(
+                        uploads = n,
+                        "aborted incomplete storage uploads older than a day"
+                    );
                 }
                 n
             }
