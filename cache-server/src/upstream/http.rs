@@ -341,3 +341,21 @@ fn without_url(e: &reqwest::Error) -> String {
     }
     msg
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn redact_hides_user_name_password_and_query() {
+        let url =
+            Url::parse("https://tok3n:s3cret@cache.example/sub/nar/x.nar?sig=abc").expect("url");
+        let shown = redact(&url);
+        for secret in ["tok3n", "s3cret", "abc"] {
+            assert!(!shown.contains(secret), "{shown}");
+        }
+        assert!(shown.contains("cache.example/sub/nar/x.nar"), "{shown}");
+        let plain = Url::parse("https://cache.example/x").expect("url");
+        assert_eq!(redact(&plain), "https://cache.example/x");
+    }
+}
