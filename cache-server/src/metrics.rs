@@ -3,8 +3,8 @@
 
 use prometheus::core::Collector;
 use prometheus::{
-    Gauge, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts, Registry,
-    TextEncoder,
+    Gauge, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry, TextEncoder,
 };
 
 #[derive(Clone)]
@@ -24,6 +24,7 @@ pub struct Metrics {
     pub downloads_queued: IntGauge,
     pub backend_errors: IntCounterVec,
     pub refused: IntCounterVec,
+    pub backend_up: IntGaugeVec,
     pub lock_acquisitions: IntCounterVec,
     pub lock_wait: HistogramVec,
     pub lock_fallbacks: IntCounter,
@@ -94,6 +95,7 @@ impl Metrics {
             downloads_queued: gauge(&r, "nixcache_downloads_queued", "NAR downloads waiting for one of the --max-downloads slots"),
             downloads_in_flight: gauge(&r, "nixcache_downloads_in_flight", "NAR downloads running in this process"),
             backend_errors: counters(&r, "nixcache_backend_errors_total", "Errors from storage, database or locks", &["backend"]),
+            backend_up: reg(&r, IntGaugeVec::new(Opts::new("nixcache_backend_up", "1 while a backend (database, storage) answers this process's checks, 0 while it does not"), &["backend"]).unwrap_or_else(|e| panic!("{e}"))),
             refused: counters(&r, "nixcache_refused_total", "Input refused by source (upstream, upload, client) and reason", &["source", "reason"]),
             lock_acquisitions: counters(&r, "nixcache_lock_acquisitions_total", "Lock acquisitions by result (acquired, busy, error)", &["result"]),
             lock_wait: histograms(&r, "nixcache_lock_wait_seconds", "Time spent acquiring locks, by result", &["result"]),

@@ -26,15 +26,22 @@ const STORAGE_GAUGES_INTERVAL: Duration = Duration::from_secs(60);
 /// How often a replica looks for admin tasks to run (beside being woken when it records one).
 const TASK_POLL_INTERVAL: Duration = Duration::from_secs(1);
 const CACHE_INFO_RETRY: Duration = Duration::from_secs(30);
-/// Between `/readyz` failing and new connections being refused, on SIGTERM.
-const SHUTDOWN_READINESS_DELAY: Duration = Duration::from_secs(1);
+/// How often a serving process checks that its database and storage answer (for the
+/// `nixcache_backend_up` gauges, `/readyz?verbose` and a log line on each change).
+const BACKEND_CHECK_INTERVAL: Duration = Duration::from_secs(5);
 /// Time for a client to send a whole request head.
 const REQUEST_HEAD_TIMEOUT: Duration = Duration::from_secs(5);
 /// An idle keep-alive connection is closed after this long.
 const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 
-/// Opens the configured database (applying migrations).
+/// Opens the configured database, applying migrations; fails when that cannot be done now.
 pub async fn open_database(config: &Config) -> anyhow::Result<Arc<dyn Database>> {
+    open_database_as(config, Role::Gc).await
+}
+
+/// Opens the configured database for `role`: a serving process starts even while PostgreSQL is
+/// down (and migrates once it answers); the others need it now.
+async fn open_database_as(config: &Config, role: Role) -> anyhow::Result<Arc<dyn Database>> {
     match &config.database {
         DatabaseConfig::Sqlite(path) => {
             if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
@@ -46,6 +53,9 @@ pub async fn open_database(config: &Config) -> anyhow::Result<Arc<dyn Database>>
                 .await
                 .with_context(|| format!("opening {}", path.display()))?;
             Ok(Arc::new(db))
+        }
+        DatabaseConfig::Postgres(url) if role == Role::Serve => {
+            Ok(Arc::new(PostgresDatabase::connect(url.expose(), 16).await))
         }
         DatabaseConfig::Postgres(url) => {
             let db = PostgresDatabase::open(url.expose(), 16)
@@ -98,7 +108,7 @@ pub async fn build_cache(config: &Config, role: Role) -> anyhow::Result<(Arc<Cac
             Arc::new(S3Storage::new(s3).context("configuring S3 storage")?)
         }
     };
-    let db = open_database(config).await?;
+    let db = open_database_as(config, role).await?;
     let metrics = Metrics::new();
     let lock: Arc<dyn Lock> = if config.redis.is_empty() {
         Arc::new(LocalLock::new())
@@ -202,6 +212,16 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
             }
         })
     };
+    let backends = {
+        let cache = cache.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(BACKEND_CHECK_INTERVAL);
+            loop {
+                tick.tick().await;
+                cache.check_backends().await;
+            }
+        })
+    };
     let gauges = {
         let cache = cache.clone();
         tokio::spawn(async move {
@@ -274,6 +294,7 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
     info!(listen = %config.listen, upstreams = config.upstreams.len(), "nixcache serving");
     let handle = server.handle();
     let draining = cache.clone();
+    let shutdown_delay = config.shutdown_delay;
     let stopping = stop_tasks.clone();
     actix_web::rt::spawn(async move {
         wait_for_signal().await;
@@ -281,8 +302,9 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
         draining.begin_shutdown();
         // Running tasks go back to pending for the other replicas.
         stopping.cancel();
-        // A moment for load balancers to see /readyz fail before connections are refused.
-        tokio::time::sleep(SHUTDOWN_READINESS_DELAY).await;
+        // Time for endpoints and load balancers to see /readyz fail before connections are
+        // refused.
+        tokio::time::sleep(shutdown_delay).await;
         handle.stop(true).await;
     });
     server.await.context("HTTP server")?;
@@ -290,6 +312,7 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
     let _ = task_worker.await;
     flusher.abort();
     gauges.abort();
+    backends.abort();
     cache.flush_access_log().await;
     info!("stopped");
     Ok(())

@@ -45,6 +45,9 @@ pub fn render(nc: &NixCache) -> ServeArgs {
         redis: spec.redis.clone(),
         max_size: spec.gc.as_ref().map(|gc| gc.max_size.clone()),
         shutdown_timeout: Some(HumanDuration(std::time::Duration::from_secs(25))),
+        // Endpoints drop a terminating pod within a few seconds; new connections are refused
+        // only then.
+        shutdown_delay: Some(HumanDuration(std::time::Duration::from_secs(5))),
         ..ServeArgs::default()
     };
     if let Some(uploads) = &spec.uploads {

@@ -325,7 +325,8 @@ pub fn deployment(
                     "spec": {
                         "serviceAccountName": nc.name_any(),
                         "automountServiceAccountToken": false,
-                        // The server's own shutdown timeout is 25 s.
+                        // The server's shutdown: 5 s of failing readiness, then up to 25 s for
+                        // in-flight requests.
                         "terminationGracePeriodSeconds": 35,
                         "securityContext": pod_security_context(),
                         "containers": [server],

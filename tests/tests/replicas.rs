@@ -227,6 +227,27 @@ async fn a_replica_killed_mid_download_is_taken_over_after_the_lock_ttl() {
     assert_eq!(cluster.pg.query("SELECT count(*) FROM nars").trim(), "1");
 }
 
+/// Waits (up to 30 s) until `/readyz?verbose` of `base` says `what`.
+async fn wait_for_verbose(base: &str, what: &str) {
+    let start = std::time::Instant::now();
+    loop {
+        let text = reqwest::get(format!("{base}/readyz?verbose"))
+            .await
+            .expect("readyz")
+            .text()
+            .await
+            .unwrap_or_default();
+        if text.contains(what) {
+            return;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "{base}/readyz?verbose never said {what:?}: {text}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
 async fn status(url: &str) -> u16 {
     reqwest::get(url)
         .await
@@ -257,7 +278,19 @@ async fn postgres_down_hits_still_served_misses_404_and_recovery_without_restart
     assert!(out.success, "{}", out.stderr);
 
     cluster.pg.stop();
-    assert_eq!(status(&format!("{}/readyz", a.url)).await, 503);
+    // Still ready (a Service keeps every replica), the outage shown in the verbose view.
+    assert_eq!(status(&format!("{}/readyz", a.url)).await, 200);
+    wait_for_verbose(&a.url, "database: unavailable").await;
+    let text = common::metrics(&a.url).await;
+    assert_eq!(
+        common::sample(&text, "nixcache_backend_up", &[r#"backend="database""#]),
+        Some(0.0),
+        "{text}"
+    );
+    assert!(a.logs().contains("backend unavailable"), "{}", a.logs());
+    // A replica that starts during the outage starts, and serves the warm path too.
+    let c = cluster.replica(2, &upstream.url, &fx.key, &[]).await;
+    assert_eq!(status(&format!("{}/readyz", c.url)).await, 200);
     // Under load from other clients, the real Nix client still gets the cached path: from A (its
     // narinfo in memory) and from B, which never saw it (its narinfo's copy in S3).
     let load = {
@@ -268,7 +301,7 @@ async fn postgres_down_hits_still_served_misses_404_and_recovery_without_restart
             }
         })
     };
-    for (name, replica) in [("a", &a), ("b", &b)] {
+    for (name, replica) in [("a", &a), ("b", &b), ("c", &c)] {
         let store = cluster.tmp.path().join(format!("during-{name}"));
         let out = NixClient::new()
             .copy_closure(&replica.url, &store, &dep, &key)
@@ -288,24 +321,24 @@ async fn postgres_down_hits_still_served_misses_404_and_recovery_without_restart
     );
 
     cluster.pg.resume();
-    let start = std::time::Instant::now();
-    while status(&format!("{}/readyz", b.url)).await != 200 {
-        assert!(
-            start.elapsed() < Duration::from_secs(30),
-            "B not ready again"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-    // Misses work again, without a restart, and the whole closure arrives.
+    wait_for_verbose(&b.url, "database: up").await;
+    // C, which never reached the database, connects (and would migrate) by itself.
+    wait_for_verbose(&c.url, "database: up").await;
+    assert!(
+        c.logs().contains("migrating once it answers"),
+        "{}",
+        c.logs()
+    );
+    // Misses work again, without a restart, and the whole closure arrives, through C.
     let store = cluster.tmp.path().join("after");
     let out = NixClient::new()
-        .copy_closure(&b.url, &store, fx.top(), &key)
+        .copy_closure(&c.url, &store, fx.top(), &key)
         .await;
     assert!(
         out.success,
         "after PostgreSQL returned:\n{}\n{}",
         out.stderr,
-        b.logs()
+        c.logs()
     );
     assert_eq!(store_contents(&store).len(), fx.paths.len());
     // Every row is whole: one per path, each naming a NAR that is stored.

@@ -84,6 +84,9 @@ pub struct Cache {
     metrics: Metrics,
     /// Set on SIGTERM: `/readyz` then answers 503 so that traffic moves elsewhere.
     shutting_down: std::sync::atomic::AtomicBool,
+    /// What the last backend check found (see [`Cache::check_backends`]); up until then.
+    database_up: std::sync::atomic::AtomicBool,
+    storage_up: std::sync::atomic::AtomicBool,
 }
 
 impl Cache {
@@ -126,6 +129,8 @@ impl Cache {
             access: AccessLog::default(),
             metrics,
             shutting_down: std::sync::atomic::AtomicBool::new(false),
+            database_up: std::sync::atomic::AtomicBool::new(true),
+            storage_up: std::sync::atomic::AtomicBool::new(true),
         })
     }
 
@@ -194,9 +199,49 @@ impl Cache {
         self.shutting_down.load(std::sync::atomic::Ordering::SeqCst)
     }
 
-    /// Whether the database answers (for `/readyz`).
-    pub async fn check_database(&self) -> Result<(), crate::db::DbError> {
-        self.db.ping().await
+    /// Checks that the database and storage answer: sets the `nixcache_backend_up` gauges and
+    /// logs each change. Neither decides readiness — a replica serves hits from storage without
+    /// the database, and answers 404 (so Nix tries its next substituter) without storage, both
+    /// better than a Service with no replica in it — but both show in `/readyz?verbose`.
+    pub async fn check_backends(&self) {
+        use std::sync::atomic::Ordering;
+        let timeout = Duration::from_secs(3);
+        let database = matches!(
+            tokio::time::timeout(timeout, self.db.ping()).await,
+            Ok(Ok(()))
+        );
+        let storage = matches!(
+            tokio::time::timeout(timeout, self.storage.size("nix-cache-info")).await,
+            Ok(Ok(_))
+        );
+        for (name, up, flag) in [
+            ("database", database, &self.database_up),
+            ("storage", storage, &self.storage_up),
+        ] {
+            self.metrics
+                .backend_up
+                .with_label_values(&[name])
+                .set(i64::from(up));
+            if flag.swap(up, Ordering::SeqCst) != up {
+                if up {
+                    tracing::info!(backend = name, "backend answers again");
+                } else {
+                    tracing::warn!(
+                        backend = name,
+                        "backend unavailable; serving what can be served"
+                    );
+                }
+            }
+        }
+    }
+
+    /// The last backend check's findings: (database, storage).
+    pub fn backends_up(&self) -> (bool, bool) {
+        use std::sync::atomic::Ordering;
+        (
+            self.database_up.load(Ordering::SeqCst),
+            self.storage_up.load(Ordering::SeqCst),
+        )
     }
 
     /// Takes a lock, counting the outcome and timing the wait.

@@ -254,6 +254,11 @@ pub struct ServeArgs {
     #[arg(long, env = "NIXCACHE_SHUTDOWN_TIMEOUT", value_name = "DURATION")]
     pub shutdown_timeout: Option<HumanDuration>,
 
+    /// On SIGTERM, how long `/readyz` fails before new connections are refused, so that
+    /// endpoints and load balancers stop sending traffic first. [default: 5s]
+    #[arg(long, env = "NIXCACHE_SHUTDOWN_DELAY", value_name = "DURATION")]
+    pub shutdown_delay: Option<HumanDuration>,
+
     /// While Redis is unreachable, answer misses 404 instead of locking in-process only.
     #[arg(long, env = "NIXCACHE_LOCK_STRICT", num_args = 0..=1, default_missing_value = "true", value_name = "BOOL")]
     pub lock_strict: Option<bool>,
@@ -492,6 +497,7 @@ pub struct Config {
     pub gc_grace: Duration,
     pub gc_unfetched_ttl: Duration,
     pub shutdown_timeout: Duration,
+    pub shutdown_delay: Duration,
     pub uploads: Option<UploadConfig>,
     /// The token reads need, if any.
     pub read_token: Option<Secret>,
@@ -596,6 +602,7 @@ impl ServeArgs {
             gc_grace: self.gc_grace.or(other.gc_grace),
             gc_unfetched_ttl: self.gc_unfetched_ttl.or(other.gc_unfetched_ttl),
             shutdown_timeout: self.shutdown_timeout.or(other.shutdown_timeout),
+            shutdown_delay: self.shutdown_delay.or(other.shutdown_delay),
             upload_token: self.upload_token.or(other.upload_token),
             upload_token_file: self.upload_token_file.or(other.upload_token_file),
             upload_trusted_keys: if self.upload_trusted_keys.is_empty() {
@@ -809,6 +816,7 @@ impl ServeArgs {
             gc_unfetched_ttl: positive("gc-unfetched-ttl", self.gc_unfetched_ttl, 3600)?,
             task_retention: positive("task-retention", self.task_retention, 7 * 24 * 3600)?,
             shutdown_timeout: positive("shutdown-timeout", self.shutdown_timeout, 30)?,
+            shutdown_delay: self.shutdown_delay.map_or(Duration::from_secs(5), |d| d.0),
             inflight_part_size: match self.inflight_part_size {
                 Some(0) => return Err(invalid("inflight-part-size", "must be more than zero")),
                 Some(n) => n,

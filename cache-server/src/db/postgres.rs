@@ -1,6 +1,9 @@
 //! PostgreSQL through diesel-async (tokio-postgres underneath, no libpq), pooled with bb8.
-//! Migrations are embedded and applied at start through diesel-async's sync wrapper.
+//! Migrations are embedded and applied through diesel-async's sync wrapper: at start, or — for a
+//! serving process that starts while the database is down — as soon as it answers.
 
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -21,6 +24,8 @@ const MIGRATION_LOCK: i64 = 0x6e69_7863_6163_6865;
 
 pub struct PostgresDatabase {
     pool: Pool<AsyncPgConnection>,
+    /// Whether this process has seen the schema migrated; queries wait for it.
+    migrated: Arc<AtomicBool>,
 }
 
 /// A database URL for messages: without its password.
@@ -49,41 +54,93 @@ fn connection_error(e: impl std::fmt::Display, url: &str) -> DbError {
     DbError::Connection(text)
 }
 
-impl PostgresDatabase {
-    /// Connects, applies pending migrations, and keeps a pool of up to `max_connections`.
-    pub async fn open(url: &str, max_connections: u32) -> Result<Self, DbError> {
-        let migrate_url = url.to_string();
-        tokio::task::spawn_blocking(move || {
-            // The sync wrapper drives the async connection on the runtime this task belongs to.
-            type Sync =
-                diesel_async::async_connection_wrapper::AsyncConnectionWrapper<AsyncPgConnection>;
-            let mut conn = <Sync as diesel::Connection>::establish(&migrate_url)
-                .map_err(|e| connection_error(e, &migrate_url))?;
-            // Replicas starting together migrate one at a time: the others wait here, then find
-            // nothing pending. The lock is the session's, so it goes with the connection too.
-            let lock = format!("SELECT pg_advisory_lock({MIGRATION_LOCK})");
-            diesel::RunQueryDsl::execute(diesel::sql_query(lock), &mut conn)
-                .map_err(|e| DbError::Migration(format!("taking the migration lock: {e}")))?;
-            let applied = conn
-                .run_pending_migrations(MIGRATIONS)
-                .map(|_| ())
-                .map_err(|e| DbError::Migration(e.to_string()));
-            let unlock = format!("SELECT pg_advisory_unlock({MIGRATION_LOCK})");
-            let _ = diesel::RunQueryDsl::execute(diesel::sql_query(unlock), &mut conn);
-            applied
-        })
-        .await
-        .map_err(|e| DbError::Connection(e.to_string()))??;
+/// Applies pending migrations, one process at a time.
+async fn migrate(url: &str) -> Result<(), DbError> {
+    let migrate_url = url.to_string();
+    tokio::task::spawn_blocking(move || {
+        // The sync wrapper drives the async connection on the runtime this task belongs to.
+        type Sync =
+            diesel_async::async_connection_wrapper::AsyncConnectionWrapper<AsyncPgConnection>;
+        let mut conn = <Sync as diesel::Connection>::establish(&migrate_url)
+            .map_err(|e| connection_error(e, &migrate_url))?;
+        // Replicas starting together migrate one at a time: the others wait here, then find
+        // nothing pending. The lock is the session's, so it goes with the connection too.
+        let lock = format!("SELECT pg_advisory_lock({MIGRATION_LOCK})");
+        diesel::RunQueryDsl::execute(diesel::sql_query(lock), &mut conn)
+            .map_err(|e| DbError::Migration(format!("taking the migration lock: {e}")))?;
+        let applied = conn
+            .run_pending_migrations(MIGRATIONS)
+            .map(|_| ())
+            .map_err(|e| DbError::Migration(e.to_string()));
+        let unlock = format!("SELECT pg_advisory_unlock({MIGRATION_LOCK})");
+        let _ = diesel::RunQueryDsl::execute(diesel::sql_query(unlock), &mut conn);
+        applied
+    })
+    .await
+    .map_err(|e| DbError::Connection(e.to_string()))?
+}
 
+/// Between tries to migrate a database that was unreachable at start.
+const MIGRATE_RETRY: Duration = Duration::from_secs(2);
+const MIGRATE_RETRY_MAX: Duration = Duration::from_secs(30);
+
+impl PostgresDatabase {
+    fn pool(url: &str, max_connections: u32) -> Pool<AsyncPgConnection> {
         let manager = AsyncDieselConnectionManager::<AsyncPgConnection>::new(url);
-        let pool = Pool::builder()
+        Pool::builder()
             .max_size(max_connections)
             .connection_timeout(Duration::from_secs(5))
             // Connections are made when needed, so a database that is down at start-up or later
             // only fails the requests that need it.
             .min_idle(Some(0))
-            .build_unchecked(manager);
-        Ok(Self { pool })
+            .build_unchecked(manager)
+    }
+
+    /// Connects, applies pending migrations, and keeps a pool of up to `max_connections`; fails
+    /// when the database cannot be reached or migrated (for `nixcache migrate`, `gc`, `fsck`).
+    pub async fn open(url: &str, max_connections: u32) -> Result<Self, DbError> {
+        migrate(url).await?;
+        Ok(Self {
+            pool: Self::pool(url, max_connections),
+            migrated: Arc::new(AtomicBool::new(true)),
+        })
+    }
+
+    /// For a serving process: never fails. Migrates now if the database answers; otherwise keeps
+    /// trying in the background, and until it has succeeded every query fails as the database
+    /// being unavailable (so hits are served from storage, misses are 404) — a replica starts
+    /// and serves during a database outage, and needs no restart when the database returns.
+    pub async fn connect(url: &str, max_connections: u32) -> Self {
+        let migrated = Arc::new(AtomicBool::new(false));
+        let db = Self {
+            pool: Self::pool(url, max_connections),
+            migrated: migrated.clone(),
+        };
+        match migrate(url).await {
+            Ok(()) => migrated.store(true, Ordering::SeqCst),
+            Err(e) => {
+                tracing::warn!(error = %e, "database unavailable at start; serving what storage has, migrating once it answers");
+                let url = url.to_string();
+                tokio::spawn(async move {
+                    let mut pause = MIGRATE_RETRY;
+                    loop {
+                        tokio::time::sleep(pause).await;
+                        match migrate(&url).await {
+                            Ok(()) => {
+                                migrated.store(true, Ordering::SeqCst);
+                                tracing::info!("database reachable; migrations applied");
+                                return;
+                            }
+                            Err(e) => {
+                                tracing::debug!(error = %e, "database still unavailable");
+                                pause = (pause * 2).min(MIGRATE_RETRY_MAX);
+                            }
+                        }
+                    }
+                });
+            }
+        }
+        db
     }
 
     async fn conn(
@@ -92,6 +149,11 @@ impl PostgresDatabase {
         diesel_async::pooled_connection::bb8::PooledConnection<'_, AsyncPgConnection>,
         DbError,
     > {
+        if !AtomicBool::load(&self.migrated, Ordering::SeqCst) {
+            return Err(DbError::Connection(
+                "database not reached since start (its schema is not known to be current)".into(),
+            ));
+        }
         self.pool
             .get()
             .await
