@@ -569,12 +569,13 @@ async fn an_async_prefetch_outlives_the_replicas_running_it() {
         handed.elapsed()
     );
     assert_eq!(second["attempts"], 2, "{second}");
-    assert!(stopping.wait_exit(Duration::from_secs(40)), "no clean exit");
     let second_runner = second["runner"].as_str().expect("runner").to_string();
 
     // The next one dies (kill -9): after the lock TTL, the last replica finishes the task.
     tokio::time::sleep(Duration::from_millis(1000)).await;
     replicas.remove(replica_of(&replicas, &second)).kill();
+    // (The first one is still in its shutdown delay, refusing nothing yet but running no task.)
+    assert!(stopping.wait_exit(Duration::from_secs(40)), "no clean exit");
     let task = wait_finished(&replicas[0].url, &location, Duration::from_secs(90)).await;
     assert_eq!(task["state"], "succeeded", "{task}");
     assert_eq!(task["attempts"], 3, "{task}");
