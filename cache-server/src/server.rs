@@ -202,36 +202,15 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
     }
 
     tokio::spawn(learn_upstream_priorities(upstreams));
-    let flusher = {
-        let cache = cache.clone();
-        tokio::spawn(async move {
-            let mut tick = tokio::time::interval(ACCESS_FLUSH_INTERVAL);
-            loop {
-                tick.tick().await;
-                cache.flush_access_log().await;
-            }
-        })
-    };
-    let backends = {
-        let cache = cache.clone();
-        tokio::spawn(async move {
-            let mut tick = tokio::time::interval(BACKEND_CHECK_INTERVAL);
-            loop {
-                tick.tick().await;
-                cache.check_backends().await;
-            }
-        })
-    };
-    let gauges = {
-        let cache = cache.clone();
-        tokio::spawn(async move {
-            let mut tick = tokio::time::interval(STORAGE_GAUGES_INTERVAL);
-            loop {
-                tick.tick().await;
-                cache.reconcile_storage_gauges().await;
-            }
-        })
-    };
+    let flusher = every(ACCESS_FLUSH_INTERVAL, &cache, |c| async move {
+        c.flush_access_log().await
+    });
+    let backends = every(BACKEND_CHECK_INTERVAL, &cache, |c| async move {
+        c.check_backends().await
+    });
+    let gauges = every(STORAGE_GAUGES_INTERVAL, &cache, |c| async move {
+        c.reconcile_storage_gauges().await
+    });
 
     // Admin tasks: recorded by any replica, run by whichever claims them.
     let tasks = Tasks::new(
@@ -316,6 +295,22 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
     cache.flush_access_log().await;
     info!("stopped");
     Ok(())
+}
+
+/// Runs `job` on the cache every `period`, the first time at once, until aborted.
+fn every<F, Fut>(period: Duration, cache: &Arc<Cache>, job: F) -> tokio::task::JoinHandle<()>
+where
+    F: Fn(Arc<Cache>) -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = ()> + Send,
+{
+    let cache = cache.clone();
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(period);
+        loop {
+            tick.tick().await;
+            job(cache.clone()).await;
+        }
+    })
 }
 
 /// SIGTERM (what Kubernetes sends) or SIGINT.

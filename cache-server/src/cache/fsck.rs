@@ -166,14 +166,7 @@ impl Cache {
                 self.db.delete_nar(file).await?;
             }
             Problem::Unrecorded { file, size } => self.db.put_nar(file, *size, unix_now()).await?,
-            Problem::Unfetched { hash } => {
-                self.db.delete_narinfo(hash).await?;
-                if let Ok(h) = crate::nix::StoreHash::parse(hash) {
-                    self.storage
-                        .delete(&crate::storage::narinfo_key(&h))
-                        .await?;
-                }
-            }
+            Problem::Unfetched { hash } => self.forget_narinfo::<FsckError>(hash).await?,
         }
         Ok(())
     }

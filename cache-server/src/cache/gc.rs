@@ -68,6 +68,19 @@ fn report_swept(n: u64) {
 }
 
 impl Cache {
+    /// Forgets a narinfo: its row, then its copy in storage, then this process's memory of it.
+    pub(super) async fn forget_narinfo<E>(&self, hash: &str) -> Result<(), E>
+    where
+        E: From<crate::db::DbError> + From<crate::storage::StorageError>,
+    {
+        self.db.delete_narinfo(hash).await?;
+        if let Ok(h) = crate::nix::StoreHash::parse(hash) {
+            self.storage.delete(&narinfo_key(&h)).await?;
+            self.narinfos.invalidate(&h);
+        }
+        Ok(())
+    }
+
     /// Removes published parts (`inflight/<file>/<n>`) of downloads nobody is running any more
     /// (their holder died): a part is only left alone while its NAR's lock is held.
     async fn sweep_inflight(&self) -> Result<u64, GcError> {
@@ -176,11 +189,7 @@ impl Cache {
                 break;
             }
             for hash in &batch {
-                self.db.delete_narinfo(hash).await?;
-                if let Ok(h) = crate::nix::StoreHash::parse(hash) {
-                    self.storage.delete(&narinfo_key(&h)).await?;
-                    self.narinfos.invalidate(&h);
-                }
+                self.forget_narinfo::<GcError>(hash).await?;
                 report.unfetched_collected += 1;
             }
             keeper.check()?;
@@ -197,13 +206,8 @@ impl Cache {
                 if size <= max_size {
                     break 'evict;
                 }
-                // The narinfo first (row, then its copy in storage): from now on nobody new is
-                // told about this NAR.
-                self.db.delete_narinfo(&hash).await?;
-                if let Ok(h) = crate::nix::StoreHash::parse(&hash) {
-                    self.storage.delete(&narinfo_key(&h)).await?;
-                    self.narinfos.invalidate(&h);
-                }
+                // The narinfo first: from now on nobody new is told about this NAR.
+                self.forget_narinfo::<GcError>(&hash).await?;
                 report.narinfos_evicted += 1;
                 if self.db.nar_references(&nar_file).await? == 0
                     && unreferenced.insert(nar_file.clone())

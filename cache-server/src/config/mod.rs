@@ -507,6 +507,16 @@ pub struct Config {
     pub public_metrics: bool,
 }
 
+/// A size setting (`50G`, `500MiB`; `G`, `M` are powers of 1000), when it is set.
+fn parse_size(flag: &'static str, v: Option<&str>) -> Result<Option<u64>, ConfigError> {
+    v.map(|v| {
+        v.parse::<bytesize::ByteSize>()
+            .map(|b| b.as_u64())
+            .map_err(|e| invalid(flag, format!("{v:?}: {e} (write e.g. 50G, 500MiB)")))
+    })
+    .transpose()
+}
+
 impl ServeArgs {
     fn upload_config(&self) -> Result<Option<UploadConfig>, ConfigError> {
         let Some(token) = token(
@@ -536,12 +546,8 @@ impl ServeArgs {
                     .map_err(|e| invalid("upload-trusted-key", format!("{}: {e}", key_name(k))))
             })
             .collect::<Result<Vec<_>, _>>()?;
-        let size = |flag: &'static str, v: &Option<String>, default: u64| match v {
-            None => Ok(default),
-            Some(v) => v
-                .parse::<bytesize::ByteSize>()
-                .map(|b| b.as_u64())
-                .map_err(|e| invalid(flag, format!("{v:?}: {e} (write e.g. 8GiB, 500MiB)"))),
+        let size = |flag, v: &Option<String>, default| {
+            Ok::<_, ConfigError>(parse_size(flag, v.as_deref())?.unwrap_or(default))
         };
         Ok(Some(UploadConfig {
             token,
@@ -766,15 +772,8 @@ impl ServeArgs {
                 self.download_queue_timeout,
                 10,
             )?,
-            staging_min_free: match self.staging_min_free.as_deref() {
-                None => 256 << 20,
-                Some(v) => v
-                    .parse::<bytesize::ByteSize>()
-                    .map(|b| b.as_u64())
-                    .map_err(|e| {
-                        invalid("staging-min-free", format!("{v:?}: {e} (write e.g. 1GiB)"))
-                    })?,
-            },
+            staging_min_free: parse_size("staging-min-free", self.staging_min_free.as_deref())?
+                .unwrap_or(256 << 20),
             nar_failure_ttl: self
                 .nar_failure_ttl
                 .map_or(Duration::from_secs(10), |d| d.0),
@@ -790,17 +789,7 @@ impl ServeArgs {
             lock_strict: self.lock_strict.unwrap_or(false),
             lock_namespace,
             lock_ttl: positive("lock-ttl", self.lock_ttl, 30)?,
-            max_size: self
-                .max_size
-                .as_deref()
-                .map(|v| {
-                    v.parse::<bytesize::ByteSize>()
-                        .map(|b| b.as_u64())
-                        .map_err(|e| {
-                            invalid("max-size", format!("{v:?}: {e} (write e.g. 50G, 500MiB)"))
-                        })
-                })
-                .transpose()?,
+            max_size: parse_size("max-size", self.max_size.as_deref())?,
             gc_schedule: self
                 .gc_schedule
                 .as_deref()

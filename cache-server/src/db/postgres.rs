@@ -13,7 +13,7 @@ use diesel_async::pooled_connection::AsyncDieselConnectionManager;
 use diesel_async::{AsyncPgConnection, RunQueryDsl};
 use diesel_migrations::{embed_migrations, EmbeddedMigrations, MigrationHarness};
 
-use super::rows::{claimable, q, run_by, size, NarInfoRow};
+use super::rows::{claimable, orphaned_before, q, run_by, size, unfetched_before, NarInfoRow};
 use super::schema::{narinfos, nars, tasks};
 use super::task_state::{FAILED, PENDING, RUNNING, SUCCEEDED};
 use super::{is_unique_violation, Database, DbError, NarInfoRecord, TaskRecord};
@@ -303,13 +303,9 @@ impl Database for PostgresDatabase {
     }
 
     async fn orphan_nars(&self, before: i64, limit: i64) -> Result<Vec<(String, u64)>, DbError> {
-        use diesel::dsl::{exists, not};
         let mut c = self.conn().await?;
         nars::table
-            .filter(not(exists(
-                narinfos::table.filter(narinfos::nar_file.eq(nars::file)),
-            )))
-            .filter(nars::last_accessed_at.lt(before))
+            .filter(orphaned_before(before))
             .order(nars::last_accessed_at.asc())
             .select((nars::file, nars::size))
             .limit(limit)
@@ -320,13 +316,9 @@ impl Database for PostgresDatabase {
     }
 
     async fn unfetched_narinfos(&self, before: i64, limit: i64) -> Result<Vec<String>, DbError> {
-        use diesel::dsl::{exists, not};
         let mut c = self.conn().await?;
         narinfos::table
-            .filter(not(exists(
-                nars::table.filter(nars::file.eq(narinfos::nar_file)),
-            )))
-            .filter(narinfos::last_accessed_at.lt(before))
+            .filter(unfetched_before(before))
             .order(narinfos::last_accessed_at.asc())
             .select(narinfos::hash)
             .limit(limit)

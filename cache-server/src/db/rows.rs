@@ -2,7 +2,7 @@
 
 use diesel::prelude::*;
 
-use super::schema::{narinfos, tasks};
+use super::schema::{narinfos, nars, tasks};
 use super::task_state::{PENDING, RUNNING};
 use super::{DbError, NarInfoRecord};
 
@@ -54,6 +54,20 @@ pub(super) fn q(e: diesel::result::Error) -> DbError {
 /// Sizes are unsigned here and BIGINT in SQL.
 pub(super) fn size(n: u64) -> i64 {
     i64::try_from(n).unwrap_or(i64::MAX)
+}
+
+/// Recorded NARs no narinfo names, last used before `before`.
+#[diesel::dsl::auto_type]
+pub(super) fn orphaned_before(before: i64) -> _ {
+    let named = narinfos::table.filter(narinfos::nar_file.eq(nars::file));
+    diesel::dsl::not(diesel::dsl::exists(named)).and(nars::last_accessed_at.lt(before))
+}
+
+/// Narinfos whose NAR was never stored, last used before `before`.
+#[diesel::dsl::auto_type]
+pub(super) fn unfetched_before(before: i64) -> _ {
+    let stored = nars::table.filter(nars::file.eq(narinfos::nar_file));
+    diesel::dsl::not(diesel::dsl::exists(stored)).and(narinfos::last_accessed_at.lt(before))
 }
 
 /// Tasks a runner may take: pending ones, and running ones not heard of since `stale_before`.

@@ -87,37 +87,31 @@ fn admit<'a>(state: &'a AppState, req: &HttpRequest) -> Result<&'a UploadConfig,
 
 /// The answer to a refused upload; the refusal is logged and counted by reason.
 fn refused(state: &AppState, e: UploadError) -> HttpResponse {
-    let reason = match &e {
-        UploadError::Invalid(_) => "invalid",
-        UploadError::Body(_) => "body",
-        UploadError::Untrusted => "untrusted",
-        UploadError::Replaces(_) => "replaces",
-        UploadError::TooLarge(_) => "too_large",
-        UploadError::Backend(_) => "backend",
+    // The status, and the reason a refusal is counted under (a backend failure is not one).
+    let (status, reason) = match &e {
+        UploadError::Invalid(_) => (StatusCode::BAD_REQUEST, Some("invalid")),
+        UploadError::Body(_) => (StatusCode::BAD_REQUEST, Some("body")),
+        UploadError::Untrusted => (StatusCode::FORBIDDEN, Some("untrusted")),
+        UploadError::Replaces(_) => (StatusCode::CONFLICT, Some("replaces")),
+        UploadError::TooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, Some("too_large")),
+        UploadError::Backend(_) => (StatusCode::SERVICE_UNAVAILABLE, None),
     };
-    if !matches!(e, UploadError::Backend(_)) {
-        state
-            .cache
-            .metrics()
-            .refused
-            .with_label_values(&["upload", reason])
-            .inc();
-        tracing::info!(reason, error = %e, "upload refused");
-    }
-    let status = match e {
-        UploadError::Invalid(_) | UploadError::Body(_) => StatusCode::BAD_REQUEST,
-        UploadError::Untrusted => StatusCode::FORBIDDEN,
-        UploadError::Replaces(_) => StatusCode::CONFLICT,
-        UploadError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
-        UploadError::Backend(_) => StatusCode::SERVICE_UNAVAILABLE,
-    };
-    let message = match &e {
+    let message = match reason {
+        Some(reason) => {
+            state
+                .cache
+                .metrics()
+                .refused
+                .with_label_values(&["upload", reason])
+                .inc();
+            tracing::info!(reason, error = %e, "upload refused");
+            format!("{e}\n")
+        }
         // Internals of storage and database stay in the log.
-        UploadError::Backend(_) => {
+        None => {
             tracing::warn!(error = %e, "upload not stored");
             "the upload could not be stored; try again\n".to_string()
         }
-        other => format!("{other}\n"),
     };
     HttpResponse::build(status)
         .insert_header((
