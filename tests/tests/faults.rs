@@ -5,7 +5,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{fixture, FaultyUpstream, Fixture, Mode, Nixcache};
+use common::{fetch_nar, fixture, FaultyUpstream, Fixture, Mode, Nixcache};
 use futures_util::StreamExt;
 
 struct Setup {
@@ -233,22 +233,6 @@ async fn first_client_leaving_does_not_stop_the_download() {
     assert!(body == s.nar_bytes);
     assert_eq!(s.upstream.hits(&s.upstream_nar), 1);
     assert!(s.cache.logs().contains("NAR cached"), "{}", s.cache.logs());
-}
-
-/// GETs a path's narinfo and then its NAR through `cache`; the NAR's status and, when 200, body.
-async fn fetch_nar(base: &str, path: &str) -> (u16, Vec<u8>) {
-    let text = reqwest::get(format!("{base}/{}.narinfo", Fixture::hash_of(path)))
-        .await
-        .expect("narinfo")
-        .text()
-        .await
-        .expect("body");
-    let r = reqwest::get(format!("{base}/{}", Fixture::nar_url(&text)))
-        .await
-        .expect("nar");
-    let status = r.status().as_u16();
-    let body = r.bytes().await.map(|b| b.to_vec()).unwrap_or_default();
-    (status, body)
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -5,7 +5,7 @@ mod common;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 
-use common::{fixture, Fixture, Nixcache, StaticServer};
+use common::{fixture, get_text, Fixture, Nixcache, StaticServer};
 
 #[tokio::test(flavor = "multi_thread")]
 async fn gc_beside_a_serving_process_never_leaves_a_narinfo_without_its_nar() {
@@ -182,11 +182,6 @@ fn stored_nar_files(data: &std::path::Path) -> usize {
         .unwrap_or(0)
 }
 
-async fn get(url: String) -> (u16, String) {
-    let r = reqwest::get(url).await.expect("GET");
-    (r.status().as_u16(), r.text().await.unwrap_or_default())
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn orphaned_nars_and_unfetched_narinfos_are_collected_whatever_the_size() {
     const TOKEN: &str = "upload-token-0123456789abcdef";
@@ -199,14 +194,17 @@ async fn orphaned_nars_and_unfetched_narinfos_are_collected_whatever_the_size() 
     // Two paths fetched whole, the third only looked up.
     let (fetched, looked_up) = fx.paths.split_at(2);
     for p in fetched {
-        let (status, text) = get(format!("{}/{}.narinfo", cache.url, Fixture::hash_of(p))).await;
+        let (status, text) =
+            get_text(&format!("{}/{}.narinfo", cache.url, Fixture::hash_of(p))).await;
         assert_eq!(status, 200);
-        let (status, _) = get(format!("{}/{}", cache.url, Fixture::nar_url(&text))).await;
+        let (status, _) = get_text(&format!("{}/{}", cache.url, Fixture::nar_url(&text))).await;
         assert_eq!(status, 200);
     }
     let unfetched = Fixture::hash_of(&looked_up[0]);
     assert_eq!(
-        get(format!("{}/{unfetched}.narinfo", cache.url)).await.0,
+        get_text(&format!("{}/{unfetched}.narinfo", cache.url))
+            .await
+            .0,
         200
     );
     // A NAR uploaded without its narinfo.
@@ -248,10 +246,11 @@ async fn orphaned_nars_and_unfetched_narinfos_are_collected_whatever_the_size() 
     assert!(!data.join("store/nar").join(&name).exists());
     // The fetched paths are whole; the unfetched one is looked up again on demand.
     for p in fetched {
-        let (status, text) = get(format!("{}/{}.narinfo", cache.url, Fixture::hash_of(p))).await;
+        let (status, text) =
+            get_text(&format!("{}/{}.narinfo", cache.url, Fixture::hash_of(p))).await;
         assert_eq!(status, 200);
         assert_eq!(
-            get(format!("{}/{}", cache.url, Fixture::nar_url(&text)))
+            get_text(&format!("{}/{}", cache.url, Fixture::nar_url(&text)))
                 .await
                 .0,
             200
@@ -269,9 +268,10 @@ async fn a_gc_pass_killed_between_narinfos_and_nars_is_finished_by_the_next() {
     {
         let cache = Nixcache::in_front_of(&data, &upstream.url, &fx.key, &[]).await;
         for p in &fx.paths {
-            let (_, text) = get(format!("{}/{}.narinfo", cache.url, Fixture::hash_of(p))).await;
+            let (_, text) =
+                get_text(&format!("{}/{}.narinfo", cache.url, Fixture::hash_of(p))).await;
             assert_eq!(
-                get(format!("{}/{}", cache.url, Fixture::nar_url(&text)))
+                get_text(&format!("{}/{}", cache.url, Fixture::nar_url(&text)))
                     .await
                     .0,
                 200

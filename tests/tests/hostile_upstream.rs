@@ -7,7 +7,9 @@ mod common;
 use std::net::IpAddr;
 use std::path::Path;
 
-use common::{fixture, metrics, sample, FaultyUpstream, Fixture, Mode, NixClient, Nixcache};
+use common::{
+    fetch_nar, fixture, metrics, sample, FaultyUpstream, Fixture, Mode, NixClient, Nixcache,
+};
 
 /// Copies the fixture cache into `dir` (files only; it is flat but for `nar/`).
 fn copy_cache(from: &Path, to: &Path) {
@@ -171,24 +173,7 @@ fn external_ip() -> IpAddr {
 async fn redirects_stay_at_the_upstream_unless_allowed_and_never_go_internal() {
     let fx = fixture();
     let (big, rel) = fx.big();
-    let hash = Fixture::hash_of(&big);
     let want = std::fs::read(fx.cache.join(&rel)).expect("nar");
-    let get_nar = |cache: &Nixcache| {
-        let url = cache.url.clone();
-        async move {
-            let r = reqwest::get(format!("{url}/{hash}.narinfo"))
-                .await
-                .expect("narinfo");
-            assert_eq!(r.status(), 200);
-            let text = r.text().await.expect("body");
-            let nar = reqwest::get(format!("{url}/{}", Fixture::nar_url(&text)))
-                .await
-                .expect("nar");
-            let status = nar.status().as_u16();
-            let body = nar.bytes().await.map(|b| b.to_vec()).unwrap_or_default();
-            (status, body)
-        }
-    };
     let start = |ip: IpAddr, mode: Mode| {
         FaultyUpstream::start_on(ip, fx.cache.clone(), fx.cache_untrusted.clone(), mode)
     };
@@ -200,7 +185,7 @@ async fn redirects_stay_at_the_upstream_unless_allowed_and_never_go_internal() {
     let tmp = tempfile::tempdir().expect("tempdir");
     let upstream = start(loopback, Mode::Redirect(internal.url.clone())).await;
     let cache = Nixcache::in_front_of(&tmp.path().join("a"), &upstream.url, &fx.key, &[]).await;
-    let (status, _) = get_nar(&cache).await;
+    let (status, _) = fetch_nar(&cache.url, &big).await;
     assert_eq!(status, 404);
     assert_eq!(
         internal.total_hits(),
@@ -227,7 +212,7 @@ async fn redirects_stay_at_the_upstream_unless_allowed_and_never_go_internal() {
     let same = start(loopback, Mode::Normal).await;
     same.set_mode(Mode::Redirect(same.url.clone()));
     let cache = Nixcache::in_front_of(&tmp.path().join("b"), &same.url, &fx.key, &[]).await;
-    let (status, body) = get_nar(&cache).await;
+    let (status, body) = fetch_nar(&cache.url, &big).await;
     assert_eq!(status, 200);
     assert_eq!(body, want);
     assert_eq!(same.hits(&format!("/r/{rel}")), 1);
@@ -237,7 +222,7 @@ async fn redirects_stay_at_the_upstream_unless_allowed_and_never_go_internal() {
     let upstream = start(external, Mode::Redirect(cdn.url.clone())).await;
     let spec = format!("{},cross-origin-redirects", upstream.url);
     let cache = Nixcache::in_front_of(&tmp.path().join("c"), &spec, &fx.key, &[]).await;
-    let (status, body) = get_nar(&cache).await;
+    let (status, body) = fetch_nar(&cache.url, &big).await;
     assert_eq!(status, 200);
     assert_eq!(body, want);
     assert_eq!(cdn.hits(&format!("/r/{rel}")), 1);
@@ -255,7 +240,7 @@ async fn redirects_stay_at_the_upstream_unless_allowed_and_never_go_internal() {
         let spec = format!("{},cross-origin-redirects", upstream.url);
         let dir = tmp.path().join(format!("d{i}"));
         let cache = Nixcache::in_front_of(&dir, &spec, &fx.key, &[]).await;
-        let (status, _) = get_nar(&cache).await;
+        let (status, _) = fetch_nar(&cache.url, &big).await;
         assert_eq!(status, 404, "{target}");
         assert!(
             cache.logs().contains("redirect to an internal address"),

@@ -5,7 +5,9 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{fixture, metrics, sample, FaultyUpstream, Fixture, Mode, Nixcache};
+use common::{
+    fetch_nar, fixture, get_text, metrics, sample, FaultyUpstream, Fixture, Mode, Nixcache,
+};
 use nixcache_tests::redis::Redis;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -29,12 +31,7 @@ async fn a_redis_stall_during_a_long_download_does_not_lose_it() {
         Nixcache::in_front_of(&tmp.path().join("data"), &upstream.url, &fx.key, &args).await;
 
     let hash = Fixture::hash_of(&big);
-    let text = reqwest::get(format!("{}/{hash}.narinfo", cache.url))
-        .await
-        .expect("narinfo")
-        .text()
-        .await
-        .expect("body");
+    let (_, text) = get_text(&format!("{}/{hash}.narinfo", cache.url)).await;
     let nar_url = format!("{}/{}", cache.url, Fixture::nar_url(&text));
     upstream.set_mode(Mode::SlowNar(pause));
     let started = Instant::now();
@@ -84,25 +81,8 @@ async fn a_redis_stall_during_a_long_download_does_not_lose_it() {
     assert!(ext("failed") >= 1.0, "{text}");
     assert_eq!(ext("lost"), 0.0, "{text}");
     // Committed: served from storage now, with no further upstream fetch.
-    let again = reqwest::get(format!(
-        "{}/{}",
-        cache.url,
-        Fixture::nar_url(&text_of(&cache, hash).await)
-    ))
-    .await
-    .expect("nar")
-    .bytes()
-    .await
-    .expect("body");
-    assert!(again.as_ref() == want.as_slice());
+    let (status, again) = fetch_nar(&cache.url, &big).await;
+    assert_eq!(status, 200);
+    assert!(again == want);
     assert_eq!(upstream.hits(&format!("/{rel}")), 1);
-}
-
-async fn text_of(cache: &Nixcache, hash: &str) -> String {
-    reqwest::get(format!("{}/{hash}.narinfo", cache.url))
-        .await
-        .expect("narinfo")
-        .text()
-        .await
-        .expect("body")
 }

@@ -232,23 +232,9 @@ async fn scrapes_cost_the_database_nothing_and_the_gauges_follow_commits() {
 
     // A commit shows at once, without a scrape querying anything.
     let (big, rel) = fx.big();
-    let hash = Fixture::hash_of(&big);
-    let text = reqwest::get(format!("{}/{hash}.narinfo", cache.url))
-        .await
-        .expect("narinfo")
-        .text()
-        .await
-        .expect("body");
-    let nar = reqwest::get(format!("{}/{}", cache.url, Fixture::nar_url(&text)))
-        .await
-        .expect("nar")
-        .bytes()
-        .await
-        .expect("body");
-    assert_eq!(
-        nar.as_ref(),
-        std::fs::read(fx.cache.join(rel)).expect("nar")
-    );
+    let (status, nar) = common::fetch_nar(&cache.url, &big).await;
+    assert_eq!(status, 200);
+    assert!(nar == std::fs::read(fx.cache.join(rel)).expect("nar"));
     let m = scrape().await;
     assert_eq!(m["nixcache_stored_nars"], 1.0);
     assert_eq!(m["nixcache_stored_bytes"], nar.len() as f64);

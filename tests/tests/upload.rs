@@ -400,12 +400,9 @@ async fn an_upload_cannot_replace_a_held_narinfo_with_other_contents() {
         .expect("a path without references");
     let other = fx.paths.iter().find(|p| *p != dep).expect("another path");
     let hash = Fixture::hash_of(dep);
-    let held = reqwest::get(format!("{}/{hash}.narinfo", cache.url))
+    let held = common::get_text(&format!("{}/{hash}.narinfo", cache.url))
         .await
-        .expect("narinfo")
-        .text()
-        .await
-        .expect("body");
+        .1;
     let nar = reqwest::get(format!("{}/{}", cache.url, Fixture::nar_url(&held)))
         .await
         .expect("nar");
@@ -426,12 +423,9 @@ async fn an_upload_cannot_replace_a_held_narinfo_with_other_contents() {
     let replaced = held.replace("References: \n", &format!("References: {other_base}\n"));
     assert_ne!(replaced, held);
     assert_eq!(put(cache.url.clone(), replaced.clone()).await, 409);
-    let now = reqwest::get(format!("{}/{hash}.narinfo", cache.url))
+    let now = common::get_text(&format!("{}/{hash}.narinfo", cache.url))
         .await
-        .expect("narinfo")
-        .text()
-        .await
-        .expect("body");
+        .1;
     assert_eq!(now, held, "the held narinfo changed");
     assert!(cache.logs().contains("upload refused"), "{}", cache.logs());
     let text = common::metrics(&cache.url).await;
@@ -447,23 +441,17 @@ async fn an_upload_cannot_replace_a_held_narinfo_with_other_contents() {
 
     // With --upload-replace the same upload is taken.
     let open = run(tmp.path().join("b"), &["--upload-replace"]).await;
-    let held_b = reqwest::get(format!("{}/{hash}.narinfo", open.url))
+    let held_b = common::get_text(&format!("{}/{hash}.narinfo", open.url))
         .await
-        .expect("narinfo")
-        .text()
-        .await
-        .expect("body");
+        .1;
     let nar = reqwest::get(format!("{}/{}", open.url, Fixture::nar_url(&held_b)))
         .await
         .expect("nar");
     nar.bytes().await.expect("nar body");
     let replaced_b = held_b.replace("References: \n", &format!("References: {other_base}\n"));
     assert_eq!(put(open.url.clone(), replaced_b).await, 201);
-    let now = reqwest::get(format!("{}/{hash}.narinfo", open.url))
+    let now = common::get_text(&format!("{}/{hash}.narinfo", open.url))
         .await
-        .expect("narinfo")
-        .text()
-        .await
-        .expect("body");
+        .1;
     assert!(now.contains(other_base), "{now}");
 }

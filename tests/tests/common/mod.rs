@@ -382,3 +382,22 @@ pub fn sample(text: &str, name: &str, labels: &[&str]) -> Option<f64> {
         .and_then(|l| l.rsplit(' ').next())
         .and_then(|v| v.parse().ok())
 }
+
+/// GET `url`: its status and body text.
+pub async fn get_text(url: &str) -> (u16, String) {
+    let r = reqwest::get(url).await.expect("GET");
+    (r.status().as_u16(), r.text().await.unwrap_or_default())
+}
+
+/// GETs a path's narinfo (which must be there) and then its NAR through the cache at `base`:
+/// the NAR's status and, when it arrived whole, its body.
+pub async fn fetch_nar(base: &str, path: &str) -> (u16, Vec<u8>) {
+    let (status, text) = get_text(&format!("{base}/{}.narinfo", Fixture::hash_of(path))).await;
+    assert_eq!(status, 200, "narinfo of {path}");
+    let r = reqwest::get(format!("{base}/{}", Fixture::nar_url(&text)))
+        .await
+        .expect("nar");
+    let status = r.status().as_u16();
+    let body = r.bytes().await.map(|b| b.to_vec()).unwrap_or_default();
+    (status, body)
+}
