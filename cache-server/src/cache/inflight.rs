@@ -305,6 +305,15 @@ mod tests {
     use super::*;
     use crate::storage::LocalStorage;
 
+    /// What `advance` reads parts with, over bytes in memory.
+    fn reader(data: &[u8]) -> impl Fn(u64, u64) -> io::Result<Bytes> + Copy + '_ {
+        move |off, len| {
+            Ok(Bytes::copy_from_slice(
+                &data[off as usize..(off + len) as usize],
+            ))
+        }
+    }
+
     #[tokio::test]
     async fn followers_get_parts_then_the_committed_rest() {
         let dir = tempfile::tempdir().expect("tempdir");
@@ -328,11 +337,7 @@ mod tests {
             )
             .try_collect::<Vec<Bytes>>(),
         );
-        let read = |off: u64, len: u64| {
-            Ok(Bytes::copy_from_slice(
-                &data[off as usize..(off + len) as usize],
-            ))
-        };
+        let read = reader(&data);
         for written in [500, 2500, 9999, 10_000] {
             publisher
                 .advance(written, Some(10_000), read)
@@ -386,11 +391,7 @@ mod tests {
         let mut a = Publisher::start(storage.clone(), name.clone(), 1000)
             .await
             .expect("start");
-        let read_bad = |off: u64, len: u64| {
-            Ok(Bytes::copy_from_slice(
-                &bad[off as usize..(off + len) as usize],
-            ))
-        };
+        let read_bad = reader(&bad);
         a.advance(5000, Some(10_000), read_bad)
             .await
             .expect("advance");
@@ -400,11 +401,7 @@ mod tests {
         let mut b = Publisher::start(storage.clone(), name.clone(), 1000)
             .await
             .expect("start");
-        let read_good = |off: u64, len: u64| {
-            Ok(Bytes::copy_from_slice(
-                &good[off as usize..(off + len) as usize],
-            ))
-        };
+        let read_good = reader(&good);
         b.advance(10_000, Some(10_000), read_good)
             .await
             .expect("advance");
