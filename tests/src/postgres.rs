@@ -7,6 +7,7 @@ use std::process::Command;
 pub struct Postgres {
     dir: tempfile::TempDir,
     bin: PathBuf,
+    host: String,
     pub port: u16,
 }
 
@@ -40,8 +41,14 @@ fn as_postgres(bin: &Path, tool: &str) -> Command {
 }
 
 impl Postgres {
-    /// initdb and start a server; about a second.
+    /// initdb and start a server on loopback; about a second.
     pub fn start() -> Self {
+        Self::start_on("127.0.0.1")
+    }
+
+    /// The same, listening on `host` as well as loopback, and trusting clients from anywhere
+    /// (pods of the test cluster reach the host's `KubeCluster::HOST_IP`).
+    pub fn start_on(host: &str) -> Self {
         let dir = tempfile::Builder::new()
             .prefix("nixcache-pg")
             .tempdir()
@@ -60,9 +67,16 @@ impl Postgres {
                 .arg(dir.path().join("data"))
                 .args(["-U", "postgres", "--auth=trust", "--no-sync"]),
         );
+        if host != "127.0.0.1" {
+            let hba = dir.path().join("data/pg_hba.conf");
+            let mut rules = std::fs::read_to_string(&hba).expect("pg_hba.conf");
+            rules.push_str("host all all 0.0.0.0/0 trust\n");
+            std::fs::write(&hba, rules).expect("pg_hba.conf");
+        }
         let mut pg = Self {
             dir,
             bin,
+            host: host.to_string(),
             port: crate::free_port(),
         };
         // The port is picked free, then bound by the server: another process may take it in
@@ -83,7 +97,7 @@ impl Postgres {
 
     /// `postgres://` URL of the `postgres` database.
     pub fn url(&self) -> String {
-        format!("postgres://postgres@127.0.0.1:{}/postgres", self.port)
+        format!("postgres://postgres@{}:{}/postgres", self.host, self.port)
     }
 
     /// Runs one SQL statement with psql; its rows, one per line, columns separated by `|`.
@@ -134,9 +148,14 @@ impl Postgres {
 
     fn start_command(&self) -> Command {
         let opts = format!(
-            "-p {} -k {} -c listen_addresses=127.0.0.1 -c fsync=off",
+            "-p {} -k {} -c listen_addresses={} -c fsync=off",
             self.port,
-            self.dir.path().display()
+            self.dir.path().display(),
+            if self.host == "127.0.0.1" {
+                "127.0.0.1".to_string()
+            } else {
+                format!("127.0.0.1,{}", self.host)
+            }
         );
         let mut cmd = as_postgres(&self.bin, "pg_ctl");
         cmd.arg("-D")

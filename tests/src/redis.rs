@@ -4,13 +4,22 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 pub struct Redis {
+    host: String,
     pub port: u16,
     child: Option<Child>,
 }
 
 impl Redis {
+    /// A server on loopback.
     pub fn start() -> Self {
+        Self::start_on("127.0.0.1")
+    }
+
+    /// A server listening on `host` as well as loopback (pods of the test cluster reach the
+    /// host's `KubeCluster::HOST_IP`).
+    pub fn start_on(host: &str) -> Self {
         let mut r = Self {
+            host: host.to_string(),
             port: crate::free_port(),
             child: None,
         };
@@ -27,7 +36,7 @@ impl Redis {
     }
 
     pub fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}", self.port)
+        format!("redis://{}:{}", self.host, self.port)
     }
 
     /// Kills the server (SIGKILL); `resume` starts a fresh one on the same port.
@@ -66,12 +75,17 @@ impl Redis {
     }
 
     fn try_resume(&mut self) -> bool {
+        let mut bind = vec!["127.0.0.1"];
+        if self.host != "127.0.0.1" {
+            // No password, and reachable from pods: protected mode would refuse them.
+            bind.extend([self.host.as_str(), "--protected-mode", "no"]);
+        }
         let child = Command::new("redis-server")
+            .arg("--bind")
+            .args(bind)
             .args([
                 "--port",
                 &self.port.to_string(),
-                "--bind",
-                "127.0.0.1",
                 "--save",
                 "",
                 "--appendonly",

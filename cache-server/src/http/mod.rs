@@ -174,6 +174,14 @@ pub async fn count_requests(
         m.http_duration
             .with_label_values(&[route.as_str(), method])
             .observe(started.elapsed().as_secs_f64());
+        // Draining: each keep-alive client closes its connection after this response and
+        // reconnects, through the Service, to a replica that is still ready, instead of sending
+        // its next request on a connection that is about to be closed.
+        if state.cache.is_shutting_down() {
+            res.response_mut()
+                .head_mut()
+                .set_connection_type(actix_web::http::ConnectionType::Close);
+        }
     }
     Ok(res)
 }

@@ -5,6 +5,7 @@
 pub mod cluster;
 pub mod faulty;
 pub mod fixture;
+pub mod image;
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
