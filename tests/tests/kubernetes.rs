@@ -59,8 +59,12 @@ impl E2e {
         }
     }
 
+    /// `kubectl get WHAT... -o json` (e.g. `nixcache/x`, or `pods -l k=v`).
     fn get_json(&self, what: &str) -> Option<Value> {
-        let out = self.k.kubectl(&["-n", NS, "get", what, "-o", "json"]);
+        let mut args = vec!["-n", NS, "get"];
+        args.extend(what.split_whitespace());
+        args.extend(["-o", "json"]);
+        let out = self.k.kubectl(&args);
         out.status
             .success()
             .then(|| serde_json::from_slice(&out.stdout).ok())
@@ -163,10 +167,10 @@ impl E2e {
             script.push_str(&format!(
                 "XDG_CACHE_HOME=/tmp/xdg-{tag}-{i} nix copy --from '{url}' --to /tmp/store-{tag}-{i} '{path}' \
                  --option trusted-public-keys '{key}' --option require-sigs true \
-                 >/tmp/log-{tag}-{i} 2>&1 & "
+                 >/tmp/log-{tag}-{i} 2>&1 & pids=\"$pids $!\"; "
             ));
         }
-        script.push_str("ok=0; for j in $(jobs -p); do wait $j || ok=1; done; ");
+        script.push_str("ok=0; for p in $pids; do wait $p || ok=1; done; ");
         for i in 0..runs {
             script.push_str(&format!(
                 "echo '== {i}'; cat /tmp/log-{tag}-{i}; echo '-- store'; ls /tmp/store-{tag}-{i}/nix/store; "
@@ -181,7 +185,8 @@ impl E2e {
             String::from_utf8_lossy(&out.stderr),
             self.k.diagnose()
         );
-        text.split("== ")
+        let runs: Vec<Vec<String>> = text
+            .split("== ")
             .skip(1)
             .map(|run| {
                 let mut names: Vec<String> = run
@@ -195,7 +200,12 @@ impl E2e {
                 names.sort();
                 names
             })
-            .collect()
+            .collect();
+        eprintln!(
+            "  nix copy from {url}, {runs} at once:\n{text}",
+            runs = runs.len()
+        );
+        runs
     }
 }
 
@@ -228,7 +238,7 @@ fn install_operator(e: &E2e, image: &Image) {
             "--create-namespace",
             "--set",
             &format!("image.repository={repository}"),
-            "--set",
+            "--set-string",
             &format!("image.tag={tag}"),
             "--set",
             "image.pullPolicy=Never",
