@@ -49,10 +49,10 @@ fi
 
 here=$(cd "$(dirname "$0")" && pwd)
 # The operator's tests: a real API server; the test cluster: the node's components (all built
-# once from Debian's kubernetes source, ~12 min, into /opt), helm, manifest schemas.
+# once from Debian's kubernetes source, ~14 min, into /opt), helm, manifest schemas.
 if [ ! -x "${KUBE_APISERVER:-/opt/kube-apiserver/kube-apiserver}" ] || [ ! -x "${KUBE_NODE_DIR:-/opt/kube-node}/kubelet" ] \
    || [ ! -x "${KUBE_NODE_DIR:-/opt/kube-node}/pause" ]; then
-  echo "provision: building Kubernetes components (once, ~12 min)"
+  echo "provision: building Kubernetes components (once, ~14 min)"
   "$here/build-kubernetes.sh" >/dev/null
 fi
 command -v etcd >/dev/null 2>&1 || { echo "provision: etcd is missing" >&2; exit 1; }
