@@ -4,7 +4,7 @@
 #   $KUBE_APISERVER_DIR (/opt/kube-apiserver): kube-apiserver, for the operator's API tests;
 #   $KUBE_NODE_DIR (/opt/kube-node): kube-controller-manager, kube-scheduler, kubelet, kube-proxy
 #     and a static `pause` (the pod sandbox's process), for the test cluster (scripts/cluster-up.sh).
-# Builds only what is missing, in one `make`: ~4 min for the API server alone, ~12 min for all.
+# Builds only what is missing, in one `make`: ~4 min for the API server alone, ~14 min for all.
 # Usage: build-kubernetes.sh [apiserver] [node]   (default: both); prints the directories.
 set -euo pipefail
 API=${KUBE_APISERVER_DIR:-/opt/kube-apiserver}
