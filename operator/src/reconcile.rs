@@ -326,8 +326,14 @@ async fn check(nc: &NixCache, client: &Client, ns: &str) -> Result<Result<(), Re
     Ok(Ok(()))
 }
 
-/// The signing key's public half, from the Secret the spec names or from the generated one,
-/// which is created once and never written again.
+/// The signing key's public half, from the Secret the spec names or from the generated one.
+///
+/// The generated key is made once and outlives its NixCache (its Secret has no owner), so a
+/// NixCache deleted and re-created under the same name signs with the same key. Once
+/// `status.publicKey` names a key, a missing Secret is never quietly replaced: every client
+/// trusts that key. The cache reports `SigningKeyLost` until the Secret is restored, or until the
+/// annotation `nixcache.io/regenerate-signing-key` names the lost key; then a new key is made
+/// under the next name (`NAME.NAMESPACE-2`, …).
 async fn signing_key(
     nc: &NixCache,
     ctx: &Context,
@@ -346,21 +352,54 @@ async fn signing_key(
             }))
         }
         None => {
-            let key_name = format!("{}.{}-1", nc.name_any(), ns);
+            let previous = nc.status.as_ref().and_then(|s| s.public_key.clone());
+            let key_name = match &previous {
+                None => format!("{}.{}-1", nc.name_any(), ns),
+                Some(lost) if regeneration_allowed(nc, lost) => resources::next_key_name(nc, lost),
+                Some(lost) => {
+                    let message = format!(
+                        "Secret {name:?} with the signing key {lost} is gone, and clients trust \
+                         that key: restore the Secret, or annotate the NixCache \
+                         {}={:?} to generate a new key",
+                        resources::REGENERATE_KEY_ANNOTATION,
+                        lost.split(':').next().unwrap_or_default()
+                    );
+                    publish(
+                        ctx,
+                        nc,
+                        EventType::Warning,
+                        "SigningKeyLost",
+                        message.clone(),
+                    )
+                    .await;
+                    return Ok(Err(Rejection {
+                        reason: "SigningKeyLost",
+                        message,
+                    }));
+                }
+            };
             let key = SecretKey::generate(&key_name).map_err(|e| Error::Key(e.to_string()))?;
             let public = key.public_key().to_string();
             let secret = resources::signing_key_secret(nc, &key.to_file_contents(), &public);
             match secrets.create(&PostParams::default(), &secret).await {
                 Ok(_) => {
                     info!(namespace = %ns, name = nc.name_any(), public_key = %public, "signing key generated");
-                    publish(
-                        ctx,
-                        nc,
-                        EventType::Normal,
-                        "SigningKeyGenerated",
-                        format!("Generated the signing key {public} into Secret {name}"),
-                    )
-                    .await;
+                    let (kind, reason, message) = match &previous {
+                        None => (
+                            EventType::Normal,
+                            "SigningKeyGenerated",
+                            format!("Generated the signing key {public} into Secret {name}"),
+                        ),
+                        Some(lost) => (
+                            EventType::Warning,
+                            "SigningKeyRegenerated",
+                            format!(
+                                "Generated the signing key {public} into Secret {name}, replacing \
+                                 the lost {lost}: clients must trust the new key"
+                            ),
+                        ),
+                    };
+                    publish(ctx, nc, kind, reason, message).await;
                     return Ok(Ok(public));
                 }
                 // Made meanwhile (another reconcile, another operator): that one is the key.
@@ -380,14 +419,65 @@ async fn signing_key(
             message: format!("Secret {name:?} has no {KEY_FILE:?} entry"),
         }));
     };
-    match SecretKey::parse(&text) {
-        Ok(key) => Ok(Ok(key.public_key().to_string())),
+    let public = match SecretKey::parse(&text) {
+        Ok(key) => key.public_key().to_string(),
         // The message names the Secret and what is wrong, never the key's bytes.
-        Err(e) => Ok(Err(Rejection {
-            reason: "BadSigningKey",
-            message: format!("Secret {name:?} entry {KEY_FILE:?} is not a Nix secret key: {e}"),
-        })),
+        Err(e) => {
+            return Ok(Err(Rejection {
+                reason: "BadSigningKey",
+                message: format!("Secret {name:?} entry {KEY_FILE:?} is not a Nix secret key: {e}"),
+            }))
+        }
+    };
+    if nc.spec.signing_key.is_none() && resources::is_generated_key_secret(&existing) {
+        keep_key_secret(&secrets, &existing, &public).await?;
     }
+    Ok(Ok(public))
+}
+
+/// Whether the annotation allows replacing the lost key `lost` (by its public key or its name).
+fn regeneration_allowed(nc: &NixCache, lost: &str) -> bool {
+    let Some(named) = nc.annotations().get(resources::REGENERATE_KEY_ANNOTATION) else {
+        return false;
+    };
+    let named = named.trim();
+    !named.is_empty() && (named == lost || Some(named) == lost.split(':').next())
+}
+
+/// A generated key's Secret: owned by nothing (Secrets made by earlier versions had the
+/// NixCache as owner, and went with it), and with its `public-key` entry current.
+async fn keep_key_secret(
+    secrets: &Api<Secret>,
+    secret: &Secret,
+    public: &str,
+) -> Result<(), Error> {
+    let owners = secret.owner_references();
+    let listed = secret
+        .data
+        .as_ref()
+        .and_then(|d| d.get(resources::PUBLIC_KEY_ENTRY))
+        .map(|b| String::from_utf8_lossy(&b.0).trim().to_string());
+    let mut patch = serde_json::Map::new();
+    if owners.iter().any(|o| o.kind == "NixCache") {
+        let rest: Vec<_> = owners.iter().filter(|o| o.kind != "NixCache").collect();
+        patch.insert("metadata".into(), json!({"ownerReferences": rest}));
+    }
+    if listed.as_deref() != Some(public) {
+        patch.insert(
+            "stringData".into(),
+            json!({resources::PUBLIC_KEY_ENTRY: public}),
+        );
+    }
+    if !patch.is_empty() {
+        secrets
+            .patch(
+                &secret.name_any(),
+                &PatchParams::default(),
+                &Patch::Merge(serde_json::Value::Object(patch)),
+            )
+            .await?;
+    }
+    Ok(())
 }
 
 /// With more than one replica, a PodDisruptionBudget in the served `policy` version; with one,

@@ -126,7 +126,16 @@ async fn a_missing_key_is_generated_once_into_a_new_secret() {
     assert_eq!(posts.len(), 1, "{posts:?}");
     let created = &posts[0].body;
     assert_eq!(created["metadata"]["name"], "web-signing-key");
-    assert_eq!(created["metadata"]["ownerReferences"][0]["uid"], "uid-1");
+    // The key outlives its NixCache: no owner, so the garbage collector leaves it.
+    assert!(
+        created["metadata"]["ownerReferences"].is_null(),
+        "{}",
+        created["metadata"]
+    );
+    assert_eq!(
+        created["metadata"]["labels"]["app.kubernetes.io/managed-by"],
+        "nixcache-operator"
+    );
     let secret_text = created["stringData"]["secret-key"].as_str().expect("key");
     let key = SecretKey::parse(secret_text).expect("a Nix secret key");
     assert_eq!(key.public_key().to_string(), public);
@@ -152,6 +161,132 @@ async fn an_existing_key_is_read_and_never_written() {
         assert_eq!(public, key.public_key().to_string());
     }
     assert!(writes(&seen).is_empty(), "{:?}", writes(&seen));
+}
+
+/// A cache that has published `public` in its status.
+fn cache_with_key(public: &str, annotation: Option<&str>) -> NixCache {
+    let mut nc = cache(json!({}));
+    nc.status = Some(crate::crd::NixCacheStatus {
+        public_key: Some(public.into()),
+        ..Default::default()
+    });
+    if let Some(a) = annotation {
+        nc.metadata.annotations = Some(std::collections::BTreeMap::from([(
+            crate::resources::REGENERATE_KEY_ANNOTATION.to_string(),
+            a.to_string(),
+        )]));
+    }
+    nc
+}
+
+fn events(seen: &Arc<Mutex<Vec<Seen>>>) -> Vec<Value> {
+    seen.lock()
+        .expect("log")
+        .iter()
+        .filter(|s| s.method == "POST" && s.path.contains("/events"))
+        .map(|s| s.body.clone())
+        .collect()
+}
+
+#[tokio::test]
+async fn a_published_key_whose_secret_is_gone_is_never_replaced_silently() {
+    let old = SecretKey::generate("web.team-1").expect("key");
+    let old_public = old.public_key().to_string();
+    let answer = || -> Answer {
+        Box::new(|method, path, body| match (method, path) {
+            ("GET", "/api/v1/namespaces/team/secrets/web-signing-key") => not_found(),
+            ("POST", "/api/v1/namespaces/team/secrets") => (StatusCode::CREATED, body.clone()),
+            _ => (StatusCode::CREATED, json!({})),
+        })
+    };
+    // Without the annotation, or with one naming another key: a rejection and a Warning.
+    for annotation in [None, Some("web.team-7"), Some("")] {
+        let (client, seen) = mock(answer());
+        let ctx = context(client);
+        let rejection = signing_key(&cache_with_key(&old_public, annotation), &ctx, "team")
+            .await
+            .expect("no API error")
+            .expect_err("the lost key is not replaced");
+        assert_eq!(rejection.reason, "SigningKeyLost");
+        assert!(
+            rejection.message.contains(&old_public),
+            "{}",
+            rejection.message
+        );
+        assert!(
+            rejection
+                .message
+                .contains("nixcache.io/regenerate-signing-key"),
+            "{}",
+            rejection.message
+        );
+        let posted: Vec<_> = writes(&seen);
+        assert!(posted.is_empty(), "nothing is written: {posted:?}");
+        let warnings = events(&seen);
+        assert!(
+            warnings
+                .iter()
+                .any(|e| e["type"] == "Warning" && e["reason"] == "SigningKeyLost"),
+            "{warnings:?}"
+        );
+    }
+    // The annotation naming the lost key (by name or whole): a new key under the next name.
+    for annotation in ["web.team-1", old_public.as_str()] {
+        let (client, seen) = mock(answer());
+        let ctx = context(client);
+        let public = signing_key(&cache_with_key(&old_public, Some(annotation)), &ctx, "team")
+            .await
+            .expect("no API error")
+            .unwrap_or_else(|r| panic!("rejected: {}", r.message));
+        assert!(public.starts_with("web.team-2:"), "{public}");
+        assert_ne!(public, old_public);
+        let posted = writes(&seen);
+        assert_eq!(posted.len(), 1, "{posted:?}");
+        assert_eq!(posted[0].body["stringData"]["public-key"], public);
+        assert!(events(&seen)
+            .iter()
+            .any(|e| e["type"] == "Warning" && e["reason"] == "SigningKeyRegenerated"));
+    }
+}
+
+#[tokio::test]
+async fn a_generated_key_secret_loses_its_owner_and_keeps_its_public_key_entry() {
+    use base64::Engine;
+    let key = SecretKey::generate("web.team-1").expect("key");
+    let text = key.to_file_contents();
+    // As an earlier version made it: owned by the NixCache, and here with a stale public key.
+    let secret = json!({"apiVersion": "v1", "kind": "Secret",
+        "metadata": {"name": "web-signing-key", "namespace": "team",
+            "labels": {"app.kubernetes.io/managed-by": "nixcache-operator"},
+            "ownerReferences": [{"apiVersion": "nixcache.io/v1alpha1", "kind": "NixCache",
+                "name": "web", "uid": "uid-1", "controller": true}]},
+        "data": {"secret-key": base64::engine::general_purpose::STANDARD.encode(&text),
+                 "public-key": base64::engine::general_purpose::STANDARD.encode("stale")}});
+    let (client, seen) = mock(Box::new(move |method, path, body| match (method, path) {
+        ("GET", "/api/v1/namespaces/team/secrets/web-signing-key") => {
+            (StatusCode::OK, secret.clone())
+        }
+        ("PATCH", "/api/v1/namespaces/team/secrets/web-signing-key") => {
+            (StatusCode::OK, body.clone())
+        }
+        _ => (StatusCode::INTERNAL_SERVER_ERROR, json!({})),
+    }));
+    let ctx = context(client);
+    let public = signing_key(&cache(json!({})), &ctx, "team")
+        .await
+        .expect("no API error")
+        .unwrap_or_else(|r| panic!("rejected: {}", r.message));
+    assert_eq!(public, key.public_key().to_string());
+    let patches = writes(&seen);
+    assert_eq!(patches.len(), 1, "{patches:?}");
+    assert_eq!(patches[0].method, "PATCH");
+    assert_eq!(patches[0].body["metadata"]["ownerReferences"], json!([]));
+    assert_eq!(patches[0].body["stringData"]["public-key"], public);
+    assert!(
+        !patches[0].body.to_string().contains("secret-key"),
+        "the patch never carries the secret half: {}",
+        patches[0].body
+    );
 }
 
 #[tokio::test]

@@ -27,6 +27,12 @@ pub const CONFIG_HASH_ANNOTATION: &str = "nixcache.io/config-hash";
 pub const CACHE_LABEL: &str = "nixcache.io/cache";
 pub const SCHEDULED_ANNOTATION: &str = "nixcache.io/scheduled-at";
 pub const MANAGED_BY: &str = "nixcache-operator";
+/// On a NixCache whose generated signing key Secret is gone: the key it names (its public key,
+/// or the name before the `:`) may be replaced by a new one. Without it the operator never makes
+/// a second key, since every client trusts the first.
+pub const REGENERATE_KEY_ANNOTATION: &str = "nixcache.io/regenerate-signing-key";
+/// The `public-key` entry of a signing key Secret.
+pub const PUBLIC_KEY_ENTRY: &str = "public-key";
 
 #[derive(Debug, thiserror::Error)]
 #[error("building {kind}: {source}")]
@@ -168,16 +174,44 @@ pub fn persistent_volume_claim(nc: &NixCache) -> Option<Result<PersistentVolumeC
 }
 
 /// The Secret holding a newly generated signing key; created once, never applied over.
+/// The generated signing key's Secret. It has no owner: it outlives its NixCache, so that one
+/// re-created under the same name (as GitOps tools do) signs with the key clients already trust.
 pub fn signing_key_secret(nc: &NixCache, secret_key: &str, public_key: &str) -> Secret {
+    let mut metadata = meta(nc, signing_key_secret_name(nc), "server");
+    metadata.owner_references = None;
     Secret {
-        metadata: meta(nc, signing_key_secret_name(nc), "server"),
+        metadata,
         type_: Some("Opaque".into()),
         string_data: Some(BTreeMap::from([
             (KEY_FILE.into(), secret_key.into()),
-            ("public-key".into(), public_key.into()),
+            (PUBLIC_KEY_ENTRY.into(), public_key.into()),
         ])),
         ..Secret::default()
     }
+}
+
+/// Whether a Secret is one the operator generated (by its labels).
+pub fn is_generated_key_secret(secret: &Secret) -> bool {
+    secret
+        .metadata
+        .labels
+        .as_ref()
+        .and_then(|l| l.get("app.kubernetes.io/managed-by"))
+        .is_some_and(|m| m == MANAGED_BY)
+}
+
+/// The key name for the key that replaces `previous` (`NAME:base64`): `web.team-1` → `web.team-2`.
+pub fn next_key_name(nc: &NixCache, previous: &str) -> String {
+    let name = previous.split(':').next().unwrap_or_default();
+    let next = name
+        .rsplit_once('-')
+        .and_then(|(_, n)| n.parse::<u32>().ok())
+        .map_or(2, |n| n.saturating_add(1));
+    format!(
+        "{}.{}-{next}",
+        nc.name_any(),
+        nc.namespace().unwrap_or_else(|| "default".into())
+    )
 }
 
 /// Changes whenever the server must restart to see a change: the rendered configuration, the
@@ -394,9 +428,14 @@ mod tests {
     }
 
     #[test]
-    fn every_child_is_owned_by_its_cache() {
+    fn every_child_but_the_signing_key_is_owned_by_its_cache() {
         let nc = ha();
         let key = "web-1:AAAA";
+        // The key outlives the cache, for one re-created under its name.
+        assert_eq!(
+            signing_key_secret(&nc, "s", "p").metadata.owner_references,
+            None
+        );
         let owners: Vec<Vec<OwnerReference>> = vec![
             config_map(&nc)
                 .metadata
@@ -413,10 +452,6 @@ mod tests {
                 .unwrap_or_default(),
             deployment(&nc, DEFAULT_IMAGE, key)
                 .expect("deploy")
-                .metadata
-                .owner_references
-                .unwrap_or_default(),
-            signing_key_secret(&nc, "s", "p")
                 .metadata
                 .owner_references
                 .unwrap_or_default(),

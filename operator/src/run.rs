@@ -17,8 +17,9 @@ use k8s_openapi::api::core::v1::{
 use kube::api::{ApiResource, DynamicObject, GroupVersionKind};
 use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::runtime::events::{Recorder, Reporter};
+use kube::runtime::reflector::ObjectRef;
 use kube::runtime::{watcher, Controller};
-use kube::{Api, Client};
+use kube::{Api, Client, ResourceExt};
 use tokio::sync::watch;
 use tracing::{error, info, warn};
 
@@ -26,7 +27,7 @@ use crate::crd::NixCache;
 use crate::leader::{Leadership, LeaseLock};
 use crate::metrics::Metrics;
 use crate::reconcile::{discover_pdb_version, error_policy, reconcile, Context, MANAGER};
-use crate::resources::{DEFAULT_IMAGE, MANAGED_BY};
+use crate::resources::{CACHE_LABEL, DEFAULT_IMAGE, MANAGED_BY};
 
 /// How long reconciles under way may take to finish once leadership ends.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
@@ -369,7 +370,16 @@ async fn lead(
         .owns(children::<Deployment>(client, ns), owned.clone())
         .owns(children::<Service>(client, ns), owned.clone())
         .owns(children::<ServiceAccount>(client, ns), owned.clone())
-        .owns(children::<Secret>(client, ns), owned.clone())
+        // The generated signing key's Secret has no owner (it outlives its NixCache): it is
+        // mapped to its cache by label, so that losing it is seen at once.
+        .watches(
+            children::<Secret>(client, ns),
+            owned.clone(),
+            |secret: Secret| {
+                let cache = secret.labels().get(CACHE_LABEL)?.clone();
+                Some(ObjectRef::<NixCache>::new(&cache).within(&secret.namespace()?))
+            },
+        )
         .owns(children::<PersistentVolumeClaim>(client, ns), owned.clone())
         .owns(children::<Job>(client, ns), owned)
         .graceful_shutdown_on(async move {

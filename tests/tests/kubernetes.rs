@@ -5,7 +5,8 @@
 //! `status.publicKey`. The HA example (three replicas on PostgreSQL, Redis and SeaweedFS, which
 //! run on the host where pods reach them) downloads each upstream file once, keeps serving through
 //! its Service while PostgreSQL is down and while a spec change rolls it, runs scheduled GC as a
-//! real Job, and leaves nothing behind when deleted.
+//! real Job, and leaves nothing behind when deleted but its signing key, with which it comes back
+//! when re-created.
 //!
 //! One cluster runs at a time, so this is one test that goes through the steps in order; each
 //! step says what it checks, and a failure prints the cluster's objects, events and logs.
@@ -103,6 +104,46 @@ impl E2e {
                 .then(|| st.clone())
             },
         )
+    }
+
+    /// (Re)starts the client pod, with the Services' names mapped to their ClusterIPs (there
+    /// is no cluster DNS): a Service made again has a new one.
+    fn start_client(&self) {
+        let _ = self.k.kubectl(&[
+            "-n",
+            NS,
+            "delete",
+            "pod",
+            CLIENT,
+            "--grace-period=1",
+            "--wait=true",
+        ]);
+        let aliases: Vec<Value> = ["nixcache", "nixcache-ha"]
+            .iter()
+            .map(|s| json!({"ip": self.cluster_ip(s), "hostnames": [format!("{s}.{NS}.svc.cluster.local")]}))
+            .collect();
+        let client = json!({
+            "apiVersion": "v1", "kind": "Pod",
+            "metadata": {"name": CLIENT, "namespace": NS},
+            "spec": {
+                "terminationGracePeriodSeconds": 1,
+                "hostAliases": aliases,
+                "containers": [{
+                    "name": "nix", "image": common::image::NIX_CLIENT, "imagePullPolicy": "Never",
+                    "command": ["sleep", "86400"],
+                    "env": [{"name": "NIX_CONFIG", "value": common::NIX_CONFIG}],
+                }],
+            },
+        });
+        self.k.apply(&client.to_string());
+        self.k.kubectl_ok(&[
+            "-n",
+            NS,
+            "wait",
+            "--for=condition=Ready",
+            &format!("pod/{CLIENT}"),
+            "--timeout=120s",
+        ]);
     }
 
     fn exec(&self, pod: &str, script: &str) -> std::process::Output {
@@ -509,37 +550,13 @@ fn the_chart_and_the_examples_serve_nix_clients_in_a_real_cluster() {
         "nixcache-postgres",
         &format!("--from-literal=url={}", pg.url()),
     ]);
-    e.k.apply(&ha_example(&upstream_b.url, &fx.key, &s3.endpoint, &redis).to_string());
+    let ha_manifest = ha_example(&upstream_b.url, &fx.key, &s3.endpoint, &redis).to_string();
+    e.k.apply(&ha_manifest);
     let ha = e.wait_cache_ready("nixcache-ha", 3);
     eprintln!("caches ready: {:.1}s", t0.elapsed().as_secs_f64());
 
-    // 4. The client pod, with the Services' names mapped to their ClusterIPs (there is no
-    //    cluster DNS).
-    let client = json!({
-        "apiVersion": "v1", "kind": "Pod",
-        "metadata": {"name": CLIENT, "namespace": NS},
-        "spec": {
-            "terminationGracePeriodSeconds": 1,
-            "hostAliases": [
-                {"ip": e.cluster_ip("nixcache"), "hostnames": ["nixcache.default.svc.cluster.local"]},
-                {"ip": e.cluster_ip("nixcache-ha"), "hostnames": ["nixcache-ha.default.svc.cluster.local"]},
-            ],
-            "containers": [{
-                "name": "nix", "image": common::image::NIX_CLIENT, "imagePullPolicy": "Never",
-                "command": ["sleep", "86400"],
-                "env": [{"name": "NIX_CONFIG", "value": common::NIX_CONFIG}],
-            }],
-        },
-    });
-    e.k.apply(&client.to_string());
-    e.k.kubectl_ok(&[
-        "-n",
-        NS,
-        "wait",
-        "--for=condition=Ready",
-        &format!("pod/{CLIENT}"),
-        "--timeout=120s",
-    ]);
+    // 4. The client pod.
+    e.start_client();
 
     // 5. The single-replica cache: the closure through status.url, trusting only its key.
     let url = single["url"].as_str().expect("status.url");
@@ -672,8 +689,9 @@ fn the_chart_and_the_examples_serve_nix_clients_in_a_real_cluster() {
         assert_eq!(upstream_b.hits(&nar), 1, "{nar} fetched again");
     }
 
-    // 10. Deleting the NixCache garbage-collects everything the operator made for it; what the
-    //     user made (the Secrets it referred to) stays.
+    // 10. Deleting the NixCache garbage-collects everything the operator made for it but the
+    //     signing key, which is meant to outlive it; what the user made (the Secrets it referred
+    //     to) stays.
     e.k.kubectl_ok(&[
         "-n",
         NS,
@@ -703,10 +721,26 @@ fn the_chart_and_the_examples_serve_nix_clients_in_a_real_cluster() {
             "jsonpath={range .items[*]}{.metadata.name} {.metadata.ownerReferences[0].name}{\"\\n\"}{end}",
         ]);
         let owned: Vec<&str> = owned.lines().filter(|l| l.ends_with(" nixcache-ha")).collect();
-        (left.trim().is_empty() && owned.is_empty()).then_some(())
+        (left.trim() == "secret/nixcache-ha-signing-key" && owned.is_empty()).then_some(())
     });
     for secret in ["nixcache-s3", "nixcache-postgres"] {
         e.k.kubectl_ok(&["-n", NS, "get", "secret", secret]);
+    }
+
+    // 11. Re-created under the same name (as GitOps tools do), the cache signs with the same
+    //     key: clients that trust it keep substituting, from what the bucket and database kept.
+    e.k.apply(&ha_manifest);
+    let again = e.wait_cache_ready("nixcache-ha", 3);
+    assert_eq!(
+        again["publicKey"].as_str(),
+        Some(ha_key),
+        "the key after re-creation"
+    );
+    let got = e.substitute(ha_url, ha_key, fx.top(), 1);
+    assert_eq!(got, vec![closure_of(fx)], "the closure after re-creation");
+    for p in &fx.paths {
+        let nar = format!("/{}", Fixture::nar_url(&fx.narinfo(p)));
+        assert_eq!(upstream_b.hits(&nar), 1, "{nar} fetched again");
     }
     // The other cache is untouched.
     assert_eq!(

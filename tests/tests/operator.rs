@@ -509,7 +509,7 @@ async fn a_nixcache_is_reconciled_into_owned_children_that_follow_its_spec() {
     );
     assert_eq!(status.observed_generation, nc.metadata.generation);
 
-    // Every child exists and is owned by the cache.
+    // Every child exists and is owned by the cache, but for the signing key, which outlives it.
     let configmaps: Api<ConfigMap> = Api::namespaced(client.clone(), "default");
     let deployments: Api<Deployment> = Api::namespaced(client.clone(), "default");
     let services: Api<Service> = Api::namespaced(client.clone(), "default");
@@ -528,10 +528,13 @@ async fn a_nixcache_is_reconciled_into_owned_children_that_follow_its_spec() {
         &deployment.metadata,
         &service.metadata,
         &account.metadata,
-        &key_secret.metadata,
     ] {
         assert!(owned_by(meta, &nc), "{:?} is not owned", meta.name);
     }
+    assert_eq!(
+        key_secret.metadata.owner_references, None,
+        "the key Secret has no owner"
+    );
     // The ConfigMap is the server's own configuration type, and the server accepts it.
     let toml_text = cm
         .data
@@ -722,6 +725,143 @@ async fn a_nixcache_is_reconciled_into_owned_children_that_follow_its_spec() {
             "{wanted} not in {reasons:?}"
         );
     }
+}
+
+/// Event reasons in the namespace.
+async fn event_reasons(client: &Client) -> Vec<(String, String)> {
+    let events = Api::<DynamicObject>::namespaced_with(
+        client.clone(),
+        "default",
+        &ApiResource::from_gvk(&GroupVersionKind::gvk("events.k8s.io", "v1", "Event")),
+    );
+    events
+        .list(&ListParams::default())
+        .await
+        .expect("events")
+        .items
+        .iter()
+        .filter_map(|e| {
+            Some((
+                e.data["type"].as_str()?.to_string(),
+                e.data["reason"].as_str()?.to_string(),
+            ))
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lost_signing_key_is_reported_and_replaced_only_when_asked() {
+    let server = KubeApiServer::start();
+    let client = client(&server).await;
+    install_crd(&client).await;
+    let _operator = Operator::start(&server, "op");
+    let caches: Api<NixCache> = Api::namespaced(client.clone(), "default");
+    caches
+        .create(&PostParams::default(), &example("nixcache.yaml"))
+        .await
+        .expect("create");
+    let public_key = eventually(30, "status.publicKey", || async {
+        caches.get("nixcache").await.ok()?.status?.public_key
+    })
+    .await;
+    assert!(
+        public_key.starts_with("nixcache.default-1:"),
+        "{public_key}"
+    );
+
+    // The Secret goes (by hand, or with a namespace's cleanup): the cache reports it, with a
+    // Warning, and no other key appears under the same name.
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), "default");
+    secrets
+        .delete("nixcache-signing-key", &DeleteParams::default())
+        .await
+        .expect("delete the key Secret");
+    let (_, _, message) = eventually(30, "Degraded SigningKeyLost", || async {
+        let nc = caches.get("nixcache").await.ok()?;
+        let c = condition(&nc, "Degraded")?;
+        (c.0 == "True" && c.1 == "SigningKeyLost").then_some(c)
+    })
+    .await;
+    assert!(message.contains(&public_key), "{message}");
+    assert!(
+        message.contains("nixcache.io/regenerate-signing-key"),
+        "{message}"
+    );
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert!(
+        secrets
+            .get_opt("nixcache-signing-key")
+            .await
+            .expect("get")
+            .is_none(),
+        "a key was generated again without being asked"
+    );
+    let nc = caches.get("nixcache").await.expect("get");
+    assert_eq!(
+        nc.status.and_then(|s| s.public_key),
+        Some(public_key.clone()),
+        "status keeps the key clients trust"
+    );
+    assert!(event_reasons(&client)
+        .await
+        .contains(&("Warning".into(), "SigningKeyLost".into())));
+
+    // Asked for, by the lost key's name: a new key under the next name.
+    caches
+        .patch(
+            "nixcache",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"metadata": {"annotations": {
+                "nixcache.io/regenerate-signing-key": "nixcache.default-1"}}})),
+        )
+        .await
+        .expect("annotate");
+    let new_key = eventually(30, "a new status.publicKey", || async {
+        let key = caches.get("nixcache").await.ok()?.status?.public_key?;
+        (key != public_key).then_some(key)
+    })
+    .await;
+    assert!(new_key.starts_with("nixcache.default-2:"), "{new_key}");
+    let secret = secrets.get("nixcache-signing-key").await.expect("Secret");
+    let listed =
+        String::from_utf8(secret.data.expect("data")["public-key"].0.clone()).expect("utf-8");
+    assert_eq!(listed, new_key);
+    assert!(event_reasons(&client)
+        .await
+        .contains(&("Warning".into(), "SigningKeyRegenerated".into())));
+    eventually(30, "Degraded=False", || async {
+        let nc = caches.get("nixcache").await.ok()?;
+        (condition(&nc, "Degraded")?.0 == "False").then_some(())
+    })
+    .await;
+
+    // Deleting the NixCache leaves the key; one re-created under the name signs with it. (This
+    // API server runs no garbage collector; the real cluster's test shows the rest.)
+    caches
+        .delete("nixcache", &DeleteParams::default())
+        .await
+        .expect("delete");
+    eventually(30, "the NixCache gone", || async {
+        caches
+            .get_opt("nixcache")
+            .await
+            .ok()?
+            .is_none()
+            .then_some(())
+    })
+    .await;
+    caches
+        .create(&PostParams::default(), &example("nixcache.yaml"))
+        .await
+        .expect("create again");
+    let again = eventually(30, "status.publicKey of the new NixCache", || async {
+        caches.get("nixcache").await.ok()?.status?.public_key
+    })
+    .await;
+    assert_eq!(
+        again, new_key,
+        "the re-created cache signs with the same key"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
