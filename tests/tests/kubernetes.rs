@@ -701,7 +701,7 @@ fn the_chart_and_the_examples_serve_nix_clients_in_a_real_cluster() {
         "--wait=true",
         "--timeout=60s",
     ]);
-    e.wait("the HA cache's children to go", Duration::from_secs(120), || {
+    e.wait("the HA cache's children to go", Duration::from_secs(240), || {
         let left = e.k.kubectl_ok(&[
             "-n",
             NS,
@@ -736,6 +736,7 @@ fn the_chart_and_the_examples_serve_nix_clients_in_a_real_cluster() {
         Some(ha_key),
         "the key after re-creation"
     );
+    e.start_client();
     let got = e.substitute(ha_url, ha_key, fx.top(), 1);
     assert_eq!(got, vec![closure_of(fx)], "the closure after re-creation");
     for p in &fx.paths {
