@@ -16,8 +16,11 @@ use serde::{Deserialize, Serialize};
     status = "NixCacheStatus",
     printcolumn = r#"{"name":"Replicas","type":"integer","jsonPath":".spec.replicas"}"#,
     printcolumn = r#"{"name":"Ready","type":"integer","jsonPath":".status.readyReplicas"}"#,
+    printcolumn = r#"{"name":"Status","type":"string","description":"The Ready condition's reason","jsonPath":".status.conditions[?(@.type==\"Ready\")].reason"}"#,
     printcolumn = r#"{"name":"URL","type":"string","jsonPath":".status.url"}"#,
-    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
+    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#,
+    printcolumn = r#"{"name":"Public Key","type":"string","priority":1,"jsonPath":".status.publicKey"}"#,
+    printcolumn = r#"{"name":"Last GC","type":"date","priority":1,"jsonPath":".status.gc.lastSuccessTime"}"#
 )]
 #[serde(rename_all = "camelCase")]
 pub struct NixCacheSpec {
@@ -288,7 +291,26 @@ mod tests {
             .flatten()
             .map(|c| c.name.as_str())
             .collect();
-        assert_eq!(columns, ["Replicas", "Ready", "URL", "Age"]);
+        assert_eq!(
+            columns,
+            [
+                "Replicas",
+                "Ready",
+                "Status",
+                "URL",
+                "Age",
+                "Public Key",
+                "Last GC"
+            ]
+        );
+        let wide: Vec<&str> = v
+            .additional_printer_columns
+            .iter()
+            .flatten()
+            .filter(|c| c.priority == Some(1))
+            .map(|c| c.name.as_str())
+            .collect();
+        assert_eq!(wide, ["Public Key", "Last GC"], "shown with -o wide only");
     }
 
     #[test]

@@ -493,16 +493,28 @@ fn the_chart_and_the_examples_serve_nix_clients_in_a_real_cluster() {
         .split_whitespace()
         .collect();
     assert_eq!(
-        row.get(..4),
+        row.get(..5),
         Some(
             &[
                 "nixcache",
                 "1",
                 "1",
+                "ReplicasReady",
                 "http://nixcache.default.svc.cluster.local:80"
             ][..]
         ),
         "kubectl get nc:\n{table}"
+    );
+    // -o wide adds the public key.
+    let wide =
+        e.k.kubectl_ok(&["-n", NS, "get", "nc", "nixcache", "-o", "wide"]);
+    let key_now = e.status("nixcache")["publicKey"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    assert!(
+        !key_now.is_empty() && wide.contains(&key_now),
+        "kubectl get nc -o wide:\n{wide}"
     );
     // A spec change (this run's upstream instead of cache.nixos.org) rolls it.
     let before = e.ready_pods("nixcache");
