@@ -100,6 +100,15 @@ fn upstream_spec(u: &UpstreamSpec) -> String {
 /// Checks a spec as far as it can be checked without the API server: the replica rules, the
 /// shapes of sizes and names, and the rendered configuration through the server's own parser.
 pub fn validate(nc: &NixCache) -> Result<(), InvalidSpec> {
+    let name = nc.metadata.name.as_deref().unwrap_or_default();
+    if !is_cache_name(name) {
+        return Err(invalid(format!(
+            "the name {name:?} cannot name this cache's children: it must be a DNS-1035 label \
+             (lower-case letters, digits and '-', starting with a letter, ending with a letter or \
+             digit) of at most {MAX_NAME} characters, since it names the Service and is a label \
+             value, with room for the pods' and GC Jobs' suffixes"
+        )));
+    }
     let spec = &nc.spec;
     if spec.replicas > 1 {
         let mut missing = Vec::new();
@@ -226,6 +235,19 @@ pub fn validate(nc: &NixCache) -> Result<(), InvalidSpec> {
     args.resolve()
         .map(|_| ())
         .map_err(|e| invalid(format!("spec: {e}")))
+}
+
+/// The longest NixCache name: the Service takes the name itself (a DNS-1035 label, 63), and the
+/// pods' names add the ReplicaSet's and their own suffixes (`-<10>-<5>`) within 63.
+pub const MAX_NAME: usize = 47;
+
+/// A name every child can be derived from: a DNS-1035 label of at most [`MAX_NAME`] characters.
+fn is_cache_name(s: &str) -> bool {
+    s.len() <= MAX_NAME
+        && s.starts_with(|c: char| c.is_ascii_lowercase())
+        && !s.ends_with('-')
+        && s.chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
 }
 
 /// A DNS-1123 subdomain, as Secret names are.
@@ -377,6 +399,31 @@ mod tests {
         for (spec, needle) in cases {
             let err = validate(&cache(spec.clone())).expect_err(&spec.to_string());
             assert!(err.0.contains(needle), "{spec}: {err}");
+        }
+    }
+
+    #[test]
+    fn the_name_must_fit_every_derived_name() {
+        let named = |name: &str| {
+            let mut nc = cache(serde_json::json!({}));
+            nc.metadata.name = Some(name.into());
+            validate(&nc)
+        };
+        for good in ["c", "nixcache", "team-cache-2", &"a".repeat(MAX_NAME)] {
+            named(good).unwrap_or_else(|e| panic!("{good}: {e}"));
+        }
+        // Not a DNS-1035 label (a Service refuses a leading digit and dots), or too long.
+        for bad in [
+            "2cache",
+            "my.cache",
+            "Cache",
+            "cache-",
+            "-cache",
+            "",
+            &"a".repeat(MAX_NAME + 1),
+        ] {
+            let err = named(bad).expect_err(bad);
+            assert!(err.0.contains("DNS-1035"), "{bad}: {err}");
         }
     }
 
