@@ -3,11 +3,13 @@
 # (through containerd), the node's processes, its network namespace (with its iptables rules,
 # bridge, veths and the host's routes), the kubelet's cgroups, the control plane.
 # Usage: cluster-down.sh RUN_DIR [--keep]   (--keep leaves RUN_DIR and its logs)
+# scripts/cluster-up.sh runs it first, for a cluster a killed run left behind.
 set -uo pipefail
 D=${1:?usage: cluster-down.sh RUN_DIR [--keep]}; KEEP=${2:-}
 NS=nixcache-k8s STATE=/run/nixcache-k8s
-[ -d "$D" ] || exit 0
-D=$(cd "$D" && pwd)
+# Without RUN_DIR (gone with a killed run) what the host holds is still removed: the node's
+# namespace and the kubelet's cgroups.
+[ -d "$D" ] && D=$(cd "$D" && pwd)
 pid() { cat "$D/$1.pid" 2>/dev/null; }
 alive() { # running and not a zombie
   [ -n "$1" ] && kill -0 "$1" 2>/dev/null && [ "$(awk '{print $3}' "/proc/$1/stat" 2>/dev/null)" != Z ]; }

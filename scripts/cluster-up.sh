@@ -49,14 +49,8 @@ if [ -f "$STATE/owner" ]; then
   if [ "$old" != "$OWNER" ] && kill -0 "$old" 2>/dev/null; then
     echo "a test cluster is in use by PID $old (run dir $(cat "$STATE/dir" 2>/dev/null))" >&2; exit 1
   fi
-  [ -d "$(cat "$STATE/dir" 2>/dev/null)" ] && "$HERE/cluster-down.sh" "$(cat "$STATE/dir")" >/dev/null 2>&1 || true
 fi
-ip netns list | grep -qw "$NS" && ip netns del "$NS"
-for h in /sys/fs/cgroup/*/kubepods; do
-  [ -d "$h" ] || continue
-  for p in $(find "$h" -name cgroup.procs -exec cat {} + 2>/dev/null); do kill -KILL "$p" 2>/dev/null || true; done
-  find "$h" -depth -type d -exec rmdir {} \; 2>/dev/null || true
-done
+"$HERE/cluster-down.sh" "$(cat "$STATE/dir" 2>/dev/null || echo /nonexistent)" >/dev/null 2>&1 || true
 mkdir -p "$D"/{pki,logs,kubelet,containerd,cni/net.d,cni/ipam,var-lib-cni,var-log,sysctl,images}
 D=$(cd "$D" && pwd)
 echo "$OWNER" > "$STATE/owner"; echo "$D" > "$STATE/dir"

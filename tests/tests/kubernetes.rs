@@ -13,12 +13,12 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::image::{nix_client_image, save, Image};
+use common::image::{nix_client_image, repo, save, Image};
 use common::{fixture, FaultyUpstream, Fixture, Mode};
 use nixcache_tests::kube::{helm_bin, KubeCluster};
 use nixcache_tests::postgres::Postgres;
@@ -28,10 +28,6 @@ use serde_json::{json, Value};
 
 const NS: &str = "default";
 const CLIENT: &str = "nix-client";
-
-fn repo() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
-}
 
 fn host_ip() -> std::net::IpAddr {
     KubeCluster::HOST_IP.parse().expect("ip")
@@ -327,6 +323,19 @@ fn ha_example(upstream: &str, upstream_key: &str, s3: &str, redis: &[Redis]) -> 
     nc
 }
 
+/// GET `base/path` on a client that keeps its connections: the body of a 200, or what went wrong.
+async fn fetch(client: &reqwest::Client, base: &str, path: &str) -> Result<bytes::Bytes, String> {
+    let r = client
+        .get(format!("{base}/{path}"))
+        .send()
+        .await
+        .map_err(|e| format!("{path}: {e:#}"))?;
+    if r.status() != 200 {
+        return Err(format!("{path}: {}", r.status()));
+    }
+    r.bytes().await.map_err(|e| format!("{path}: {e:#}"))
+}
+
 /// Requests through a Service from the host while something happens to it: every narinfo and NAR
 /// of the closure, over and over, from several workers; what failed, and how many succeeded.
 struct Load {
@@ -341,66 +350,33 @@ impl Load {
         let stop = Arc::new(AtomicBool::new(false));
         let ok = Arc::new(AtomicUsize::new(0));
         let failures = Arc::new(Mutex::new(Vec::new()));
-        let files: Vec<(String, String)> = fx
+        let narinfos: Vec<String> = fx
             .paths
             .iter()
-            .map(|p| {
-                (
-                    format!("{}.narinfo", Fixture::hash_of(p)),
-                    Fixture::nar_url(&fx.narinfo(p)),
-                )
-            })
+            .map(|p| format!("{}.narinfo", Fixture::hash_of(p)))
             .collect();
         let tasks = (0..workers)
             .map(|_| {
                 let (stop, ok, failures) = (stop.clone(), ok.clone(), failures.clone());
-                let (base, files) = (base.to_string(), files.clone());
+                let (base, narinfos) = (base.to_string(), narinfos.clone());
                 rt.spawn(async move {
                     let client = reqwest::Client::builder()
                         .timeout(Duration::from_secs(20))
                         .build()
                         .expect("client");
                     while !stop.load(Ordering::Relaxed) {
-                        for (narinfo, _) in &files {
-                            let r = client.get(format!("{base}/{narinfo}")).send().await;
-                            let nar = match r {
-                                Ok(r) if r.status() == 200 => match r.text().await {
-                                    Ok(t) => Fixture::nar_url(&t),
-                                    Err(e) => {
-                                        failures.lock().expect("f").push(format!("{narinfo}: {e}"));
-                                        continue;
-                                    }
-                                },
-                                Ok(r) => {
-                                    failures
-                                        .lock()
-                                        .expect("f")
-                                        .push(format!("{narinfo}: {}", r.status()));
-                                    continue;
-                                }
-                                Err(e) => {
-                                    failures
-                                        .lock()
-                                        .expect("f")
-                                        .push(format!("{narinfo}: {e:#}"));
-                                    continue;
-                                }
+                        for narinfo in &narinfos {
+                            // The narinfo, then the NAR it names: each one a request served.
+                            let served = async {
+                                let info = fetch(&client, &base, narinfo).await?;
+                                ok.fetch_add(1, Ordering::Relaxed);
+                                let nar = Fixture::nar_url(&String::from_utf8_lossy(&info));
+                                fetch(&client, &base, &nar).await?;
+                                ok.fetch_add(1, Ordering::Relaxed);
+                                Ok::<(), String>(())
                             };
-                            ok.fetch_add(1, Ordering::Relaxed);
-                            match client.get(format!("{base}/{nar}")).send().await {
-                                Ok(r) if r.status() == 200 => match r.bytes().await {
-                                    Ok(_) => {
-                                        ok.fetch_add(1, Ordering::Relaxed);
-                                    }
-                                    Err(e) => {
-                                        failures.lock().expect("f").push(format!("{nar}: {e:#}"))
-                                    }
-                                },
-                                Ok(r) => failures
-                                    .lock()
-                                    .expect("f")
-                                    .push(format!("{nar}: {}", r.status())),
-                                Err(e) => failures.lock().expect("f").push(format!("{nar}: {e:#}")),
+                            if let Err(e) = served.await {
+                                failures.lock().expect("failures").push(e);
                             }
                         }
                     }
@@ -450,24 +426,15 @@ fn the_chart_and_the_examples_serve_nix_clients_in_a_real_cluster() {
     let e = E2e { k };
 
     // Upstreams on the host, where pods reach them: one per cache, so each counts its own.
-    let (upstream_a, upstream_b) = rt.block_on(async {
-        (
-            FaultyUpstream::start_on(
-                host_ip(),
-                fx.cache.clone(),
-                fx.cache_untrusted.clone(),
-                Mode::Normal,
-            )
-            .await,
-            FaultyUpstream::start_on(
-                host_ip(),
-                fx.cache.clone(),
-                fx.cache_untrusted.clone(),
-                Mode::Normal,
-            )
-            .await,
-        )
-    });
+    let upstream = || {
+        rt.block_on(FaultyUpstream::start_on(
+            host_ip(),
+            fx.cache.clone(),
+            fx.cache_untrusted.clone(),
+            Mode::Normal,
+        ))
+    };
+    let (upstream_a, upstream_b) = (upstream(), upstream());
 
     // 1. The chart: the operator runs as a pod.
     install_operator(&e, &image);
@@ -669,24 +636,13 @@ fn the_chart_and_the_examples_serve_nix_clients_in_a_real_cluster() {
         },
     );
     rt.block_on(async {
-        let client = reqwest::Client::new();
+        let base = format!("http://{new_ip}:8080");
         for p in &fx.paths {
-            let base = format!("http://{new_ip}:8080");
-            let r = client
-                .get(format!("{base}/{}.narinfo", Fixture::hash_of(p)))
-                .send()
-                .await
-                .expect("narinfo from the new pod");
-            assert_eq!(r.status(), 200, "{p} from the new pod {new_pod}");
-            let nar = Fixture::nar_url(&r.text().await.expect("narinfo body"));
-            let r = client
-                .get(format!("{base}/{nar}"))
-                .send()
-                .await
-                .expect("nar");
-            assert_eq!(r.status(), 200, "{nar} from the new pod {new_pod}");
+            let (status, body) = common::fetch_nar(&base, p).await;
+            assert_eq!(status, 200, "{p}'s NAR from the new pod {new_pod}");
+            let nar = Fixture::nar_url(&fx.narinfo(p));
             let want = std::fs::read(fx.cache.join(&nar)).expect("upstream NAR");
-            assert!(r.bytes().await.expect("nar body") == want, "{nar} bytes");
+            assert!(body == want, "{nar} bytes from the new pod {new_pod}");
         }
     });
     let got = e.substitute(ha_url, ha_key, fx.top(), 1);

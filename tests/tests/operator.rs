@@ -706,18 +706,10 @@ async fn a_nixcache_is_reconciled_into_owned_children_that_follow_its_spec() {
     assert_eq!(reason, "BadSigningKey");
 
     // What the operator did is told as Events.
-    let events = Api::<DynamicObject>::namespaced_with(
-        client.clone(),
-        "default",
-        &ApiResource::from_gvk(&GroupVersionKind::gvk("events.k8s.io", "v1", "Event")),
-    );
-    let reasons: Vec<String> = events
-        .list(&ListParams::default())
+    let reasons: Vec<String> = event_reasons(&client)
         .await
-        .expect("events")
-        .items
-        .iter()
-        .filter_map(|e| e.data["reason"].as_str().map(String::from))
+        .into_iter()
+        .map(|(_, reason)| reason)
         .collect();
     for wanted in ["SigningKeyGenerated", "InvalidSpec", "BadSigningKey"] {
         assert!(
@@ -727,7 +719,21 @@ async fn a_nixcache_is_reconciled_into_owned_children_that_follow_its_spec() {
     }
 }
 
-/// Event reasons in the namespace.
+/// An API server with the CRD, an operator, and `deploy/examples/nixcache.yaml` created.
+async fn operator_with_the_example() -> (KubeApiServer, Operator, Client, Api<NixCache>) {
+    let server = KubeApiServer::start();
+    let client = client(&server).await;
+    install_crd(&client).await;
+    let operator = Operator::start(&server, "op");
+    let caches: Api<NixCache> = Api::namespaced(client.clone(), "default");
+    caches
+        .create(&PostParams::default(), &example("nixcache.yaml"))
+        .await
+        .expect("create");
+    (server, operator, client, caches)
+}
+
+/// Event types and reasons in the namespace.
 async fn event_reasons(client: &Client) -> Vec<(String, String)> {
     let events = Api::<DynamicObject>::namespaced_with(
         client.clone(),
@@ -751,15 +757,7 @@ async fn event_reasons(client: &Client) -> Vec<(String, String)> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_lost_signing_key_is_reported_and_replaced_only_when_asked() {
-    let server = KubeApiServer::start();
-    let client = client(&server).await;
-    install_crd(&client).await;
-    let _operator = Operator::start(&server, "op");
-    let caches: Api<NixCache> = Api::namespaced(client.clone(), "default");
-    caches
-        .create(&PostParams::default(), &example("nixcache.yaml"))
-        .await
-        .expect("create");
+    let (_server, _operator, client, caches) = operator_with_the_example().await;
     let public_key = eventually(30, "status.publicKey", || async {
         caches.get("nixcache").await.ok()?.status?.public_key
     })
@@ -866,15 +864,7 @@ async fn a_lost_signing_key_is_reported_and_replaced_only_when_asked() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ready_follows_the_deployment_status() {
-    let server = KubeApiServer::start();
-    let client = client(&server).await;
-    install_crd(&client).await;
-    let _operator = Operator::start(&server, "op");
-    let caches: Api<NixCache> = Api::namespaced(client.clone(), "default");
-    caches
-        .create(&PostParams::default(), &example("nixcache.yaml"))
-        .await
-        .expect("create");
+    let (_server, _operator, client, caches) = operator_with_the_example().await;
     let deployments: Api<Deployment> = Api::namespaced(client.clone(), "default");
     let d = eventually(30, "the Deployment", || async {
         deployments.get_opt("nixcache").await.ok()?

@@ -87,9 +87,7 @@ impl Image {
         ]);
         Image { tag }
     }
-}
 
-impl Image {
     /// Writes the image as a docker-archive tar (what containerd imports).
     pub fn save(&self, to: &Path) {
         save(&self.tag, to);
@@ -110,23 +108,14 @@ pub fn save(tag: &str, to: &Path) {
     ]);
 }
 
-/// The image with the real Nix client (nix-bin) that the test cluster's client pods run; built
-/// once by `scripts/build-base-image.sh` (scripts/provision.sh does).
+/// The image with the real Nix client (nix-bin) that the test cluster's client pods run, built
+/// once by scripts/provision.sh (which names its packages).
 pub const NIX_CLIENT: &str = "localhost/nixcache-nix:bookworm";
 
 pub fn nix_client_image() -> &'static str {
-    let out = Command::new("bash")
-        .arg(repo().join("scripts/build-base-image.sh"))
-        // libdbi-perl provides the virtual perl-dbdabi-94 that nix-bin needs, which debootstrap
-        // does not resolve by itself.
-        .args([NIX_CLIENT, "nix-bin", "libdbi-perl"])
-        .env("CONTAINERS_CONF", repo().join("tests/containers.conf"))
-        .output()
-        .expect("build-base-image.sh");
     assert!(
-        out.status.success(),
-        "the Nix client image: {}",
-        String::from_utf8_lossy(&out.stderr)
+        podman(&["image", "exists", NIX_CLIENT]).status.success(),
+        "the image {NIX_CLIENT} is missing: run scripts/provision.sh"
     );
     NIX_CLIENT
 }
