@@ -40,10 +40,10 @@ pub fn render(nc: &NixCache) -> ServeArgs {
         data_dir: Some(PathBuf::from(DATA_DIR)),
         upstreams: spec.upstreams.iter().map(upstream_spec).collect(),
         signing_key_file: Some(PathBuf::from(format!("{KEY_DIR}/{KEY_FILE}"))),
-        priority: spec.priority,
+        priority: spec.priority.and_then(|p| u32::try_from(p).ok()),
         log_format: Some(LogFormat::Json),
         redis: spec.redis.clone(),
-        max_size: spec.gc.as_ref().map(|gc| gc.max_size.clone()),
+        max_size: gc_bound(spec).map(|(size, _)| size),
         shutdown_timeout: Some(HumanDuration(std::time::Duration::from_secs(25))),
         // Endpoints drop a terminating pod within a few seconds; new connections are refused
         // only then.
@@ -63,7 +63,7 @@ pub fn render(nc: &NixCache) -> ServeArgs {
         args.s3_region = s3.region.clone();
     }
     if !gc_runs_as_jobs(spec) {
-        args.gc_schedule = spec.gc.as_ref().map(|gc| gc.schedule.clone());
+        args.gc_schedule = gc_bound(spec).map(|(_, schedule)| schedule);
     }
     args
 }
@@ -74,13 +74,17 @@ pub fn render_toml(nc: &NixCache) -> String {
     toml::to_string(&render(nc)).unwrap_or_default()
 }
 
-/// GC runs as operator-created Jobs when a Job's pod can reach the cache's data: shared storage
-/// and database (S3 + PostgreSQL), or a PersistentVolumeClaim it mounts too. A cache on an
-/// `emptyDir` has no such thing; its server runs GC itself on the schedule.
+/// The data volume is a PersistentVolumeClaim (made for `volumeSize`, or an existing one).
+pub fn has_claim(spec: &NixCacheSpec) -> bool {
+    spec.storage.volume_size.is_some() || spec.storage.existing_claim.is_some()
+}
+
+/// GC runs as operator-created Jobs when a Job's pod can reach the cache's data from any node:
+/// shared storage and database (S3 + PostgreSQL). On a local volume — an `emptyDir`, or a
+/// ReadWriteOnce claim that a second pod on another node could not attach — the server runs GC
+/// itself on the schedule.
 pub fn gc_runs_as_jobs(spec: &NixCacheSpec) -> bool {
-    spec.gc.is_some()
-        && ((spec.storage.s3.is_some() && spec.database.is_some())
-            || spec.storage.volume_size.is_some())
+    spec.gc.is_some() && spec.storage.s3.is_some() && spec.database.is_some()
 }
 
 fn upstream_spec(u: &UpstreamSpec) -> String {
@@ -141,9 +145,44 @@ pub fn validate(nc: &NixCache) -> Result<(), InvalidSpec> {
             )));
         }
     }
-    if spec.replicas > 1 && spec.storage.volume_size.is_some() {
+    if spec.replicas > 1 && has_claim(spec) {
         return Err(invalid(
-            "spec.storage.volumeSize serves one replica only; use S3 for more",
+            "a PersistentVolumeClaim (spec.storage.volumeSize, existingClaim) serves one replica \
+             only; use S3 for more",
+        ));
+    }
+    let storage = &spec.storage;
+    if let Some(limit) = &storage.size_limit {
+        if has_claim(spec) || storage.s3.is_some() {
+            return Err(invalid(
+                "spec.storage.sizeLimit is the emptyDir's: it goes with neither a claim nor s3",
+            ));
+        }
+        if !is_quantity(limit) {
+            return Err(invalid(format!(
+                "spec.storage.sizeLimit {limit:?} is not a size (write e.g. 10Gi)"
+            )));
+        }
+    }
+    if let Some(claim) = &storage.existing_claim {
+        if !is_name(claim) || storage.s3.is_some() {
+            return Err(invalid(format!(
+                "spec.storage.existingClaim {claim:?} must name a claim, and goes without s3"
+            )));
+        }
+    }
+    if let Some(class) = &storage.storage_class_name {
+        if !is_name(class) || storage.volume_size.is_none() || storage.existing_claim.is_some() {
+            return Err(invalid(format!(
+                "spec.storage.storageClassName {class:?} is for the claim made for volumeSize"
+            )));
+        }
+    }
+    if storage.retain_on_delete
+        && (storage.volume_size.is_none() || storage.existing_claim.is_some())
+    {
+        return Err(invalid(
+            "spec.storage.retainOnDelete is for the claim made for volumeSize",
         ));
     }
     if let Some(s3) = &spec.storage.s3 {
@@ -266,19 +305,72 @@ fn is_name(s: &str) -> bool {
 
 /// A Kubernetes quantity as storage sizes are written: digits, an optional fraction, a suffix.
 fn is_quantity(s: &str) -> bool {
+    quantity_bytes(s).is_some()
+}
+
+/// A Kubernetes quantity of bytes (`50Gi`, `500M`, `1.5Ti`, `1073741824`), as a whole number.
+pub fn quantity_bytes(s: &str) -> Option<u64> {
     let number_end = s
         .find(|c: char| !(c.is_ascii_digit() || c == '.'))
         .unwrap_or(s.len());
     let (number, suffix) = s.split_at(number_end);
-    let number_ok = !number.is_empty()
-        && number.matches('.').count() <= 1
-        && !number.starts_with('.')
-        && !number.ends_with('.');
-    number_ok
-        && [
-            "", "Ki", "Mi", "Gi", "Ti", "Pi", "Ei", "k", "M", "G", "T", "P", "E",
-        ]
-        .contains(&suffix)
+    if number.is_empty()
+        || number.matches('.').count() > 1
+        || number.starts_with('.')
+        || number.ends_with('.')
+    {
+        return None;
+    }
+    let factor: f64 = match suffix {
+        "" => 1.0,
+        "k" => 1e3,
+        "M" => 1e6,
+        "G" => 1e9,
+        "T" => 1e12,
+        "P" => 1e15,
+        "E" => 1e18,
+        "Ki" => 1024f64,
+        "Mi" => 1024f64.powi(2),
+        "Gi" => 1024f64.powi(3),
+        "Ti" => 1024f64.powi(4),
+        "Pi" => 1024f64.powi(5),
+        "Ei" => 1024f64.powi(6),
+        _ => return None,
+    };
+    let bytes = number.parse::<f64>().ok()? * factor;
+    (bytes.is_finite() && bytes < u64::MAX as f64).then_some(bytes as u64)
+}
+
+/// The emptyDir's size limit when the spec sets none.
+pub const DEFAULT_EMPTY_DIR_SIZE: &str = "10Gi";
+/// A local volume with no `spec.gc` is still kept under this share of its size, by the server.
+const DEFAULT_GC_SHARE: f64 = 0.8;
+/// How often the server looks at a local volume with no `spec.gc`.
+pub const DEFAULT_GC_SCHEDULE: &str = "*/10 * * * *";
+
+/// The size of the cache's local volume (the claim's size or the emptyDir's limit); `None` on S3.
+pub fn local_volume_size(spec: &NixCacheSpec) -> Option<&str> {
+    if spec.storage.s3.is_some() {
+        return None;
+    }
+    Some(
+        spec.storage
+            .volume_size
+            .as_deref()
+            .or(spec.storage.size_limit.as_deref())
+            .unwrap_or(DEFAULT_EMPTY_DIR_SIZE),
+    )
+}
+
+/// The GC bound and schedule of a cache: `spec.gc`, else, on a local volume, 80% of the volume
+/// every ten minutes, so that no volume fills; on S3 without `spec.gc`, none.
+pub fn gc_bound(spec: &NixCacheSpec) -> Option<(String, String)> {
+    if let Some(gc) = &spec.gc {
+        return Some((gc.max_size.clone(), gc.schedule.clone()));
+    }
+    let bytes = quantity_bytes(local_volume_size(spec)?)?;
+    let bound = (bytes as f64 * DEFAULT_GC_SHARE) as u64;
+    Some((bound.to_string(), DEFAULT_GC_SCHEDULE.to_string()))
 }
 
 #[cfg(test)]
@@ -338,8 +430,35 @@ mod tests {
         let pvc = cache(
             serde_json::json!({"storage": {"volumeSize": "10Gi"}, "gc": {"maxSize": "1G", "schedule": "*/5 * * * *"}}),
         );
-        assert!(gc_runs_as_jobs(&pvc.spec));
-        assert_eq!(render(&pvc).gc_schedule, None);
+        assert!(
+            !gc_runs_as_jobs(&pvc.spec),
+            "a ReadWriteOnce claim is the server's alone"
+        );
+        assert_eq!(render(&pvc).gc_schedule.as_deref(), Some("*/5 * * * *"));
+        assert_eq!(render(&pvc).max_size.as_deref(), Some("1G"));
+    }
+
+    #[test]
+    fn a_local_volume_without_gc_is_kept_under_its_size() {
+        let plain = cache(serde_json::json!({}));
+        let args = render(&plain);
+        assert_eq!(args.gc_schedule.as_deref(), Some(DEFAULT_GC_SCHEDULE));
+        // 80% of the default 10Gi emptyDir.
+        assert_eq!(args.max_size.as_deref(), Some("8589934592"));
+        validate(&plain).expect("valid");
+        let claim = cache(serde_json::json!({"storage": {"volumeSize": "100G"}}));
+        assert_eq!(render(&claim).max_size.as_deref(), Some("80000000000"));
+        let s3 = cache(
+            serde_json::json!({"storage": {"s3": {"bucket": "b", "credentialsSecret": "s"}}}),
+        );
+        assert_eq!(
+            render(&s3).max_size,
+            None,
+            "a bucket has no size to keep under"
+        );
+        assert_eq!(quantity_bytes("1.5Ki"), Some(1536));
+        assert_eq!(quantity_bytes("12Q"), None);
+        assert_eq!(quantity_bytes(".5G"), None);
     }
 
     #[test]

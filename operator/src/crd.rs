@@ -1,6 +1,8 @@
 //! `NixCache` (`nixcache.io/v1alpha1`): one cache — its replicas, upstreams, storage, database,
 //! Redis, signing key, GC and service — and what the operator reports back in its status.
 
+use std::collections::BTreeMap;
+
 use kube::{CustomResource, CustomResourceExt};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
@@ -14,6 +16,7 @@ use serde::{Deserialize, Serialize};
     shortname = "nc",
     namespaced,
     status = "NixCacheStatus",
+    scale = r#"{"specReplicasPath":".spec.replicas","statusReplicasPath":".status.replicas","labelSelectorPath":".status.selector"}"#,
     printcolumn = r#"{"name":"Replicas","type":"integer","jsonPath":".spec.replicas"}"#,
     printcolumn = r#"{"name":"Ready","type":"integer","jsonPath":".status.readyReplicas"}"#,
     printcolumn = r#"{"name":"Status","type":"string","description":"The Ready condition's reason","jsonPath":".status.conditions[?(@.type==\"Ready\")].reason"}"#,
@@ -56,7 +59,8 @@ pub struct NixCacheSpec {
     pub service: ServiceSpec,
     /// Priority announced in nix-cache-info (lower is preferred).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub priority: Option<u32>,
+    #[schemars(range(min = 0))]
+    pub priority: Option<i32>,
     /// Uploads (`nix copy --to`), allowed with a token kept in a Secret; off when unset.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub uploads: Option<UploadsSpec>,
@@ -66,6 +70,52 @@ pub struct NixCacheSpec {
     /// The admin API (`/api/v1`: prefetch, GC on demand), with the token in this Secret.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub admin_token_secret: Option<SecretKeyRef>,
+    /// Where and how the server (and GC) pods run.
+    #[serde(default, skip_serializing_if = "PodOptions::is_empty")]
+    pub pod: PodOptions,
+}
+
+/// Scheduling, registries and metadata of the cache's pods, Service and ServiceAccount.
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct PodOptions {
+    /// Secrets for pulling the image; the operator's own (its `--image-pull-secret`) when empty.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub image_pull_secrets: Vec<k8s_openapi::api::core::v1::LocalObjectReference>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub node_selector: BTreeMap<String, String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tolerations: Vec<k8s_openapi::api::core::v1::Toleration>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub affinity: Option<k8s_openapi::api::core::v1::Affinity>,
+    /// Spread constraints; with more than one replica and none given, replicas are spread over
+    /// nodes and zones where the scheduler can.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub topology_spread_constraints:
+        Option<Vec<k8s_openapi::api::core::v1::TopologySpreadConstraint>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub priority_class_name: Option<String>,
+    /// The pods' security context instead of the default (uid and gid 65532, non-root,
+    /// RuntimeDefault seccomp); `{}` lets the platform choose, as OpenShift's restricted SCC
+    /// wants.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub security_context: Option<k8s_openapi::api::core::v1::PodSecurityContext>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub annotations: BTreeMap<String, String>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub labels: BTreeMap<String, String>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub service_annotations: BTreeMap<String, String>,
+    /// E.g. `eks.amazonaws.com/role-arn` (IRSA) or `iam.gke.io/gcp-service-account` (Workload
+    /// Identity) for S3 access without static credentials.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub service_account_annotations: BTreeMap<String, String>,
+}
+
+impl PodOptions {
+    pub fn is_empty(&self) -> bool {
+        self == &PodOptions::default()
+    }
 }
 
 #[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
@@ -89,8 +139,10 @@ fn one() -> i32 {
 #[serde(rename_all = "camelCase")]
 pub struct UpstreamSpec {
     pub url: String,
+    /// This upstream's priority among the upstreams (lower is asked first).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub priority: Option<u32>,
+    #[schemars(range(min = 0))]
+    pub priority: Option<i32>,
     /// Keys (`name:base64`) trusted to sign this upstream's narinfos.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub public_keys: Vec<String>,
@@ -103,9 +155,25 @@ pub struct UpstreamSpec {
 #[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct StorageSpec {
-    /// A PersistentVolumeClaim of this size (e.g. `50Gi`) for one replica.
+    /// A PersistentVolumeClaim of this size (e.g. `50Gi`) for one replica. Without `spec.gc`,
+    /// the server keeps the cache under 80% of it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub volume_size: Option<String>,
+    /// The StorageClass of the claim made for `volumeSize` (the cluster's default when unset).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub storage_class_name: Option<String>,
+    /// An existing PersistentVolumeClaim to use instead of making one; set `volumeSize` to its
+    /// size (or `spec.gc`) so that GC keeps it from filling.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub existing_claim: Option<String>,
+    /// Keep the claim made for `volumeSize` when the NixCache is deleted; a NixCache re-created
+    /// under the same name uses it again.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub retain_on_delete: bool,
+    /// The size limit of the `emptyDir` used when neither a claim nor S3 is set (default
+    /// `10Gi`). Without `spec.gc`, the server keeps the cache under 80% of it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub size_limit: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub s3: Option<S3Spec>,
 }
@@ -212,18 +280,38 @@ fn default_port() -> i32 {
 #[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct NixCacheStatus {
+    /// `Ready`, `Progressing`, `Degraded` and `Reconciled`, one of each.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["type"]))]
     pub conditions: Vec<Condition>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ready_replicas: Option<i32>,
+    /// Server pods (the Deployment's), for the scale subresource.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replicas: Option<i32>,
+    /// The server pods' label selector, for the scale subresource (and an HPA).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub selector: Option<String>,
     /// What clients put in `trusted-public-keys`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub public_key: Option<String>,
     /// The in-cluster substituter URL.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub url: Option<String>,
+    /// The substituter URL from outside the cluster, when the Service is a LoadBalancer (its
+    /// ingress address) or a NodePort (a node's address).
+    #[serde(
+        default,
+        rename = "externalURL",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub external_url: Option<String>,
+    /// The ConfigMap with `nix.conf` lines for clients (`extra-substituters`,
+    /// `extra-trusted-public-keys`), to mount or to use as `NIX_CONFIG`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_config_map: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub gc: Option<GcStatus>,
 }
@@ -246,6 +334,11 @@ pub struct Condition {
 #[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct GcStatus {
+    /// Where GC runs: `Job` (operator-made Jobs on the schedule) or `Server` (the server runs it
+    /// on the schedule itself: a cache on an emptyDir or a ReadWriteOnce claim, whose data only
+    /// its own pod can reach).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mode: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_schedule_time: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -311,6 +404,28 @@ mod tests {
             .map(|c| c.name.as_str())
             .collect();
         assert_eq!(wide, ["Public Key", "Last GC"], "shown with -o wide only");
+    }
+
+    #[test]
+    fn the_schema_follows_the_api_conventions() {
+        let text = crd_json();
+        assert!(
+            !text.contains("\"format\": \"uint"),
+            "unsigned integers have no place in a Kubernetes schema"
+        );
+        let crd: serde_json::Value = serde_json::from_str(&text).expect("json");
+        let version = &crd["spec"]["versions"][0];
+        let conditions = &version["schema"]["openAPIV3Schema"]["properties"]["status"]
+            ["properties"]["conditions"];
+        assert_eq!(conditions["x-kubernetes-list-type"], "map");
+        assert_eq!(
+            conditions["x-kubernetes-list-map-keys"],
+            serde_json::json!(["type"])
+        );
+        assert_eq!(
+            version["subresources"]["scale"]["specReplicasPath"], ".spec.replicas",
+            "kubectl scale nc and an HPA"
+        );
     }
 
     #[test]

@@ -62,6 +62,8 @@ pub struct GcJob {
     pub state: JobState,
     /// When it finished (completion or failure condition), if it did.
     pub finished: Option<i64>,
+    /// Why it failed (the Failed condition's reason and message), if it did.
+    pub failure: Option<String>,
 }
 
 impl GcJob {
@@ -86,6 +88,16 @@ impl GcJob {
                         .unwrap_or(scheduled)
                 })
         };
+        let failure = conditions
+            .iter()
+            .find(|c| c.type_ == "Failed" && c.status == "True")
+            .map(|c| {
+                format!(
+                    "{}: {}",
+                    c.reason.as_deref().unwrap_or("Failed"),
+                    c.message.as_deref().unwrap_or_default()
+                )
+            });
         let (state, finished) = if let Some(t) = finished_by("Complete") {
             let completion = job
                 .status
@@ -103,8 +115,24 @@ impl GcJob {
             scheduled,
             state,
             finished,
+            failure,
         })
     }
+}
+
+/// The newest finished Job's failure, if it failed: what status reports until a run succeeds.
+pub fn last_failure(jobs: &[GcJob]) -> Option<String> {
+    let newest = jobs
+        .iter()
+        .filter(|j| j.state != JobState::Active)
+        .max_by_key(|j| (j.scheduled, j.name.clone()))?;
+    (newest.state == JobState::Failed).then(|| {
+        format!(
+            "GC Job {} failed: {}",
+            newest.name,
+            newest.failure.as_deref().unwrap_or("no reason given")
+        )
+    })
 }
 
 /// What to do now.
@@ -177,6 +205,7 @@ pub fn plan(
         last_success_time: last_success.map(rfc3339),
         last_result,
         active_job: active.map(|a| a.name.clone()),
+        mode: None,
     };
     GcPlan {
         start,
@@ -209,6 +238,9 @@ mod tests {
             scheduled: T0 + n * H,
             state,
             finished: (state != JobState::Active).then_some(T0 + n * H + 60),
+            failure: (state == JobState::Failed).then(|| {
+                "BackoffLimitExceeded: Job has reached the specified backoff limit".into()
+            }),
         }
     }
 
@@ -322,5 +354,20 @@ mod tests {
         assert_eq!(p.status.last_success_time, Some(rfc3339(T0 + 4 * H + 60)));
         assert_eq!(p.status.last_result.as_deref(), Some("Succeeded c-gc-4"));
         assert_eq!(p.status.active_job, None);
+    }
+
+    #[test]
+    fn the_newest_finished_run_decides_whether_gc_is_failing() {
+        assert_eq!(last_failure(&[]), None);
+        let failed = [job(1, JobState::Succeeded), job(2, JobState::Failed)];
+        let f = last_failure(&failed).expect("failing");
+        assert!(
+            f.contains("c-gc-2") && f.contains("BackoffLimitExceeded"),
+            "{f}"
+        );
+        let recovered = [job(2, JobState::Failed), job(3, JobState::Succeeded)];
+        assert_eq!(last_failure(&recovered), None);
+        let running = [job(2, JobState::Failed), job(3, JobState::Active)];
+        assert!(last_failure(&running).is_some(), "until a run succeeds");
     }
 }

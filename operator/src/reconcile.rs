@@ -9,7 +9,9 @@ use std::time::{Duration, Instant};
 
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::batch::v1::Job;
-use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Secret, Service, ServiceAccount};
+use k8s_openapi::api::core::v1::{
+    ConfigMap, Node, PersistentVolumeClaim, Pod, Secret, Service, ServiceAccount,
+};
 use kube::api::{
     Api, ApiResource, DeleteParams, DynamicObject, GroupVersionKind, ListParams, Patch,
     PatchParams, PostParams, PropagationPolicy,
@@ -23,12 +25,12 @@ use serde::Serialize;
 use serde_json::json;
 use tracing::{info, warn};
 
-use crate::config::{gc_runs_as_jobs, validate, KEY_FILE};
+use crate::config::{gc_bound, gc_runs_as_jobs, validate, KEY_FILE};
 use crate::crd::{NixCache, NixCacheStatus};
-use crate::gc::{parse_schedule, plan, GcJob};
+use crate::gc::{last_failure, parse_schedule, plan, GcJob};
 use crate::metrics::Metrics;
 use crate::resources::{self, CACHE_LABEL};
-use crate::status::{conditions, find, Outcome, Rollout, DEGRADED, READY};
+use crate::status::{conditions, find, pod_problem, Observed, Outcome, Rollout, DEGRADED, READY};
 use crate::time::{now_unix, parse_rfc3339, rfc3339};
 
 /// The one field manager of everything the operator applies.
@@ -44,6 +46,16 @@ pub enum Error {
     Key(String),
     #[error("the resource has no namespace")]
     NoNamespace,
+    /// The API server refused a child; written to status as `ApplyFailed`.
+    #[error("applying {kind} {name:?}: {message}")]
+    Apply {
+        kind: &'static str,
+        name: String,
+        message: String,
+    },
+    /// A failure already written to status (conditions and a Warning event).
+    #[error("{reason}: {message}")]
+    Reported { reason: String, message: String },
 }
 
 /// What the reconciler shares between calls.
@@ -51,10 +63,12 @@ pub struct Context {
     pub client: Client,
     pub recorder: Recorder,
     pub metrics: Arc<Metrics>,
-    /// The server image when a spec names none.
-    pub default_image: String,
+    /// The image and pull Secrets when a spec names none.
+    pub defaults: resources::Defaults,
     /// `policy/v1` or `policy/v1beta1`: the PodDisruptionBudget version the API server serves.
     pub pdb_api_version: String,
+    /// The cluster's DNS domain, for the in-cluster URL (`cluster.local` unless told).
+    pub cluster_domain: String,
 }
 
 /// Finds the PodDisruptionBudget version the API server serves (`policy/v1` since 1.21).
@@ -81,12 +95,45 @@ fn apply_params() -> PatchParams {
     PatchParams::apply(MANAGER).force()
 }
 
-async fn apply<K>(api: &Api<K>, obj: &K) -> Result<K, kube::Error>
+/// Applies a child. A refusal by the API server (an invalid object, a forbidden field, an
+/// admission webhook's no) is [`Error::Apply`], for status; anything else is retried.
+async fn apply<K>(api: &Api<K>, obj: &K) -> Result<K, Error>
 where
-    K: Resource + Clone + DeserializeOwned + Serialize + std::fmt::Debug,
+    K: Resource<DynamicType = ()> + Clone + DeserializeOwned + Serialize + std::fmt::Debug,
 {
     let name = obj.meta().name.clone().unwrap_or_default();
-    api.patch(&name, &apply_params(), &Patch::Apply(obj)).await
+    api.patch(&name, &apply_params(), &Patch::Apply(obj))
+        .await
+        .map_err(|e| refused(K::kind(&()).into_owned(), &name, e))
+}
+
+/// Whether an API error is a refusal to report rather than a hiccup to retry.
+fn refused(kind: String, name: &str, e: kube::Error) -> Error {
+    match e {
+        kube::Error::Api(s) if (400..500).contains(&s.code) && ![409, 429].contains(&s.code) => {
+            Error::Apply {
+                kind: kind_name(&kind),
+                name: name.to_string(),
+                message: s.message,
+            }
+        }
+        e => Error::Kube(e),
+    }
+}
+
+/// A `'static` name for the kinds the operator applies.
+fn kind_name(kind: &str) -> &'static str {
+    [
+        "ConfigMap",
+        "ServiceAccount",
+        "PersistentVolumeClaim",
+        "Service",
+        "Deployment",
+        "PodDisruptionBudget",
+    ]
+    .into_iter()
+    .find(|k| *k == kind)
+    .unwrap_or("object")
 }
 
 async fn publish(ctx: &Context, nc: &NixCache, type_: EventType, reason: &str, note: String) {
@@ -102,8 +149,8 @@ async fn publish(ctx: &Context, nc: &NixCache, type_: EventType, reason: &str, n
     }
 }
 
-/// Why a spec was rejected, for conditions and events.
-struct Rejection {
+/// Why a reconcile stopped before the children were applied, for conditions and events.
+struct Failure {
     reason: &'static str,
     message: String,
 }
@@ -135,69 +182,347 @@ async fn reconcile_inner(nc: &NixCache, ctx: &Context) -> Result<Action, Error> 
     }
     let ns = nc.namespace().ok_or(Error::NoNamespace)?;
     let client = ctx.client.clone();
-
-    if let Err(rejection) = check(nc, &client, &ns).await? {
-        return reject(nc, ctx, rejection).await;
+    let mut nc = std::borrow::Cow::Borrowed(nc);
+    if current_conditions(&nc).is_empty() {
+        // First sight: say so before anything that may take a while or fail.
+        let status = NixCacheStatus {
+            conditions: conditions(
+                &Outcome::Reconciling,
+                &[],
+                nc.metadata.generation,
+                &rfc3339(now_unix()),
+            ),
+            observed_generation: nc.metadata.generation,
+            ..nc.status.clone().unwrap_or_default()
+        };
+        write_status(&nc, ctx, &ns, status.clone()).await?;
+        nc.to_mut().status = Some(status);
     }
+    let nc: &NixCache = &nc;
+
+    let secret_versions = match check(nc, &client, &ns).await? {
+        Ok(versions) => versions,
+        Err(failure) => return fail(nc, ctx, failure).await,
+    };
     let public_key = match signing_key(nc, ctx, &ns).await? {
         Ok(key) => key,
-        Err(rejection) => return reject(nc, ctx, rejection).await,
+        Err(failure) => return fail(nc, ctx, failure).await,
     };
-
-    apply(
-        &Api::namespaced(client.clone(), &ns),
-        &resources::config_map(nc),
-    )
-    .await?;
-    apply(
-        &Api::<ServiceAccount>::namespaced(client.clone(), &ns),
-        &resources::service_account(nc),
-    )
-    .await?;
-    if let Some(pvc) = resources::persistent_volume_claim(nc) {
-        apply(
-            &Api::<PersistentVolumeClaim>::namespaced(client.clone(), &ns),
-            &pvc?,
-        )
-        .await?;
+    if let Some(failure) = ownership(nc, ctx, &ns).await? {
+        return fail(nc, ctx, failure).await;
     }
-    apply(
-        &Api::<Service>::namespaced(client.clone(), &ns),
-        &resources::service(nc)?,
-    )
-    .await?;
-    let deployment = apply(
-        &Api::<Deployment>::namespaced(client.clone(), &ns),
-        &resources::deployment(nc, &ctx.default_image, &public_key)?,
-    )
-    .await?;
-    pod_disruption_budget(nc, ctx, &ns).await?;
-
-    let (gc_status, gc_requeue) = if gc_runs_as_jobs(&nc.spec) {
-        let (status, requeue) = gc(nc, ctx, &ns).await?;
-        (Some(status), requeue)
-    } else {
-        (None, None)
+    let url = resources::url(nc, &ctx.cluster_domain);
+    let applied = match apply_children(nc, ctx, &ns, &url, &public_key, &secret_versions).await {
+        Ok(applied) => applied,
+        Err(e @ Error::Apply { .. }) => {
+            let message = e.to_string();
+            fail(
+                nc,
+                ctx,
+                Failure {
+                    reason: "ApplyFailed",
+                    message: message.clone(),
+                },
+            )
+            .await?;
+            return Err(Error::Reported {
+                reason: "ApplyFailed".into(),
+                message,
+            });
+        }
+        Err(e) => return Err(e),
     };
 
-    let rollout = Rollout::of(&deployment);
+    let (gc_status, gc_requeue, gc_failed) = if gc_runs_as_jobs(&nc.spec) {
+        let (mut status, requeue, failed) = gc(nc, ctx, &ns).await?;
+        status.mode = Some("Job".into());
+        (Some(status), requeue, failed)
+    } else if gc_bound(&nc.spec).is_some() {
+        let status = crate::crd::GcStatus {
+            mode: Some("Server".into()),
+            ..Default::default()
+        };
+        (Some(status), None, None)
+    } else {
+        (None, None, None)
+    };
+
+    let observed = Observed {
+        rollout: Rollout::of(&applied.deployment),
+        pod_problem: pod_problem(&server_pods(nc, ctx, &ns).await?),
+        claim_pending: applied.claim_pending,
+        gc_failed,
+    };
+    let settled = observed.rollout.observed
+        && observed.rollout.ready >= observed.rollout.desired
+        && observed.pod_problem.is_none();
     let status = NixCacheStatus {
         conditions: conditions(
-            &Outcome::Applied(rollout),
+            &Outcome::Applied(observed.clone()),
             &current_conditions(nc),
             nc.metadata.generation,
             &rfc3339(now_unix()),
         ),
         observed_generation: nc.metadata.generation,
-        ready_replicas: Some(rollout.ready),
+        ready_replicas: Some(observed.rollout.ready),
+        replicas: applied
+            .deployment
+            .status
+            .as_ref()
+            .and_then(|s| s.replicas)
+            .or(Some(0)),
+        selector: Some(resources::selector_string(nc)),
         public_key: Some(public_key),
-        url: Some(resources::url(nc)),
+        url: Some(url),
+        external_url: external_url(ctx, &applied.service).await,
+        client_config_map: Some(resources::client_config_map_name(nc)),
         gc: gc_status,
     };
     write_status(nc, ctx, &ns, status).await?;
 
-    let every = Duration::from_secs(300);
+    // Pods and claims are watched; a look every so often catches what no watch tells of
+    // (a claim Pending for long, a LoadBalancer address).
+    let every = Duration::from_secs(if settled { 300 } else { 30 });
     Ok(Action::requeue(gc_requeue.map_or(every, |r| r.min(every))))
+}
+
+/// What applying the children gave back.
+struct Applied {
+    deployment: Deployment,
+    service: Service,
+    /// The claim is Pending: why, and whether for long.
+    claim_pending: Option<(String, bool)>,
+}
+
+/// How long a claim may stay Pending before it is worth a Warning.
+const CLAIM_PENDING_GRACE: i64 = 60;
+
+async fn apply_children(
+    nc: &NixCache,
+    ctx: &Context,
+    ns: &str,
+    url: &str,
+    public_key: &str,
+    secret_versions: &str,
+) -> Result<Applied, Error> {
+    let client = ctx.client.clone();
+    let config_maps: Api<ConfigMap> = Api::namespaced(client.clone(), ns);
+    apply(&config_maps, &resources::config_map(nc)).await?;
+    apply(
+        &config_maps,
+        &resources::client_config_map(nc, url, public_key),
+    )
+    .await?;
+    apply(
+        &Api::<ServiceAccount>::namespaced(client.clone(), ns),
+        &resources::service_account(nc),
+    )
+    .await?;
+    let claims: Api<PersistentVolumeClaim> = Api::namespaced(client.clone(), ns);
+    let claim = match resources::persistent_volume_claim(nc) {
+        Some(pvc) => Some(apply(&claims, &pvc?).await?),
+        None => match &nc.spec.storage.existing_claim {
+            Some(name) => match claims.get_opt(name).await? {
+                Some(claim) => Some(claim),
+                None => {
+                    return Err(Error::Apply {
+                        kind: "PersistentVolumeClaim",
+                        name: name.clone(),
+                        message: format!(
+                            "spec.storage.existingClaim {name:?} does not exist in namespace {ns:?}"
+                        ),
+                    })
+                }
+            },
+            None => None,
+        },
+    };
+    let service = apply(
+        &Api::<Service>::namespaced(client.clone(), ns),
+        &resources::service(nc)?,
+    )
+    .await?;
+    let deployment = apply(
+        &Api::<Deployment>::namespaced(client.clone(), ns),
+        &resources::deployment(nc, &ctx.defaults, public_key, secret_versions)?,
+    )
+    .await?;
+    pod_disruption_budget(nc, ctx, ns).await?;
+    let claim_pending = claim.and_then(|c| {
+        let phase = c.status.as_ref().and_then(|s| s.phase.clone());
+        (phase.as_deref() == Some("Pending")).then(|| {
+            let age = c
+                .metadata
+                .creation_timestamp
+                .as_ref()
+                .map_or(0, |t| now_unix() - t.0.as_second());
+            (
+                format!(
+                    "PersistentVolumeClaim {:?} is Pending (for {age} s): no volume is bound \
+                     to it yet; see its events",
+                    c.name_any()
+                ),
+                age > CLAIM_PENDING_GRACE,
+            )
+        })
+    });
+    Ok(Applied {
+        deployment,
+        service,
+        claim_pending,
+    })
+}
+
+/// The cache's server pods, to tell why they do not run. Without the right to list pods (an
+/// older install's RBAC), none: status then says less, but says it.
+async fn server_pods(nc: &NixCache, ctx: &Context, ns: &str) -> Result<Vec<Pod>, Error> {
+    let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), ns);
+    let selector = format!(
+        "{CACHE_LABEL}={},app.kubernetes.io/component=server",
+        nc.name_any()
+    );
+    match pods.list(&ListParams::default().labels(&selector)).await {
+        Ok(list) => Ok(list.items),
+        Err(kube::Error::Api(s)) if s.code == 403 => {
+            warn!(namespace = %ns, "cannot list pods: pod problems are not reported");
+            Ok(Vec::new())
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// The URL from outside the cluster: a LoadBalancer's ingress address, or a node's address
+/// and the node port. None for a ClusterIP, or while no address is known.
+async fn external_url(ctx: &Context, service: &Service) -> Option<String> {
+    let spec = service.spec.as_ref()?;
+    let port = spec.ports.as_ref()?.first()?;
+    match spec.type_.as_deref() {
+        Some("LoadBalancer") => {
+            let ingress = service
+                .status
+                .as_ref()?
+                .load_balancer
+                .as_ref()?
+                .ingress
+                .as_ref()?
+                .first()?;
+            let host = ingress.hostname.clone().or_else(|| ingress.ip.clone())?;
+            Some(format!("http://{}:{}", bracket(&host), port.port))
+        }
+        Some("NodePort") => {
+            let node_port = port.node_port?;
+            let nodes: Api<Node> = Api::all(ctx.client.clone());
+            let list = match nodes.list(&ListParams::default().limit(20)).await {
+                Ok(list) => list,
+                Err(e) => {
+                    warn!(error = %e, "cannot list nodes for the NodePort URL");
+                    return None;
+                }
+            };
+            let address = node_address(&list.items)?;
+            Some(format!("http://{}:{node_port}", bracket(&address)))
+        }
+        _ => None,
+    }
+}
+
+/// A node's external address, else its internal one.
+fn node_address(nodes: &[Node]) -> Option<String> {
+    let addresses: Vec<_> = nodes
+        .iter()
+        .flat_map(|n| n.status.iter().flat_map(|s| s.addresses.iter().flatten()))
+        .collect();
+    ["ExternalIP", "InternalIP"].into_iter().find_map(|t| {
+        addresses
+            .iter()
+            .find(|a| a.type_ == t)
+            .map(|a| a.address.clone())
+    })
+}
+
+fn bracket(host: &str) -> String {
+    if host.contains(':') {
+        format!("[{host}]")
+    } else {
+        host.to_string()
+    }
+}
+
+/// Any same-named object the operator would apply over that is not this cache's: applying it
+/// would take it over, and deleting the cache would delete it. A conflict stops the reconcile.
+async fn ownership(nc: &NixCache, ctx: &Context, ns: &str) -> Result<Option<Failure>, Error> {
+    let client = ctx.client.clone();
+    let name = nc.name_any();
+    let mut wanted: Vec<(&str, String, Option<kube::api::ObjectMeta>)> = Vec::new();
+    let cms: Api<ConfigMap> = Api::namespaced(client.clone(), ns);
+    for cm in [
+        resources::config_map_name(nc),
+        resources::client_config_map_name(nc),
+    ] {
+        let found = cms.get_metadata_opt(&cm).await?.map(|o| o.metadata);
+        wanted.push(("ConfigMap", cm, found));
+    }
+    let sas: Api<ServiceAccount> = Api::namespaced(client.clone(), ns);
+    wanted.push((
+        "ServiceAccount",
+        name.clone(),
+        sas.get_metadata_opt(&name).await?.map(|o| o.metadata),
+    ));
+    let svcs: Api<Service> = Api::namespaced(client.clone(), ns);
+    wanted.push((
+        "Service",
+        name.clone(),
+        svcs.get_metadata_opt(&name).await?.map(|o| o.metadata),
+    ));
+    let deployments: Api<Deployment> = Api::namespaced(client.clone(), ns);
+    wanted.push((
+        "Deployment",
+        name.clone(),
+        deployments
+            .get_metadata_opt(&name)
+            .await?
+            .map(|o| o.metadata),
+    ));
+    if nc.spec.replicas > 1 {
+        let found = pdb_api(ctx, ns)
+            .get_metadata_opt(&name)
+            .await?
+            .map(|o| o.metadata);
+        wanted.push(("PodDisruptionBudget", name.clone(), found));
+    }
+    let mut claim = None;
+    if resources::persistent_volume_claim(nc).is_some() {
+        let claims: Api<PersistentVolumeClaim> = Api::namespaced(client.clone(), ns);
+        let pvc = resources::pvc_name(nc);
+        claim = claims
+            .get_metadata_opt(&pvc)
+            .await?
+            .map(|o| o.metadata)
+            .map(|m| (pvc, m));
+    }
+    for (kind, child, found) in wanted {
+        if let Some(reason) = found.and_then(|m| resources::foreign(&m, nc, false)) {
+            return Ok(Some(conflict(kind, &child, &reason)));
+        }
+    }
+    if let Some((pvc, m)) = claim {
+        // A claim kept by retainOnDelete carries the cache's labels and no owner: it is this
+        // cache's to use again.
+        if let Some(reason) = resources::foreign(&m, nc, true) {
+            return Ok(Some(conflict("PersistentVolumeClaim", &pvc, &reason)));
+        }
+    }
+    Ok(None)
+}
+
+fn conflict(kind: &str, name: &str, why: &str) -> Failure {
+    Failure {
+        reason: "OwnershipConflict",
+        message: format!(
+            "{kind} {name:?} already exists and {why}: the operator does not take over objects \
+             it did not create. Delete or rename it, or give the NixCache another name"
+        ),
+    }
 }
 
 fn current_conditions(nc: &NixCache) -> Vec<crate::crd::Condition> {
@@ -252,23 +577,23 @@ async fn write_status(
     Ok(())
 }
 
-/// A rejected spec: Degraded with the reason, children untouched, looked at again later (a
-/// missing Secret may appear; a spec change triggers a reconcile anyway).
-async fn reject(nc: &NixCache, ctx: &Context, rejection: Rejection) -> Result<Action, Error> {
+/// A reconcile that stopped: Degraded and not Reconciled with the reason, children as they were,
+/// looked at again later (a missing Secret may appear; a spec change triggers a reconcile anyway).
+async fn fail(nc: &NixCache, ctx: &Context, failure: Failure) -> Result<Action, Error> {
     let ns = nc.namespace().ok_or(Error::NoNamespace)?;
     info!(
         namespace = %ns,
         name = nc.name_any(),
-        reason = rejection.reason,
-        message = %rejection.message,
-        "spec rejected"
+        reason = failure.reason,
+        message = %failure.message,
+        "reconcile stopped"
     );
     let old = nc.status.clone().unwrap_or_default();
     let status = NixCacheStatus {
         conditions: conditions(
-            &Outcome::Rejected {
-                reason: rejection.reason.into(),
-                message: rejection.message,
+            &Outcome::Failed {
+                reason: failure.reason.into(),
+                message: failure.message,
             },
             &old.conditions,
             nc.metadata.generation,
@@ -276,17 +601,19 @@ async fn reject(nc: &NixCache, ctx: &Context, rejection: Rejection) -> Result<Ac
         ),
         observed_generation: nc.metadata.generation,
         // What was true before stays: the children still run as they were.
-        url: Some(resources::url(nc)),
+        url: Some(resources::url(nc, &ctx.cluster_domain)),
         ..old
     };
     write_status(nc, ctx, &ns, status).await?;
     Ok(Action::requeue(Duration::from_secs(60)))
 }
 
-/// The spec's own checks, then the Secrets it names.
-async fn check(nc: &NixCache, client: &Client, ns: &str) -> Result<Result<(), Rejection>, Error> {
+/// The spec's own checks, then the Secrets it names. Gives the Secrets' versions (name, uid and
+/// resource version of each, never a value) for the pod template: a rotated Secret rolls the
+/// pods.
+async fn check(nc: &NixCache, client: &Client, ns: &str) -> Result<Result<String, Failure>, Error> {
     if let Err(e) = validate(nc) {
-        return Ok(Err(Rejection {
+        return Ok(Err(Failure {
             reason: "InvalidSpec",
             message: e.0,
         }));
@@ -308,22 +635,34 @@ async fn check(nc: &NixCache, client: &Client, ns: &str) -> Result<Result<(), Re
     for r in refs.into_iter().flatten() {
         wanted.push((r.name.clone(), vec![r.key.clone()]));
     }
+    let mut versions = Vec::new();
     for (name, keys) in wanted {
         let Some(secret) = secrets.get_opt(&name).await? else {
-            return Ok(Err(Rejection {
+            return Ok(Err(Failure {
                 reason: "SecretMissing",
                 message: format!("Secret {name:?} does not exist in namespace {ns:?}"),
             }));
         };
+        versions.push(format!(
+            "{name}/{}/{}",
+            secret.metadata.uid.as_deref().unwrap_or_default(),
+            secret
+                .metadata
+                .resource_version
+                .as_deref()
+                .unwrap_or_default()
+        ));
         let data = secret.data.unwrap_or_default();
         if let Some(missing) = keys.iter().find(|k| !data.contains_key(k.as_str())) {
-            return Ok(Err(Rejection {
+            return Ok(Err(Failure {
                 reason: "SecretMissing",
                 message: format!("Secret {name:?} has no key {missing:?}"),
             }));
         }
     }
-    Ok(Ok(()))
+    versions.sort();
+    versions.dedup();
+    Ok(Ok(versions.join(",")))
 }
 
 /// The signing key's public half, from the Secret the spec names or from the generated one.
@@ -338,13 +677,13 @@ async fn signing_key(
     nc: &NixCache,
     ctx: &Context,
     ns: &str,
-) -> Result<Result<String, Rejection>, Error> {
+) -> Result<Result<String, Failure>, Error> {
     let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), ns);
     let name = resources::signing_key_secret_name(nc);
     let existing = match secrets.get_opt(&name).await? {
         Some(secret) => secret,
         None if nc.spec.signing_key.is_some() => {
-            return Ok(Err(Rejection {
+            return Ok(Err(Failure {
                 reason: "SigningKeyMissing",
                 message: format!(
                 "Secret {name:?} (spec.signingKey.secretName) does not exist in namespace {ns:?}"
@@ -372,7 +711,7 @@ async fn signing_key(
                         message.clone(),
                     )
                     .await;
-                    return Ok(Err(Rejection {
+                    return Ok(Err(Failure {
                         reason: "SigningKeyLost",
                         message,
                     }));
@@ -414,7 +753,7 @@ async fn signing_key(
         .and_then(|d| d.get(KEY_FILE))
         .map(|b| String::from_utf8_lossy(&b.0).trim().to_string());
     let Some(text) = text else {
-        return Ok(Err(Rejection {
+        return Ok(Err(Failure {
             reason: "BadSigningKey",
             message: format!("Secret {name:?} has no {KEY_FILE:?} entry"),
         }));
@@ -423,7 +762,7 @@ async fn signing_key(
         Ok(key) => key.public_key().to_string(),
         // The message names the Secret and what is wrong, never the key's bytes.
         Err(e) => {
-            return Ok(Err(Rejection {
+            return Ok(Err(Failure {
                 reason: "BadSigningKey",
                 message: format!("Secret {name:?} entry {KEY_FILE:?} is not a Nix secret key: {e}"),
             }))
@@ -480,9 +819,8 @@ async fn keep_key_secret(
     Ok(())
 }
 
-/// With more than one replica, a PodDisruptionBudget in the served `policy` version; with one,
-/// none (a budget of one replica would block node drains).
-async fn pod_disruption_budget(nc: &NixCache, ctx: &Context, ns: &str) -> Result<(), Error> {
+/// PodDisruptionBudgets in the `policy` version the API server serves.
+fn pdb_api(ctx: &Context, ns: &str) -> Api<DynamicObject> {
     let (group, version) = ctx
         .pdb_api_version
         .split_once('/')
@@ -492,12 +830,19 @@ async fn pod_disruption_budget(nc: &NixCache, ctx: &Context, ns: &str) -> Result
         version,
         "PodDisruptionBudget",
     ));
-    let api: Api<DynamicObject> = Api::namespaced_with(ctx.client.clone(), ns, &resource);
+    Api::namespaced_with(ctx.client.clone(), ns, &resource)
+}
+
+/// With more than one replica, a PodDisruptionBudget in the served `policy` version; with one,
+/// none (a budget of one replica would block node drains).
+async fn pod_disruption_budget(nc: &NixCache, ctx: &Context, ns: &str) -> Result<(), Error> {
+    let api = pdb_api(ctx, ns);
     let name = nc.name_any();
     if nc.spec.replicas > 1 {
         let pdb = resources::pod_disruption_budget(nc, &ctx.pdb_api_version);
         api.patch(&name, &apply_params(), &Patch::Apply(&pdb))
-            .await?;
+            .await
+            .map_err(|e| refused("PodDisruptionBudget".into(), &name, e))?;
     } else if let Some(existing) = api.get_opt(&name).await? {
         let ours = existing
             .owner_references()
@@ -515,14 +860,14 @@ async fn gc(
     nc: &NixCache,
     ctx: &Context,
     ns: &str,
-) -> Result<(crate::crd::GcStatus, Option<Duration>), Error> {
+) -> Result<(crate::crd::GcStatus, Option<Duration>, Option<String>), Error> {
     let Some(spec) = &nc.spec.gc else {
-        return Ok((Default::default(), None));
+        return Ok((Default::default(), None, None));
     };
     // validate() has parsed the schedule already.
     let schedule = match parse_schedule(&spec.schedule) {
         Ok(s) => s,
-        Err(_) => return Ok((Default::default(), None)),
+        Err(_) => return Ok((Default::default(), None, None)),
     };
     let jobs_api: Api<Job> = Api::namespaced(ctx.client.clone(), ns);
     let selector = format!(
@@ -555,10 +900,11 @@ async fn gc(
         .as_ref()
         .map(|t| t.0.as_second())
         .unwrap_or_else(now_unix);
+    let failed = last_failure(&jobs);
     let mut plan = plan(spec, &schedule, last_handled, created, now_unix(), &jobs);
 
     if let Some(tick) = plan.start {
-        let job = resources::gc_job(nc, &ctx.default_image, tick)?;
+        let job = resources::gc_job(nc, &ctx.defaults, tick)?;
         let job_name = job.metadata.name.clone().unwrap_or_default();
         match jobs_api.create(&PostParams::default(), &job).await {
             Ok(_) => {
@@ -610,6 +956,7 @@ async fn gc(
         plan.status,
         plan.requeue_after
             .map(|s| Duration::from_secs(s.max(1) as u64)),
+        failed,
     ))
 }
 

@@ -82,8 +82,9 @@ fn context(client: Client) -> Context {
         recorder: Recorder::new(client.clone(), Reporter::from("test")),
         client,
         metrics: Arc::new(Metrics::new().expect("metrics")),
-        default_image: "img:1".into(),
+        defaults: crate::resources::Defaults::with_image("img:1"),
         pdb_api_version: "policy/v1".into(),
+        cluster_domain: "cluster.local".into(),
     }
 }
 
@@ -314,6 +315,27 @@ async fn a_named_secret_with_a_bad_key_is_a_rejection_that_keeps_the_key_out_of_
     assert!(writes(&seen).is_empty());
 }
 
+fn status_writes(writes: &[Seen]) -> Vec<Value> {
+    writes
+        .iter()
+        .filter(|w| w.path.ends_with("/status"))
+        .map(|w| w.body["status"].clone())
+        .collect()
+}
+
+fn condition_of(status: &Value, type_: &str) -> (String, String) {
+    status["conditions"]
+        .as_array()
+        .and_then(|c| c.iter().find(|c| c["type"] == type_))
+        .map(|c| {
+            (
+                c["status"].as_str().unwrap_or_default().to_string(),
+                c["reason"].as_str().unwrap_or_default().to_string(),
+            )
+        })
+        .unwrap_or_default()
+}
+
 #[tokio::test]
 async fn an_invalid_spec_writes_status_only() {
     let (client, seen) = mock(Box::new(|_, _, body| echo(body)));
@@ -321,46 +343,72 @@ async fn an_invalid_spec_writes_status_only() {
     let nc = Arc::new(cache(json!({"replicas": 3})));
     reconcile(nc, ctx).await.expect("reconciled");
     let writes = writes(&seen);
-    assert_eq!(writes.len(), 1, "{writes:?}");
-    assert_eq!(writes[0].method, "PATCH");
-    assert_eq!(
-        writes[0].path,
-        "/apis/nixcache.io/v1alpha1/namespaces/team/nixcaches/web/status"
+    assert!(
+        writes.iter().all(|w| w.method == "PATCH"
+            && w.path == "/apis/nixcache.io/v1alpha1/namespaces/team/nixcaches/web/status"),
+        "{writes:?}"
     );
-    let conditions = writes[0].body["status"]["conditions"]
+    let statuses = status_writes(&writes);
+    assert_eq!(statuses.len(), 2, "{statuses:?}");
+    // First sight: every condition Unknown; then the rejection.
+    assert!(statuses[0]["conditions"]
         .as_array()
-        .expect("conditions")
-        .clone();
-    let degraded = conditions
-        .iter()
-        .find(|c| c["type"] == "Degraded")
-        .expect("Degraded");
-    assert_eq!(degraded["status"], "True");
-    assert_eq!(degraded["reason"], "InvalidSpec");
-    assert_eq!(writes[0].body["status"]["observedGeneration"], 2);
+        .is_some_and(|c| c.len() == 4 && c.iter().all(|c| c["status"] == "Unknown")));
+    assert_eq!(
+        condition_of(&statuses[1], "Degraded"),
+        ("True".into(), "InvalidSpec".into())
+    );
+    assert_eq!(
+        condition_of(&statuses[1], "Reconciled"),
+        ("False".into(), "InvalidSpec".into())
+    );
+    assert_eq!(statuses[1]["observedGeneration"], 2);
+}
+
+/// An API server with the signing key Secret, nothing else, and `extra` answering first.
+fn with_key(
+    extra: impl Fn(&str, &str, &Value) -> Option<(StatusCode, Value)> + Send + Sync + 'static,
+) -> (Client, Arc<Mutex<Vec<Seen>>>, SecretKey) {
+    let key = SecretKey::generate("k-1").expect("key");
+    let text = key.to_file_contents();
+    let (client, seen) = mock(Box::new(move |method, path, body| {
+        if let Some(answer) = extra(method, path, body) {
+            return answer;
+        }
+        match (method, path) {
+            ("GET", "/api/v1/namespaces/team/secrets/web-signing-key") => {
+                (StatusCode::OK, secret_with("web-signing-key", &text))
+            }
+            ("GET", "/api/v1/namespaces/team/pods") => (
+                StatusCode::OK,
+                json!({"kind": "PodList", "apiVersion": "v1",
+                    "metadata": {}, "items": []}),
+            ),
+            ("GET", _) => not_found(),
+            _ => echo(body),
+        }
+    }));
+    (client, seen, key)
 }
 
 #[tokio::test]
 async fn a_valid_spec_applies_every_child_with_one_field_manager() {
-    let key = SecretKey::generate("k-1").expect("key");
-    let text = key.to_file_contents();
-    let (client, seen) = mock(Box::new(move |method, path, body| match (method, path) {
-        ("GET", "/api/v1/namespaces/team/secrets/web-signing-key") => {
-            (StatusCode::OK, secret_with("web-signing-key", &text))
-        }
-        ("GET", _) => not_found(),
-        _ => echo(body),
-    }));
+    let (client, seen, key) = with_key(|_, _, _| None);
     let ctx = Arc::new(context(client));
-    reconcile(Arc::new(cache(json!({}))), ctx)
-        .await
-        .expect("reconciled");
+    let mut nc = cache(json!({}));
+    // Seen before: no first-visit write.
+    nc.status = Some(crate::crd::NixCacheStatus {
+        conditions: crate::status::conditions(&Outcome::Reconciling, &[], Some(2), "t"),
+        ..Default::default()
+    });
+    reconcile(Arc::new(nc), ctx).await.expect("reconciled");
     let writes = writes(&seen);
     let paths: Vec<&str> = writes.iter().map(|w| w.path.as_str()).collect();
     assert_eq!(
         paths,
         [
             "/api/v1/namespaces/team/configmaps/web-config",
+            "/api/v1/namespaces/team/configmaps/web-nix-config",
             "/api/v1/namespaces/team/serviceaccounts/web",
             "/api/v1/namespaces/team/services/web",
             "/apis/apps/v1/namespaces/team/deployments/web",
@@ -370,7 +418,94 @@ async fn a_valid_spec_applies_every_child_with_one_field_manager() {
     assert!(writes.iter().all(|w| w.method == "PATCH"
         && w.query.contains("fieldManager=nixcache-operator")
         && w.query.contains("force=true")));
-    let status = &writes[4].body["status"];
+    let client_config = writes[1].body["data"]["nix.conf"]
+        .as_str()
+        .expect("nix.conf");
+    assert!(
+        client_config.contains(&format!("extra-trusted-public-keys = {}", key.public_key())),
+        "{client_config}"
+    );
+    let status = &writes[5].body["status"];
     assert_eq!(status["publicKey"], key.public_key().to_string());
     assert_eq!(status["url"], "http://web.team.svc.cluster.local:80");
+    assert_eq!(status["clientConfigMap"], "web-nix-config");
+    assert_eq!(
+        status["gc"]["mode"], "Server",
+        "an emptyDir is kept by its server"
+    );
+    assert_eq!(
+        condition_of(status, "Reconciled"),
+        ("True".into(), "Applied".into())
+    );
+}
+
+#[tokio::test]
+async fn a_same_named_object_it_did_not_make_is_left_alone() {
+    let (client, seen, _) = with_key(|method, path, _| {
+        (method == "GET" && path == "/apis/apps/v1/namespaces/team/deployments/web").then(|| {
+            (
+                StatusCode::OK,
+                json!({"apiVersion": "meta.k8s.io/v1", "kind": "PartialObjectMetadata",
+                    "metadata": {"name": "web", "namespace": "team", "uid": "theirs"}}),
+            )
+        })
+    });
+    let ctx = Arc::new(context(client));
+    reconcile(Arc::new(cache(json!({}))), ctx)
+        .await
+        .expect("reconciled");
+    let writes = writes(&seen);
+    assert!(
+        writes.iter().all(|w| w.path.ends_with("/status")),
+        "nothing but status is written: {writes:?}"
+    );
+    let last = status_writes(&writes).pop().expect("status");
+    assert_eq!(
+        condition_of(&last, "Degraded"),
+        ("True".into(), "OwnershipConflict".into())
+    );
+    let message = last["conditions"][2]["message"]
+        .as_str()
+        .unwrap_or_default();
+    assert!(message.contains("Deployment \"web\""), "{last}");
+    let warnings: Vec<Value> = events(&seen)
+        .into_iter()
+        .filter(|e| e["type"] == "Warning")
+        .collect();
+    assert_eq!(warnings.len(), 1, "{warnings:?}");
+    assert_eq!(warnings[0]["reason"], "OwnershipConflict");
+}
+
+#[tokio::test]
+async fn a_refused_apply_is_reported_with_the_api_message() {
+    let (client, seen, _) = with_key(|method, path, _| {
+        (method == "PATCH" && path == "/apis/apps/v1/namespaces/team/deployments/web").then(|| {
+            (
+                StatusCode::UNPROCESSABLE_ENTITY,
+                json!({"kind": "Status", "apiVersion": "v1", "status": "Failure",
+                    "reason": "Invalid", "code": 422,
+                    "message": "Deployment.apps \"web\" is invalid: spec.template.spec.containers[0].resources.requests: Invalid value: \"2\": must be less than or equal to cpu limit"}),
+            )
+        })
+    });
+    let ctx = Arc::new(context(client));
+    let e = reconcile(Arc::new(cache(json!({}))), ctx)
+        .await
+        .expect_err("reported");
+    assert!(matches!(e, Error::Reported { .. }), "{e}");
+    let last = status_writes(&writes(&seen)).pop().expect("status");
+    assert_eq!(
+        condition_of(&last, "Reconciled"),
+        ("False".into(), "ApplyFailed".into())
+    );
+    let message = last["conditions"][3]["message"]
+        .as_str()
+        .unwrap_or_default();
+    assert!(
+        message.contains("Deployment") && message.contains("less than or equal to cpu limit"),
+        "{message}"
+    );
+    assert!(events(&seen)
+        .iter()
+        .any(|e| e["reason"] == "ApplyFailed" && e["type"] == "Warning"));
 }

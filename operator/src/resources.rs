@@ -34,6 +34,29 @@ pub const REGENERATE_KEY_ANNOTATION: &str = "nixcache.io/regenerate-signing-key"
 /// The `public-key` entry of a signing key Secret.
 pub const PUBLIC_KEY_ENTRY: &str = "public-key";
 
+/// What the operator gives every cache's pods unless its spec says otherwise.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Defaults {
+    /// The server image when the spec names none.
+    pub image: String,
+    /// Image pull Secrets (names, in the cache's namespace) when the spec names none: the
+    /// operator's own.
+    pub image_pull_secrets: Vec<String>,
+}
+
+impl Defaults {
+    pub fn with_image(image: &str) -> Defaults {
+        Defaults {
+            image: image.to_string(),
+            image_pull_secrets: Vec::new(),
+        }
+    }
+}
+
+/// Resource requests of a server container whose spec sets no resources: enough for the
+/// scheduler to place it honestly.
+const DEFAULT_REQUESTS: (&str, &str) = ("100m", "128Mi");
+
 #[derive(Debug, thiserror::Error)]
 #[error("building {kind}: {source}")]
 pub struct BuildError {
@@ -60,21 +83,48 @@ pub fn pvc_name(nc: &NixCache) -> String {
 }
 /// A GC Job's name: one per cache and scheduled time, so a second attempt at the same tick
 /// (another operator, a retried reconcile) finds it exists instead of starting a second run.
+///
+/// Job names end up in pod labels (63 characters): a cache name of at most
+/// [`crate::config::MAX_NAME`] leaves room for `-gc-` and ten digits, so names are never
+/// shortened and two caches' Jobs never share a name.
 pub fn gc_job_name(nc: &NixCache, scheduled_unix: i64) -> String {
-    let mut name = nc.name_any();
-    // Job names end up in pod labels (63 characters): keep room for the suffix.
-    name.truncate(40);
-    format!("{}-gc-{}", name.trim_end_matches('-'), scheduled_unix)
+    format!("{}-gc-{}", nc.name_any(), scheduled_unix)
 }
 
-/// What clients put in `substituters`.
-pub fn url(nc: &NixCache) -> String {
+/// The cluster's DNS domain when the operator is told none.
+pub const DEFAULT_CLUSTER_DOMAIN: &str = "cluster.local";
+
+/// What clients in the cluster put in `substituters`.
+pub fn url(nc: &NixCache, cluster_domain: &str) -> String {
     format!(
-        "http://{}.{}.svc.cluster.local:{}",
+        "http://{}.{}.svc.{}:{}",
         nc.name_any(),
         nc.namespace().unwrap_or_else(|| "default".into()),
+        cluster_domain.trim_matches('.'),
         nc.spec.service.port
     )
+}
+
+/// The ConfigMap of client settings.
+pub fn client_config_map_name(nc: &NixCache) -> String {
+    format!("{}-nix-config", nc.name_any())
+}
+/// Its key: `nix.conf` lines, for a mounted `nix.conf` include or for `NIX_CONFIG`.
+pub const CLIENT_CONFIG_KEY: &str = "nix.conf";
+
+/// The settings a Nix client needs to substitute from this cache, on top of its own:
+/// `extra-substituters` and `extra-trusted-public-keys`.
+pub fn client_config_map(nc: &NixCache, url: &str, public_key: &str) -> ConfigMap {
+    let conf = format!("extra-substituters = {url}\nextra-trusted-public-keys = {public_key}\n");
+    ConfigMap {
+        metadata: meta(nc, client_config_map_name(nc), "client-config"),
+        data: Some(BTreeMap::from([
+            (CLIENT_CONFIG_KEY.into(), conf),
+            ("substituter".into(), url.into()),
+            ("public-key".into(), public_key.into()),
+        ])),
+        ..ConfigMap::default()
+    }
 }
 
 pub fn labels(nc: &NixCache, component: &str) -> BTreeMap<String, String> {
@@ -93,6 +143,15 @@ fn selector(nc: &NixCache) -> BTreeMap<String, String> {
         ("app.kubernetes.io/component".into(), "server".into()),
         (CACHE_LABEL.into(), nc.name_any()),
     ])
+}
+
+/// The server pods' selector as a label query (`k=v,k=v`), for the scale subresource.
+pub fn selector_string(nc: &NixCache) -> String {
+    selector(nc)
+        .iter()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect::<Vec<_>>()
+        .join(",")
 }
 
 fn owner(nc: &NixCache) -> Vec<OwnerReference> {
@@ -117,9 +176,22 @@ pub fn config_map(nc: &NixCache) -> ConfigMap {
     }
 }
 
+fn with_annotations(
+    mut metadata: ObjectMeta,
+    annotations: &BTreeMap<String, String>,
+) -> ObjectMeta {
+    if !annotations.is_empty() {
+        metadata.annotations = Some(annotations.clone());
+    }
+    metadata
+}
+
 pub fn service_account(nc: &NixCache) -> ServiceAccount {
     ServiceAccount {
-        metadata: meta(nc, nc.name_any(), "server"),
+        metadata: with_annotations(
+            meta(nc, nc.name_any(), "server"),
+            &nc.spec.pod.service_account_annotations,
+        ),
         // The server never talks to the API server.
         automount_service_account_token: Some(false),
         ..ServiceAccount::default()
@@ -132,7 +204,10 @@ pub fn service(nc: &NixCache) -> Result<Service, BuildError> {
         json!({
             "apiVersion": "v1",
             "kind": "Service",
-            "metadata": meta(nc, nc.name_any(), "server"),
+            "metadata": with_annotations(
+                meta(nc, nc.name_any(), "server"),
+                &nc.spec.pod.service_annotations,
+            ),
             "spec": {
                 "type": nc.spec.service.type_.as_str(),
                 "selector": selector(nc),
@@ -157,20 +232,44 @@ pub fn pod_disruption_budget(nc: &NixCache, api_version: &str) -> Value {
     })
 }
 
+/// The claim made for `storage.volumeSize` (none with `existingClaim`). With `retainOnDelete`
+/// it has no owner, so it outlives the NixCache.
 pub fn persistent_volume_claim(nc: &NixCache) -> Option<Result<PersistentVolumeClaim, BuildError>> {
-    let size = nc.spec.storage.volume_size.as_ref()?;
+    let storage = &nc.spec.storage;
+    if storage.existing_claim.is_some() {
+        return None;
+    }
+    let size = storage.volume_size.as_ref()?;
+    let mut metadata = meta(nc, pvc_name(nc), "server");
+    if storage.retain_on_delete {
+        metadata.owner_references = None;
+    }
+    let mut spec = json!({
+        "accessModes": ["ReadWriteOnce"],
+        "resources": {"requests": {"storage": size}},
+    });
+    if let Some(class) = &storage.storage_class_name {
+        spec["storageClassName"] = json!(class);
+    }
     Some(typed(
         "PersistentVolumeClaim",
         json!({
             "apiVersion": "v1",
             "kind": "PersistentVolumeClaim",
-            "metadata": meta(nc, pvc_name(nc), "server"),
-            "spec": {
-                "accessModes": ["ReadWriteOnce"],
-                "resources": {"requests": {"storage": size}},
-            }
+            "metadata": metadata,
+            "spec": spec,
         }),
     ))
+}
+
+/// The claim the server mounts, if its data is on one.
+pub fn claim_name(nc: &NixCache) -> Option<String> {
+    let storage = &nc.spec.storage;
+    match (&storage.existing_claim, &storage.volume_size) {
+        (Some(claim), _) => Some(claim.clone()),
+        (None, Some(_)) => Some(pvc_name(nc)),
+        (None, None) => None,
+    }
 }
 
 /// The Secret holding a newly generated signing key; created once, never applied over.
@@ -187,6 +286,36 @@ pub fn signing_key_secret(nc: &NixCache, secret_key: &str, public_key: &str) -> 
             (PUBLIC_KEY_ENTRY.into(), public_key.into()),
         ])),
         ..Secret::default()
+    }
+}
+
+/// Why an existing object of a child's name is not this cache's, if it is not: it must name the
+/// cache (by uid) as its controller. With `retained`, an object with no owner that carries the
+/// operator's labels for this cache (a claim kept by `retainOnDelete`) is this cache's too.
+pub fn foreign(meta: &ObjectMeta, nc: &NixCache, retained: bool) -> Option<String> {
+    let uid = nc.metadata.uid.as_deref().unwrap_or_default();
+    let owners = meta.owner_references.as_deref().unwrap_or_default();
+    let controller = owners.iter().find(|o| o.controller == Some(true));
+    match controller {
+        Some(o) if o.uid == uid => None,
+        Some(o) if o.kind == "NixCache" && o.name == nc.name_any() => Some(format!(
+            "belongs to an earlier NixCache {:?} (uid {}), still being deleted",
+            o.name, o.uid
+        )),
+        Some(o) => Some(format!("is controlled by {} {:?}", o.kind, o.name)),
+        None => {
+            let labels = meta.labels.clone().unwrap_or_default();
+            let labelled = labels
+                .get("app.kubernetes.io/managed-by")
+                .map(String::as_str)
+                == Some(MANAGED_BY)
+                && labels.get(CACHE_LABEL) == Some(&nc.name_any());
+            if retained && labelled && owners.is_empty() {
+                None
+            } else {
+                Some("is not owned by this NixCache".into())
+            }
+        }
     }
 }
 
@@ -215,26 +344,57 @@ pub fn next_key_name(nc: &NixCache, previous: &str) -> String {
 }
 
 /// Changes whenever the server must restart to see a change: the rendered configuration, the
-/// signing key (by its public half) or where secrets come from.
-pub fn config_hash(nc: &NixCache, public_key: &str) -> String {
+/// signing key (by its public half), where secrets come from, and the versions of the Secrets
+/// it reads (`secret_versions`: their names, uids and resource versions, never their values).
+pub fn config_hash(nc: &NixCache, public_key: &str, secret_versions: &str) -> String {
     let mut h = Sha256::new();
     h.update(render_toml(nc).as_bytes());
     h.update(b"\0");
     h.update(public_key.as_bytes());
     h.update(b"\0");
     h.update(env(nc).to_string().as_bytes());
+    h.update(b"\0");
+    h.update(secret_versions.as_bytes());
     let digest = h.finalize();
     digest.iter().take(16).map(|b| format!("{b:02x}")).collect()
 }
 
-fn image(nc: &NixCache, default_image: &str) -> String {
+fn image(nc: &NixCache, defaults: &Defaults) -> String {
     nc.spec
         .image
         .clone()
-        .unwrap_or_else(|| default_image.to_string())
+        .unwrap_or_else(|| defaults.image.clone())
 }
 
-/// Environment of the server and GC containers: secrets by reference only.
+/// Where the token Secrets are mounted: `TOKENS_DIR/<what>/<key>`.
+pub const TOKENS_DIR: &str = "/etc/nixcache/tokens";
+
+/// The tokens the server reads from files: the variable naming the file, the volume, the Secret.
+fn tokens(nc: &NixCache) -> Vec<(&'static str, &'static str, &crate::crd::SecretKeyRef)> {
+    [
+        (
+            "NIXCACHE_UPLOAD_TOKEN_FILE",
+            "upload-token",
+            nc.spec.uploads.as_ref().map(|u| &u.token_secret),
+        ),
+        (
+            "NIXCACHE_READ_TOKEN_FILE",
+            "read-token",
+            nc.spec.read_token_secret.as_ref(),
+        ),
+        (
+            "NIXCACHE_ADMIN_TOKEN_FILE",
+            "admin-token",
+            nc.spec.admin_token_secret.as_ref(),
+        ),
+    ]
+    .into_iter()
+    .filter_map(|(var, volume, r)| Some((var, volume, r?)))
+    .collect()
+}
+
+/// Environment of the server and GC containers: secrets by reference only. Tokens come as
+/// mounted files; the database URL and S3 credentials as variables from their Secrets.
 fn env(nc: &NixCache) -> Value {
     let mut env = vec![];
     if let Some(db) = &nc.spec.database {
@@ -243,19 +403,8 @@ fn env(nc: &NixCache) -> Value {
             "name": db.postgres_url_secret.name, "key": db.postgres_url_secret.key}}}),
         );
     }
-    let tokens = [
-        (
-            "NIXCACHE_UPLOAD_TOKEN",
-            nc.spec.uploads.as_ref().map(|u| &u.token_secret),
-        ),
-        ("NIXCACHE_READ_TOKEN", nc.spec.read_token_secret.as_ref()),
-        ("NIXCACHE_ADMIN_TOKEN", nc.spec.admin_token_secret.as_ref()),
-    ];
-    for (name, secret) in tokens {
-        if let Some(r) = secret {
-            env.push(json!({"name": name, "valueFrom": {"secretKeyRef": {
-                "name": r.name, "key": r.key}}}));
-        }
+    for (var, volume, r) in tokens(nc) {
+        env.push(json!({"name": var, "value": format!("{TOKENS_DIR}/{volume}/{}", r.key)}));
     }
     if let Some(s3) = &nc.spec.storage.s3 {
         for key in ["AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"] {
@@ -266,43 +415,147 @@ fn env(nc: &NixCache) -> Value {
     Value::Array(env)
 }
 
+/// The Secrets the server reads, by name (the signing key's aside: it is hashed by its public
+/// half), for [`config_hash`].
+pub fn referenced_secrets(nc: &NixCache) -> Vec<String> {
+    let mut names: Vec<String> = tokens(nc).iter().map(|(_, _, r)| r.name.clone()).collect();
+    if let Some(db) = &nc.spec.database {
+        names.push(db.postgres_url_secret.name.clone());
+    }
+    if let Some(s3) = &nc.spec.storage.s3 {
+        names.push(s3.credentials_secret.clone());
+    }
+    names.sort();
+    names.dedup();
+    names
+}
+
 fn volumes(nc: &NixCache) -> Value {
-    let data = match nc.spec.storage.volume_size {
-        Some(_) => json!({"name": "data", "persistentVolumeClaim": {"claimName": pvc_name(nc)}}),
-        None => json!({"name": "data", "emptyDir": {}}),
+    let data = match claim_name(nc) {
+        Some(claim) => json!({"name": "data", "persistentVolumeClaim": {"claimName": claim}}),
+        None => json!({"name": "data", "emptyDir": {"sizeLimit": nc.spec.storage.size_limit
+            .as_deref().unwrap_or(crate::config::DEFAULT_EMPTY_DIR_SIZE)}}),
     };
-    json!([
+    let mut volumes = json!([
         {"name": "config", "configMap": {"name": config_map_name(nc)}},
         {"name": "signing-key", "secret": {"secretName": signing_key_secret_name(nc),
             "items": [{"key": KEY_FILE, "path": KEY_FILE}], "defaultMode": 0o440}},
         data,
         {"name": "tmp", "emptyDir": {}},
-    ])
+    ]);
+    for (_, volume, r) in tokens(nc) {
+        if let Some(list) = volumes.as_array_mut() {
+            list.push(json!({"name": volume, "secret": {"secretName": r.name,
+                "items": [{"key": r.key, "path": r.key}], "defaultMode": 0o440}}));
+        }
+    }
+    volumes
 }
 
-fn container(nc: &NixCache, default_image: &str, args: &[&str]) -> Value {
+fn container(nc: &NixCache, defaults: &Defaults, args: &[&str]) -> Value {
+    let mut mounts = vec![
+        json!({"name": "config", "mountPath": CONFIG_DIR, "readOnly": true}),
+        json!({"name": "signing-key", "mountPath": KEY_DIR, "readOnly": true}),
+        json!({"name": "data", "mountPath": DATA_DIR}),
+        json!({"name": "tmp", "mountPath": "/tmp"}),
+    ];
+    for (_, volume, _) in tokens(nc) {
+        mounts.push(
+            json!({"name": volume, "mountPath": format!("{TOKENS_DIR}/{volume}"),
+            "readOnly": true}),
+        );
+    }
     let mut c = json!({
         "name": "nixcache",
-        "image": image(nc, default_image),
+        "image": image(nc, defaults),
         "command": ["/usr/local/bin/nixcache"],
         "args": args,
         "env": env(nc),
-        "volumeMounts": [
-            {"name": "config", "mountPath": CONFIG_DIR, "readOnly": true},
-            {"name": "signing-key", "mountPath": KEY_DIR, "readOnly": true},
-            {"name": "data", "mountPath": DATA_DIR},
-            {"name": "tmp", "mountPath": "/tmp"},
-        ],
+        "volumeMounts": mounts,
         "securityContext": {
             "allowPrivilegeEscalation": false,
             "readOnlyRootFilesystem": true,
             "capabilities": {"drop": ["ALL"]},
         },
     });
-    if let Some(resources) = &nc.spec.resources {
-        c["resources"] = json!(resources);
-    }
+    c["resources"] = match &nc.spec.resources {
+        Some(resources) => json!(resources),
+        None => json!({"requests": {"cpu": DEFAULT_REQUESTS.0, "memory": DEFAULT_REQUESTS.1}}),
+    };
     c
+}
+
+/// What the server's and the GC Job's pods share: account, security context, registries and
+/// scheduling.
+fn pod_spec(nc: &NixCache, defaults: &Defaults, containers: Vec<Value>) -> Value {
+    let options = &nc.spec.pod;
+    let mut pod = json!({
+        "serviceAccountName": nc.name_any(),
+        "automountServiceAccountToken": false,
+        "securityContext": match &options.security_context {
+            Some(sc) => json!(sc),
+            None => pod_security_context(),
+        },
+        "containers": containers,
+        "volumes": volumes(nc),
+    });
+    let pull: Vec<Value> = if options.image_pull_secrets.is_empty() {
+        defaults
+            .image_pull_secrets
+            .iter()
+            .map(|n| json!({"name": n}))
+            .collect()
+    } else {
+        options
+            .image_pull_secrets
+            .iter()
+            .map(|r| json!(r))
+            .collect()
+    };
+    if !pull.is_empty() {
+        pod["imagePullSecrets"] = json!(pull);
+    }
+    if !options.node_selector.is_empty() {
+        pod["nodeSelector"] = json!(options.node_selector);
+    }
+    if !options.tolerations.is_empty() {
+        pod["tolerations"] = json!(options.tolerations);
+    }
+    if let Some(affinity) = &options.affinity {
+        pod["affinity"] = json!(affinity);
+    }
+    if let Some(class) = &options.priority_class_name {
+        pod["priorityClassName"] = json!(class);
+    }
+    pod
+}
+
+/// The spread of the server's replicas: the spec's, else over nodes and zones where the
+/// scheduler can (never blocking a pod). Set at any replica count, so scaling never rolls.
+fn topology_spread(nc: &NixCache) -> Value {
+    match &nc.spec.pod.topology_spread_constraints {
+        Some(given) => json!(given),
+        None => json!(["kubernetes.io/hostname", "topology.kubernetes.io/zone"]
+            .iter()
+            .map(|key| json!({"maxSkew": 1, "topologyKey": key,
+                "whenUnsatisfiable": "ScheduleAnyway",
+                "labelSelector": {"matchLabels": selector(nc)}}))
+            .collect::<Vec<_>>()),
+    }
+}
+
+/// The pod template's labels: the spec's, then the operator's (which win).
+fn pod_labels(nc: &NixCache, component: &str) -> BTreeMap<String, String> {
+    let mut all = nc.spec.pod.labels.clone();
+    all.extend(labels(nc, component));
+    all
+}
+
+/// The pod template's annotations: the spec's, then the operator's.
+fn pod_annotations(nc: &NixCache, ours: &[(&str, String)]) -> BTreeMap<String, String> {
+    let mut all = nc.spec.pod.annotations.clone();
+    all.extend(ours.iter().map(|(k, v)| (k.to_string(), v.clone())));
+    all
 }
 
 fn pod_security_context() -> Value {
@@ -311,6 +564,8 @@ fn pod_security_context() -> Value {
         "runAsUser": 65532,
         "runAsGroup": 65532,
         "fsGroup": 65532,
+        // A large volume is not walked at every start to set its group.
+        "fsGroupChangePolicy": "OnRootMismatch",
         "seccompProfile": {"type": "RuntimeDefault"},
     })
 }
@@ -321,11 +576,12 @@ fn config_arg() -> String {
 
 pub fn deployment(
     nc: &NixCache,
-    default_image: &str,
+    defaults: &Defaults,
     public_key: &str,
+    secret_versions: &str,
 ) -> Result<Deployment, BuildError> {
     let config = config_arg();
-    let mut server = container(nc, default_image, &["serve", "--config", &config]);
+    let mut server = container(nc, defaults, &["serve", "--config", &config]);
     server["ports"] = json!([{"name": "http", "containerPort": SERVER_PORT, "protocol": "TCP"}]);
     server["readinessProbe"] = json!({
         "httpGet": {"path": "/readyz", "port": "http"},
@@ -335,8 +591,12 @@ pub fn deployment(
         "httpGet": {"path": "/healthz", "port": "http"},
         "periodSeconds": 10, "timeoutSeconds": 3, "failureThreshold": 6,
     });
+    let mut pod = pod_spec(nc, defaults, vec![server]);
+    // The server's shutdown: 5 s of failing readiness, then up to 25 s for in-flight requests.
+    pod["terminationGracePeriodSeconds"] = json!(35);
+    pod["topologySpreadConstraints"] = topology_spread(nc);
     // A volume claimed ReadWriteOnce cannot be held by the old and the new pod at once.
-    let strategy = if nc.spec.storage.volume_size.is_some() {
+    let strategy = if claim_name(nc).is_some() {
         json!({"type": "Recreate"})
     } else {
         json!({"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": 0, "maxSurge": 1}})
@@ -353,19 +613,11 @@ pub fn deployment(
                 "strategy": strategy,
                 "template": {
                     "metadata": {
-                        "labels": labels(nc, "server"),
-                        "annotations": {CONFIG_HASH_ANNOTATION: config_hash(nc, public_key)},
+                        "labels": pod_labels(nc, "server"),
+                        "annotations": pod_annotations(nc, &[(CONFIG_HASH_ANNOTATION,
+                            config_hash(nc, public_key, secret_versions))]),
                     },
-                    "spec": {
-                        "serviceAccountName": nc.name_any(),
-                        "automountServiceAccountToken": false,
-                        // The server's shutdown: 5 s of failing readiness, then up to 25 s for
-                        // in-flight requests.
-                        "terminationGracePeriodSeconds": 35,
-                        "securityContext": pod_security_context(),
-                        "containers": [server],
-                        "volumes": volumes(nc),
-                    }
+                    "spec": pod,
                 }
             }
         }),
@@ -373,8 +625,14 @@ pub fn deployment(
 }
 
 /// A run of `nixcache gc` for the tick at `scheduled_unix` (seconds).
-pub fn gc_job(nc: &NixCache, default_image: &str, scheduled_unix: i64) -> Result<Job, BuildError> {
+pub fn gc_job(nc: &NixCache, defaults: &Defaults, scheduled_unix: i64) -> Result<Job, BuildError> {
     let config = config_arg();
+    let mut pod = pod_spec(
+        nc,
+        defaults,
+        vec![container(nc, defaults, &["gc", "--config", &config])],
+    );
+    pod["restartPolicy"] = json!("Never");
     let mut metadata = meta(nc, gc_job_name(nc, scheduled_unix), "gc");
     metadata.annotations = Some(BTreeMap::from([(
         SCHEDULED_ANNOTATION.into(),
@@ -390,15 +648,11 @@ pub fn gc_job(nc: &NixCache, default_image: &str, scheduled_unix: i64) -> Result
                 "backoffLimit": 2,
                 "activeDeadlineSeconds": 6 * 3600,
                 "template": {
-                    "metadata": {"labels": labels(nc, "gc")},
-                    "spec": {
-                        "restartPolicy": "Never",
-                        "serviceAccountName": nc.name_any(),
-                        "automountServiceAccountToken": false,
-                        "securityContext": pod_security_context(),
-                        "containers": [container(nc, default_image, &["gc", "--config", &config])],
-                        "volumes": volumes(nc),
-                    }
+                    "metadata": {
+                        "labels": pod_labels(nc, "gc"),
+                        "annotations": pod_annotations(nc, &[]),
+                    },
+                    "spec": pod,
                 }
             }
         }),
@@ -441,6 +695,10 @@ mod tests {
                 .metadata
                 .owner_references
                 .unwrap_or_default(),
+            client_config_map(&nc, "http://x", key)
+                .metadata
+                .owner_references
+                .unwrap_or_default(),
             service_account(&nc)
                 .metadata
                 .owner_references
@@ -450,12 +708,12 @@ mod tests {
                 .metadata
                 .owner_references
                 .unwrap_or_default(),
-            deployment(&nc, DEFAULT_IMAGE, key)
+            deployment(&nc, &Defaults::with_image(DEFAULT_IMAGE), key, "")
                 .expect("deploy")
                 .metadata
                 .owner_references
                 .unwrap_or_default(),
-            gc_job(&nc, DEFAULT_IMAGE, 1_700_000_000)
+            gc_job(&nc, &Defaults::with_image(DEFAULT_IMAGE), 1_700_000_000)
                 .expect("job")
                 .metadata
                 .owner_references
@@ -477,7 +735,7 @@ mod tests {
     #[test]
     fn the_deployment_runs_the_server_with_its_config_secrets_and_probes() {
         let nc = ha();
-        let d = deployment(&nc, "img:1", "web-1:AAAA").expect("deploy");
+        let d = deployment(&nc, &Defaults::with_image("img:1"), "web-1:AAAA", "").expect("deploy");
         let spec = d.spec.expect("spec");
         assert_eq!(spec.replicas, Some(3));
         let pod = spec.template.spec.expect("pod");
@@ -512,14 +770,21 @@ mod tests {
         let s = service(&nc).expect("svc").spec.expect("spec");
         assert_eq!(s.type_.as_deref(), Some("LoadBalancer"));
         assert_eq!(s.ports.expect("ports")[0].port, 8080);
-        assert_eq!(url(&nc), "http://web.team.svc.cluster.local:8080");
+        assert_eq!(
+            url(&nc, DEFAULT_CLUSTER_DOMAIN),
+            "http://web.team.svc.cluster.local:8080"
+        );
+        assert_eq!(
+            url(&nc, "corp.example."),
+            "http://web.team.svc.corp.example:8080"
+        );
     }
 
     #[test]
     fn the_pod_template_changes_with_config_and_key_only() {
         let nc = ha();
         let hash = |nc: &NixCache, key: &str| {
-            deployment(nc, DEFAULT_IMAGE, key)
+            deployment(nc, &Defaults::with_image(DEFAULT_IMAGE), key, "")
                 .expect("deploy")
                 .spec
                 .and_then(|s| s.template.metadata)
@@ -548,7 +813,7 @@ mod tests {
         let nc = cache(json!({"storage": {"volumeSize": "20Gi"}}));
         let pvc = persistent_volume_claim(&nc).expect("wanted").expect("pvc");
         assert_eq!(pvc.metadata.name.as_deref(), Some("web-data"));
-        let d = deployment(&nc, DEFAULT_IMAGE, "k:A").expect("deploy");
+        let d = deployment(&nc, &Defaults::with_image(DEFAULT_IMAGE), "k:A", "").expect("deploy");
         assert_eq!(
             d.spec
                 .and_then(|s| s.strategy)
@@ -557,12 +822,59 @@ mod tests {
             Some("Recreate")
         );
         assert!(persistent_volume_claim(&ha()).is_none());
+
+        let kept = cache(
+            json!({"storage": {"volumeSize": "20Gi", "retainOnDelete": true,
+            "storageClassName": "fast"}}),
+        );
+        let pvc = persistent_volume_claim(&kept)
+            .expect("wanted")
+            .expect("pvc");
+        assert_eq!(pvc.metadata.owner_references, None, "outlives its cache");
+        assert_eq!(
+            pvc.spec.and_then(|s| s.storage_class_name).as_deref(),
+            Some("fast")
+        );
+        let existing = cache(json!({"storage": {"existingClaim": "nix-store"}}));
+        assert!(persistent_volume_claim(&existing).is_none(), "none made");
+        let d =
+            deployment(&existing, &Defaults::with_image(DEFAULT_IMAGE), "k:A", "").expect("deploy");
+        let volumes =
+            serde_json::to_string(&d.spec.and_then(|s| s.template.spec).expect("pod").volumes)
+                .expect("volumes");
+        assert!(volumes.contains("\"claimName\":\"nix-store\""), "{volumes}");
+    }
+
+    #[test]
+    fn the_default_empty_dir_is_bounded() {
+        let d = deployment(
+            &cache(json!({})),
+            &Defaults::with_image(DEFAULT_IMAGE),
+            "k:A",
+            "",
+        )
+        .expect("deploy");
+        let pod = d.spec.and_then(|s| s.template.spec).expect("pod");
+        let data = pod
+            .volumes
+            .iter()
+            .flatten()
+            .find(|v| v.name == "data")
+            .and_then(|v| v.empty_dir.clone())
+            .expect("emptyDir");
+        assert_eq!(data.size_limit.map(|q| q.0).as_deref(), Some("10Gi"));
+        assert_eq!(
+            pod.security_context
+                .and_then(|s| s.fs_group_change_policy)
+                .as_deref(),
+            Some("OnRootMismatch")
+        );
     }
 
     #[test]
     fn gc_jobs_are_named_by_tick_and_run_nixcache_gc() {
         let nc = ha();
-        let job = gc_job(&nc, "img:1", 1_700_000_040).expect("job");
+        let job = gc_job(&nc, &Defaults::with_image("img:1"), 1_700_000_040).expect("job");
         assert_eq!(job.metadata.name.as_deref(), Some("web-gc-1700000040"));
         assert_ne!(gc_job_name(&nc, 1_700_000_043), "web-gc-1700000040");
         let pod = job.spec.and_then(|s| s.template.spec).expect("pod");
@@ -571,29 +883,29 @@ mod tests {
             pod.containers[0].args.clone().unwrap_or_default(),
             ["gc", "--config", "/etc/nixcache/config.toml"]
         );
-        let long = cache(json!({})).tap_name(&"x".repeat(63));
+        let longest = cache(json!({})).tap_name(&"x".repeat(crate::config::MAX_NAME));
         assert!(
-            gc_job_name(&long, 1_700_000_000).len() <= 63,
+            gc_job_name(&longest, 1_700_000_000).len() <= 63,
             "fits the job-name label"
+        );
+        let other = cache(json!({})).tap_name(&format!("{}y", "x".repeat(46)));
+        assert_ne!(
+            gc_job_name(&longest, 1_700_000_000),
+            gc_job_name(&other, 1_700_000_000),
+            "names are never shortened into one another"
         );
     }
 
     #[test]
-    fn tokens_reach_the_server_by_secret_reference_only() {
+    fn tokens_reach_the_server_as_mounted_files() {
         let nc = cache(json!({
             "uploads": {"tokenSecret": {"name": "push", "key": "token"}},
             "readTokenSecret": {"name": "pull", "key": "t"},
             "adminTokenSecret": {"name": "admin", "key": "token"}
         }));
-        let d = deployment(&nc, DEFAULT_IMAGE, "k:A").expect("deploy");
-        let env = serde_json::to_value(
-            &d.spec
-                .and_then(|s| s.template.spec)
-                .expect("pod")
-                .containers[0]
-                .env,
-        )
-        .expect("env");
+        let d = deployment(&nc, &Defaults::with_image(DEFAULT_IMAGE), "k:A", "").expect("deploy");
+        let pod = d.spec.and_then(|s| s.template.spec).expect("pod");
+        let env = serde_json::to_value(&pod.containers[0].env).expect("env");
         let by_name = |n: &str| {
             env.as_array()
                 .and_then(|a| a.iter().find(|e| e["name"] == n))
@@ -601,17 +913,202 @@ mod tests {
                 .unwrap_or_default()
         };
         assert_eq!(
-            by_name("NIXCACHE_UPLOAD_TOKEN")["valueFrom"]["secretKeyRef"]["name"],
-            "push"
+            by_name("NIXCACHE_UPLOAD_TOKEN_FILE")["value"],
+            "/etc/nixcache/tokens/upload-token/token"
         );
         assert_eq!(
-            by_name("NIXCACHE_READ_TOKEN")["valueFrom"]["secretKeyRef"]["key"],
-            "t"
+            by_name("NIXCACHE_READ_TOKEN_FILE")["value"],
+            "/etc/nixcache/tokens/read-token/t"
         );
-        assert!(by_name("NIXCACHE_READ_TOKEN").get("value").is_none());
+        assert!(
+            by_name("NIXCACHE_READ_TOKEN").is_null(),
+            "no token in the environment"
+        );
+        let volumes = serde_json::to_value(&pod.volumes).expect("volumes");
+        let admin = volumes
+            .as_array()
+            .and_then(|v| v.iter().find(|v| v["name"] == "admin-token"))
+            .expect("admin token volume");
+        assert_eq!(admin["secret"]["secretName"], "admin");
+        let mounts = serde_json::to_string(&pod.containers[0].volume_mounts).expect("mounts");
+        assert!(
+            mounts.contains("/etc/nixcache/tokens/upload-token"),
+            "{mounts}"
+        );
+        assert_eq!(referenced_secrets(&nc), ["admin", "pull", "push"]);
+    }
+
+    #[test]
+    fn a_rotated_secret_rolls_the_pods() {
+        let nc = ha();
+        let hash = |versions: &str| {
+            deployment(&nc, &Defaults::with_image(DEFAULT_IMAGE), "k:A", versions)
+                .expect("deploy")
+                .spec
+                .and_then(|s| s.template.metadata)
+                .and_then(|m| m.annotations)
+                .and_then(|a| a.get(CONFIG_HASH_ANNOTATION).cloned())
+                .expect("hash")
+        };
+        assert_ne!(hash("pg/u1/10"), hash("pg/u1/11"));
+        assert_eq!(hash("pg/u1/10"), hash("pg/u1/10"));
+    }
+
+    #[test]
+    fn the_client_config_has_nix_conf_lines() {
+        let nc = ha();
+        let cm = client_config_map(
+            &nc,
+            "http://web.team.svc.cluster.local:8080",
+            "web.team-1:AAAA",
+        );
+        assert_eq!(cm.metadata.name.as_deref(), Some("web-nix-config"));
+        let conf = cm.data.expect("data")[CLIENT_CONFIG_KEY].clone();
         assert_eq!(
-            by_name("NIXCACHE_ADMIN_TOKEN")["valueFrom"]["secretKeyRef"]["name"],
-            "admin"
+            conf,
+            "extra-substituters = http://web.team.svc.cluster.local:8080\n\
+             extra-trusted-public-keys = web.team-1:AAAA\n"
+        );
+    }
+
+    #[test]
+    fn only_objects_this_cache_controls_are_its_own() {
+        let nc = ha();
+        let ours = service(&nc).expect("svc").metadata;
+        assert_eq!(foreign(&ours, &nc, false), None);
+        let bare = ObjectMeta {
+            name: Some("web".into()),
+            ..ObjectMeta::default()
+        };
+        assert!(foreign(&bare, &nc, false).is_some(), "a user's object");
+        assert!(
+            foreign(&bare, &nc, true).is_some(),
+            "unlabelled: not a kept claim"
+        );
+        let mut earlier = ours.clone();
+        if let Some(o) = earlier.owner_references.as_mut() {
+            o[0].uid = "uid-of-the-deleted-one".into();
+        }
+        let why = foreign(&earlier, &nc, false).expect("not ours");
+        assert!(why.contains("earlier NixCache"), "{why}");
+        let mut kept = ours.clone();
+        kept.owner_references = None;
+        assert_eq!(
+            foreign(&kept, &nc, true),
+            None,
+            "a claim kept for this cache"
+        );
+        assert!(foreign(&kept, &nc, false).is_some());
+        let mut helm = bare.clone();
+        helm.owner_references = Some(vec![OwnerReference {
+            api_version: "apps/v1".into(),
+            kind: "ReplicaSet".into(),
+            name: "other".into(),
+            uid: "x".into(),
+            controller: Some(true),
+            ..OwnerReference::default()
+        }]);
+        assert!(foreign(&helm, &nc, true).is_some_and(|w| w.contains("ReplicaSet")));
+    }
+
+    #[test]
+    fn pods_take_scheduling_registries_and_metadata_from_the_spec() {
+        let nc = cache(json!({
+            "replicas": 1,
+            "pod": {
+                "imagePullSecrets": [{"name": "regcred"}],
+                "nodeSelector": {"disk": "ssd"},
+                "tolerations": [{"key": "dedicated", "operator": "Equal", "value": "nix",
+                    "effect": "NoSchedule"}],
+                "priorityClassName": "high",
+                "securityContext": {},
+                "annotations": {"team": "nix"},
+                "labels": {"cost-center": "42", "app.kubernetes.io/component": "mine"},
+                "serviceAnnotations": {"service.beta.kubernetes.io/aws-load-balancer-internal": "true"},
+                "serviceAccountAnnotations": {"eks.amazonaws.com/role-arn": "arn:aws:iam::1:role/nix"}
+            }
+        }));
+        let defaults = Defaults {
+            image: "img:1".into(),
+            image_pull_secrets: vec!["operator-pull".into()],
+        };
+        let d = deployment(&nc, &defaults, "k:A", "").expect("deploy");
+        let template = d.spec.expect("spec").template;
+        let meta = template.metadata.expect("meta");
+        let labels = meta.labels.expect("labels");
+        assert_eq!(labels["cost-center"], "42");
+        assert_eq!(
+            labels["app.kubernetes.io/component"], "server",
+            "the selector's labels win"
+        );
+        let annotations = meta.annotations.expect("annotations");
+        assert_eq!(annotations["team"], "nix");
+        assert!(annotations.contains_key(CONFIG_HASH_ANNOTATION));
+        let pod = template.spec.expect("pod");
+        assert_eq!(
+            pod.image_pull_secrets.expect("pull")[0].name,
+            "regcred",
+            "the spec's, not the operator's"
+        );
+        assert_eq!(pod.node_selector.expect("selector")["disk"], "ssd");
+        assert_eq!(
+            pod.tolerations.expect("tolerations")[0].key.as_deref(),
+            Some("dedicated")
+        );
+        assert_eq!(pod.priority_class_name.as_deref(), Some("high"));
+        let sc = pod.security_context.expect("security context");
+        assert_eq!(sc.run_as_user, None, "the platform chooses the uid");
+        let svc = service(&nc).expect("svc");
+        assert!(svc
+            .metadata
+            .annotations
+            .expect("a")
+            .contains_key("service.beta.kubernetes.io/aws-load-balancer-internal"));
+        let sa = service_account(&nc);
+        assert_eq!(
+            sa.metadata.annotations.expect("a")["eks.amazonaws.com/role-arn"],
+            "arn:aws:iam::1:role/nix"
+        );
+        let job = gc_job(&nc, &defaults, 1_700_000_000).expect("job");
+        let job_pod = job.spec.and_then(|s| s.template.spec).expect("pod");
+        assert_eq!(job_pod.node_selector.expect("selector")["disk"], "ssd");
+    }
+
+    #[test]
+    fn defaults_spread_replicas_request_resources_and_pull_with_the_operators_secrets() {
+        let nc = ha();
+        let defaults = Defaults {
+            image: "img:1".into(),
+            image_pull_secrets: vec!["operator-pull".into()],
+        };
+        let pod = deployment(&nc, &defaults, "k:A", "")
+            .expect("deploy")
+            .spec
+            .and_then(|s| s.template.spec)
+            .expect("pod");
+        assert_eq!(
+            pod.image_pull_secrets.expect("pull")[0].name,
+            "operator-pull"
+        );
+        let spread = pod.topology_spread_constraints.expect("spread");
+        let keys: Vec<&str> = spread.iter().map(|c| c.topology_key.as_str()).collect();
+        assert_eq!(
+            keys,
+            ["kubernetes.io/hostname", "topology.kubernetes.io/zone"]
+        );
+        assert!(spread
+            .iter()
+            .all(|c| c.when_unsatisfiable == "ScheduleAnyway"));
+        let requests = pod.containers[0]
+            .resources
+            .as_ref()
+            .and_then(|r| r.requests.clone())
+            .expect("requests");
+        assert_eq!(requests["cpu"].0, "100m");
+        assert_eq!(requests["memory"].0, "128Mi");
+        assert_eq!(
+            pod.security_context.and_then(|s| s.run_as_user),
+            Some(65532)
         );
     }
 

@@ -12,10 +12,11 @@ use futures_util::StreamExt;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::{
-    ConfigMap, PersistentVolumeClaim, Secret, Service, ServiceAccount,
+    ConfigMap, PersistentVolumeClaim, Pod, Secret, Service, ServiceAccount,
 };
 use kube::api::{ApiResource, DynamicObject, GroupVersionKind};
 use kube::config::{KubeConfigOptions, Kubeconfig};
+use kube::core::PartialObjectMeta;
 use kube::runtime::events::{Recorder, Reporter};
 use kube::runtime::reflector::ObjectRef;
 use kube::runtime::{watcher, Controller};
@@ -24,12 +25,15 @@ use tokio::sync::watch;
 use tracing::{error, info, warn};
 
 use crate::crd::NixCache;
-use crate::leader::{Leadership, LeaseLock};
+use crate::leader::{stop_deadline, Leadership, LeaseLock};
 use crate::metrics::Metrics;
 use crate::reconcile::{discover_pdb_version, error_policy, reconcile, Context, MANAGER};
-use crate::resources::{CACHE_LABEL, DEFAULT_IMAGE, MANAGED_BY};
+use crate::resources::{
+    referenced_secrets, CACHE_LABEL, DEFAULT_CLUSTER_DOMAIN, DEFAULT_IMAGE, MANAGED_BY,
+};
 
-/// How long reconciles under way may take to finish once leadership ends.
+/// How long reconciles under way may take to finish once leadership ends (less if the Lease could
+/// pass on sooner).
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 
 /// `nixcache-operator run` settings; each also an environment variable.
@@ -74,6 +78,18 @@ pub struct RunArgs {
     /// Server image for NixCaches that name none.
     #[arg(long, env = "NIXCACHE_OPERATOR_IMAGE", default_value = DEFAULT_IMAGE, value_name = "IMAGE")]
     pub image: String,
+    /// Image pull Secrets (by name, comma-separated) for caches whose spec names none; each must
+    /// exist in the cache's namespace.
+    #[arg(
+        long,
+        env = "NIXCACHE_OPERATOR_IMAGE_PULL_SECRETS",
+        value_delimiter = ',',
+        value_name = "NAME"
+    )]
+    pub image_pull_secret: Vec<String>,
+    /// The cluster's DNS domain, for the in-cluster URL in status and the client ConfigMap.
+    #[arg(long, env = "NIXCACHE_OPERATOR_CLUSTER_DOMAIN", default_value = DEFAULT_CLUSTER_DOMAIN, value_name = "DOMAIN")]
+    pub cluster_domain: String,
     /// Log format: json or text.
     #[arg(long, env = "NIXCACHE_OPERATOR_LOG_FORMAT", default_value = "json", value_parser = ["json", "text"])]
     pub log_format: String,
@@ -265,9 +281,10 @@ async fn lead(
     stop: watch::Receiver<bool>,
     lease_duration: Duration,
 ) -> anyhow::Result<bool> {
-    // Whatever ends leadership — a stop or a lost Lease — ends the controller gracefully:
-    // reconciles under way finish, no new ones start.
-    let (end_tx, end_rx) = watch::channel(false);
+    // Whatever ends leadership — a stop or a lost Lease — ends the controller: no new reconciles
+    // start, and those under way are given until the deadline sent, which never passes the
+    // moment another candidate could take the Lease over.
+    let (end_tx, end_rx) = watch::channel(None::<Instant>);
     let renewer = {
         let lock = lock.clone();
         let mut stop = stop.clone();
@@ -275,27 +292,35 @@ async fn lead(
         tokio::spawn(async move {
             let mut last_renewed = Instant::now();
             let period = lease_duration / 3;
+            let end = |last_renewed: Instant| {
+                Some(stop_deadline(
+                    Instant::now(),
+                    last_renewed,
+                    lease_duration,
+                    SHUTDOWN_GRACE,
+                ))
+            };
             loop {
                 tokio::select! {
                     _ = tokio::time::sleep(period) => {}
-                    _ = stop.changed() => { let _ = end_tx.send(true); return; }
+                    _ = stop.changed() => { let _ = end_tx.send(end(last_renewed)); return; }
                 }
                 if *stop.borrow() {
-                    let _ = end_tx.send(true);
+                    let _ = end_tx.send(end(last_renewed));
                     return;
                 }
                 match lock.try_acquire_or_renew().await {
                     Ok(Leadership::Leader) => last_renewed = Instant::now(),
                     Ok(Leadership::Follower { holder }) => {
                         warn!(holder = %holder, "the leader Lease was taken over");
-                        let _ = end_tx.send(true);
+                        let _ = end_tx.send(Some(Instant::now()));
                         return;
                     }
                     Err(e) => {
                         warn!(error = %e, "cannot renew the leader Lease");
                         // Step down before the Lease can expire under us.
                         if last_renewed.elapsed() > lease_duration * 2 / 3 {
-                            let _ = end_tx.send(true);
+                            let _ = end_tx.send(end(last_renewed));
                             return;
                         }
                     }
@@ -318,8 +343,17 @@ async fn lead(
             },
         ),
         metrics: metrics.clone(),
-        default_image: args.image.clone(),
+        defaults: crate::resources::Defaults {
+            image: args.image.clone(),
+            image_pull_secrets: args
+                .image_pull_secret
+                .iter()
+                .map(|s| s.trim().to_string())
+                .filter(|s| !s.is_empty())
+                .collect(),
+        },
         pdb_api_version,
+        cluster_domain: args.cluster_domain.clone(),
     });
     let caches: Api<NixCache> = match &args.watch_namespace {
         Some(ns) => Api::namespaced(client.clone(), ns),
@@ -364,26 +398,54 @@ async fn lead(
         None => Api::all_with(client.clone(), &pdb_resource),
     };
     let mut end = end_rx.clone();
-    let controller = Controller::new(caches, watcher::Config::default())
+    let controller = Controller::new(caches, watcher::Config::default());
+    let store = controller.store();
+    // Secrets by metadata only (their values never reach the operator's memory through the
+    // watch): the generated signing key's, which has no owner, maps to its cache by label; any
+    // other maps to the caches that read it, so that a rotated token or password rolls their
+    // pods.
+    let secret_caches = move |secret: PartialObjectMeta<Secret>| {
+        let namespace = secret.namespace().unwrap_or_default();
+        let name = secret.name_any();
+        let generated_for = (secret.labels().get("app.kubernetes.io/managed-by")
+            == Some(&MANAGED_BY.to_string()))
+        .then(|| secret.labels().get(CACHE_LABEL).cloned())
+        .flatten();
+        store
+            .state()
+            .into_iter()
+            .filter(|nc| nc.namespace().as_deref() == Some(namespace.as_str()))
+            .filter(|nc| {
+                generated_for.as_deref() == Some(nc.name_any().as_str())
+                    || referenced_secrets(nc).contains(&name)
+            })
+            .map(|nc| ObjectRef::from_obj(&*nc))
+            .collect::<Vec<_>>()
+    };
+    let controller = controller
         .owns_with(pdbs, pdb_resource, owned.clone())
         .owns(children::<ConfigMap>(client, ns), owned.clone())
         .owns(children::<Deployment>(client, ns), owned.clone())
         .owns(children::<Service>(client, ns), owned.clone())
         .owns(children::<ServiceAccount>(client, ns), owned.clone())
-        // The generated signing key's Secret has no owner (it outlives its NixCache): it is
-        // mapped to its cache by label, so that losing it is seen at once.
         .watches(
-            children::<Secret>(client, ns),
+            children::<PartialObjectMeta<Secret>>(client, ns),
+            watcher::Config::default(),
+            secret_caches,
+        )
+        // Server pods by metadata: any change (a pull failing, a crash) is a reason to look.
+        .watches(
+            children::<PartialObjectMeta<Pod>>(client, ns),
             owned.clone(),
-            |secret: Secret| {
-                let cache = secret.labels().get(CACHE_LABEL)?.clone();
-                Some(ObjectRef::<NixCache>::new(&cache).within(&secret.namespace()?))
+            |pod: PartialObjectMeta<Pod>| {
+                let cache = pod.labels().get(CACHE_LABEL)?.clone();
+                Some(ObjectRef::<NixCache>::new(&cache).within(&pod.namespace()?))
             },
         )
         .owns(children::<PersistentVolumeClaim>(client, ns), owned.clone())
         .owns(children::<Job>(client, ns), owned)
         .graceful_shutdown_on(async move {
-            let _ = end.wait_for(|ended| *ended).await;
+            let _ = end.wait_for(|deadline| deadline.is_some()).await;
         })
         .run(reconcile, error_policy, context)
         .for_each(|result| async move {
@@ -394,16 +456,18 @@ async fn lead(
                 }
             }
         });
-    // A graceful stop lets reconciles under way finish. The controller can wait for its caches
-    // forever (an API server that never lists NixCaches), so the stop is forced after a while.
+    // A graceful stop lets reconciles under way finish, until the deadline: then the controller
+    // is dropped, and with it every reconcile still running. (The controller can also wait for
+    // its caches forever, with an API server that never lists NixCaches.)
     let mut end = end_rx.clone();
     let deadline = async move {
-        let _ = end.wait_for(|ended| *ended).await;
-        tokio::time::sleep(SHUTDOWN_GRACE).await;
+        let _ = end.wait_for(|deadline| deadline.is_some()).await;
+        let at = (*end.borrow()).unwrap_or_else(Instant::now);
+        tokio::time::sleep_until(at.into()).await;
     };
     tokio::select! {
         _ = controller => {}
-        _ = deadline => warn!("reconciles did not finish in time; stopping anyway"),
+        _ = deadline => warn!("reconciles did not finish before the leader Lease could pass on; stopped them"),
     }
     renewer.abort();
     Ok(*stop.borrow())

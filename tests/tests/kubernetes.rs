@@ -402,6 +402,377 @@ impl Load {
     }
 }
 
+impl E2e {
+    /// The `kubectl get nc NAME` row: NAME REPLICAS READY STATUS URL AGE.
+    fn nc_row(&self, cache: &str) -> Vec<String> {
+        let table = self.k.kubectl_ok(&["-n", NS, "get", "nc", cache]);
+        table
+            .lines()
+            .nth(1)
+            .unwrap_or_default()
+            .split_whitespace()
+            .map(str::to_string)
+            .collect()
+    }
+
+    fn condition(&self, cache: &str, type_: &str) -> Option<(String, String, String)> {
+        let st = self.status(cache);
+        let c = st["conditions"]
+            .as_array()?
+            .iter()
+            .find(|c| c["type"] == type_)?
+            .clone();
+        let text = |k: &str| c[k].as_str().unwrap_or_default().to_string();
+        Some((text("status"), text("reason"), text("message")))
+    }
+
+    /// Warning events of a NixCache: (reason, message).
+    fn warnings(&self, cache: &str) -> Vec<(String, String)> {
+        let selector =
+            format!("involvedObject.kind=NixCache,involvedObject.name={cache},type=Warning");
+        let Some(list) = self.get_json(&format!("events --field-selector {selector}")) else {
+            return vec![];
+        };
+        list["items"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|e| {
+                (
+                    e["reason"].as_str().unwrap_or_default().to_string(),
+                    e["message"].as_str().unwrap_or_default().to_string(),
+                )
+            })
+            .collect()
+    }
+
+    fn delete_cache(&self, cache: &str) {
+        self.k.kubectl_ok(&[
+            "-n",
+            NS,
+            "delete",
+            "nc",
+            cache,
+            "--wait=true",
+            "--timeout=60s",
+        ]);
+    }
+}
+
+/// A pod whose image cannot be pulled, and a spec the API server refuses, show as the STATUS
+/// of `kubectl get nc`, in the conditions, and as Warning events.
+fn failures_are_visible(e: &E2e) {
+    e.k.apply(
+        &json!({"apiVersion": "nixcache.io/v1alpha1", "kind": "NixCache",
+            "metadata": {"name": "broken", "namespace": NS},
+            "spec": {"image": "registry.invalid/nixcache:none"}})
+        .to_string(),
+    );
+    let pulling = ["ErrImagePull", "ImagePullBackOff"];
+    let row = e.wait(
+        "kubectl get nc to show the image pull failure",
+        Duration::from_secs(120),
+        || {
+            let row = e.nc_row("broken");
+            row.get(3)
+                .is_some_and(|s| pulling.contains(&s.as_str()))
+                .then_some(row)
+        },
+    );
+    assert_eq!(row.get(2).map(String::as_str), Some("0"), "{row:?}");
+    let (status, reason, message) = e.condition("broken", "Degraded").expect("Degraded");
+    assert!(
+        status == "True" && pulling.contains(&reason.as_str()),
+        "Degraded {status} {reason}"
+    );
+    assert!(
+        message.contains("registry.invalid/nixcache:none"),
+        "{message}"
+    );
+    e.wait(
+        "a Warning event of the pull failure",
+        Duration::from_secs(30),
+        || {
+            e.warnings("broken")
+                .iter()
+                .any(|(r, _)| pulling.contains(&r.as_str()))
+                .then_some(())
+        },
+    );
+    e.delete_cache("broken");
+
+    // Requests above limits: the API server refuses the Deployment.
+    e.k.apply(
+        &json!({"apiVersion": "nixcache.io/v1alpha1", "kind": "NixCache",
+            "metadata": {"name": "refused", "namespace": NS},
+            "spec": {"resources": {"requests": {"cpu": "2"}, "limits": {"cpu": "1"}}}})
+        .to_string(),
+    );
+    e.wait(
+        "kubectl get nc to show ApplyFailed",
+        Duration::from_secs(60),
+        || (e.nc_row("refused").get(3).map(String::as_str) == Some("ApplyFailed")).then_some(()),
+    );
+    let (status, _, message) = e.condition("refused", "Reconciled").expect("Reconciled");
+    assert_eq!(status, "False");
+    assert!(
+        message.contains("Deployment") && message.contains("less than or equal to cpu limit"),
+        "the API server's message: {message}"
+    );
+    e.wait(
+        "a Warning event ApplyFailed",
+        Duration::from_secs(30),
+        || {
+            e.warnings("refused")
+                .iter()
+                .any(|(r, m)| r == "ApplyFailed" && m.contains("cpu limit"))
+                .then_some(())
+        },
+    );
+    assert!(
+        !e.k.kubectl(&["-n", NS, "get", "deployment", "refused"])
+            .status
+            .success(),
+        "no Deployment was made"
+    );
+    e.delete_cache("refused");
+}
+
+/// A NixCache named like an existing Deployment: refused, and the Deployment is left as it was,
+/// also after the NixCache is deleted.
+fn no_adoption(e: &E2e) {
+    e.k.kubectl_ok(&[
+        "-n",
+        NS,
+        "create",
+        "deployment",
+        "taken",
+        &format!("--image={}", common::image::NIX_CLIENT),
+        "--",
+        "sleep",
+        "86400",
+    ]);
+    let before = e.get_json("deployment/taken").expect("the Deployment");
+    e.k.apply(
+        &json!({"apiVersion": "nixcache.io/v1alpha1", "kind": "NixCache",
+            "metadata": {"name": "taken", "namespace": NS}, "spec": {}})
+        .to_string(),
+    );
+    e.wait(
+        "kubectl get nc to show OwnershipConflict",
+        Duration::from_secs(60),
+        || {
+            (e.nc_row("taken").get(3).map(String::as_str) == Some("OwnershipConflict"))
+                .then_some(())
+        },
+    );
+    let (_, _, message) = e.condition("taken", "Degraded").expect("Degraded");
+    assert!(message.contains("Deployment \"taken\""), "{message}");
+    let check = |when: &str| {
+        let now = e.get_json("deployment/taken").expect("the Deployment");
+        for field in ["uid", "resourceVersion", "generation"] {
+            assert_eq!(
+                now["metadata"][field], before["metadata"][field],
+                "the Deployment's {field} {when}"
+            );
+        }
+        assert!(now["metadata"]["ownerReferences"].is_null(), "{when}");
+        assert_eq!(now["spec"], before["spec"], "{when}");
+    };
+    check("while the NixCache exists");
+    e.delete_cache("taken");
+    std::thread::sleep(Duration::from_secs(3));
+    check("after the NixCache was deleted");
+    e.k.kubectl_ok(&["-n", NS, "delete", "deployment", "taken", "--wait=true"]);
+}
+
+/// A cache on a PersistentVolumeClaim (bound to a hostPath volume made here): GC runs in its
+/// server, and rotating its upload-token Secret rolls the pod to the new token.
+fn claim_backed_cache(e: &E2e, rt: &tokio::runtime::Runtime, fx: &Fixture, upstream: &str) {
+    let dir = tempfile::Builder::new()
+        .prefix("nixcache-pv-")
+        .tempdir()
+        .expect("tempdir");
+    std::os::unix::fs::chown(dir.path(), Some(65532), Some(65532)).expect("chown");
+    e.k.apply(
+        &json!({"apiVersion": "v1", "kind": "PersistentVolume",
+            "metadata": {"name": "nixcache-e2e-pv"},
+            "spec": {"capacity": {"storage": "1Gi"}, "accessModes": ["ReadWriteOnce"],
+                "persistentVolumeReclaimPolicy": "Delete", "storageClassName": "manual",
+                "hostPath": {"path": dir.path(), "type": "Directory"}}})
+        .to_string(),
+    );
+    let token = |t: &str| {
+        e.k.apply(
+            &json!({"apiVersion": "v1", "kind": "Secret",
+                "metadata": {"name": "claimed-upload", "namespace": NS},
+                "stringData": {"token": t}})
+            .to_string(),
+        );
+    };
+    let (old_token, new_token) = (
+        "first-upload-token-0123456789",
+        "second-upload-token-9876543210",
+    );
+    token(old_token);
+    e.k.apply(
+        &json!({"apiVersion": "nixcache.io/v1alpha1", "kind": "NixCache",
+            "metadata": {"name": "claimed", "namespace": NS},
+            "spec": {
+                "upstreams": [{"url": upstream, "publicKeys": [fx.key]}],
+                "storage": {"volumeSize": "1Gi", "storageClassName": "manual"},
+                "gc": {"maxSize": "1", "schedule": "*/10 * * * * *"},
+                "uploads": {"tokenSecret": {"name": "claimed-upload", "key": "token"}}}})
+        .to_string(),
+    );
+    let st = e.wait_cache_ready("claimed", 1);
+    assert_eq!(st["gc"]["mode"], "Server", "{st}");
+    let pod = e.ready_pods("claimed")[0].0.clone();
+    e.wait(
+        "the server's GC pass on the claim",
+        Duration::from_secs(60),
+        || {
+            let logs = e.k.kubectl_ok(&["-n", NS, "logs", &pod]);
+            logs.contains("GC pass done").then_some(())
+        },
+    );
+
+    let base = format!("http://{}", e.cluster_ip("claimed"));
+    let nar_url = Fixture::nar_url(&fx.narinfo(fx.top()));
+    let nar = std::fs::read(fx.cache.join(&nar_url)).expect("NAR");
+    let put = |t: &str| {
+        rt.block_on(async {
+            reqwest::Client::new()
+                .put(format!("{base}/{nar_url}"))
+                .bearer_auth(t)
+                .body(nar.clone())
+                .send()
+                .await
+                .map(|r| r.status().as_u16())
+                .unwrap_or(0)
+        })
+    };
+    assert!(
+        (200..300).contains(&put(old_token)),
+        "the first token uploads"
+    );
+    let template = |e: &E2e| {
+        e.get_json("deployment/claimed")
+            .map(|d| d["spec"]["template"]["metadata"]["annotations"].clone())
+    };
+    let before = template(e);
+    token(new_token);
+    e.wait(
+        "the rotated token to roll the pod",
+        Duration::from_secs(120),
+        || {
+            let pods = e.ready_pods("claimed");
+            (template(e) != before && pods.len() == 1 && pods[0].0 != pod).then_some(())
+        },
+    );
+    e.wait_cache_ready("claimed", 1);
+    e.wait(
+        "the new pod to take the new token only",
+        Duration::from_secs(60),
+        || (put(old_token) == 401 && (200..300).contains(&put(new_token))).then_some(()),
+    );
+    e.delete_cache("claimed");
+    let _ =
+        e.k.kubectl(&["delete", "pv", "nixcache-e2e-pv", "--wait=false"]);
+}
+
+/// A pod whose only knowledge of the cache is `NIX_CONFIG` from the `<name>-nix-config`
+/// ConfigMap (over a base configuration with no substituters) realises the closure from it.
+fn client_config_as_nix_config(e: &E2e, fx: &Fixture) {
+    let cm = e
+        .get_json("configmap/nixcache-nix-config")
+        .expect("the client ConfigMap");
+    let conf = cm["data"]["nix.conf"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    let key = e.status("nixcache")["publicKey"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    assert!(
+        conf.contains("extra-substituters = http://nixcache.default.svc.cluster.local:80")
+            && conf.contains(&format!("extra-trusted-public-keys = {key}")),
+        "{conf}"
+    );
+    e.k.apply(
+        &json!({"apiVersion": "v1", "kind": "ConfigMap",
+            "metadata": {"name": "base-nix-conf", "namespace": NS},
+            "data": {"nix.conf": format!("{}\nrequire-sigs = true\n", common::NIX_CONFIG)}})
+        .to_string(),
+    );
+    let pod = "nix-config-client";
+    e.k.apply(
+        &json!({"apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": pod, "namespace": NS},
+        "spec": {
+            "terminationGracePeriodSeconds": 1,
+            "hostAliases": [{"ip": e.cluster_ip("nixcache"),
+                "hostnames": [format!("nixcache.{NS}.svc.cluster.local")]}],
+            "volumes": [{"name": "base", "configMap": {"name": "base-nix-conf"}}],
+            "containers": [{
+                "name": "nix", "image": common::image::NIX_CLIENT, "imagePullPolicy": "Never",
+                "command": ["sleep", "86400"],
+                "volumeMounts": [{"name": "base", "mountPath": "/etc/nix-base"}],
+                "env": [
+                    {"name": "NIX_CONF_DIR", "value": "/etc/nix-base"},
+                    {"name": "NIX_CONFIG", "valueFrom": {"configMapKeyRef":
+                        {"name": "nixcache-nix-config", "key": "nix.conf"}}},
+                ],
+            }],
+        }})
+        .to_string(),
+    );
+    e.k.kubectl_ok(&[
+        "-n",
+        NS,
+        "wait",
+        "--for=condition=Ready",
+        &format!("pod/{pod}"),
+        "--timeout=120s",
+    ]);
+    let out = e.exec(
+        pod,
+        &format!(
+            "nix-store --realise '{}' && nix-store --query --requisites '{}'",
+            fx.top(),
+            fx.top()
+        ),
+    );
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "nix-store --realise with the cache's NIX_CONFIG:\n{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let mut got: Vec<String> = text
+        .lines()
+        .filter(|l| l.starts_with("/nix/store/"))
+        .map(str::to_string)
+        .collect();
+    got.sort();
+    got.dedup();
+    assert_eq!(
+        got,
+        closure_of(fx),
+        "the closure realised through NIX_CONFIG"
+    );
+    let _ = e.k.kubectl(&[
+        "-n",
+        NS,
+        "delete",
+        "pod",
+        pod,
+        "--grace-period=1",
+        "--wait=false",
+    ]);
+}
+
 #[test]
 fn the_chart_and_the_examples_serve_nix_clients_in_a_real_cluster() {
     let t0 = Instant::now();
@@ -717,6 +1088,16 @@ fn the_chart_and_the_examples_serve_nix_clients_in_a_real_cluster() {
         1,
         "the other cache still serves"
     );
+
+    // 12. Failures reach `kubectl get nc`, the conditions and Warning events.
+    failures_are_visible(&e);
+    // 13. A NixCache named like a Deployment it did not make is refused; the Deployment is
+    //     untouched.
+    no_adoption(&e);
+    // 14. A cache on a claim: its server runs GC; a rotated upload token rolls its pod.
+    claim_backed_cache(&e, &rt, fx, &upstream_a.url);
+    // 15. The client ConfigMap, as NIX_CONFIG in a Nix client pod, is all it needs.
+    client_config_as_nix_config(&e, fx);
     let times = format!(
         "test cluster: start-up (until the node is Ready) {:.1} s; the end-to-end test {:.1} s\n",
         e.k.started_in.as_secs_f64(),

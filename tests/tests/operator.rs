@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::batch::v1::Job;
-use k8s_openapi::api::core::v1::{ConfigMap, Secret, Service, ServiceAccount};
+use k8s_openapi::api::core::v1::{ConfigMap, Pod, Secret, Service, ServiceAccount};
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::api::{Api, DeleteParams, DynamicObject, ListParams, Patch, PatchParams, PostParams};
 use kube::config::{KubeConfigOptions, Kubeconfig};
@@ -859,6 +859,195 @@ async fn a_lost_signing_key_is_reported_and_replaced_only_when_asked() {
     assert_eq!(
         again, new_key,
         "the re-created cache signs with the same key"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failures_foreign_objects_and_rotated_secrets_reach_status_and_pods() {
+    let (_server, _operator, client, caches) = operator_with_the_example().await;
+    let deployments: Api<Deployment> = Api::namespaced(client.clone(), "default");
+    let configmaps: Api<ConfigMap> = Api::namespaced(client.clone(), "default");
+    let reason_of = |name: &'static str, type_: &'static str| {
+        let caches = caches.clone();
+        async move {
+            caches
+                .get(name)
+                .await
+                .ok()
+                .and_then(|nc| condition(&nc, type_))
+        }
+    };
+
+    // The client ConfigMap: nix.conf lines with the URL and the key of status.
+    let nc = eventually(30, "status.publicKey", || async {
+        let nc = caches.get("nixcache").await.ok()?;
+        nc.status.as_ref()?.public_key.as_ref()?;
+        Some(nc)
+    })
+    .await;
+    let status = nc.status.clone().expect("status");
+    assert_eq!(
+        status.client_config_map.as_deref(),
+        Some("nixcache-nix-config")
+    );
+    let cm = configmaps
+        .get("nixcache-nix-config")
+        .await
+        .expect("client ConfigMap");
+    assert!(owned_by(&cm.metadata, &nc));
+    assert_eq!(
+        cm.data.expect("data")["nix.conf"],
+        format!(
+            "extra-substituters = http://nixcache.default.svc.cluster.local:80\n\
+             extra-trusted-public-keys = {}\n",
+            status.public_key.clone().expect("key")
+        )
+    );
+
+    // A server pod that cannot pull its image: Ready and Degraded say so. (No kubelet runs
+    // here: the test writes the pod's status as a kubelet would.)
+    let pods: Api<Pod> = Api::namespaced(client.clone(), "default");
+    let pod: Pod = serde_json::from_value(json!({
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": "nixcache-abc", "labels": {
+            "app.kubernetes.io/instance": "nixcache", "app.kubernetes.io/component": "server",
+            "app.kubernetes.io/managed-by": "nixcache-operator", "nixcache.io/cache": "nixcache"}},
+        "spec": {"containers": [{"name": "nixcache", "image": "nope:1"}]}
+    }))
+    .expect("pod");
+    pods.create(&PostParams::default(), &pod)
+        .await
+        .expect("create pod");
+    pods.patch_status(
+        "nixcache-abc",
+        &PatchParams::default(),
+        &Patch::Merge(
+            json!({"status": {"phase": "Pending", "containerStatuses": [{
+            "name": "nixcache", "image": "nope:1", "imageID": "", "ready": false,
+            "restartCount": 0, "state": {"waiting": {"reason": "ImagePullBackOff",
+                "message": "Back-off pulling image \"nope:1\""}}}]}}),
+        ),
+    )
+    .await
+    .expect("pod status");
+    let (_, reason, message) = eventually(30, "Ready=False ImagePullBackOff", || async {
+        let c = reason_of("nixcache", "Ready").await?;
+        (c.1 == "ImagePullBackOff").then_some(c)
+    })
+    .await;
+    assert!(
+        message.contains("nixcache-abc") && message.contains("nope:1"),
+        "{message}"
+    );
+    let degraded = reason_of("nixcache", "Degraded").await.expect("Degraded");
+    assert_eq!(
+        (degraded.0.as_str(), degraded.1.as_str()),
+        ("True", "ImagePullBackOff")
+    );
+    pods.delete("nixcache-abc", &DeleteParams::default())
+        .await
+        .expect("delete pod");
+
+    // A spec the API server refuses (requests above limits): ApplyFailed with its message.
+    merge_patch_spec(
+        &caches,
+        "nixcache",
+        json!({"resources": {"requests": {"cpu": "2"}, "limits": {"cpu": "1"}}}),
+    )
+    .await;
+    let (status, _, message) = eventually(30, "Reconciled=False ApplyFailed", || async {
+        let c = reason_of("nixcache", "Reconciled").await?;
+        (c.1 == "ApplyFailed").then_some(c)
+    })
+    .await;
+    assert_eq!(status, "False");
+    assert!(
+        message.contains("less than or equal to cpu limit"),
+        "{message}"
+    );
+    merge_patch_spec(&caches, "nixcache", json!({"resources": null})).await;
+    eventually(30, "Reconciled=True again", || async {
+        let c = reason_of("nixcache", "Reconciled").await?;
+        (c.0 == "True").then_some(())
+    })
+    .await;
+
+    // A Deployment the operator did not make is never taken over.
+    let theirs: Deployment = serde_json::from_value(json!({
+        "apiVersion": "apps/v1", "kind": "Deployment",
+        "metadata": {"name": "theirs"},
+        "spec": {"selector": {"matchLabels": {"app": "theirs"}},
+            "template": {"metadata": {"labels": {"app": "theirs"}},
+                "spec": {"containers": [{"name": "app", "image": "theirs:1"}]}}}
+    }))
+    .expect("deployment");
+    let theirs = deployments
+        .create(&PostParams::default(), &theirs)
+        .await
+        .expect("create Deployment");
+    let mut foreign = example("nixcache.yaml");
+    foreign.metadata.name = Some("theirs".into());
+    caches
+        .create(&PostParams::default(), &foreign)
+        .await
+        .expect("create NixCache");
+    let (_, _, message) = eventually(30, "OwnershipConflict", || async {
+        let c = reason_of("theirs", "Degraded").await?;
+        (c.1 == "OwnershipConflict").then_some(c)
+    })
+    .await;
+    assert!(message.contains("Deployment \"theirs\""), "{message}");
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let now = deployments.get("theirs").await.expect("Deployment");
+    assert_eq!(
+        now.metadata.resource_version,
+        theirs.metadata.resource_version
+    );
+    assert_eq!(now.metadata.owner_references, None);
+    assert!(
+        configmaps
+            .get_opt("theirs-config")
+            .await
+            .expect("get")
+            .is_none(),
+        "nothing applied for a conflicting cache"
+    );
+
+    // Rotating a Secret the server reads rolls the pods; its value never reaches the template.
+    create_secret(&client, "push", &[("token", "first-token-0123456789")]).await;
+    merge_patch_spec(
+        &caches,
+        "nixcache",
+        json!({"uploads": {"tokenSecret": {"name": "push", "key": "token"}}}),
+    )
+    .await;
+    let with_token = eventually(30, "the token file in the pod template", || async {
+        let d = deployments.get("nixcache").await.ok()?;
+        serde_json::to_string(&d.spec.as_ref()?.template)
+            .ok()?
+            .contains("NIXCACHE_UPLOAD_TOKEN_FILE")
+            .then_some(d)
+    })
+    .await;
+    let before = template_hash(&with_token);
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), "default");
+    secrets
+        .patch(
+            "push",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"stringData": {"token": "second-token-9876543210"}})),
+        )
+        .await
+        .expect("rotate");
+    let rotated = eventually(30, "a new pod template after the rotation", || async {
+        let d = deployments.get("nixcache").await.ok()?;
+        (template_hash(&d) != before).then_some(d)
+    })
+    .await;
+    let template = serde_json::to_string(&rotated.spec.expect("spec").template).expect("json");
+    assert!(
+        !template.contains("first-token") && !template.contains("second-token"),
+        "{template}"
     );
 }
 
