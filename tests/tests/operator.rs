@@ -848,6 +848,24 @@ async fn a_lost_signing_key_is_reported_and_replaced_only_when_asked() {
             .then_some(())
     })
     .await;
+    // The garbage collector's part: the children owned by the deleted cache go. (Until they do,
+    // the new cache reports them as an OwnershipConflict, not as its own.)
+    let dp = DeleteParams::default();
+    let ns = "default";
+    let _ = Api::<Deployment>::namespaced(client.clone(), ns)
+        .delete("nixcache", &dp)
+        .await;
+    let _ = Api::<Service>::namespaced(client.clone(), ns)
+        .delete("nixcache", &dp)
+        .await;
+    let _ = Api::<ServiceAccount>::namespaced(client.clone(), ns)
+        .delete("nixcache", &dp)
+        .await;
+    for cm in ["nixcache-config", "nixcache-nix-config"] {
+        let _ = Api::<ConfigMap>::namespaced(client.clone(), ns)
+            .delete(cm, &dp)
+            .await;
+    }
     caches
         .create(&PostParams::default(), &example("nixcache.yaml"))
         .await
@@ -912,7 +930,8 @@ async fn failures_foreign_objects_and_rotated_secrets_reach_status_and_pods() {
         "metadata": {"name": "nixcache-abc", "labels": {
             "app.kubernetes.io/instance": "nixcache", "app.kubernetes.io/component": "server",
             "app.kubernetes.io/managed-by": "nixcache-operator", "nixcache.io/cache": "nixcache"}},
-        "spec": {"containers": [{"name": "nixcache", "image": "nope:1"}]}
+        "spec": {"serviceAccountName": "nixcache", "automountServiceAccountToken": false,
+            "containers": [{"name": "nixcache", "image": "nope:1"}]}
     }))
     .expect("pod");
     pods.create(&PostParams::default(), &pod)
