@@ -432,8 +432,8 @@ mod tests {
     fn committed_crd_is_current() {
         let committed = include_str!("../../crds/nixcaches.nixcache.io.json");
         assert!(committed == crd_json(), "crds/ drifted from the Rust types: run `cargo run -p nixcache-operator -- crd > crds/nixcaches.nixcache.io.json`");
-        let chart = include_str!("../../charts/nixcache-operator/crds/nixcaches.nixcache.io.yaml");
-        assert!(chart == committed, "the chart's CRD drifted: copy crds/nixcaches.nixcache.io.json to charts/nixcache-operator/crds/nixcaches.nixcache.io.yaml");
+        let chart = include_str!("../../charts/nixcache-operator/files/nixcaches.nixcache.io.json");
+        assert!(chart == committed, "the chart's CRD drifted: copy crds/nixcaches.nixcache.io.json to charts/nixcache-operator/files/nixcaches.nixcache.io.json");
     }
 
     #[test]

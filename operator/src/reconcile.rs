@@ -602,6 +602,7 @@ async fn fail(nc: &NixCache, ctx: &Context, failure: Failure) -> Result<Action, 
         observed_generation: nc.metadata.generation,
         // What was true before stays: the children still run as they were.
         url: Some(resources::url(nc, &ctx.cluster_domain)),
+        ready_replicas: old.ready_replicas.or(Some(0)),
         ..old
     };
     write_status(nc, ctx, &ns, status).await?;

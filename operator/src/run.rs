@@ -50,9 +50,15 @@ pub struct RunArgs {
         value_name = "ADDR"
     )]
     pub listen: SocketAddr,
-    /// Watch NixCaches of this namespace only. [default: all namespaces]
-    #[arg(long, env = "NIXCACHE_OPERATOR_WATCH_NAMESPACE", value_name = "NS")]
-    pub watch_namespace: Option<String>,
+    /// Watch NixCaches of these namespaces only (repeat it, or separate them with commas).
+    /// [default: all namespaces]
+    #[arg(
+        long,
+        env = "NIXCACHE_OPERATOR_WATCH_NAMESPACE",
+        value_delimiter = ',',
+        value_name = "NS"
+    )]
+    pub watch_namespace: Vec<String>,
     /// Namespace of the leader Lease. [default: $POD_NAMESPACE, else the kubeconfig's namespace]
     #[arg(long, env = "NIXCACHE_OPERATOR_LEASE_NAMESPACE", value_name = "NS")]
     pub lease_namespace: Option<String>,
@@ -355,7 +361,52 @@ async fn lead(
         pdb_api_version,
         cluster_domain: args.cluster_domain.clone(),
     });
-    let caches: Api<NixCache> = match &args.watch_namespace {
+    let namespaces: Vec<Option<String>> = {
+        let listed: Vec<String> = args
+            .watch_namespace
+            .iter()
+            .map(|n| n.trim().to_string())
+            .filter(|n| !n.is_empty())
+            .collect();
+        if listed.is_empty() {
+            vec![None]
+        } else {
+            listed.into_iter().map(Some).collect()
+        }
+    };
+    // One controller per watched namespace (or one for all): each watches only its namespace,
+    // which is all a namespaced Role lets it see.
+    let controllers = futures_util::future::join_all(
+        namespaces
+            .into_iter()
+            .map(|ns| controller(client.clone(), ns, context.clone(), end_rx.clone())),
+    );
+    // A graceful stop lets reconciles under way finish, until the deadline: then the controller
+    // is dropped, and with it every reconcile still running. (The controller can also wait for
+    // its caches forever, with an API server that never lists NixCaches.)
+    let mut end = end_rx.clone();
+    let deadline = async move {
+        let _ = end.wait_for(|deadline| deadline.is_some()).await;
+        let at = (*end.borrow()).unwrap_or_else(Instant::now);
+        tokio::time::sleep_until(at.into()).await;
+    };
+    tokio::select! {
+        _ = controllers => {}
+        _ = deadline => warn!("reconciles did not finish before the leader Lease could pass on; stopped them"),
+    }
+    renewer.abort();
+    Ok(*stop.borrow())
+}
+
+/// The controller of the NixCaches of one namespace (or of all), with the watches of their
+/// children, until `end` names a deadline.
+async fn controller(
+    client: Client,
+    ns: Option<String>,
+    context: Arc<Context>,
+    end_rx: watch::Receiver<Option<Instant>>,
+) {
+    let caches: Api<NixCache> = match &ns {
         Some(ns) => Api::namespaced(client.clone(), ns),
         None => Api::all(client.clone()),
     };
@@ -380,7 +431,8 @@ async fn lead(
             error!("the NixCache CRD is not installed: kubectl apply -f crds/nixcaches.nixcache.io.json (the Helm chart installs it)");
         }
     }
-    let ns = &args.watch_namespace;
+    let ns = &ns;
+    let client = &client;
     // PodDisruptionBudgets in whichever policy version this API server serves.
     let pdb_resource = {
         let (group, version) = context
@@ -422,7 +474,7 @@ async fn lead(
             .map(|nc| ObjectRef::from_obj(&*nc))
             .collect::<Vec<_>>()
     };
-    let controller = controller
+    controller
         .owns_with(pdbs, pdb_resource, owned.clone())
         .owns(children::<ConfigMap>(client, ns), owned.clone())
         .owns(children::<Deployment>(client, ns), owned.clone())
@@ -447,7 +499,7 @@ async fn lead(
         .graceful_shutdown_on(async move {
             let _ = end.wait_for(|deadline| deadline.is_some()).await;
         })
-        .run(reconcile, error_policy, context)
+        .run(reconcile, error_policy, context.clone())
         .for_each(|result| async move {
             if let Err(e) = result {
                 match e {
@@ -455,20 +507,6 @@ async fn lead(
                     other => error!(error = %other, "controller"),
                 }
             }
-        });
-    // A graceful stop lets reconciles under way finish, until the deadline: then the controller
-    // is dropped, and with it every reconcile still running. (The controller can also wait for
-    // its caches forever, with an API server that never lists NixCaches.)
-    let mut end = end_rx.clone();
-    let deadline = async move {
-        let _ = end.wait_for(|deadline| deadline.is_some()).await;
-        let at = (*end.borrow()).unwrap_or_else(Instant::now);
-        tokio::time::sleep_until(at.into()).await;
-    };
-    tokio::select! {
-        _ = controller => {}
-        _ = deadline => warn!("reconciles did not finish before the leader Lease could pass on; stopped them"),
-    }
-    renewer.abort();
-    Ok(*stop.borrow())
+        })
+        .await;
 }

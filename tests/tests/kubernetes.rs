@@ -403,16 +403,32 @@ impl Load {
 }
 
 impl E2e {
-    /// The `kubectl get nc NAME` row: NAME REPLICAS READY STATUS URL AGE.
-    fn nc_row(&self, cache: &str) -> Vec<String> {
+    /// A column of the `kubectl get nc NAME` table (NAME REPLICAS READY STATUS URL AGE), cut
+    /// at the header's positions (a column may be empty).
+    fn nc_column(&self, cache: &str, column: &str) -> String {
         let table = self.k.kubectl_ok(&["-n", NS, "get", "nc", cache]);
-        table
-            .lines()
-            .nth(1)
+        let mut lines = table.lines();
+        let (header, row) = (
+            lines.next().unwrap_or_default(),
+            lines.next().unwrap_or_default(),
+        );
+        // Columns start where a header word follows a space.
+        let bytes = header.as_bytes();
+        let starts: Vec<usize> = (0..bytes.len())
+            .filter(|&i| bytes[i] != b' ' && (i == 0 || bytes[i - 1] == b' '))
+            .collect();
+        let Some(n) = starts.iter().position(|&i| header[i..].starts_with(column)) else {
+            return String::new();
+        };
+        let end = starts
+            .get(n + 1)
+            .copied()
+            .unwrap_or(row.len())
+            .min(row.len());
+        row.get(starts[n].min(end)..end)
             .unwrap_or_default()
-            .split_whitespace()
-            .map(str::to_string)
-            .collect()
+            .trim()
+            .to_string()
     }
 
     fn condition(&self, cache: &str, type_: &str) -> Option<(String, String, String)> {
@@ -469,17 +485,16 @@ fn failures_are_visible(e: &E2e) {
         .to_string(),
     );
     let pulling = ["ErrImagePull", "ImagePullBackOff"];
-    let row = e.wait(
+    e.wait(
         "kubectl get nc to show the image pull failure",
         Duration::from_secs(120),
         || {
-            let row = e.nc_row("broken");
-            row.get(3)
-                .is_some_and(|s| pulling.contains(&s.as_str()))
-                .then_some(row)
+            pulling
+                .contains(&e.nc_column("broken", "STATUS").as_str())
+                .then_some(())
         },
     );
-    assert_eq!(row.get(2).map(String::as_str), Some("0"), "{row:?}");
+    assert_eq!(e.nc_column("broken", "READY"), "0");
     let (status, reason, message) = e.condition("broken", "Degraded").expect("Degraded");
     assert!(
         status == "True" && pulling.contains(&reason.as_str()),
@@ -511,7 +526,7 @@ fn failures_are_visible(e: &E2e) {
     e.wait(
         "kubectl get nc to show ApplyFailed",
         Duration::from_secs(60),
-        || (e.nc_row("refused").get(3).map(String::as_str) == Some("ApplyFailed")).then_some(()),
+        || (e.nc_column("refused", "STATUS") == "ApplyFailed").then_some(()),
     );
     let (status, _, message) = e.condition("refused", "Reconciled").expect("Reconciled");
     assert_eq!(status, "False");
@@ -561,10 +576,7 @@ fn no_adoption(e: &E2e) {
     e.wait(
         "kubectl get nc to show OwnershipConflict",
         Duration::from_secs(60),
-        || {
-            (e.nc_row("taken").get(3).map(String::as_str) == Some("OwnershipConflict"))
-                .then_some(())
-        },
+        || (e.nc_column("taken", "STATUS") == "OwnershipConflict").then_some(()),
     );
     let (_, _, message) = e.condition("taken", "Degraded").expect("Degraded");
     assert!(message.contains("Deployment \"taken\""), "{message}");

@@ -317,6 +317,16 @@ async fn helm_installs_the_chart_and_every_manifest_validates() {
     for (i, set) in [
         vec![],
         vec!["--set", "watchNamespace=team", "--set", "replicas=2"],
+        vec![
+            "--set",
+            "watchNamespaces={team-a,team-b}",
+            "--set",
+            "fullnameOverride=nco",
+            "--set",
+            "networkPolicy.enabled=true",
+            "--set",
+            "rbac.aggregateToDefaultRoles=false",
+        ],
     ]
     .into_iter()
     .enumerate()
@@ -335,6 +345,66 @@ async fn helm_installs_the_chart_and_every_manifest_validates() {
         validate_1_30(&file);
     }
     validate_1_30(&repo().join("deploy/nixcache-operator.yaml"));
+    // Listed namespaces get a Role each, and the operator is told them.
+    let listed = run(&[
+        "template",
+        "op",
+        chart_s,
+        "--set",
+        "watchNamespaces={team-a,team-b}",
+    ]);
+    for ns in ["team-a", "team-b"] {
+        assert!(
+            listed.contains(&format!(
+                "kind: Role\nmetadata:\n  name: op-nixcache-operator\n  namespace: {ns}"
+            )),
+            "a Role in {ns}:\n{listed}"
+        );
+    }
+    assert!(listed.contains("value: \"team-a,team-b\""), "{listed}");
+    assert!(!listed.contains("kind: ClusterRoleBinding"), "{listed}");
+
+    // As a subchart: a parent chart's `global` values and its `enabled` switch pass the schema,
+    // and the rendering validates.
+    let parent = dir.path().join("parent");
+    std::fs::create_dir_all(parent.join("charts")).expect("mkdir");
+    std::fs::write(
+        parent.join("Chart.yaml"),
+        "apiVersion: v2\nname: parent\nversion: 1.0.0\ndependencies:\n  - name: nixcache-operator\n    version: 0.1.0\n    condition: nixcache-operator.enabled\n",
+    )
+    .expect("Chart.yaml");
+    std::fs::write(
+        parent.join("values.yaml"),
+        "global:\n  imageRegistry: registry.example\nnixcache-operator:\n  enabled: true\n  watchNamespaces: [apps]\n",
+    )
+    .expect("values.yaml");
+    let copied = Command::new("cp")
+        .arg("-r")
+        .arg(&chart)
+        .arg(parent.join("charts/nixcache-operator"))
+        .status()
+        .expect("cp");
+    assert!(copied.success());
+    let parent_s = parent.to_str().expect("utf-8 path");
+    run(&["lint", "--strict", parent_s]);
+    let file = dir.path().join("parent.yaml");
+    std::fs::write(
+        &file,
+        run(&["template", "p", parent_s, "--namespace", "ops"]),
+    )
+    .expect("write");
+    validate_1_30(&file);
+    let off = run(&[
+        "template",
+        "p",
+        parent_s,
+        "--set",
+        "nixcache-operator.enabled=false",
+    ]);
+    assert!(
+        !off.contains("kind: Deployment"),
+        "enabled=false renders nothing: {off}"
+    );
 
     // deploy/ is the chart's rendering, current.
     let rendered = Command::new("bash")
@@ -365,6 +435,34 @@ async fn helm_installs_the_chart_and_every_manifest_validates() {
     ]);
     let client = client(&server).await;
     wait_established(&client).await;
+    // The CRD is a template of the release: `helm upgrade` takes it along, without conflict.
+    run(&[
+        "upgrade",
+        "nixcache-operator",
+        chart_s,
+        "--kubeconfig",
+        kubeconfig,
+        "--namespace",
+        "nixcache-system",
+        "--set",
+        "logFormat=text",
+    ]);
+    let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
+    let crd = crds.get("nixcaches.nixcache.io").await.expect("the CRD");
+    assert_eq!(
+        crd.annotations()
+            .get("meta.helm.sh/release-name")
+            .map(String::as_str),
+        Some("nixcache-operator"),
+        "the release owns the CRD"
+    );
+    assert_eq!(
+        crd.annotations()
+            .get("helm.sh/resource-policy")
+            .map(String::as_str),
+        Some("keep"),
+        "helm uninstall keeps it (and every NixCache)"
+    );
     let deployments: Api<Deployment> = Api::namespaced(client.clone(), "nixcache-system");
     let d = deployments
         .get("nixcache-operator")
