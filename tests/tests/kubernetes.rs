@@ -581,8 +581,19 @@ fn no_adoption(e: &E2e) {
     let (_, _, message) = e.condition("taken", "Degraded").expect("Degraded");
     assert!(message.contains("Deployment \"taken\""), "{message}");
     let check = |when: &str| {
-        let now = e.get_json("deployment/taken").expect("the Deployment");
-        for field in ["uid", "resourceVersion", "generation"] {
+        let now: Value = serde_json::from_str(&e.k.kubectl_ok(&[
+            "-n",
+            NS,
+            "get",
+            "deployment",
+            "taken",
+            "-o",
+            "json",
+            "--show-managed-fields",
+        ]))
+        .expect("the Deployment");
+        // (Its status moves on as its pod starts: the Deployment controller's writes.)
+        for field in ["uid", "generation", "labels", "annotations"] {
             assert_eq!(
                 now["metadata"][field], before["metadata"][field],
                 "the Deployment's {field} {when}"
@@ -590,6 +601,17 @@ fn no_adoption(e: &E2e) {
         }
         assert!(now["metadata"]["ownerReferences"].is_null(), "{when}");
         assert_eq!(now["spec"], before["spec"], "{when}");
+        let managers: Vec<&str> = now["metadata"]["managedFields"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|m| m["manager"].as_str())
+            .collect();
+        assert!(!managers.is_empty(), "managedFields are shown");
+        assert!(
+            !managers.contains(&"nixcache-operator"),
+            "the operator never wrote to it {when}: {managers:?}"
+        );
     };
     check("while the NixCache exists");
     e.delete_cache("taken");

@@ -1218,6 +1218,62 @@ async fn ready_follows_the_deployment_status() {
     );
     write_status(0).await;
     ready("False").await;
+
+    // The scale subresource: what `kubectl scale nc` and an HPA use.
+    let scale = caches.get_scale("nixcache").await.expect("scale");
+    assert_eq!(scale.spec.and_then(|s| s.replicas), Some(1));
+    let selector = scale
+        .status
+        .map(|s| s.selector.unwrap_or_default())
+        .unwrap_or_default();
+    assert!(
+        selector.contains("app.kubernetes.io/component=server")
+            && selector.contains("nixcache.io/cache=nixcache"),
+        "{selector}"
+    );
+    caches
+        .patch_scale(
+            "nixcache",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"replicas": 0}})),
+        )
+        .await
+        .expect("scale to zero");
+    eventually(30, "the Deployment scaled to zero", || async {
+        let d = deployments.get("nixcache").await.ok()?;
+        (d.spec?.replicas == Some(0)).then_some(())
+    })
+    .await;
+    ready("False").await;
+
+    // A LoadBalancer's address becomes status.externalURL.
+    merge_patch_spec(
+        &caches,
+        "nixcache",
+        json!({"service": {"type": "LoadBalancer"}}),
+    )
+    .await;
+    let services: Api<Service> = Api::namespaced(client.clone(), "default");
+    eventually(30, "a LoadBalancer Service", || async {
+        let s = services.get("nixcache").await.ok()?;
+        (s.spec?.type_.as_deref() == Some("LoadBalancer")).then_some(())
+    })
+    .await;
+    services
+        .patch_status(
+            "nixcache",
+            &PatchParams::default(),
+            &Patch::Merge(
+                json!({"status": {"loadBalancer": {"ingress": [{"ip": "203.0.113.7"}]}}}),
+            ),
+        )
+        .await
+        .expect("Service status");
+    eventually(60, "status.externalURL", || async {
+        let nc = caches.get("nixcache").await.ok()?;
+        (nc.status?.external_url.as_deref() == Some("http://203.0.113.7:80")).then_some(())
+    })
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
