@@ -1047,7 +1047,7 @@ async fn failures_foreign_objects_and_rotated_secrets_reach_status_and_pods() {
     )
     .await
     .expect("pod status");
-    let (_, reason, message) = eventually(30, "Ready=False ImagePullBackOff", || async {
+    let (_, _, message) = eventually(30, "Ready=False ImagePullBackOff", || async {
         let c = reason_of("nixcache", "Ready").await?;
         (c.1 == "ImagePullBackOff").then_some(c)
     })
