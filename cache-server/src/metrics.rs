@@ -39,6 +39,11 @@ pub struct Metrics {
     pub stored_bytes: IntGauge,
     pub tasks: IntCounterVec,
     pub tasks_running: IntGauge,
+    pub local_cache_requests: IntCounterVec,
+    pub local_cache_fills: IntCounterVec,
+    pub local_cache_evictions: IntCounter,
+    pub local_cache_bytes: IntGauge,
+    pub local_cache_served_bytes: IntCounter,
 }
 
 /// Registers a collector; the names and labels here are fixed, so failure is a programming error.
@@ -111,6 +116,11 @@ impl Metrics {
             stored_bytes: gauge(&r, "nixcache_stored_bytes", "Bytes of NARs in storage, each NAR counted once (counted on commit and eviction, set from the database every minute)"),
             tasks: counters(&r, "nixcache_tasks_total", "Admin tasks by kind and event in this process (claimed, succeeded, failed, handed_back, taken_over)", &["kind", "event"]),
             tasks_running: gauge(&r, "nixcache_tasks_running", "Admin tasks this process runs now"),
+            local_cache_requests: counters(&r, "nixcache_local_cache_requests_total", "NAR reads from the node-local tier, by result: hit, miss (not held), dropped (held, but no narinfo names it any more)", &["result"]),
+            local_cache_fills: counters(&r, "nixcache_local_cache_fills_total", "NARs put into the node-local tier, by source (download, storage) and result (stored, rejected: the bytes did not match the name's hash)", &["source", "result"]),
+            local_cache_evictions: counter(&r, "nixcache_local_cache_evictions_total", "NARs the node-local tier dropped to stay within --local-cache-size"),
+            local_cache_bytes: gauge(&r, "nixcache_local_cache_bytes", "Bytes of NARs held in the node-local tier"),
+            local_cache_served_bytes: counter(&r, "nixcache_local_cache_served_bytes_total", "Bytes of NARs served from the node-local tier"),
             registry: r,
         }
     }

@@ -16,7 +16,7 @@ use crate::http::{configure, count_requests, require_read_token, AppState};
 use crate::lock::{FallbackLock, LocalLock, Lock, RedisLock};
 use crate::metrics::Metrics;
 use crate::nix::CacheInfo;
-use crate::storage::{LocalStorage, S3Storage, Storage};
+use crate::storage::{LocalStorage, LocalTier, S3Storage, Storage};
 use crate::upstream::{HttpUpstream, Upstreams};
 
 const ACCESS_FLUSH_INTERVAL: Duration = Duration::from_secs(10);
@@ -181,7 +181,30 @@ pub async fn build_cache(config: &Config, role: Role) -> anyhow::Result<(Arc<Cac
         nar_failure_ttl: config.nar_failure_ttl,
         unfetched_ttl: config.gc_unfetched_ttl,
     };
-    let cache = Cache::new(settings, storage, db, lock, upstreams.clone(), key, metrics);
+    let tier = match (&config.local_cache, &config.storage, role) {
+        (Some((dir, size)), StorageConfig::S3(_), Role::Serve) => {
+            let tier = LocalTier::open(dir, *size, settings.memory_ttl, metrics.clone())
+                .await
+                .with_context(|| format!("opening the local NAR cache {}", dir.display()))?;
+            info!(dir = %dir.display(), size, held = tier.held_bytes(), "local NAR cache in front of S3");
+            Some(tier)
+        }
+        (Some((dir, _)), StorageConfig::Local(_), Role::Serve) => {
+            warn!(dir = %dir.display(), "--local-cache-dir ignored: storage is local already");
+            None
+        }
+        _ => None,
+    };
+    let cache = Cache::new(
+        settings,
+        storage,
+        tier,
+        db,
+        lock,
+        upstreams.clone(),
+        key,
+        metrics,
+    );
     Ok((cache, upstreams))
 }
 

@@ -237,6 +237,10 @@ impl Cache {
                 warn!(file = %nar_file, "unexpected NAR file name in the database; left alone");
                 continue;
             };
+            if let Some(tier) = &self.tier {
+                // Other replicas' tiers drop it when they next check, within the grace waited.
+                tier.drop_key(&nar_key(&file));
+            }
             self.storage.delete(&nar_key(&file)).await?;
             self.db.delete_nar(&nar_file).await?;
             self.count_stored(-1, bytes);
@@ -319,6 +323,7 @@ mod tests {
         let cache = Cache::new(
             settings,
             storage.clone(),
+            None,
             db,
             lock.clone(),
             Upstreams::new(vec![]),

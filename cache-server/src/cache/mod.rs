@@ -23,7 +23,7 @@ use crate::db::Database;
 use crate::lock::Lock;
 use crate::metrics::Metrics;
 use crate::nix::{SecretKey, StoreHash};
-use crate::storage::Storage;
+use crate::storage::{LocalTier, Storage};
 use crate::upstream::Upstreams;
 
 pub use access::AccessLog;
@@ -66,6 +66,8 @@ pub struct CacheSettings {
 pub struct Cache {
     settings: CacheSettings,
     storage: Arc<dyn Storage>,
+    /// The node-local NAR tier in front of shared storage, if configured.
+    tier: Option<Arc<LocalTier>>,
     db: Arc<dyn Database>,
     lock: Arc<dyn Lock>,
     upstreams: Upstreams,
@@ -90,9 +92,11 @@ pub struct Cache {
 }
 
 impl Cache {
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
         settings: CacheSettings,
         storage: Arc<dyn Storage>,
+        tier: Option<Arc<LocalTier>>,
         db: Arc<dyn Database>,
         lock: Arc<dyn Lock>,
         upstreams: Upstreams,
@@ -117,6 +121,7 @@ impl Cache {
         Arc::new(Self {
             settings,
             storage,
+            tier,
             db,
             lock,
             upstreams,

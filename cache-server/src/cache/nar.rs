@@ -24,7 +24,7 @@ use super::Cache;
 use crate::db::NarInfoRecord;
 use crate::lock::Keeper;
 use crate::nix::{NarFile, NarInfo};
-use crate::storage::{nar_key, ByteRange, Object, StorageError};
+use crate::storage::{nar_key, ByteRange, LocalTier, Object, StorageError};
 use crate::upstream::{upstream_error_kind, UpstreamError};
 use crate::util::{unique_name, unix_now};
 
@@ -243,10 +243,24 @@ impl Cache {
         file: &NarFile,
         range: Option<ByteRange>,
     ) -> Result<Option<Object>, StorageError> {
-        match self.storage.get(&nar_key(file), range).await {
+        let key = nar_key(file);
+        if let Some(tier) = &self.tier {
+            if let Some(object) = self.read_tier(tier, file, &key, range).await? {
+                self.access.nar(&file.file_name());
+                return Ok(Some(object));
+            }
+        }
+        match self.storage.get(&key, range).await {
             Ok(Some(o)) => {
                 self.access.nar(&file.file_name());
-                Ok(Some(o))
+                match &self.tier {
+                    // A whole read of a NAR a narinfo names fills the tier on its way out.
+                    Some(tier) if range.is_none() && self.referenced(file).await => {
+                        tier.mark_fresh(&key);
+                        Ok(Some(tier.fill_from(&key, file.hash.0, o)))
+                    }
+                    _ => Ok(Some(o)),
+                }
             }
             Ok(None) => Ok(None),
             Err(e @ StorageError::RangeNotSatisfiable { .. }) => Err(e),
@@ -256,6 +270,64 @@ impl Cache {
                     .with_label_values(&["storage"])
                     .inc();
                 warn!(file = %file, error = %e, "storage unavailable; answering 404");
+                Ok(None)
+            }
+        }
+    }
+
+    /// Whether a narinfo names this NAR, as the database says (no on an error: nothing is put
+    /// in the tier on a guess).
+    async fn referenced(&self, file: &NarFile) -> bool {
+        matches!(
+            self.db.narinfo_for_nar(&file.file_name()).await,
+            Ok(Some(_))
+        )
+    }
+
+    /// A read from the node-local tier: a held NAR, served if a narinfo named it within the
+    /// revalidation period or names it now; one that no narinfo names any more (GC forgot it) is
+    /// dropped. With the database down the tier serves what it holds: GC cannot run either.
+    async fn read_tier(
+        &self,
+        tier: &LocalTier,
+        file: &NarFile,
+        key: &str,
+        range: Option<ByteRange>,
+    ) -> Result<Option<Object>, StorageError> {
+        let count = |result: &str| {
+            self.metrics
+                .local_cache_requests
+                .with_label_values(&[result])
+                .inc();
+        };
+        if !tier.holds(key) {
+            count("miss");
+            return Ok(None);
+        }
+        if !tier.is_fresh(key) {
+            match self.db.narinfo_for_nar(&file.file_name()).await {
+                Ok(Some(_)) => tier.mark_fresh(key),
+                Ok(None) => {
+                    tier.drop_key(key);
+                    count("dropped");
+                    return Ok(None);
+                }
+                Err(_) => {}
+            }
+        }
+        match tier.get(key, range).await {
+            Ok(Some(object)) => {
+                count("hit");
+                Ok(Some(object))
+            }
+            Ok(None) => {
+                count("miss");
+                Ok(None)
+            }
+            Err(e @ StorageError::RangeNotSatisfiable { .. }) => Err(e),
+            Err(e) => {
+                warn!(file = %file, error = %e, "local NAR tier unreadable; using storage");
+                count("miss");
                 Ok(None)
             }
         }
@@ -514,7 +586,16 @@ impl Cache {
             // A holder whose lock expired (and may have passed to another replica) must not
             // commit.
             keeper.confirm().await?;
+            // The verified file goes into the tier too, once storage has it.
+            let local = match &self.tier {
+                Some(tier) => tier.stage(&path).await,
+                None => None,
+            };
             self.storage.put_file(&key, &path).await?;
+            if let (Some(tier), Some(local)) = (&self.tier, local) {
+                tier.commit_staged(&key, local).await;
+                tier.mark_fresh(&key);
+            }
             Ok(size)
         }
         .await;

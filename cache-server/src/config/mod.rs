@@ -234,6 +234,16 @@ pub struct ServeArgs {
     #[arg(long, env = "NIXCACHE_MAX_SIZE", value_name = "SIZE")]
     pub max_size: Option<String>,
 
+    /// With S3 storage: a directory of this replica's own where NARs it serves are also kept, so
+    /// warm hits are local file reads. Bounded by --local-cache-size, least recently used out;
+    /// never the source of truth (losing it loses nothing); taken up again after a restart.
+    #[arg(long, env = "NIXCACHE_LOCAL_CACHE_DIR", value_name = "DIR")]
+    pub local_cache_dir: Option<PathBuf>,
+
+    /// Bytes of NARs the local cache directory holds, e.g. `20G`. [default: 10G]
+    #[arg(long, env = "NIXCACHE_LOCAL_CACHE_SIZE", value_name = "SIZE")]
+    pub local_cache_size: Option<String>,
+
     /// When GC runs, in cron syntax (`MIN HOUR DOM MON DOW`, or with seconds first), e.g.
     /// `0 * * * *`. Every replica schedules it; only the one that takes the `gc` lock runs.
     #[arg(long, env = "NIXCACHE_GC_SCHEDULE", value_name = "CRON")]
@@ -493,6 +503,8 @@ pub struct Config {
     pub inflight_part_size: u64,
     /// GC size limit in bytes.
     pub max_size: Option<u64>,
+    /// The node-local NAR tier in front of S3: its directory and size in bytes.
+    pub local_cache: Option<(PathBuf, u64)>,
     pub gc_schedule: Option<croner::Cron>,
     pub gc_grace: Duration,
     pub gc_unfetched_ttl: Duration,
@@ -604,6 +616,8 @@ impl ServeArgs {
             lock_ttl: self.lock_ttl.or(other.lock_ttl),
             inflight_part_size: self.inflight_part_size.or(other.inflight_part_size),
             max_size: self.max_size.or(other.max_size),
+            local_cache_dir: self.local_cache_dir.or(other.local_cache_dir),
+            local_cache_size: self.local_cache_size.or(other.local_cache_size),
             gc_schedule: self.gc_schedule.or(other.gc_schedule),
             gc_grace: self.gc_grace.or(other.gc_grace),
             gc_unfetched_ttl: self.gc_unfetched_ttl.or(other.gc_unfetched_ttl),
@@ -790,6 +804,17 @@ impl ServeArgs {
             lock_namespace,
             lock_ttl: positive("lock-ttl", self.lock_ttl, 30)?,
             max_size: parse_size("max-size", self.max_size.as_deref())?,
+            local_cache: match &self.local_cache_dir {
+                Some(dir) => Some((
+                    dir.clone(),
+                    parse_size("local-cache-size", self.local_cache_size.as_deref())?
+                        .unwrap_or(10_000_000_000),
+                )),
+                None if self.local_cache_size.is_some() => {
+                    return Err(invalid("local-cache-size", "needs --local-cache-dir"))
+                }
+                None => None,
+            },
             gc_schedule: self
                 .gc_schedule
                 .as_deref()

@@ -3,6 +3,7 @@
 
 mod local;
 mod s3;
+mod tier;
 
 use std::path::Path;
 
@@ -12,6 +13,7 @@ use futures_util::stream::BoxStream;
 
 pub use local::LocalStorage;
 pub use s3::{S3Config, S3Storage};
+pub use tier::{LocalTier, StagedNar};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StorageError {
