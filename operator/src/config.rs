@@ -19,6 +19,26 @@ pub const KEY_DIR: &str = "/etc/nixcache/signing-key";
 pub const KEY_FILE: &str = "secret-key";
 /// The data volume (SQLite and NARs when storage is local).
 pub const DATA_DIR: &str = "/var/lib/nixcache";
+/// The node-local NAR cache's volume, with S3 storage.
+pub const LOCAL_CACHE_DIR: &str = "/var/cache/nixcache";
+/// Its size when the spec gives none.
+pub const DEFAULT_LOCAL_CACHE_SIZE: &str = "10Gi";
+/// The share of its volume the local cache fills.
+const LOCAL_CACHE_SHARE: f64 = 0.9;
+
+/// The node-local NAR cache's volume size, when the cache has one (S3 storage, not disabled).
+pub fn local_cache_size(spec: &NixCacheSpec) -> Option<&str> {
+    spec.storage.s3.as_ref()?;
+    let local = spec.storage.local_cache.as_ref();
+    if local.is_some_and(|l| l.disabled) {
+        return None;
+    }
+    Some(
+        local
+            .and_then(|l| l.size.as_deref())
+            .unwrap_or(DEFAULT_LOCAL_CACHE_SIZE),
+    )
+}
 /// The port the server listens on inside the pod.
 pub const SERVER_PORT: u16 = 8080;
 
@@ -61,6 +81,10 @@ pub fn render(nc: &NixCache) -> ServeArgs {
         });
         args.s3_endpoint = s3.endpoint.clone();
         args.s3_region = s3.region.clone();
+    }
+    if let Some(bytes) = local_cache_size(spec).and_then(quantity_bytes) {
+        args.local_cache_dir = Some(PathBuf::from(LOCAL_CACHE_DIR));
+        args.local_cache_size = Some(((bytes as f64 * LOCAL_CACHE_SHARE) as u64).to_string());
     }
     if !gc_runs_as_jobs(spec) {
         args.gc_schedule = gc_bound(spec).map(|(_, schedule)| schedule);
@@ -162,6 +186,20 @@ pub fn validate(nc: &NixCache) -> Result<(), InvalidSpec> {
             return Err(invalid(format!(
                 "spec.storage.sizeLimit {limit:?} is not a size (write e.g. 10Gi)"
             )));
+        }
+    }
+    if let Some(local) = &storage.local_cache {
+        if storage.s3.is_none() {
+            return Err(invalid(
+                "spec.storage.localCache is a cache in front of S3: it needs spec.storage.s3",
+            ));
+        }
+        if let Some(size) = &local.size {
+            if !is_quantity(size) {
+                return Err(invalid(format!(
+                    "spec.storage.localCache.size {size:?} is not a size (write e.g. 20Gi)"
+                )));
+            }
         }
     }
     if let Some(claim) = &storage.existing_claim {
@@ -436,6 +474,31 @@ mod tests {
         );
         assert_eq!(render(&pvc).gc_schedule.as_deref(), Some("*/5 * * * *"));
         assert_eq!(render(&pvc).max_size.as_deref(), Some("1G"));
+    }
+
+    #[test]
+    fn replicas_on_s3_get_a_local_nar_cache_unless_told_not_to() {
+        let s3 = |local: serde_json::Value| {
+            cache(
+                serde_json::json!({"storage": {"s3": {"bucket": "b", "credentialsSecret": "s"},
+                "localCache": local}}),
+            )
+        };
+        let on = render(&s3(serde_json::json!({})));
+        assert_eq!(
+            on.local_cache_dir.as_deref(),
+            Some(std::path::Path::new(LOCAL_CACHE_DIR))
+        );
+        // 90% of the default 10Gi.
+        assert_eq!(on.local_cache_size.as_deref(), Some("9663676416"));
+        let sized = render(&s3(serde_json::json!({"size": "100G"})));
+        assert_eq!(sized.local_cache_size.as_deref(), Some("90000000000"));
+        let off = render(&s3(serde_json::json!({"disabled": true})));
+        assert_eq!(off.local_cache_dir, None);
+        validate(&s3(serde_json::json!({"size": "100G"}))).expect("valid");
+        let local = cache(serde_json::json!({"storage": {"localCache": {}}}));
+        assert!(validate(&local).is_err(), "no S3, no cache in front of it");
+        assert_eq!(render(&cache(serde_json::json!({}))).local_cache_dir, None);
     }
 
     #[test]

@@ -176,6 +176,26 @@ pub struct StorageSpec {
     pub size_limit: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub s3: Option<S3Spec>,
+    /// With S3: each replica's node-local NAR cache, so warm hits are local file reads. On by
+    /// default (a 10Gi emptyDir) for S3 storage.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub local_cache: Option<LocalCacheSpec>,
+}
+
+/// The node-local NAR cache of each replica (never the source of truth: losing it loses nothing).
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct LocalCacheSpec {
+    /// Turn it off.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub disabled: bool,
+    /// The volume's size (the emptyDir's limit); the cache keeps to 90% of it. Default `10Gi`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub size: Option<String>,
+    /// A volume claim made for each pod instead of an emptyDir (a generic ephemeral volume, e.g.
+    /// on local SSDs); it should request at least `size`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ephemeral: Option<k8s_openapi::api::core::v1::EphemeralVolumeSource>,
 }
 
 #[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]

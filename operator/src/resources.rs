@@ -443,6 +443,17 @@ fn volumes(nc: &NixCache) -> Value {
         data,
         {"name": "tmp", "emptyDir": {}},
     ]);
+    if crate::config::local_cache_size(&nc.spec).is_some() {
+        let local = nc.spec.storage.local_cache.as_ref();
+        let volume = match local.and_then(|l| l.ephemeral.as_ref()) {
+            Some(ephemeral) => json!({"name": "local-cache", "ephemeral": ephemeral}),
+            None => json!({"name": "local-cache", "emptyDir": {"sizeLimit":
+                crate::config::local_cache_size(&nc.spec)}}),
+        };
+        if let Some(list) = volumes.as_array_mut() {
+            list.push(volume);
+        }
+    }
     for (_, volume, r) in tokens(nc) {
         if let Some(list) = volumes.as_array_mut() {
             list.push(json!({"name": volume, "secret": {"secretName": r.name,
@@ -459,6 +470,9 @@ fn container(nc: &NixCache, defaults: &Defaults, args: &[&str]) -> Value {
         json!({"name": "data", "mountPath": DATA_DIR}),
         json!({"name": "tmp", "mountPath": "/tmp"}),
     ];
+    if crate::config::local_cache_size(&nc.spec).is_some() {
+        mounts.push(json!({"name": "local-cache", "mountPath": crate::config::LOCAL_CACHE_DIR}));
+    }
     for (_, volume, _) in tokens(nc) {
         mounts.push(
             json!({"name": volume, "mountPath": format!("{TOKENS_DIR}/{volume}"),
@@ -843,6 +857,45 @@ mod tests {
             serde_json::to_string(&d.spec.and_then(|s| s.template.spec).expect("pod").volumes)
                 .expect("volumes");
         assert!(volumes.contains("\"claimName\":\"nix-store\""), "{volumes}");
+    }
+
+    #[test]
+    fn replicas_on_s3_mount_a_bounded_local_nar_cache() {
+        let d = deployment(&ha(), &Defaults::with_image("img:1"), "k:A", "").expect("deploy");
+        let pod = d.spec.and_then(|s| s.template.spec).expect("pod");
+        let volume = pod
+            .volumes
+            .iter()
+            .flatten()
+            .find(|v| v.name == "local-cache")
+            .expect("the local cache volume");
+        assert_eq!(
+            volume
+                .empty_dir
+                .as_ref()
+                .and_then(|e| e.size_limit.clone())
+                .map(|q| q.0)
+                .as_deref(),
+            Some("10Gi")
+        );
+        let mounts = serde_json::to_string(&pod.containers[0].volume_mounts).expect("mounts");
+        assert!(mounts.contains("/var/cache/nixcache"), "{mounts}");
+        let ssd = cache(json!({"replicas": 1, "storage": {"s3": {"bucket": "b",
+            "credentialsSecret": "s"}, "localCache": {"size": "50Gi", "ephemeral":
+            {"volumeClaimTemplate": {"spec": {"accessModes": ["ReadWriteOnce"],
+            "storageClassName": "local-ssd", "resources": {"requests": {"storage": "50Gi"}}}}}}}}));
+        let pod = deployment(&ssd, &Defaults::with_image("img:1"), "k:A", "")
+            .expect("deploy")
+            .spec
+            .and_then(|s| s.template.spec)
+            .expect("pod");
+        let volume = pod
+            .volumes
+            .iter()
+            .flatten()
+            .find(|v| v.name == "local-cache")
+            .expect("volume");
+        assert!(volume.ephemeral.is_some() && volume.empty_dir.is_none());
     }
 
     #[test]
