@@ -3,6 +3,7 @@
 //! the same run, and reports medians and nixcache / nginx ratios as a markdown table.
 
 mod dataset;
+mod ha;
 mod measure;
 mod servers;
 
@@ -18,31 +19,32 @@ use measure::median;
 
 #[derive(Parser)]
 #[command(about = "nixcache against nginx serving the same binary cache")]
-struct Args {
-    /// `quick` (~300 MiB, 150 paths) or `full` (~1 GiB, 400 paths).
+pub(crate) struct Args {
+    /// `quick` (~300 MiB, 150 paths), `full` (~1 GiB, 400 paths), or `ha` (three replicas on
+    /// PostgreSQL, Redis and SeaweedFS with their local tiers, on the quick data set).
     #[arg(long, default_value = "quick")]
-    profile: String,
+    pub(crate) profile: String,
     /// Repetitions of each measurement (the median is reported).
     #[arg(long, default_value_t = 5)]
-    repeat: usize,
+    pub(crate) repeat: usize,
     /// Where generated data sets are kept (reused across runs).
     #[arg(long, default_value = "target/bench-data")]
-    data: PathBuf,
+    pub(crate) data: PathBuf,
     /// Results file; the table for this profile is replaced, everything else in it kept.
     #[arg(long, default_value = "bench/RESULTS.md")]
-    out: PathBuf,
+    pub(crate) out: PathBuf,
     /// Seconds of each wrk run.
     #[arg(long, default_value_t = 5)]
-    wrk_seconds: u32,
+    pub(crate) wrk_seconds: u32,
     /// Least seconds of each latency and NAR throughput run (whole passes over the data set).
     #[arg(long, default_value_t = 3.0)]
-    seconds: f64,
+    pub(crate) seconds: f64,
     /// Concurrent clients in the miss-path measurement.
     #[arg(long, default_value_t = 16)]
-    miss_clients: usize,
+    pub(crate) miss_clients: usize,
     /// Paths (spread over all sizes) in the miss-path measurement.
     #[arg(long, default_value_t = 24)]
-    miss_paths: usize,
+    pub(crate) miss_paths: usize,
 }
 
 struct Row {
@@ -85,7 +87,7 @@ fn table(rows: &[Row]) -> String {
 }
 
 /// Fetches every narinfo and NAR once through nixcache, checking sizes: afterwards all are hits.
-async fn warm(base: &str, entries: &[Entry]) -> anyhow::Result<()> {
+pub(crate) async fn warm(base: &str, entries: &[Entry]) -> anyhow::Result<()> {
     let client = reqwest::Client::new();
     let mut tasks = futures_util::stream::iter(entries.iter().cloned().map(|e| {
         let (client, base) = (client.clone(), base.to_string());
@@ -128,7 +130,7 @@ async fn warm(base: &str, entries: &[Entry]) -> anyhow::Result<()> {
 }
 
 /// Counts GETs of each NAR in an nginx access log; returns the largest count.
-fn max_fetches(log: &Path, entries: &[Entry]) -> anyhow::Result<usize> {
+pub(crate) fn max_fetches(log: &Path, entries: &[Entry]) -> anyhow::Result<usize> {
     let text = std::fs::read_to_string(log).unwrap_or_default();
     Ok(entries
         .iter()
@@ -139,6 +141,15 @@ fn max_fetches(log: &Path, entries: &[Entry]) -> anyhow::Result<usize> {
         })
         .max()
         .unwrap_or(0))
+}
+
+fn commit() -> String {
+    std::process::Command::new("git")
+        .args(["rev-parse", "--short", "HEAD"])
+        .output()
+        .ok()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .unwrap_or_default()
 }
 
 fn machine() -> String {
@@ -175,9 +186,9 @@ fn replace_section(out: &Path, profile: &str, section: &str) -> anyhow::Result<(
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     let profile: Profile = match args.profile.as_str() {
-        "quick" => dataset::QUICK,
+        "quick" | "ha" => dataset::QUICK,
         "full" => dataset::FULL,
-        p => bail!("unknown profile {p:?} (quick, full)"),
+        p => bail!("unknown profile {p:?} (quick, full, ha)"),
     };
     let started = Instant::now();
     let data = dataset::ensure(&args.data, profile).await?;
@@ -189,6 +200,22 @@ async fn main() -> anyhow::Result<()> {
     );
     let work = tempfile::tempdir()?;
     let bin = servers::nixcache_bin()?;
+    if args.profile == "ha" {
+        let tables = ha::run(&args, &data, work.path(), &bin).await?;
+        let section = format!(
+            "## Profile `ha`\n\nThree replicas (PostgreSQL, three Redis masters, SeaweedFS, a node-local tier each) on the quick data set: {} paths, {} MiB compressed; median of {} runs; commit {}; {}; {} s in all.\n\n{tables}\n",
+            data.entries.len(),
+            total >> 20,
+            args.repeat,
+            commit(),
+            machine(),
+            started.elapsed().as_secs(),
+        );
+        println!("{section}");
+        replace_section(&args.out, "ha", &section)?;
+        eprintln!("written to {}", args.out.display());
+        return Ok(());
+    }
 
     // Hits: nginx serving the files, nixcache warmed in front of it.
     let nginx = servers::nginx(&data.cache_dir, &work.path().join("nginx"), None).await?;
@@ -261,12 +288,19 @@ async fn main() -> anyhow::Result<()> {
         let cache =
             servers::nixcache(&bin, &upstream.url, &data.public_key, &fresh, &[], &[]).await?;
         std::fs::write(&log, "")?;
-        let (t, f) = measure::miss_path(&cache.url, &sample, args.miss_clients).await?;
+        let (t, f) =
+            measure::miss_path(std::slice::from_ref(&cache.url), &sample, args.miss_clients)
+                .await?;
         fetches = fetches.max(max_fetches(&log, &sample)?);
         miss_total.push(t);
         miss_ttfb.push(f);
         drop(cache);
-        let (t, f) = measure::miss_path(&upstream.url, &sample, args.miss_clients).await?;
+        let (t, f) = measure::miss_path(
+            std::slice::from_ref(&upstream.url),
+            &sample,
+            args.miss_clients,
+        )
+        .await?;
         direct_total.push(t);
         direct_ttfb.push(f);
     }
@@ -341,12 +375,7 @@ async fn main() -> anyhow::Result<()> {
         },
     ]);
 
-    let commit = std::process::Command::new("git")
-        .args(["rev-parse", "--short", "HEAD"])
-        .output()
-        .ok()
-        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
-        .unwrap_or_default();
+    let commit = commit();
     let section = format!(
         "## Profile `{}`\n\n{} paths, ~{} MiB of NARs ({} MiB compressed); median of {} runs; commit {commit}; {}; {} s in all.\n\n{}\n",
         profile.name,

@@ -147,10 +147,11 @@ pub async fn nar_throughput(
     Ok(wrk(base, &paths, workers, seconds, work).await?.1 / (1 << 20) as f64)
 }
 
-/// `clients` concurrent clients each fetching every entry (narinfo, then NAR): total seconds and
-/// the median time to the first byte of a NAR, in milliseconds.
+/// `clients` concurrent clients (spread over `bases`, one server or several replicas) each
+/// fetching every entry (narinfo, then NAR): total seconds and the median time to the first byte
+/// of a NAR, in milliseconds.
 pub async fn miss_path(
-    base: &str,
+    bases: &[String],
     entries: &[Entry],
     clients: usize,
 ) -> anyhow::Result<(f64, f64)> {
@@ -158,7 +159,7 @@ pub async fn miss_path(
     let start = Instant::now();
     let mut tasks = Vec::new();
     for c in 0..clients {
-        let (entries, base) = (entries.clone(), base.to_string());
+        let (entries, base) = (entries.clone(), bases[c % bases.len().max(1)].clone());
         tasks.push(tokio::spawn(async move {
             let client = client(1)?;
             let mut ttfb = Vec::new();
