@@ -75,6 +75,8 @@ struct Opened {
     start: u64,
     end: u64,
     first: Bytes,
+    /// The whole requested range, mapped (reads longer than the first read).
+    mapped: Option<Bytes>,
 }
 
 fn open_and_read(path: &Path, range: Option<ByteRange>) -> Result<Option<Opened>, StorageError> {
@@ -90,6 +92,20 @@ fn open_and_read(path: &Path, range: Option<ByteRange>) -> Result<Option<Opened>
             .resolve(total)
             .ok_or(StorageError::RangeNotSatisfiable { total })?,
     };
+    if end - start > FIRST_READ {
+        // Larger reads are served from a map of the file: no copy into a buffer of ours. (A
+        // file system that cannot map falls back to reads.)
+        if let Ok(map) = super::mapped::map(&file, total) {
+            return Ok(Some(Opened {
+                file,
+                total,
+                start,
+                end,
+                first: Bytes::new(),
+                mapped: Some(map.slice(start as usize..end as usize)),
+            }));
+        }
+    }
     let first = read_at(&file, start, (end - start).min(FIRST_READ))?;
     Ok(Some(Opened {
         file,
@@ -97,6 +113,7 @@ fn open_and_read(path: &Path, range: Option<ByteRange>) -> Result<Option<Opened>
         start,
         end,
         first,
+        mapped: None,
     }))
 }
 
@@ -165,10 +182,24 @@ impl Storage for LocalStorage {
             start,
             end,
             first,
+            mapped,
         }) = opened
         else {
             return Ok(None);
         };
+        if let Some(mapped) = mapped {
+            // Handed to the server in read-sized slices of the map, none of them a copy.
+            let step = READ_CHUNK as usize;
+            let chunks: Vec<std::io::Result<Bytes>> = (0..mapped.len())
+                .step_by(step)
+                .map(|at| Ok(mapped.slice(at..(at + step).min(mapped.len()))))
+                .collect();
+            return Ok(Some(Object {
+                total,
+                range: (start, end),
+                body: futures_util::stream::iter(chunks).boxed(),
+            }));
+        }
         let first_len = first.len() as u64;
         let head = futures_util::stream::once(async move { Ok(first) });
         let body = if start + first_len >= end {

@@ -2,6 +2,7 @@
 //! implementation passes the same conformance tests.
 
 mod local;
+mod mapped;
 mod s3;
 mod tier;
 
