@@ -54,7 +54,7 @@ pub async fn narinfo_latency(base: &str, entries: &[Entry], seconds: f64) -> any
 
 /// Runs wrk with `connections` connections for `seconds`, cycling over `paths`: (requests per
 /// second, bytes per second). Any non-2xx answer or socket error fails the run.
-async fn wrk(
+pub async fn wrk(
     base: &str,
     paths: &[String],
     connections: usize,

@@ -286,6 +286,62 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn large_reads_come_from_a_map_that_outlives_the_name() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let storage = LocalStorage::open(dir.path().join("store"), true)
+            .await
+            .expect("open");
+        let data: Vec<u8> = (0..3_000_000u32).map(|i| (i % 253) as u8).collect();
+        storage
+            .put_bytes("nar/big.nar.xz", Bytes::from(data.clone()))
+            .await
+            .expect("put");
+        let collect = |o: Object| async move {
+            let mut out = Vec::new();
+            let mut body = o.body;
+            let mut chunks = 0;
+            while let Some(chunk) = body.next().await {
+                let chunk = chunk.expect("chunk");
+                assert!(chunk.len() as u64 <= READ_CHUNK, "read-sized slices");
+                out.extend_from_slice(&chunk);
+                chunks += 1;
+            }
+            (out, chunks)
+        };
+        let whole = storage
+            .get("nar/big.nar.xz", None)
+            .await
+            .expect("get")
+            .expect("present");
+        assert_eq!(whole.total, 3_000_000);
+        let (bytes, chunks) = collect(whole).await;
+        assert!(bytes == data, "every byte, in order");
+        assert_eq!(chunks, 3);
+        // A range across slice boundaries.
+        let part = storage
+            .get(
+                "nar/big.nar.xz",
+                Some(ByteRange::From {
+                    start: 1_000_000,
+                    end: Some(2_499_999),
+                }),
+            )
+            .await
+            .expect("get")
+            .expect("present");
+        assert_eq!(part.range, (1_000_000, 2_500_000));
+        // Deleted (GC, eviction) while a response is under way: the mapped bytes stay readable.
+        storage.delete("nar/big.nar.xz").await.expect("delete");
+        let (bytes, _) = collect(part).await;
+        assert!(bytes == data[1_000_000..2_500_000]);
+        assert!(storage
+            .get("nar/big.nar.xz", None)
+            .await
+            .expect("get")
+            .is_none());
+    }
+
+    #[tokio::test]
     async fn staging_is_emptied_at_open() {
         let dir = tempfile::tempdir().expect("tempdir");
         std::fs::create_dir_all(dir.path().join(".staging")).expect("mkdir");
