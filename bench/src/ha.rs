@@ -214,6 +214,7 @@ pub async fn run(args: &Args, data: &Dataset, work: &Path, bin: &Path) -> anyhow
     let mut nar1: [Vec<f64>; 4] = Default::default();
     let mut nar16: [Vec<f64>; 4] = Default::default();
     let mut peak = [0u64; 4];
+    let mut peak_anon = [0u64; 4];
     for round in 0..args.repeat {
         eprintln!("HA round {}/{}", round + 1, args.repeat);
         for (i, s) in servers.iter().enumerate() {
@@ -221,9 +222,11 @@ pub async fn run(args: &Args, data: &Dataset, work: &Path, bin: &Path) -> anyhow
                 measure::narinfo_throughput(&s.url, &warm_set, work, args.wrk_seconds).await?,
             );
             s.reset_peak_rss();
+            let anon = s.watch_rss_anon();
             nar1[i].push(measure::nar_throughput(&s.url, &warm_set, 1, args.seconds, work).await?);
             nar16[i]
                 .push(measure::nar_throughput(&s.url, &warm_set, 16, args.seconds, work).await?);
+            peak_anon[i] = peak_anon[i].max(anon.finish());
             peak[i] = peak[i].max(s.peak_rss().unwrap_or(0));
         }
     }
@@ -296,13 +299,23 @@ pub async fn run(args: &Args, data: &Dataset, work: &Path, bin: &Path) -> anyhow
             "0",
         ),
         (
-            "HA replica peak RSS (MiB)".into(),
+            "HA replica peak RSS (MiB; VmHWM, mapped file pages included)".into(),
             format!("{:.1}", replica_peak as f64 / (1 << 20) as f64),
+            "",
+        ),
+        (
+            "HA replica (warm) peak RssAnon during NAR runs (MiB; its own memory)".into(),
+            format!("{:.1}", peak_anon[2] as f64 / (1 << 20) as f64),
             "< 150",
         ),
         (
-            "single node peak RSS (MiB)".into(),
+            "single node peak RSS (MiB; VmHWM)".into(),
             format!("{:.1}", peak[1] as f64 / (1 << 20) as f64),
+            "",
+        ),
+        (
+            "single node peak RssAnon during NAR runs (MiB)".into(),
+            format!("{:.1}", peak_anon[1] as f64 / (1 << 20) as f64),
             "",
         ),
     ] {

@@ -5,6 +5,7 @@
 mod dataset;
 mod ha;
 mod measure;
+mod scale;
 mod servers;
 
 use std::path::{Path, PathBuf};
@@ -20,8 +21,9 @@ use measure::median;
 #[derive(Parser)]
 #[command(about = "nixcache against nginx serving the same binary cache")]
 pub(crate) struct Args {
-    /// `quick` (~300 MiB, 150 paths), `full` (~1 GiB, 400 paths), or `ha` (three replicas on
-    /// PostgreSQL, Redis and SeaweedFS with their local tiers, on the quick data set).
+    /// `quick` (~300 MiB, 150 paths), `full` (~1 GiB, 400 paths), `ha` (three replicas on
+    /// PostgreSQL, Redis and SeaweedFS with their local tiers, on the quick data set), or `scale`
+    /// (generated caches of `--sizes` paths in PostgreSQL).
     #[arg(long, default_value = "quick")]
     pub(crate) profile: String,
     /// Repetitions of each measurement (the median is reported).
@@ -45,6 +47,15 @@ pub(crate) struct Args {
     /// Paths (spread over all sizes) in the miss-path measurement.
     #[arg(long, default_value_t = 24)]
     pub(crate) miss_paths: usize,
+    /// `scale`: the numbers of paths measured, comma-separated.
+    #[arg(long, value_delimiter = ',', default_value = "10000,100000,1000000")]
+    pub(crate) sizes: Vec<usize>,
+    /// `scale`: narinfo lookups measured per size (paths spread over the cache).
+    #[arg(long, default_value_t = 2000)]
+    pub(crate) lookups: usize,
+    /// `scale`: NARs read by `fsck --deep --sample`.
+    #[arg(long, default_value_t = 1000)]
+    pub(crate) deep_sample: usize,
 }
 
 struct Row {
@@ -185,12 +196,29 @@ fn replace_section(out: &Path, profile: &str, section: &str) -> anyhow::Result<(
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
+    let started = Instant::now();
+    if args.profile == "scale" {
+        std::fs::create_dir_all(&args.data)?;
+        // Beside the other data sets, not in /tmp: a million small files want a real disk.
+        let work = tempfile::tempdir_in(&args.data)?;
+        let bin = servers::nixcache_bin()?;
+        let table = scale::run(&args, work.path(), &bin).await?;
+        let section = format!(
+            "## Profile `scale`\n\nGenerated caches in PostgreSQL and local storage (a signed narinfo and an uncompressed NAR of a few hundred bytes per path); commit {}; {}; {} s in all.\n\n{table}\n",
+            commit(),
+            machine(),
+            started.elapsed().as_secs(),
+        );
+        println!("{section}");
+        replace_section(&args.out, "scale", &section)?;
+        eprintln!("written to {}", args.out.display());
+        return Ok(());
+    }
     let profile: Profile = match args.profile.as_str() {
         "quick" | "ha" => dataset::QUICK,
         "full" => dataset::FULL,
-        p => bail!("unknown profile {p:?} (quick, full, ha)"),
+        p => bail!("unknown profile {p:?} (quick, full, ha, scale)"),
     };
-    let started = Instant::now();
     let data = dataset::ensure(&args.data, profile).await?;
     let total: u64 = data.entries.iter().map(|e| e.file_size).sum();
     eprintln!(
@@ -245,6 +273,9 @@ async fn main() -> anyhow::Result<()> {
     let mut nar: [[Vec<f64>; 3]; 3] = Default::default();
     let workers = [1usize, 4, 16];
     let mut peak_rss = [0u64; 3];
+    let mut peak_anon = [0u64; 3];
+    // CPU seconds the server spent per GiB it sent, by worker count.
+    let mut cpu_per_gib: [[Vec<f64>; 3]; 3] = Default::default();
     for round in 0..args.repeat {
         eprintln!("round {}/{}", round + 1, args.repeat);
         for (i, s) in all.iter().enumerate() {
@@ -254,12 +285,17 @@ async fn main() -> anyhow::Result<()> {
                     .await?,
             );
             s.reset_peak_rss();
+            let anon = s.watch_rss_anon();
             for (w, n) in workers.iter().enumerate() {
-                nar[i][w].push(
+                let (cpu, wall) = (s.cpu_seconds(), Instant::now());
+                let mib_s =
                     measure::nar_throughput(&s.url, &data.entries, *n, args.seconds, work.path())
-                        .await?,
-                );
+                        .await?;
+                let gib = mib_s * wall.elapsed().as_secs_f64() / 1024.0;
+                cpu_per_gib[i][w].push((s.cpu_seconds() - cpu) / gib);
+                nar[i][w].push(mib_s);
             }
+            peak_anon[i] = peak_anon[i].max(anon.finish());
             peak_rss[i] = peak_rss[i].max(s.peak_rss().unwrap_or(0));
         }
     }
@@ -366,14 +402,42 @@ async fn main() -> anyhow::Result<()> {
             decimals: 0,
         },
         Row {
-            name: "nixcache peak RSS during NAR runs (MiB)".into(),
+            name: "nixcache peak RSS during NAR runs (MiB; VmHWM, mapped file pages included)"
+                .into(),
             nginx: None,
             nixcache: peak_rss[1] as f64 / (1 << 20) as f64,
             s3: Some(peak_rss[2] as f64 / (1 << 20) as f64),
+            target: "",
+            decimals: 1,
+        },
+        Row {
+            name:
+                "nixcache peak RssAnon during NAR runs (MiB; its own memory, sampled every 20 ms)"
+                    .into(),
+            nginx: None,
+            nixcache: peak_anon[1] as f64 / (1 << 20) as f64,
+            s3: Some(peak_anon[2] as f64 / (1 << 20) as f64),
             target: "< 150",
             decimals: 1,
         },
     ]);
+    // After the throughput rows: CPU per GiB (the server's own; for S3, without SeaweedFS's).
+    for (w, n) in workers.iter().enumerate() {
+        rows.insert(
+            5 + w,
+            Row {
+                name: format!(
+                    "server CPU per GiB of NARs sent, {n} worker{} (core-seconds)",
+                    if *n == 1 { "" } else { "s" }
+                ),
+                nginx: Some(m(&cpu_per_gib[0][w])),
+                nixcache: m(&cpu_per_gib[1][w]),
+                s3: Some(m(&cpu_per_gib[2][w])),
+                target: "",
+                decimals: 3,
+            },
+        );
+    }
 
     let commit = commit();
     let section = format!(

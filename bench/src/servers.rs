@@ -34,21 +34,99 @@ impl Server {
 
     /// Peak resident set size since the last `reset_peak_rss`, in bytes.
     pub fn peak_rss(&self) -> Option<u64> {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid())).ok()?;
-        let kb: u64 = status
-            .lines()
-            .find_map(|l| l.strip_prefix("VmHWM:"))?
-            .trim()
-            .trim_end_matches(" kB")
-            .trim()
-            .parse()
-            .ok()?;
-        Some(kb * 1024)
+        Some(status_kb(self.pid(), "VmHWM:")? * 1024)
     }
 
     pub fn reset_peak_rss(&self) {
         let _ = std::fs::write(format!("/proc/{}/clear_refs", self.pid()), "5");
     }
+
+    /// Samples the process's RssAnon (its own memory, without the file pages it maps, which
+    /// VmHWM counts) every 20 ms until the returned watch is finished: its largest value.
+    pub fn watch_rss_anon(&self) -> RssWatch {
+        let pid = self.pid();
+        let peak = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let seen = peak.clone();
+        let task = tokio::spawn(async move {
+            loop {
+                if let Some(kb) = status_kb(pid, "RssAnon:") {
+                    seen.fetch_max(kb * 1024, std::sync::atomic::Ordering::Relaxed);
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        });
+        RssWatch { peak, task }
+    }
+
+    /// CPU time (user and system) the server has used so far, in seconds: the process and its
+    /// children (nginx's workers).
+    pub fn cpu_seconds(&self) -> f64 {
+        let pid = self.pid();
+        let mut pids = vec![pid];
+        if let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) {
+            for t in tasks.flatten() {
+                let children =
+                    std::fs::read_to_string(t.path().join("children")).unwrap_or_default();
+                pids.extend(
+                    children
+                        .split_whitespace()
+                        .filter_map(|c| c.parse::<u32>().ok()),
+                );
+            }
+        }
+        let ticks: u64 = pids.iter().filter_map(|&p| cpu_ticks(p)).sum();
+        ticks as f64 / clock_ticks_per_second()
+    }
+}
+
+/// A running RssAnon sampler ([`Server::watch_rss_anon`]).
+pub struct RssWatch {
+    peak: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl RssWatch {
+    /// Stops sampling; the largest RssAnon seen, in bytes.
+    pub fn finish(self) -> u64 {
+        self.task.abort();
+        self.peak.load(std::sync::atomic::Ordering::Relaxed)
+    }
+}
+
+fn status_kb(pid: u32, field: &str) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(field))?
+        .trim()
+        .trim_end_matches(" kB")
+        .trim()
+        .parse()
+        .ok()
+}
+
+/// utime + stime of one process (all its threads), in clock ticks.
+fn cpu_ticks(pid: u32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name may hold spaces and parentheses: fields start after the last ')'.
+    let rest = &stat[stat.rfind(')')? + 2..];
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    // After the name: state is field 3 of the line, utime 14 and stime 15.
+    let utime: u64 = fields.get(11)?.parse().ok()?;
+    let stime: u64 = fields.get(12)?.parse().ok()?;
+    Some(utime + stime)
+}
+
+fn clock_ticks_per_second() -> f64 {
+    static TICKS: std::sync::OnceLock<f64> = std::sync::OnceLock::new();
+    *TICKS.get_or_init(|| {
+        Command::new("getconf")
+            .arg("CLK_TCK")
+            .output()
+            .ok()
+            .and_then(|o| String::from_utf8_lossy(&o.stdout).trim().parse().ok())
+            .unwrap_or(100.0)
+    })
 }
 
 async fn wait_ready(url: &str, child: &mut Child, what: &str) -> anyhow::Result<()> {

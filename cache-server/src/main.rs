@@ -43,6 +43,10 @@ enum Command {
         /// Also read every NAR and check it against its narinfo's hashes.
         #[arg(long)]
         deep: bool,
+        /// With --deep, read only this many NARs, spread evenly over the recorded ones (a spot
+        /// check of a large cache); the others are checked for presence and size.
+        #[arg(long, value_name = "N", requires = "deep", value_parser = clap::value_parser!(u64).range(1..))]
+        sample: Option<u64>,
         /// Fix what is safe to fix: forget bad or missing NARs (they are fetched again on demand),
         /// delete orphans, record unrecorded good NARs.
         #[arg(long)]
@@ -216,9 +220,16 @@ fn main() -> ExitCode {
             }
             Ok(())
         }),
-        Command::Fsck { deep, repair, args } => args.resolve().map_err(Into::into).and_then(|config| {
+        Command::Fsck {
+            deep,
+            sample,
+            repair,
+            args,
+        } => args.resolve().map_err(Into::into).and_then(|config| {
             init_logging(config.log_format);
-            let problems = actix_web::rt::System::new().block_on(nixcache::server::fsck(config, deep, repair))?;
+            let sample = sample.map(|n| usize::try_from(n).unwrap_or(usize::MAX));
+            let problems = actix_web::rt::System::new()
+                .block_on(nixcache::server::fsck(config, deep, sample, repair))?;
             for p in &problems {
                 println!("{p}{}", if repair { " (repaired)" } else { "" });
             }

@@ -396,10 +396,11 @@ pub async fn gc_once(config: Config) -> anyhow::Result<crate::cache::gc::GcRepor
 pub async fn fsck(
     config: Config,
     deep: bool,
+    sample: Option<usize>,
     repair: bool,
 ) -> anyhow::Result<Vec<crate::cache::fsck::Problem>> {
     let (cache, _) = build_cache(&config, Role::Gc).await?;
-    Ok(cache.fsck(deep, repair, config.gc_grace).await?)
+    Ok(cache.fsck(deep, sample, repair, config.gc_grace).await?)
 }
 
 /// Learns each upstream's priority from its `nix-cache-info`, retrying in the background until

@@ -49,7 +49,7 @@ pub enum Error {
     /// The API server refused a child; written to status as `ApplyFailed`.
     #[error("applying {kind} {name:?}: {message}")]
     Apply {
-        kind: &'static str,
+        kind: String,
         name: String,
         message: String,
     },
@@ -112,28 +112,13 @@ fn refused(kind: String, name: &str, e: kube::Error) -> Error {
     match e {
         kube::Error::Api(s) if (400..500).contains(&s.code) && ![409, 429].contains(&s.code) => {
             Error::Apply {
-                kind: kind_name(&kind),
+                kind,
                 name: name.to_string(),
                 message: s.message,
             }
         }
         e => Error::Kube(e),
     }
-}
-
-/// A `'static` name for the kinds the operator applies.
-fn kind_name(kind: &str) -> &'static str {
-    [
-        "ConfigMap",
-        "ServiceAccount",
-        "PersistentVolumeClaim",
-        "Service",
-        "Deployment",
-        "PodDisruptionBudget",
-    ]
-    .into_iter()
-    .find(|k| *k == kind)
-    .unwrap_or("object")
 }
 
 async fn publish(ctx: &Context, nc: &NixCache, type_: EventType, reason: &str, note: String) {
@@ -326,7 +311,7 @@ async fn apply_children(
                 Some(claim) => Some(claim),
                 None => {
                     return Err(Error::Apply {
-                        kind: "PersistentVolumeClaim",
+                        kind: "PersistentVolumeClaim".into(),
                         name: name.clone(),
                         message: format!(
                             "spec.storage.existingClaim {name:?} does not exist in namespace {ns:?}"
@@ -377,10 +362,7 @@ async fn apply_children(
 /// older install's RBAC), none: status then says less, but says it.
 async fn server_pods(nc: &NixCache, ctx: &Context, ns: &str) -> Result<Vec<Pod>, Error> {
     let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), ns);
-    let selector = format!(
-        "{CACHE_LABEL}={},app.kubernetes.io/component=server",
-        nc.name_any()
-    );
+    let selector = resources::selector_string(nc);
     match pods.list(&ListParams::default().labels(&selector)).await {
         Ok(list) => Ok(list.items),
         Err(kube::Error::Api(s)) if s.code == 403 => {
@@ -820,18 +802,19 @@ async fn keep_key_secret(
     Ok(())
 }
 
-/// PodDisruptionBudgets in the `policy` version the API server serves.
-fn pdb_api(ctx: &Context, ns: &str) -> Api<DynamicObject> {
-    let (group, version) = ctx
-        .pdb_api_version
-        .split_once('/')
-        .unwrap_or(("policy", "v1"));
-    let resource = ApiResource::from_gvk(&GroupVersionKind::gvk(
+/// The PodDisruptionBudget resource in `api_version` (`policy/v1` or `policy/v1beta1`).
+pub fn pdb_resource(api_version: &str) -> ApiResource {
+    let (group, version) = api_version.split_once('/').unwrap_or(("policy", "v1"));
+    ApiResource::from_gvk(&GroupVersionKind::gvk(
         group,
         version,
         "PodDisruptionBudget",
-    ));
-    Api::namespaced_with(ctx.client.clone(), ns, &resource)
+    ))
+}
+
+/// PodDisruptionBudgets in the `policy` version the API server serves.
+fn pdb_api(ctx: &Context, ns: &str) -> Api<DynamicObject> {
+    Api::namespaced_with(ctx.client.clone(), ns, &pdb_resource(&ctx.pdb_api_version))
 }
 
 /// With more than one replica, a PodDisruptionBudget in the served `policy` version; with one,

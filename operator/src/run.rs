@@ -14,7 +14,7 @@ use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::{
     ConfigMap, PersistentVolumeClaim, Pod, Secret, Service, ServiceAccount,
 };
-use kube::api::{ApiResource, DynamicObject, GroupVersionKind};
+use kube::api::DynamicObject;
 use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::core::PartialObjectMeta;
 use kube::runtime::events::{Recorder, Reporter};
@@ -27,7 +27,9 @@ use tracing::{error, info, warn};
 use crate::crd::NixCache;
 use crate::leader::{stop_deadline, Leadership, LeaseLock};
 use crate::metrics::Metrics;
-use crate::reconcile::{discover_pdb_version, error_policy, reconcile, Context, MANAGER};
+use crate::reconcile::{
+    discover_pdb_version, error_policy, pdb_resource, reconcile, Context, MANAGER,
+};
 use crate::resources::{
     referenced_secrets, CACHE_LABEL, DEFAULT_CLUSTER_DOMAIN, DEFAULT_IMAGE, MANAGED_BY,
 };
@@ -434,17 +436,7 @@ async fn controller(
     let ns = &ns;
     let client = &client;
     // PodDisruptionBudgets in whichever policy version this API server serves.
-    let pdb_resource = {
-        let (group, version) = context
-            .pdb_api_version
-            .split_once('/')
-            .unwrap_or(("policy", "v1"));
-        ApiResource::from_gvk(&GroupVersionKind::gvk(
-            group,
-            version,
-            "PodDisruptionBudget",
-        ))
-    };
+    let pdb_resource = pdb_resource(&context.pdb_api_version);
     let pdbs: Api<DynamicObject> = match ns {
         Some(ns) => Api::namespaced_with(client.clone(), ns, &pdb_resource),
         None => Api::all_with(client.clone(), &pdb_resource),

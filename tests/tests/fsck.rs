@@ -91,6 +91,20 @@ async fn fsck_finds_and_repairs_deleted_truncated_corrupt_and_orphaned_nars() {
         !ok && out.contains("hash mismatch") && out.contains("4 problem(s)"),
         "{out}"
     );
+    // A sample at least as large as the cache reads every NAR, and finds the same.
+    let (ok, out) = fsck(&data, &fx.key, &["--deep", "--sample", "1000"]);
+    assert!(
+        !ok && out.contains("hash mismatch") && out.contains("4 problem(s)"),
+        "{out}"
+    );
+    // A sample needs --deep, and is at least one NAR.
+    for bad in [&["--sample", "3"][..], &["--deep", "--sample", "0"]] {
+        let (ok, out) = fsck(&data, &fx.key, bad);
+        assert!(
+            !ok && !out.contains("problem(s)"),
+            "{bad:?} accepted: {out}"
+        );
+    }
     let (ok, out) = fsck(&data, &fx.key, &["--deep", "--repair"]);
     assert!(ok, "{out}");
     let (ok, out) = fsck(&data, &fx.key, &["--deep"]);

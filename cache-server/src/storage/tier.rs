@@ -141,14 +141,24 @@ impl LocalTier {
         .await
         .map_err(std::io::Error::other)??;
         let count = found.len();
+        // In order, oldest first, and applied once at the end: no reads come in between.
         for (_, key, size) in found {
-            self.admit(key, size);
+            self.record(key, size);
         }
+        self.index.run_pending_tasks();
         debug!(dir = %self.dir.display(), count, "local NAR tier opened");
         Ok(())
     }
 
     fn admit(&self, key: String, size: u64) {
+        self.record(key, size);
+        // Inserts are rare (one per NAR put in); applying each at once keeps the LRU order
+        // exact for the reads that follow.
+        self.index.run_pending_tasks();
+    }
+
+    /// Indexes a held file; the index applies it at its next maintenance.
+    fn record(&self, key: String, size: u64) {
         if self.index.contains_key(&key) {
             return;
         }
@@ -156,9 +166,6 @@ impl LocalTier {
             .local_cache_bytes
             .add(i64::try_from(size).unwrap_or(i64::MAX));
         self.index.insert(key, size);
-        // Inserts are rare (one per NAR put in); applying each at once keeps the LRU order
-        // exact for the reads that follow.
-        self.index.run_pending_tasks();
     }
 
     /// Whether the tier holds `key`.
