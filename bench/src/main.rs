@@ -200,7 +200,7 @@ async fn main() -> anyhow::Result<()> {
     if args.profile == "scale" {
         std::fs::create_dir_all(&args.data)?;
         // Beside the other data sets, not in /tmp: a million small files want a real disk.
-        let work = tempfile::tempdir_in(&args.data)?;
+        let work = tempfile::tempdir_in(std::fs::canonicalize(&args.data)?)?;
         let bin = servers::nixcache_bin()?;
         let table = scale::run(&args, work.path(), &bin).await?;
         let section = format!(

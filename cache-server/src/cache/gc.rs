@@ -67,7 +67,73 @@ fn report_swept(n: u64) {
     }
 }
 
+/// Storage deletions in flight at once while a pass forgets or evicts a batch.
+const DELETE_CONCURRENCY: usize = 16;
+
 impl Cache {
+    /// Forgets narinfos: their rows (one statement), then their copies in storage, then this
+    /// process's memory of them.
+    pub(super) async fn forget_narinfos(&self, hashes: &[String]) -> Result<(), GcError> {
+        use futures_util::StreamExt;
+        self.db.delete_narinfos(hashes).await?;
+        let parsed: Vec<crate::nix::StoreHash> = hashes
+            .iter()
+            .filter_map(|h| crate::nix::StoreHash::parse(h).ok())
+            .collect();
+        // Collected first: a stream over a borrowing closure would not be `Send` for every
+        // lifetime, and the pass runs in spawned tasks.
+        let deletes: Vec<_> = parsed
+            .into_iter()
+            .map(|h| async move {
+                self.storage.delete(&narinfo_key(&h)).await?;
+                self.narinfos.invalidate(&h);
+                Ok::<(), GcError>(())
+            })
+            .collect();
+        let mut deletes = futures_util::stream::iter(deletes).buffer_unordered(DELETE_CONCURRENCY);
+        while let Some(r) = deletes.next().await {
+            r?;
+        }
+        Ok(())
+    }
+
+    /// Deletes NARs no narinfo refers to any more (those referred to again meanwhile are kept):
+    /// storage objects first, then their rows, so that a pass killed between the two leaves rows
+    /// the next pass finds. Returns (NARs, bytes) deleted.
+    async fn delete_unreferenced(&self, files: &[String]) -> Result<(u64, u64), GcError> {
+        use futures_util::StreamExt;
+        let mut gone = Vec::new();
+        let mut objects = Vec::new();
+        for (name, bytes) in self.db.unreferenced_nars(files).await? {
+            match crate::nix::NarFile::parse(&name) {
+                Ok(file) => objects.push((name, nar_key(&file), bytes)),
+                Err(_) => {
+                    warn!(file = %name, "unexpected NAR file name in the database; left alone")
+                }
+            }
+        }
+        let deletes: Vec<_> = objects
+            .into_iter()
+            .map(|(name, key, bytes)| async move {
+                if let Some(tier) = &self.tier {
+                    // Other replicas' tiers drop it when they next check, within the grace waited.
+                    tier.drop_key(&key);
+                }
+                self.storage.delete(&key).await?;
+                Ok::<_, GcError>((name, bytes))
+            })
+            .collect();
+        let mut deletes = futures_util::stream::iter(deletes).buffer_unordered(DELETE_CONCURRENCY);
+        while let Some(r) = deletes.next().await {
+            gone.push(r?);
+        }
+        let names: Vec<String> = gone.iter().map(|(n, _)| n.clone()).collect();
+        self.db.delete_nars(&names).await?;
+        let bytes: u64 = gone.iter().map(|(_, b)| b).sum();
+        self.count_stored(-(gone.len() as i64), bytes);
+        Ok((gone.len() as u64, bytes))
+    }
+
     /// Forgets a narinfo: its row, then its copy in storage, then this process's memory of it.
     pub(super) async fn forget_narinfo<E>(&self, hash: &str) -> Result<(), E>
     where
@@ -188,31 +254,40 @@ impl Cache {
             if batch.is_empty() {
                 break;
             }
-            for hash in &batch {
-                self.forget_narinfo::<GcError>(hash).await?;
-                report.unfetched_collected += 1;
-            }
+            self.forget_narinfos(&batch).await?;
+            report.unfetched_collected += batch.len() as u64;
             keeper.check()?;
             if batch.len() < BATCH as usize {
                 break;
             }
         }
-        'evict: while size > max_size {
+        // A batch at a time, each in a few statements whatever its length: the least recently
+        // used narinfos whose NARs' sizes cover what is over the limit (a NAR another narinfo
+        // still names frees nothing, and the next batch goes on).
+        while size > max_size {
             let batch = self.db.lru_narinfos(BATCH).await?;
             if batch.is_empty() {
                 break;
             }
-            for (hash, nar_file) in batch {
-                if size <= max_size {
-                    break 'evict;
+            let mut over = size - max_size;
+            let mut hashes = Vec::new();
+            let mut files = BTreeSet::new();
+            for (hash, nar_file, bytes) in batch {
+                if over == 0 {
+                    break;
                 }
-                // The narinfo first: from now on nobody new is told about this NAR.
-                self.forget_narinfo::<GcError>(&hash).await?;
-                report.narinfos_evicted += 1;
-                if self.db.nar_references(&nar_file).await? == 0
-                    && unreferenced.insert(nar_file.clone())
-                {
-                    size = size.saturating_sub(self.db.nar_size(&nar_file).await?.unwrap_or(0));
+                hashes.push(hash);
+                if files.insert(nar_file) {
+                    over = over.saturating_sub(bytes);
+                }
+            }
+            // The narinfos first: from now on nobody new is told about these NARs.
+            self.forget_narinfos(&hashes).await?;
+            report.narinfos_evicted += hashes.len() as u64;
+            let files: Vec<String> = files.into_iter().collect();
+            for (file, bytes) in self.db.unreferenced_nars(&files).await? {
+                if unreferenced.insert(file) {
+                    size = size.saturating_sub(bytes);
                 }
             }
             keeper.check()?;
@@ -226,25 +301,12 @@ impl Cache {
                 keeper.check()?;
             }
         }
-        for nar_file in unreferenced {
+        let unreferenced: Vec<String> = unreferenced.into_iter().collect();
+        for chunk in unreferenced.chunks(BATCH as usize) {
             keeper.check()?;
-            // Referred to again meanwhile (the path was asked for anew): keep it.
-            if self.db.nar_references(&nar_file).await? > 0 {
-                continue;
-            }
-            let bytes = self.db.nar_size(&nar_file).await?.unwrap_or(0);
-            let Ok(file) = crate::nix::NarFile::parse(&nar_file) else {
-                warn!(file = %nar_file, "unexpected NAR file name in the database; left alone");
-                continue;
-            };
-            if let Some(tier) = &self.tier {
-                // Other replicas' tiers drop it when they next check, within the grace waited.
-                tier.drop_key(&nar_key(&file));
-            }
-            self.storage.delete(&nar_key(&file)).await?;
-            self.db.delete_nar(&nar_file).await?;
-            self.count_stored(-1, bytes);
-            report.nars_evicted += 1;
+            // Those referred to again meanwhile (the path was asked for anew) are kept.
+            let (nars, bytes) = self.delete_unreferenced(chunk).await?;
+            report.nars_evicted += nars;
             report.bytes_evicted += bytes;
         }
         report.size_after = self.db.total_nar_size().await?;

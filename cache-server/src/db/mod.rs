@@ -90,8 +90,9 @@ pub trait Database: Send + Sync + 'static {
     async fn nar_count(&self) -> Result<u64, DbError>;
     /// Total size of the stored NARs (each counted once, however many narinfos refer to it).
     async fn total_nar_size(&self) -> Result<u64, DbError>;
-    /// Up to `limit` narinfos whose NAR is stored, least recently used first: (hash, NAR file).
-    async fn lru_narinfos(&self, limit: i64) -> Result<Vec<(String, String)>, DbError>;
+    /// Up to `limit` narinfos whose NAR is stored, least recently used first: (hash, NAR file,
+    /// the NAR's size).
+    async fn lru_narinfos(&self, limit: i64) -> Result<Vec<(String, String, u64)>, DbError>;
     /// Up to `limit` recorded NARs that no narinfo refers to, last used before `before`, least
     /// recently used first: (file, size). Left by an upload without its narinfo, an interrupted
     /// GC pass, or a replaced narinfo.
@@ -100,6 +101,12 @@ pub trait Database: Send + Sync + 'static {
     /// HEAD), last used before `before`, least recently used first: their hashes.
     async fn unfetched_narinfos(&self, before: i64, limit: i64) -> Result<Vec<String>, DbError>;
     async fn delete_narinfo(&self, hash: &str) -> Result<(), DbError>;
+    /// Deletes these narinfos in one statement.
+    async fn delete_narinfos(&self, hashes: &[String]) -> Result<(), DbError>;
+    /// Of these NAR files, the recorded ones no narinfo refers to: (file, size), in one query.
+    async fn unreferenced_nars(&self, files: &[String]) -> Result<Vec<(String, u64)>, DbError>;
+    /// Forgets these NAR files in one statement.
+    async fn delete_nars(&self, files: &[String]) -> Result<(), DbError>;
     /// How many narinfos refer to this NAR file.
     async fn nar_references(&self, nar_file: &str) -> Result<u64, DbError>;
     /// Size of a stored NAR, if recorded.
@@ -407,5 +414,36 @@ pub(crate) mod conformance {
             "least recently used first"
         );
         assert_eq!(db.orphan_nars(100, 1).await.expect("orphans").len(), 1);
+
+        // The batched forms GC uses. Now h -> f (100 bytes); orphans q and o.
+        assert_eq!(
+            db.lru_narinfos(10).await.expect("lru"),
+            vec![(h.to_string(), "f.nar.xz".to_string(), 100)]
+        );
+        let files = ["f.nar.xz", "q.nar.xz", "o.nar.zst", "never.nar"].map(String::from);
+        let mut free = db.unreferenced_nars(&files).await.expect("unreferenced");
+        free.sort();
+        assert_eq!(
+            free,
+            vec![("o.nar.zst".to_string(), 7), ("q.nar.xz".to_string(), 3)],
+            "named or unrecorded files are not listed"
+        );
+        db.delete_narinfos(&[h.to_string(), h3.to_string()])
+            .await
+            .expect("delete narinfos");
+        assert!(db.get_narinfo(h).await.expect("get").is_none());
+        assert!(db.get_narinfo(h3).await.expect("get").is_none());
+        assert_eq!(
+            db.unreferenced_nars(&files)
+                .await
+                .expect("unreferenced")
+                .len(),
+            3
+        );
+        db.delete_nars(&files[..2]).await.expect("delete nars");
+        assert_eq!(db.nar_count().await.expect("count"), 1);
+        db.delete_narinfos(&[]).await.expect("nothing to delete");
+        db.delete_nars(&[]).await.expect("nothing to delete");
+        assert!(db.unreferenced_nars(&[]).await.expect("none").is_empty());
     }
 }

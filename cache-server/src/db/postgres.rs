@@ -13,7 +13,10 @@ use diesel_async::pooled_connection::AsyncDieselConnectionManager;
 use diesel_async::{AsyncPgConnection, RunQueryDsl};
 use diesel_migrations::{embed_migrations, EmbeddedMigrations, MigrationHarness};
 
-use super::rows::{claimable, orphaned_before, q, run_by, size, unfetched_before, NarInfoRow};
+use super::rows::{
+    claimable, orphaned_before, q, run_by, size, sized, sized3, unfetched_before, unreferenced,
+    NarInfoRow,
+};
 use super::schema::{narinfos, nars, tasks};
 use super::task_state::{FAILED, PENDING, RUNNING, SUCCEEDED};
 use super::{is_unique_violation, Database, DbError, NarInfoRecord, TaskRecord};
@@ -290,15 +293,16 @@ impl Database for PostgresDatabase {
         .map_err(q)
     }
 
-    async fn lru_narinfos(&self, limit: i64) -> Result<Vec<(String, String)>, DbError> {
+    async fn lru_narinfos(&self, limit: i64) -> Result<Vec<(String, String, u64)>, DbError> {
         let mut c = self.conn().await?;
         narinfos::table
             .inner_join(nars::table.on(nars::file.eq(narinfos::nar_file)))
             .order(narinfos::last_accessed_at.asc())
-            .select((narinfos::hash, narinfos::nar_file))
+            .select((narinfos::hash, narinfos::nar_file, nars::size))
             .limit(limit)
-            .load(&mut c)
+            .load::<(String, String, i64)>(&mut c)
             .await
+            .map(sized3)
             .map_err(q)
     }
 
@@ -330,6 +334,45 @@ impl Database for PostgresDatabase {
     async fn delete_narinfo(&self, hash: &str) -> Result<(), DbError> {
         let mut c = self.conn().await?;
         diesel::delete(narinfos::table.find(hash))
+            .execute(&mut c)
+            .await
+            .map(|_| ())
+            .map_err(q)
+    }
+
+    async fn delete_narinfos(&self, hashes: &[String]) -> Result<(), DbError> {
+        if hashes.is_empty() {
+            return Ok(());
+        }
+        let mut c = self.conn().await?;
+        diesel::delete(narinfos::table.filter(narinfos::hash.eq_any(hashes)))
+            .execute(&mut c)
+            .await
+            .map(|_| ())
+            .map_err(q)
+    }
+
+    async fn unreferenced_nars(&self, files: &[String]) -> Result<Vec<(String, u64)>, DbError> {
+        if files.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut c = self.conn().await?;
+        nars::table
+            .filter(nars::file.eq_any(files))
+            .filter(unreferenced())
+            .select((nars::file, nars::size))
+            .load::<(String, i64)>(&mut c)
+            .await
+            .map(sized)
+            .map_err(q)
+    }
+
+    async fn delete_nars(&self, files: &[String]) -> Result<(), DbError> {
+        if files.is_empty() {
+            return Ok(());
+        }
+        let mut c = self.conn().await?;
+        diesel::delete(nars::table.filter(nars::file.eq_any(files)))
             .execute(&mut c)
             .await
             .map(|_| ())

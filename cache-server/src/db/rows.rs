@@ -56,6 +56,26 @@ pub(super) fn size(n: u64) -> i64 {
     i64::try_from(n).unwrap_or(i64::MAX)
 }
 
+/// Sizes read as BIGINT, as the unsigned sizes they are.
+pub(super) fn sized(rows: Vec<(String, i64)>) -> Vec<(String, u64)> {
+    rows.into_iter()
+        .map(|(f, s)| (f, s.max(0) as u64))
+        .collect()
+}
+
+pub(super) fn sized3(rows: Vec<(String, String, i64)>) -> Vec<(String, String, u64)> {
+    rows.into_iter()
+        .map(|(a, b, s)| (a, b, s.max(0) as u64))
+        .collect()
+}
+
+/// Recorded NARs no narinfo names.
+#[diesel::dsl::auto_type]
+pub(super) fn unreferenced() -> _ {
+    let named = narinfos::table.filter(narinfos::nar_file.eq(nars::file));
+    diesel::dsl::not(diesel::dsl::exists(named))
+}
+
 /// Recorded NARs no narinfo names, last used before `before`.
 #[diesel::dsl::auto_type]
 pub(super) fn orphaned_before(before: i64) -> _ {

@@ -10,7 +10,10 @@ use diesel::r2d2::{ConnectionManager, CustomizeConnection, Pool, PooledConnectio
 use diesel::sqlite::SqliteConnection;
 use diesel_migrations::{embed_migrations, EmbeddedMigrations, MigrationHarness};
 
-use super::rows::{claimable, orphaned_before, q, run_by, size, unfetched_before, NarInfoRow};
+use super::rows::{
+    claimable, orphaned_before, q, run_by, size, sized, sized3, unfetched_before, unreferenced,
+    NarInfoRow,
+};
 use super::schema::{narinfos, nars, tasks};
 use super::task_state::{FAILED, PENDING, RUNNING, SUCCEEDED};
 use super::{is_unique_violation, Database, DbError, NarInfoRecord, TaskRecord};
@@ -202,16 +205,17 @@ impl Database for SqliteDatabase {
         .await
     }
 
-    async fn lru_narinfos(&self, limit: i64) -> Result<Vec<(String, String)>, DbError> {
+    async fn lru_narinfos(&self, limit: i64) -> Result<Vec<(String, String, u64)>, DbError> {
         self.with(move |c| {
             narinfos::table
                 .inner_join(nars::table.on(nars::file.eq(narinfos::nar_file)))
                 .order(narinfos::last_accessed_at.asc())
-                .select((narinfos::hash, narinfos::nar_file))
+                .select((narinfos::hash, narinfos::nar_file, nars::size))
                 .limit(limit)
-                .load(c)
+                .load::<(String, String, i64)>(c)
         })
         .await
+        .map(sized3)
     }
 
     async fn orphan_nars(&self, before: i64, limit: i64) -> Result<Vec<(String, u64)>, DbError> {
@@ -243,6 +247,48 @@ impl Database for SqliteDatabase {
         let hash = hash.to_string();
         self.with(move |c| {
             diesel::delete(narinfos::table.find(hash))
+                .execute(c)
+                .map(|_| ())
+        })
+        .await
+    }
+
+    async fn delete_narinfos(&self, hashes: &[String]) -> Result<(), DbError> {
+        if hashes.is_empty() {
+            return Ok(());
+        }
+        let hashes = hashes.to_vec();
+        self.with(move |c| {
+            diesel::delete(narinfos::table.filter(narinfos::hash.eq_any(hashes)))
+                .execute(c)
+                .map(|_| ())
+        })
+        .await
+    }
+
+    async fn unreferenced_nars(&self, files: &[String]) -> Result<Vec<(String, u64)>, DbError> {
+        if files.is_empty() {
+            return Ok(Vec::new());
+        }
+        let files = files.to_vec();
+        self.with(move |c| {
+            nars::table
+                .filter(nars::file.eq_any(files))
+                .filter(unreferenced())
+                .select((nars::file, nars::size))
+                .load::<(String, i64)>(c)
+        })
+        .await
+        .map(sized)
+    }
+
+    async fn delete_nars(&self, files: &[String]) -> Result<(), DbError> {
+        if files.is_empty() {
+            return Ok(());
+        }
+        let files = files.to_vec();
+        self.with(move |c| {
+            diesel::delete(nars::table.filter(nars::file.eq_any(files)))
                 .execute(c)
                 .map(|_| ())
         })
