@@ -15,7 +15,7 @@ use nixcache::nix::{base32, Compression, NarFile, NarInfo, SecretKey, Sha256Hash
 use nixcache_tests::postgres::Postgres;
 
 use crate::measure::median;
-use crate::servers::free_port;
+use crate::servers::{free_port, status_kb};
 use crate::Args;
 
 /// The store path hash part of generated path `i`.
@@ -172,15 +172,8 @@ fn generate(n: usize, dir: &Path, key: &SecretKey, pg: &Postgres) -> anyhow::Res
 /// Resident memory of a process: (VmRSS, RssAnon) in MiB. RssAnon is its own memory, without the
 /// file pages it maps.
 fn rss(pid: u32) -> (f64, f64) {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    let field = |name: &str| {
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix(name))
-            .and_then(|v| v.trim().trim_end_matches(" kB").trim().parse::<f64>().ok())
-            .map_or(f64::NAN, |kb| kb / 1024.0)
-    };
-    (field("VmRSS:"), field("RssAnon:"))
+    let mib = |field| status_kb(pid, field).map_or(f64::NAN, |kb| kb as f64 / 1024.0);
+    (mib("VmRSS:"), mib("RssAnon:"))
 }
 
 /// One value of a counter in a Prometheus text exposition (0 when absent).

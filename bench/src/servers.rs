@@ -93,7 +93,8 @@ impl RssWatch {
     }
 }
 
-fn status_kb(pid: u32, field: &str) -> Option<u64> {
+/// A `kB` field of `/proc/<pid>/status` (`VmHWM:`, `RssAnon:`, …).
+pub fn status_kb(pid: u32, field: &str) -> Option<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
     status
         .lines()

@@ -174,7 +174,10 @@ impl Cache {
                 self.db.delete_nar(file).await?;
             }
             Problem::Unrecorded { file, size } => self.db.put_nar(file, *size, unix_now()).await?,
-            Problem::Unfetched { hash } => self.forget_narinfo::<FsckError>(hash).await?,
+            Problem::Unfetched { hash } => {
+                self.forget_narinfos::<FsckError>(std::slice::from_ref(hash))
+                    .await?
+            }
         }
         Ok(())
     }

@@ -73,7 +73,10 @@ const DELETE_CONCURRENCY: usize = 16;
 impl Cache {
     /// Forgets narinfos: their rows (one statement), then their copies in storage, then this
     /// process's memory of them.
-    pub(super) async fn forget_narinfos(&self, hashes: &[String]) -> Result<(), GcError> {
+    pub(super) async fn forget_narinfos<E>(&self, hashes: &[String]) -> Result<(), E>
+    where
+        E: From<crate::db::DbError> + From<crate::storage::StorageError>,
+    {
         use futures_util::StreamExt;
         self.db.delete_narinfos(hashes).await?;
         let parsed: Vec<crate::nix::StoreHash> = hashes
@@ -87,7 +90,7 @@ impl Cache {
             .map(|h| async move {
                 self.storage.delete(&narinfo_key(&h)).await?;
                 self.narinfos.invalidate(&h);
-                Ok::<(), GcError>(())
+                Ok::<(), E>(())
             })
             .collect();
         let mut deletes = futures_util::stream::iter(deletes).buffer_unordered(DELETE_CONCURRENCY);
@@ -132,19 +135,6 @@ impl Cache {
         let bytes: u64 = gone.iter().map(|(_, b)| b).sum();
         self.count_stored(-(gone.len() as i64), bytes);
         Ok((gone.len() as u64, bytes))
-    }
-
-    /// Forgets a narinfo: its row, then its copy in storage, then this process's memory of it.
-    pub(super) async fn forget_narinfo<E>(&self, hash: &str) -> Result<(), E>
-    where
-        E: From<crate::db::DbError> + From<crate::storage::StorageError>,
-    {
-        self.db.delete_narinfo(hash).await?;
-        if let Ok(h) = crate::nix::StoreHash::parse(hash) {
-            self.storage.delete(&narinfo_key(&h)).await?;
-            self.narinfos.invalidate(&h);
-        }
-        Ok(())
     }
 
     /// Removes published parts (`inflight/<file>/<n>`) of downloads nobody is running any more
@@ -254,7 +244,7 @@ impl Cache {
             if batch.is_empty() {
                 break;
             }
-            self.forget_narinfos(&batch).await?;
+            self.forget_narinfos::<GcError>(&batch).await?;
             report.unfetched_collected += batch.len() as u64;
             keeper.check()?;
             if batch.len() < BATCH as usize {
@@ -282,7 +272,7 @@ impl Cache {
                 }
             }
             // The narinfos first: from now on nobody new is told about these NARs.
-            self.forget_narinfos(&hashes).await?;
+            self.forget_narinfos::<GcError>(&hashes).await?;
             report.narinfos_evicted += hashes.len() as u64;
             let files: Vec<String> = files.into_iter().collect();
             for (file, bytes) in self.db.unreferenced_nars(&files).await? {

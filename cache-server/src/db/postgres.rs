@@ -267,7 +267,7 @@ impl Database for PostgresDatabase {
             .select((nars::file, nars::size))
             .load::<(String, i64)>(&mut c)
             .await
-            .map(|v| v.into_iter().map(|(f, s)| (f, s.max(0) as u64)).collect())
+            .map(sized)
             .map_err(q)
     }
 
@@ -315,7 +315,7 @@ impl Database for PostgresDatabase {
             .limit(limit)
             .load::<(String, i64)>(&mut c)
             .await
-            .map(|v| v.into_iter().map(|(f, s)| (f, s.max(0) as u64)).collect())
+            .map(sized)
             .map_err(q)
     }
 

@@ -79,8 +79,7 @@ pub(super) fn unreferenced() -> _ {
 /// Recorded NARs no narinfo names, last used before `before`.
 #[diesel::dsl::auto_type]
 pub(super) fn orphaned_before(before: i64) -> _ {
-    let named = narinfos::table.filter(narinfos::nar_file.eq(nars::file));
-    diesel::dsl::not(diesel::dsl::exists(named)).and(nars::last_accessed_at.lt(before))
+    unreferenced().and(nars::last_accessed_at.lt(before))
 }
 
 /// Narinfos whose NAR was never stored, last used before `before`.

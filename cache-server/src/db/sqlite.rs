@@ -179,7 +179,7 @@ impl Database for SqliteDatabase {
                 .order(nars::file.asc())
                 .select((nars::file, nars::size))
                 .load::<(String, i64)>(c)
-                .map(|v| v.into_iter().map(|(f, s)| (f, s.max(0) as u64)).collect())
+                .map(sized)
         })
         .await
     }
@@ -228,7 +228,7 @@ impl Database for SqliteDatabase {
                 .load::<(String, i64)>(c)
         })
         .await
-        .map(|v| v.into_iter().map(|(f, s)| (f, s.max(0) as u64)).collect())
+        .map(sized)
     }
 
     async fn unfetched_narinfos(&self, before: i64, limit: i64) -> Result<Vec<String>, DbError> {
