@@ -56,6 +56,10 @@ pub(crate) struct Args {
     /// `scale`: NARs read by `fsck --deep --sample`.
     #[arg(long, default_value_t = 1000)]
     pub(crate) deep_sample: usize,
+    /// `scale`: PostgreSQL's `shared_buffers`. At 1M paths the indexes GC probes in random key
+    /// order are larger than PostgreSQL's default (128MB), and every miss is a read.
+    #[arg(long, default_value = "1GB")]
+    pub(crate) pg_shared_buffers: String,
 }
 
 struct Row {
@@ -204,7 +208,8 @@ async fn main() -> anyhow::Result<()> {
         let bin = servers::nixcache_bin()?;
         let table = scale::run(&args, work.path(), &bin).await?;
         let section = format!(
-            "## Profile `scale`\n\nGenerated caches in PostgreSQL and local storage (a signed narinfo and an uncompressed NAR of a few hundred bytes per path); commit {}; {}; {} s in all.\n\n{table}\n",
+            "## Profile `scale`\n\nGenerated caches in PostgreSQL and local storage (a signed narinfo and an uncompressed NAR of a few hundred bytes per path); PostgreSQL `shared_buffers` {}; commit {}; {}; {} s in all.\n\n{table}\n",
+            args.pg_shared_buffers,
             commit(),
             machine(),
             started.elapsed().as_secs(),

@@ -215,6 +215,7 @@ fn main() -> ExitCode {
                     report.size_before,
                     report.size_after
                 );
+                println!("phases: {}", report.phases);
             } else {
                 println!("skipped: another process holds the gc lock");
             }

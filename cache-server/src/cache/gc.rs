@@ -46,6 +46,35 @@ pub struct GcReport {
     #[serde(default)]
     pub stale_uploads_aborted: u64,
     pub seconds: f64,
+    /// Where `seconds` went.
+    #[serde(default)]
+    pub phases: GcPhases,
+}
+
+/// Seconds each step of a pass took, so a slow pass shows which step grew.
+#[derive(Clone, Debug, Default, PartialEq, serde::Serialize)]
+pub struct GcPhases {
+    /// Removing the parts of dead downloads, aborting stale storage uploads, writing this
+    /// replica's access times and summing the stored size.
+    pub sweep: f64,
+    /// Choosing orphaned NARs and forgetting narinfos whose NAR never came.
+    pub select: f64,
+    /// Forgetting least recently used narinfos until what they free covers the excess.
+    pub evict: f64,
+    /// Waiting out the grace period.
+    pub grace: f64,
+    /// Deleting the NARs no narinfo names: storage objects, then rows.
+    pub delete: f64,
+}
+
+impl std::fmt::Display for GcPhases {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "sweep {:.2} s, select {:.2} s, evict {:.2} s, grace {:.2} s, delete {:.2} s",
+            self.sweep, self.select, self.evict, self.grace, self.delete
+        )
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -196,6 +225,12 @@ impl Cache {
             ttl,
             self.metrics.lock_extensions.clone(),
         );
+        let mut phase = Instant::now();
+        let mut lap = move || {
+            let seconds = phase.elapsed().as_secs_f64();
+            phase = Instant::now();
+            seconds
+        };
         report_swept(self.sweep_inflight().await?);
         // Uploads of processes killed mid-commit keep their parts until aborted.
         let stale_uploads = match self.storage.abort_stale_uploads(STALE_UPLOAD_AGE).await {
@@ -223,6 +258,7 @@ impl Cache {
             stale_uploads_aborted: stale_uploads,
             ..Default::default()
         };
+        report.phases.sweep = lap();
         let mut size = size_before;
         let mut unreferenced: BTreeSet<String> = BTreeSet::new();
         let now = crate::util::unix_now();
@@ -251,6 +287,7 @@ impl Cache {
                 break;
             }
         }
+        report.phases.select = lap();
         // A batch at a time, each in a few statements whatever its length: the least recently
         // used narinfos whose NARs' sizes cover what is over the limit (a NAR another narinfo
         // still names frees nothing, and the next batch goes on).
@@ -282,6 +319,7 @@ impl Cache {
             }
             keeper.check()?;
         }
+        report.phases.evict = lap();
         if !unreferenced.is_empty() {
             // Every replica's memory forgets the narinfos within the grace period, and clients
             // holding one fetch its NAR well within it.
@@ -291,6 +329,7 @@ impl Cache {
                 keeper.check()?;
             }
         }
+        report.phases.grace = lap();
         let unreferenced: Vec<String> = unreferenced.into_iter().collect();
         for chunk in unreferenced.chunks(BATCH as usize) {
             keeper.check()?;
@@ -300,6 +339,7 @@ impl Cache {
             report.bytes_evicted += bytes;
         }
         report.size_after = self.db.total_nar_size().await?;
+        report.phases.delete = lap();
         report.seconds = started.elapsed().as_secs_f64();
         self.metrics.gc_runs.inc();
         self.metrics.gc_last_duration.set(report.seconds);
@@ -316,6 +356,7 @@ impl Cache {
             bytes = report.bytes_evicted,
             size_after = report.size_after,
             seconds = report.seconds,
+            phases = %report.phases,
             "GC pass done"
         );
         if let Some(rest) = min_hold.checked_sub(started.elapsed()) {
