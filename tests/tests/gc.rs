@@ -121,6 +121,14 @@ async fn gc_beside_a_serving_process_never_leaves_a_narinfo_without_its_nar() {
         stdout.contains("evicted") && !stdout.contains("evicted 0 narinfos"),
         "{stdout}"
     );
+    // "phases: sweep S s, select S s, evict S s, grace S s, delete S s": the grace was waited.
+    let grace: f64 = stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("phases: "))
+        .and_then(|p| p.split(", ").find_map(|s| s.strip_prefix("grace ")))
+        .and_then(|s| s.trim_end_matches(" s").parse().ok())
+        .unwrap_or_else(|| panic!("no grace phase in the report: {stdout}"));
+    assert!((2.0..10.0).contains(&grace), "{stdout}");
     // What the server still answers for is whole.
     for (hash, len) in &nars {
         let r = client
