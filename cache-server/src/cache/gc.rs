@@ -17,6 +17,7 @@ use std::time::{Duration, Instant};
 use tracing::{info, warn};
 
 use super::Cache;
+use crate::lock::LockName;
 use crate::storage::{nar_key, narinfo_key};
 
 const BATCH: i64 = 500;
@@ -184,15 +185,18 @@ impl Cache {
         }
         let mut removed = 0;
         for (file, keys) in by_file {
-            let Some(guard) = self
-                .acquire(
-                    &format!("nar:{file}"),
-                    self.settings.lock_ttl,
-                    Duration::ZERO,
-                )
-                .await?
-            else {
-                continue;
+            // Held by its download while one runs. A name that is no NAR file's was never a
+            // download's: nobody holds it.
+            let guard = match crate::nix::NarFile::parse(&file) {
+                Ok(file) => {
+                    let lock = LockName::Nar(&file);
+                    let held = self.acquire(lock, self.settings.lock_ttl, Duration::ZERO);
+                    match held.await? {
+                        Some(guard) => Some(guard),
+                        None => continue,
+                    }
+                }
+                Err(_) => None,
             };
             for key in keys {
                 self.storage.delete(&key).await?;
@@ -215,13 +219,13 @@ impl Cache {
     ) -> Result<GcReport, GcError> {
         let started = Instant::now();
         let ttl = self.settings.lock_ttl;
-        let Some(guard) = self.acquire("gc", ttl, lock_wait).await? else {
+        let Some(guard) = self.acquire(LockName::Gc, ttl, lock_wait).await? else {
             return Ok(GcReport::default());
         };
         // Kept through lock-service blips; the pass stops between steps once it is lost.
         let keeper = crate::lock::Keeper::spawn(
             std::sync::Arc::new(guard),
-            "gc",
+            &LockName::Gc.to_string(),
             ttl,
             self.metrics.lock_extensions.clone(),
         );
@@ -423,7 +427,18 @@ mod tests {
             key,
             Metrics::new(),
         );
-        for key in ["inflight/a.nar/0", "inflight/a.nar/1", "inflight/b.nar/0"] {
+        let nar = |data: &[u8]| crate::nix::NarFile {
+            hash: crate::nix::Sha256Hash::digest(data),
+            compression: crate::nix::Compression::Xz,
+        };
+        let (a, b) = (nar(b"a"), nar(b"b"));
+        let (a_name, b_name) = (a.file_name(), b.file_name());
+        let parts = [
+            format!("inflight/{a_name}/0"),
+            format!("inflight/{a_name}/1"),
+            format!("inflight/{b_name}/0"),
+        ];
+        for key in &parts {
             storage
                 .put_bytes(key, Bytes::from_static(b"part"))
                 .await
@@ -431,7 +446,11 @@ mod tests {
         }
         // b's download is running (its lock is held); a's holder is gone.
         let running = lock
-            .acquire("nar:b.nar", Duration::from_secs(10), Duration::ZERO)
+            .acquire(
+                &LockName::Nar(&b).to_string(),
+                Duration::from_secs(10),
+                Duration::ZERO,
+            )
             .await
             .expect("lock")
             .expect("free");
@@ -447,7 +466,7 @@ mod tests {
             .into_iter()
             .map(|(k, _)| k)
             .collect();
-        assert_eq!(left, vec!["inflight/b.nar/0".to_string()]);
+        assert_eq!(left, vec![parts[2].clone()]);
         drop(running);
     }
 }

@@ -252,12 +252,12 @@ impl Cache {
     /// Takes a lock, counting the outcome and timing the wait.
     async fn acquire(
         &self,
-        name: &str,
+        name: crate::lock::LockName<'_>,
         ttl: Duration,
         wait: Duration,
     ) -> Result<Option<crate::lock::Guard>, crate::lock::LockError> {
         let started = std::time::Instant::now();
-        let result = self.lock.acquire(name, ttl, wait).await;
+        let result = self.lock.acquire(&name.to_string(), ttl, wait).await;
         let outcome = match &result {
             Ok(Some(_)) => "acquired",
             Ok(None) => "busy",

@@ -472,9 +472,9 @@ impl Cache {
         let key = nar_key(file);
         // Across replicas, the lock makes one of them the downloader. The others serve their
         // clients from its published parts meanwhile, and take over if it dies.
-        let lock_name = format!("nar:{}", file.file_name());
+        let lock_name = crate::lock::LockName::Nar(file);
         let ttl = self.settings.lock_ttl;
-        let mut guard = self.acquire(&lock_name, ttl, Duration::ZERO).await?;
+        let mut guard = self.acquire(lock_name, ttl, Duration::ZERO).await?;
         if guard.is_none() {
             download.phase.send_replace(Phase::Elsewhere);
         }
@@ -485,7 +485,7 @@ impl Cache {
             if self.storage.size(&key).await?.is_some() {
                 return Ok(Phase::Stored);
             }
-            guard = self.acquire(&lock_name, ttl, ttl).await?;
+            guard = self.acquire(lock_name, ttl, ttl).await?;
         };
         if self.storage.size(&key).await?.is_some() {
             return Ok(Phase::Stored);
@@ -495,7 +495,7 @@ impl Cache {
         let guard = Arc::new(guard);
         let keeper = Keeper::spawn(
             guard.clone(),
-            &lock_name,
+            &lock_name.to_string(),
             ttl,
             self.metrics.lock_extensions.clone(),
         );

@@ -85,7 +85,11 @@ impl Cache {
     async fn narinfo_from_upstreams(self: Arc<Self>, hash: StoreHash) -> Option<Bytes> {
         let wait = self.settings.first_byte_timeout * (self.upstreams.all().len() as u32 + 1);
         let _guard = match self
-            .acquire(&format!("narinfo:{hash}"), self.settings.lock_ttl, wait)
+            .acquire(
+                crate::lock::LockName::Narinfo(&hash),
+                self.settings.lock_ttl,
+                wait,
+            )
             .await
         {
             Ok(g) => g,

@@ -218,7 +218,7 @@ impl Tasks {
             let ttl = self.cache.settings.lock_ttl;
             let guard = match self
                 .cache
-                .acquire(&format!("task:{}", task.id), ttl, Duration::ZERO)
+                .acquire(crate::lock::LockName::Task(&task.id), ttl, Duration::ZERO)
                 .await
             {
                 Ok(Some(g)) => g,

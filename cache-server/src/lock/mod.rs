@@ -38,6 +38,31 @@ pub trait Held: Send + Sync {
 
 pub type Guard = Box<dyn Held>;
 
+/// The locks the cache takes, each named in one place: the download of a NAR and GC's sweep of
+/// its published parts, for one, must agree on the name.
+#[derive(Clone, Copy, Debug)]
+pub enum LockName<'a> {
+    /// One GC pass at a time, cluster-wide.
+    Gc,
+    /// The download of one NAR, and the parts it publishes.
+    Nar(&'a crate::nix::NarFile),
+    /// The upstream lookup of one narinfo.
+    Narinfo(&'a crate::nix::StoreHash),
+    /// The run of one admin task, by its id.
+    Task(&'a str),
+}
+
+impl std::fmt::Display for LockName<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Gc => f.write_str("gc"),
+            Self::Nar(file) => write!(f, "nar:{}", file.file_name()),
+            Self::Narinfo(hash) => write!(f, "narinfo:{hash}"),
+            Self::Task(id) => write!(f, "task:{id}"),
+        }
+    }
+}
+
 #[async_trait]
 pub trait Lock: Send + Sync + 'static {
     /// Takes `key` for `ttl`, waiting up to `wait` for a current holder to release it.
