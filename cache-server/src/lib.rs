@@ -1,8 +1,9 @@
 //! nixcache: a pull-through Nix binary cache proxy.
 //!
 //! Layers, from the inside out: [`nix`] (the protocol's formats, pure), the seams
-//! ([`storage`], [`db`], [`lock`], [`upstream`]) each a trait with one implementation per
-//! technology, [`cache`] (the request flows, written once against those traits), and [`http`]
+//! ([`storage`], [`lock`], [`upstream`]: each a trait with one implementation per technology;
+//! [`db`]: traits by concern, with one implementation over diesel-async for both SQLite and
+//! PostgreSQL), [`cache`] (the request flows, written once against those traits), and [`http`]
 //! (translating requests to flows and results to status codes). [`server`] wires them together
 //! from a [`config::Config`].
 

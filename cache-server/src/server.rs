@@ -11,7 +11,7 @@ use tracing::{info, warn};
 use crate::cache::tasks::{TaskSettings, Tasks};
 use crate::cache::{Cache, CacheSettings};
 use crate::config::{load_signing_key, Config, DatabaseConfig, StorageConfig};
-use crate::db::{Database, PostgresDatabase, SqliteDatabase};
+use crate::db::{Database, SqlDatabase};
 use crate::http::{configure, count_requests, require_read_token, AppState};
 use crate::lock::{FallbackLock, LocalLock, Lock, RedisLock};
 use crate::metrics::Metrics;
@@ -49,16 +49,16 @@ async fn open_database_as(config: &Config, role: Role) -> anyhow::Result<Arc<dyn
                     .await
                     .with_context(|| format!("creating {}", parent.display()))?;
             }
-            let db = SqliteDatabase::open(path)
+            let db = SqlDatabase::sqlite(path)
                 .await
                 .with_context(|| format!("opening {}", path.display()))?;
             Ok(Arc::new(db))
         }
-        DatabaseConfig::Postgres(url) if role == Role::Serve => {
-            Ok(Arc::new(PostgresDatabase::connect(url.expose(), 16).await))
-        }
+        DatabaseConfig::Postgres(url) if role == Role::Serve => Ok(Arc::new(
+            SqlDatabase::postgres_serving(url.expose(), 16).await,
+        )),
         DatabaseConfig::Postgres(url) => {
-            let db = PostgresDatabase::open(url.expose(), 16)
+            let db = SqlDatabase::postgres(url.expose(), 16)
                 .await
                 .with_context(|| format!("opening {url:?}"))?;
             Ok(Arc::new(db))

@@ -376,7 +376,7 @@ mod tests {
 
     use super::*;
     use crate::cache::CacheSettings;
-    use crate::db::SqliteDatabase;
+    use crate::db::SqlDatabase;
     use crate::lock::{LocalLock, Lock};
     use crate::metrics::Metrics;
     use crate::nix::SecretKey;
@@ -392,7 +392,7 @@ mod tests {
                 .expect("storage"),
         );
         let db = Arc::new(
-            SqliteDatabase::open(&dir.path().join("db.sqlite"))
+            SqlDatabase::sqlite(&dir.path().join("db.sqlite"))
                 .await
                 .expect("db"),
         );

@@ -20,14 +20,10 @@ use tracing::{info, warn};
 
 use super::prefetch::{PrefetchProgress, PrefetchRequest};
 use super::Cache;
-use crate::db::{task_state, DbError, TaskRecord};
+use crate::db::{DbError, TaskKind, TaskRecord, TaskState};
 use crate::lock::Guard;
 use crate::nix::StorePath;
 use crate::util::{random_hex, unix_millis};
-
-/// Task kinds, as stored.
-pub const PREFETCH: &str = "prefetch";
-pub const GC: &str = "gc";
 
 /// Tasks one replica runs at once; more wait for it or are taken by other replicas.
 const MAX_RUNNING: usize = 4;
@@ -85,11 +81,11 @@ impl Tasks {
         format!("{host}/{}", std::process::id())
     }
 
-    fn new_record(kind: &str, request: String) -> TaskRecord {
+    fn new_record(kind: TaskKind, request: String) -> TaskRecord {
         TaskRecord {
             id: random_hex::<16>(),
-            kind: kind.into(),
-            state: task_state::PENDING.into(),
+            kind,
+            state: TaskState::Pending,
             request,
             progress: None,
             result: None,
@@ -106,7 +102,7 @@ impl Tasks {
     /// Records a prefetch task.
     pub async fn submit_prefetch(&self, request: &PrefetchRequest) -> Result<TaskRecord, DbError> {
         let body = serde_json::to_string(request).map_err(|e| DbError::Query(e.to_string()))?;
-        let task = Self::new_record(PREFETCH, body);
+        let task = Self::new_record(TaskKind::Prefetch, body);
         self.cache.db.insert_task(&task).await?;
         self.wake.notify_one();
         Ok(task)
@@ -117,10 +113,10 @@ impl Tasks {
         // The insert loses to a concurrent one only while that task is active; it can finish
         // between the two statements, hence a few rounds.
         for _ in 0..5 {
-            if let Some(active) = self.cache.db.active_task(GC).await? {
+            if let Some(active) = self.cache.db.active_task(TaskKind::Gc).await? {
                 return Ok(active);
             }
-            let task = Self::new_record(GC, "{}".into());
+            let task = Self::new_record(TaskKind::Gc, "{}".into());
             if self.cache.db.insert_task(&task).await? {
                 self.wake.notify_one();
                 return Ok(task);
@@ -140,7 +136,7 @@ impl Tasks {
         let mut errors = 0;
         loop {
             match self.cache.db.get_task(id).await {
-                Ok(Some(t)) if is_finished(&t) => return Ok(Some(t)),
+                Ok(Some(t)) if t.state.is_finished() => return Ok(Some(t)),
                 Ok(None) => return Ok(None),
                 Ok(Some(_)) => errors = 0,
                 // A database that blinks does not end the wait; one that stays away does.
@@ -254,16 +250,10 @@ impl Tasks {
     }
 
     fn event(&self, task: &TaskRecord, event: &str) {
-        // Kinds come from this module; anything else is counted as one label, not many.
-        let kind = if task.kind == PREFETCH || task.kind == GC {
-            task.kind.as_str()
-        } else {
-            "other"
-        };
         self.cache
             .metrics
             .tasks
-            .with_label_values(&[kind, event])
+            .with_label_values(&[task.kind.as_str(), event])
             .inc();
     }
 
@@ -289,7 +279,7 @@ impl Tasks {
                     if let Err(e) = guard.extend(ttl).await {
                         warn!(task = %task.id, error = %e, "could not extend a task's lock");
                     }
-                    let shown = (task.kind == PREFETCH).then(|| progress.snapshot().to_string());
+                    let shown = (task.kind == TaskKind::Prefetch).then(|| progress.snapshot().to_string());
                     match self.cache.db.task_heartbeat(&task.id, &self.settings.replica, unix_millis(), shown).await {
                         Ok(true) => {}
                         Ok(false) => break Ending::TakenOver,
@@ -359,8 +349,8 @@ impl Tasks {
         task: &TaskRecord,
         progress: &PrefetchProgress,
     ) -> Result<String, String> {
-        match task.kind.as_str() {
-            PREFETCH => {
+        match task.kind {
+            TaskKind::Prefetch => {
                 let request: PrefetchRequest = serde_json::from_str(&task.request)
                     .map_err(|e| format!("unreadable request: {e}"))?;
                 let paths = request
@@ -371,7 +361,7 @@ impl Tasks {
                 let report = self.cache.prefetch(paths, request.closure, progress).await;
                 serde_json::to_string(&report).map_err(|e| e.to_string())
             }
-            GC => {
+            TaskKind::Gc => {
                 let max_size = self
                     .settings
                     .gc_max_size
@@ -388,11 +378,6 @@ impl Tasks {
                     .map_err(|e| e.to_string())?;
                 serde_json::to_string(&report).map_err(|e| e.to_string())
             }
-            other => Err(format!("unknown task kind {other:?}")),
         }
     }
-}
-
-pub fn is_finished(task: &TaskRecord) -> bool {
-    task.state == task_state::SUCCEEDED || task.state == task_state::FAILED
 }

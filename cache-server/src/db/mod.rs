@@ -1,15 +1,15 @@
-//! Metadata: which narinfos nixcache has, where their NARs come from, sizes and last access.
-//! SQLite is the embedded default; the trait is what the flows see.
+//! Metadata: which narinfos nixcache has, where their NARs come from, sizes and last access, and
+//! the admin API's tasks. SQLite is the embedded default, PostgreSQL the shared one; both are the
+//! one implementation in `sql.rs`. The traits, by concern, are what the flows see.
 
-mod postgres;
 mod rows;
 mod schema;
-mod sqlite;
+mod sql;
 
 use async_trait::async_trait;
+use serde::{Deserialize, Serialize};
 
-pub use postgres::{redact_url, PostgresDatabase};
-pub use sqlite::SqliteDatabase;
+pub use sql::{redact_url, SqlDatabase};
 
 #[derive(Debug, thiserror::Error)]
 pub enum DbError {
@@ -37,6 +37,94 @@ pub struct NarInfoRecord {
     pub file_size: Option<u64>,
 }
 
+/// What a task does. Stored, and in the admin API's JSON, in lower case.
+#[derive(
+    Clone,
+    Copy,
+    Debug,
+    PartialEq,
+    Eq,
+    Hash,
+    Serialize,
+    Deserialize,
+    diesel::AsExpression,
+    diesel::FromSqlRow,
+)]
+#[serde(rename_all = "lowercase")]
+#[diesel(sql_type = diesel::sql_types::Text)]
+pub enum TaskKind {
+    /// Fetch store paths (and their closures) ahead of clients.
+    Prefetch,
+    /// Collect garbage; at most one is pending or running at a time.
+    Gc,
+}
+
+/// Where a task is. Stored, and in the admin API's JSON, in lower case.
+#[derive(
+    Clone,
+    Copy,
+    Debug,
+    PartialEq,
+    Eq,
+    Hash,
+    Serialize,
+    Deserialize,
+    diesel::AsExpression,
+    diesel::FromSqlRow,
+)]
+#[serde(rename_all = "lowercase")]
+#[diesel(sql_type = diesel::sql_types::Text)]
+pub enum TaskState {
+    Pending,
+    Running,
+    Succeeded,
+    Failed,
+}
+
+impl TaskKind {
+    pub const ALL: [Self; 2] = [Self::Prefetch, Self::Gc];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Prefetch => "prefetch",
+            Self::Gc => "gc",
+        }
+    }
+}
+
+impl TaskState {
+    pub const ALL: [Self; 4] = [Self::Pending, Self::Running, Self::Succeeded, Self::Failed];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Pending => "pending",
+            Self::Running => "running",
+            Self::Succeeded => "succeeded",
+            Self::Failed => "failed",
+        }
+    }
+
+    /// Whether the task has ended, well or not.
+    pub fn is_finished(self) -> bool {
+        matches!(self, Self::Succeeded | Self::Failed)
+    }
+}
+
+impl std::fmt::Display for TaskKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::fmt::Display for TaskState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+rows::text_enum!(TaskKind);
+rows::text_enum!(TaskState);
+
 /// A task of the admin API (`tasks` table). Times are unix milliseconds.
 #[derive(
     Clone, Debug, PartialEq, Eq, diesel::Queryable, diesel::Selectable, diesel::Insertable,
@@ -46,10 +134,8 @@ pub struct NarInfoRecord {
 pub struct TaskRecord {
     /// 32 hex characters.
     pub id: String,
-    /// `prefetch` or `gc`.
-    pub kind: String,
-    /// `pending`, `running`, `succeeded` or `failed`.
-    pub state: String,
+    pub kind: TaskKind,
+    pub state: TaskState,
     /// The request, as JSON.
     pub request: String,
     /// Progress as JSON, written by the runner.
@@ -70,8 +156,9 @@ pub struct TaskRecord {
     pub finished_at: Option<i64>,
 }
 
+/// Narinfo and NAR metadata, as the serving flows read and write it.
 #[async_trait]
-pub trait Database: Send + Sync + 'static {
+pub trait Narinfos: Send + Sync {
     async fn get_narinfo(&self, hash: &str) -> Result<Option<NarInfoRecord>, DbError>;
     /// Inserts or replaces a narinfo.
     async fn put_narinfo(&self, record: &NarInfoRecord, now: i64) -> Result<(), DbError>;
@@ -81,9 +168,11 @@ pub trait Database: Send + Sync + 'static {
     async fn put_nar(&self, file: &str, size: u64, now: i64) -> Result<(), DbError>;
     /// Records accesses (batched by the caller).
     async fn touch(&self, narinfos: &[String], nars: &[String], now: i64) -> Result<(), DbError>;
-    /// Checks the database answers.
-    async fn ping(&self) -> Result<(), DbError>;
+}
 
+/// Sizes, use and what nothing refers to: what GC and `fsck` read and delete.
+#[async_trait]
+pub trait Accounting: Send + Sync {
     /// Every recorded NAR: (file, size).
     async fn list_nars(&self) -> Result<Vec<(String, u64)>, DbError>;
     /// Number of stored NARs.
@@ -100,7 +189,6 @@ pub trait Database: Send + Sync + 'static {
     /// Up to `limit` narinfos whose NAR was never stored (only looked up, e.g. by a client's
     /// HEAD), last used before `before`, least recently used first: their hashes.
     async fn unfetched_narinfos(&self, before: i64, limit: i64) -> Result<Vec<String>, DbError>;
-    async fn delete_narinfo(&self, hash: &str) -> Result<(), DbError>;
     /// Deletes these narinfos in one statement.
     async fn delete_narinfos(&self, hashes: &[String]) -> Result<(), DbError>;
     /// Of these NAR files, the recorded ones no narinfo refers to: (file, size), in one query.
@@ -109,16 +197,18 @@ pub trait Database: Send + Sync + 'static {
     async fn delete_nars(&self, files: &[String]) -> Result<(), DbError>;
     /// How many narinfos refer to this NAR file.
     async fn nar_references(&self, nar_file: &str) -> Result<u64, DbError>;
-    /// Size of a stored NAR, if recorded.
-    async fn nar_size(&self, nar_file: &str) -> Result<Option<u64>, DbError>;
     async fn delete_nar(&self, nar_file: &str) -> Result<(), DbError>;
+}
 
+/// The admin API's tasks: recording, claiming with fencing by owner, heartbeats, retention.
+#[async_trait]
+pub trait TaskStore: Send + Sync {
     /// Records a new task. `Ok(false)` when it is a GC task and another one is pending or running
     /// (at most one is: GC requests coalesce).
     async fn insert_task(&self, task: &TaskRecord) -> Result<bool, DbError>;
     async fn get_task(&self, id: &str) -> Result<Option<TaskRecord>, DbError>;
     /// The oldest pending or running task of `kind`.
-    async fn active_task(&self, kind: &str) -> Result<Option<TaskRecord>, DbError>;
+    async fn active_task(&self, kind: TaskKind) -> Result<Option<TaskRecord>, DbError>;
     /// Up to `limit` tasks a runner may take, oldest first: pending ones, and running ones whose
     /// runner has not been heard of since `stale_before`.
     async fn claimable_tasks(
@@ -155,12 +245,11 @@ pub trait Database: Send + Sync + 'static {
     async fn delete_finished_tasks(&self, before: i64) -> Result<u64, DbError>;
 }
 
-/// Task states, as stored.
-pub mod task_state {
-    pub const PENDING: &str = "pending";
-    pub const RUNNING: &str = "running";
-    pub const SUCCEEDED: &str = "succeeded";
-    pub const FAILED: &str = "failed";
+/// The whole database, as `Cache` holds it.
+#[async_trait]
+pub trait Database: Narinfos + Accounting + TaskStore + 'static {
+    /// Checks the database answers.
+    async fn ping(&self) -> Result<(), DbError>;
 }
 
 /// Whether an insert failed only because of a unique index.
@@ -188,11 +277,11 @@ pub(crate) mod conformance {
         }
     }
 
-    pub fn task(id: &str, kind: &str, created_at: i64) -> TaskRecord {
+    pub fn task(id: &str, kind: TaskKind, created_at: i64) -> TaskRecord {
         TaskRecord {
             id: id.into(),
-            kind: kind.into(),
-            state: task_state::PENDING.into(),
+            kind,
+            state: TaskState::Pending,
             request: "{}".into(),
             progress: None,
             result: None,
@@ -208,12 +297,12 @@ pub(crate) mod conformance {
 
     /// Tasks: claiming, fencing by owner, staleness, GC coalescing, retention.
     pub async fn tasks(db: &dyn Database) {
-        use task_state::*;
-        let a = task("a0000000000000000000000000000000", "prefetch", 1);
+        use TaskState::*;
+        let a = task("a0000000000000000000000000000000", TaskKind::Prefetch, 1);
         assert!(db.insert_task(&a).await.expect("insert"));
         assert_eq!(db.get_task(&a.id).await.expect("get"), Some(a.clone()));
         assert_eq!(db.get_task("nope").await.expect("get"), None);
-        let b = task("b0000000000000000000000000000000", "prefetch", 2);
+        let b = task("b0000000000000000000000000000000", TaskKind::Prefetch, 2);
         assert!(db.insert_task(&b).await.expect("insert"));
 
         // Claiming: one runner wins; the loser's writes are refused.
@@ -229,8 +318,8 @@ pub(crate) mod conformance {
             .expect("claim again"));
         let t = db.get_task(&a.id).await.expect("get").expect("task");
         assert_eq!(
-            (t.state.as_str(), t.owner.as_deref(), t.attempts),
-            (RUNNING, Some("r1"), 1)
+            (t.state, t.owner.as_deref(), t.attempts),
+            (Running, Some("r1"), 1)
         );
         assert_eq!((t.started_at, t.heartbeat_at), (Some(10), Some(10)));
         assert_eq!(
@@ -268,8 +357,8 @@ pub(crate) mod conformance {
             .expect("finish"));
         let t = db.get_task(&a.id).await.expect("get").expect("task");
         assert_eq!(
-            (t.state.as_str(), t.attempts, t.finished_at),
-            (SUCCEEDED, 2, Some(32))
+            (t.state, t.attempts, t.finished_at),
+            (Succeeded, 2, Some(32))
         );
         assert_eq!(t.result.as_deref(), Some("{\"ok\":true}"));
         assert!(!db.claim_task(&a.id, "r3", 40, 100).await.expect("finished"));
@@ -281,25 +370,25 @@ pub(crate) mod conformance {
             .await
             .expect("release"));
         let t = db.get_task(&b.id).await.expect("get").expect("task");
-        assert_eq!((t.state.as_str(), t.heartbeat_at), (PENDING, None));
+        assert_eq!((t.state, t.heartbeat_at), (Pending, None));
         assert!(db.claim_task(&b.id, "r2", 42, 0).await.expect("claim"));
         assert!(db
             .finish_task(&b.id, "r2", 43, Some(Err("boom".into())))
             .await
             .expect("fail"));
         let t = db.get_task(&b.id).await.expect("get").expect("task");
-        assert_eq!(
-            (t.state.as_str(), t.error.as_deref()),
-            (FAILED, Some("boom"))
-        );
+        assert_eq!((t.state, t.error.as_deref()), (Failed, Some("boom")));
 
         // One active GC task at a time.
-        let g1 = task("c0000000000000000000000000000000", "gc", 50);
-        let g2 = task("d0000000000000000000000000000000", "gc", 51);
+        let g1 = task("c0000000000000000000000000000000", TaskKind::Gc, 50);
+        let g2 = task("d0000000000000000000000000000000", TaskKind::Gc, 51);
         assert!(db.insert_task(&g1).await.expect("insert"));
         assert!(!db.insert_task(&g2).await.expect("coalesced"));
         assert_eq!(
-            db.active_task("gc").await.expect("active").map(|t| t.id),
+            db.active_task(TaskKind::Gc)
+                .await
+                .expect("active")
+                .map(|t| t.id),
             Some(g1.id.clone())
         );
         assert!(db.claim_task(&g1.id, "r1", 52, 0).await.expect("claim"));
@@ -308,7 +397,7 @@ pub(crate) mod conformance {
             .finish_task(&g1.id, "r1", 53, Some(Ok("{}".into())))
             .await
             .expect("finish"));
-        assert_eq!(db.active_task("gc").await.expect("active"), None);
+        assert_eq!(db.active_task(TaskKind::Gc).await.expect("active"), None);
         assert!(db
             .insert_task(&g2)
             .await
@@ -364,11 +453,20 @@ pub(crate) mod conformance {
         assert_eq!(lru.first().map(|r| r.0.as_str()), Some(h2), "{lru:?}");
         assert_eq!(lru.last().map(|r| r.0.as_str()), Some(h), "{lru:?}");
         assert_eq!(db.nar_references("f.nar.xz").await.expect("refs"), 2);
-        db.delete_narinfo(h2).await.expect("delete");
+        db.delete_narinfos(&[h2.to_string()]).await.expect("delete");
         assert_eq!(db.nar_references("f.nar.xz").await.expect("refs"), 1);
-        assert_eq!(db.nar_size("g.nar.xz").await.expect("size"), Some(50));
+        let size_of = |nars: Vec<(String, u64)>, file: &str| {
+            nars.into_iter().find(|n| n.0 == file).map(|n| n.1)
+        };
+        assert_eq!(
+            size_of(db.list_nars().await.expect("list"), "g.nar.xz"),
+            Some(50)
+        );
         db.delete_nar("g.nar.xz").await.expect("delete nar");
-        assert_eq!(db.nar_size("g.nar.xz").await.expect("size"), None);
+        assert_eq!(
+            size_of(db.list_nars().await.expect("list"), "g.nar.xz"),
+            None
+        );
         assert_eq!(db.total_nar_size().await.expect("total"), 100);
         assert_eq!(
             db.lru_narinfos(10).await.expect("lru").len(),
@@ -404,7 +502,7 @@ pub(crate) mod conformance {
             .expect("put");
         db.put_nar("q.nar.xz", 3, 9).await.expect("put nar");
         assert_eq!(db.orphan_nars(100, 10).await.expect("orphans").len(), 1);
-        db.delete_narinfo(h4)
+        db.delete_narinfos(&[h4.to_string()])
             .await
             .expect("its narinfo replaced or evicted");
         let orphans = db.orphan_nars(100, 10).await.expect("orphans");

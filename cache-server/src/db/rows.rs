@@ -1,10 +1,9 @@
-//! Rows shared by the SQLite and PostgreSQL implementations (the schema is the same).
+//! Rows, column types and query fragments (the schema is the same on both backends).
 
 use diesel::prelude::*;
 
 use super::schema::{narinfos, nars, tasks};
-use super::task_state::{PENDING, RUNNING};
-use super::{DbError, NarInfoRecord};
+use super::{DbError, NarInfoRecord, TaskState};
 
 #[derive(Queryable, Selectable, Insertable, AsChangeset)]
 #[diesel(table_name = narinfos, treat_none_as_null = true)]
@@ -47,8 +46,16 @@ impl From<&NarInfoRecord> for NarInfoRow {
     }
 }
 
+/// A query's error, with its causes (e.g. which value of a column could not be read).
 pub(super) fn q(e: diesel::result::Error) -> DbError {
-    DbError::Query(e.to_string())
+    let mut text = e.to_string();
+    let mut cause = std::error::Error::source(&e);
+    while let Some(c) = cause {
+        text.push_str(": ");
+        text.push_str(&c.to_string());
+        cause = c.source();
+    }
+    DbError::Query(text)
 }
 
 /// Sizes are unsigned here and BIGINT in SQL.
@@ -92,8 +99,8 @@ pub(super) fn unfetched_before(before: i64) -> _ {
 /// Tasks a runner may take: pending ones, and running ones not heard of since `stale_before`.
 #[diesel::dsl::auto_type]
 pub(super) fn claimable(stale_before: i64) -> _ {
-    let pending: &'static str = PENDING;
-    let running: &'static str = RUNNING;
+    let pending: TaskState = TaskState::Pending;
+    let running: TaskState = TaskState::Running;
     tasks::state.eq(pending).or(tasks::state
         .eq(running)
         .and(tasks::heartbeat_at.lt(stale_before)))
@@ -102,9 +109,45 @@ pub(super) fn claimable(stale_before: i64) -> _ {
 /// The task `id` while `owner` runs it.
 #[diesel::dsl::auto_type]
 pub(super) fn run_by<'a>(id: &'a str, owner: &'a str) -> _ {
-    let running: &'static str = RUNNING;
+    let running: TaskState = TaskState::Running;
     tasks::table
         .find(id)
         .filter(tasks::owner.eq(owner))
         .filter(tasks::state.eq(running))
 }
+
+/// Stores an enum with `as_str` as TEXT on any backend, and reads it back; an unknown value is an
+/// error, not a default.
+macro_rules! text_enum {
+    ($ty:ty) => {
+        impl<DB> diesel::serialize::ToSql<diesel::sql_types::Text, DB> for $ty
+        where
+            DB: diesel::backend::Backend,
+            str: diesel::serialize::ToSql<diesel::sql_types::Text, DB>,
+        {
+            fn to_sql<'b>(
+                &'b self,
+                out: &mut diesel::serialize::Output<'b, '_, DB>,
+            ) -> diesel::serialize::Result {
+                use diesel::serialize::ToSql;
+                ToSql::<diesel::sql_types::Text, DB>::to_sql(self.as_str(), out)
+            }
+        }
+
+        impl<DB> diesel::deserialize::FromSql<diesel::sql_types::Text, DB> for $ty
+        where
+            DB: diesel::backend::Backend,
+            String: diesel::deserialize::FromSql<diesel::sql_types::Text, DB>,
+        {
+            fn from_sql(bytes: DB::RawValue<'_>) -> diesel::deserialize::Result<Self> {
+                use diesel::deserialize::FromSql;
+                let text: String = FromSql::<diesel::sql_types::Text, DB>::from_sql(bytes)?;
+                <$ty>::ALL
+                    .into_iter()
+                    .find(|v| v.as_str() == text)
+                    .ok_or_else(|| format!("unknown {} {text:?}", stringify!($ty)).into())
+            }
+        }
+    };
+}
+pub(super) use text_enum;

@@ -16,7 +16,6 @@ use serde_json::{json, Value};
 use super::upload::authorized;
 use super::{not_found_response, AppState};
 use crate::cache::prefetch::{PrefetchProgress, PrefetchRequest};
-use crate::cache::tasks::is_finished;
 use crate::db::TaskRecord;
 use crate::nix::StorePath;
 
@@ -231,7 +230,7 @@ pub async fn task(
     match state.tasks.get(&id.to_ascii_lowercase()).await {
         Ok(Some(t)) => {
             let mut r = json_response(StatusCode::OK, &task_json(&t));
-            if !is_finished(&t) {
+            if !t.state.is_finished() {
                 // Pollers should not be served a cached "running".
                 r.headers_mut().insert(
                     actix_web::http::header::CACHE_CONTROL,
