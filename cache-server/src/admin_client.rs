@@ -1,10 +1,16 @@
-//! The admin API's client side, for `nixcache prefetch` and `nixcache tasks`.
+//! The admin API's client side, for `nixcache prefetch` and `nixcache tasks`: the bodies are
+//! those of [`crate::admin`], as the server writes them.
 
 use std::io::{IsTerminal, Write};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
-use serde_json::Value;
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+use crate::admin::{
+    task_path, ApiError, GcReport, PrefetchReport, Task, TaskKind, TaskState, PREFIX,
+};
 
 /// How often a waiting client asks for a task's state.
 const POLL: Duration = Duration::from_millis(500);
@@ -16,11 +22,11 @@ pub struct Client {
 }
 
 /// What a POST got back.
-pub enum Posted {
+pub enum Posted<T> {
     /// The work is done: its result.
-    Done(Value),
+    Done(T),
     /// The work was recorded as a task (202): the task.
-    Task(Value),
+    Task(Box<Task>),
 }
 
 impl Client {
@@ -33,19 +39,19 @@ impl Client {
     }
 
     /// Posts `body` to `/api/v1/<endpoint>`, asking for a task with `prefer_async`.
-    pub async fn post(
+    pub async fn post<T: DeserializeOwned>(
         &self,
         endpoint: &str,
-        body: Value,
+        body: &impl Serialize,
         prefer_async: bool,
-    ) -> anyhow::Result<Posted> {
-        let url = format!("{}/api/v1/{endpoint}", self.server);
+    ) -> anyhow::Result<Posted<T>> {
+        let url = format!("{}{PREFIX}/{endpoint}", self.server);
         let mut request = self
             .http
             .post(&url)
             .bearer_auth(&self.token)
             .header(reqwest::header::CONTENT_TYPE, "application/json")
-            .body(body.to_string());
+            .body(serde_json::to_string(body)?);
         if prefer_async {
             request = request.header("Prefer", "respond-async");
         }
@@ -53,17 +59,15 @@ impl Client {
             .send()
             .await
             .with_context(|| format!("POST {url}"))?;
-        let accepted = response.status() == reqwest::StatusCode::ACCEPTED;
-        let json = answer(response).await?;
-        Ok(if accepted {
-            Posted::Task(json)
+        Ok(if response.status() == reqwest::StatusCode::ACCEPTED {
+            Posted::Task(Box::new(answer(response).await?))
         } else {
-            Posted::Done(json)
+            Posted::Done(answer(response).await?)
         })
     }
 
-    pub async fn task(&self, id: &str) -> anyhow::Result<Value> {
-        let url = format!("{}/api/v1/tasks/{id}", self.server);
+    pub async fn task(&self, id: &str) -> anyhow::Result<Task> {
+        let url = format!("{}{}", self.server, task_path(id));
         let response = self
             .http
             .get(&url)
@@ -75,13 +79,13 @@ impl Client {
     }
 
     /// Polls a task until it has finished; a terminal on stderr sees its progress meanwhile.
-    pub async fn wait(&self, id: &str) -> anyhow::Result<Value> {
+    pub async fn wait(&self, id: &str) -> anyhow::Result<Task> {
         let started = Instant::now();
         let show = std::io::stderr().is_terminal();
         let mut shown = false;
         loop {
             let task = self.task(id).await?;
-            if matches!(task["state"].as_str(), Some("succeeded" | "failed")) {
+            if task.state.is_finished() {
                 if shown {
                     eprintln!();
                 }
@@ -101,128 +105,117 @@ impl Client {
     }
 }
 
-/// The JSON of a successful answer, or an error saying why not.
-async fn answer(response: reqwest::Response) -> anyhow::Result<Value> {
+/// The body of a successful answer, or an error saying why not.
+async fn answer<T: DeserializeOwned>(response: reqwest::Response) -> anyhow::Result<T> {
     let status = response.status();
     let text = response.text().await.unwrap_or_default();
-    let json: Value = serde_json::from_str(&text).unwrap_or(Value::Null);
     if !status.is_success() {
-        let reason = json["error"]
-            .as_str()
-            .map(String::from)
-            .unwrap_or_else(|| text.trim().to_string());
-        match status.as_u16() {
-            401 => bail!("the server refused the admin token"),
-            404 if json["error"].is_null() => {
-                bail!("the server has no admin API (start it with --admin-token-file)")
-            }
-            _ => bail!("{status}: {reason}"),
+        let refusal = serde_json::from_str::<ApiError>(&text).ok();
+        match (status.as_u16(), refusal) {
+            (401, _) => bail!("the server refused the admin token"),
+            (404, None) => bail!("the server has no admin API (start it with --admin-token-file)"),
+            (_, Some(refusal)) => bail!("{status}: {}", refusal.error),
+            (_, None) => bail!("{status}: {}", text.trim()),
         }
     }
-    Ok(json)
+    serde_json::from_str(&text)
+        .with_context(|| format!("an answer this client cannot read: {text}"))
 }
 
 /// One line on where a task is.
-pub fn progress_line(task: &Value) -> String {
-    let state = task["state"].as_str().unwrap_or("?");
-    let p = &task["progress"];
-    match (task["kind"].as_str(), p["paths_known"].as_u64()) {
-        (Some("prefetch"), Some(known)) => format!(
-            "{state}: {} of {known} paths done, {} fetched, {} not found or failed",
-            p["paths_done"].as_u64().unwrap_or(0),
-            p["fetched"].as_u64().unwrap_or(0),
-            p["not_found_or_failed"].as_u64().unwrap_or(0),
+pub fn progress_line(task: &Task) -> String {
+    let state = task.state;
+    match task.prefetch_counts() {
+        Some(p) => format!(
+            "{state}: {} of {} paths done, {} fetched, {} not found or failed",
+            p.paths_done, p.paths_known, p.fetched, p.not_found_or_failed,
         ),
-        _ => state.to_string(),
+        None => state.to_string(),
     }
 }
 
 /// Prints a task; true when it succeeded and, for a prefetch, every path is now cached.
-pub fn print_task(task: &Value) -> bool {
-    let text = |k: &str| task[k].as_str().unwrap_or("-").to_string();
-    println!("task {} ({})", text("id"), text("kind"));
-    println!("  state:    {}", text("state"));
-    println!("  created:  {}", text("created_at"));
-    if !task["started_at"].is_null() {
+pub fn print_task(task: &Task) -> bool {
+    let text = |v: &Option<String>| v.clone().unwrap_or_else(|| "-".into());
+    println!("task {} ({})", task.id, task.kind);
+    println!("  state:    {}", task.state);
+    println!("  created:  {}", text(&task.created_at));
+    if task.started_at.is_some() {
         println!(
             "  started:  {} on {} (attempt {})",
-            text("started_at"),
-            text("runner"),
-            task["attempts"].as_i64().unwrap_or(0)
+            text(&task.started_at),
+            text(&task.runner),
+            task.attempts
         );
     }
-    if !task["finished_at"].is_null() {
-        println!("  finished: {}", text("finished_at"));
+    if task.finished_at.is_some() {
+        println!("  finished: {}", text(&task.finished_at));
     }
-    match task["state"].as_str() {
-        Some("succeeded") => match task["kind"].as_str() {
-            Some("prefetch") => print_prefetch(&task["result"]),
-            Some("gc") => {
-                print_gc(&task["result"]);
+    match task.state {
+        TaskState::Succeeded => match task.kind {
+            TaskKind::Prefetch => task.prefetch_report().is_none_or(|r| print_prefetch(&r)),
+            TaskKind::Gc => {
+                if let Some(report) = task.gc_report() {
+                    print_gc(&report);
+                }
                 true
             }
-            _ => true,
         },
-        Some("failed") => {
-            println!("  error:    {}", text("error"));
+        TaskState::Failed => {
+            println!("  error:    {}", text(&task.error));
             false
         }
-        _ => {
+        TaskState::Pending | TaskState::Running => {
             println!("  progress: {}", progress_line(task));
             true
         }
     }
 }
 
+/// Whether a task succeeded and, for a prefetch, got every path.
+pub fn task_complete(task: &Task) -> bool {
+    task.state != TaskState::Failed
+        && (task.kind != TaskKind::Prefetch
+            || task.result.is_none()
+            || task.prefetch_report().is_none_or(|r| prefetch_complete(&r)))
+}
+
 /// Prints a GC report.
-pub fn print_gc(report: &Value) {
-    let n = |k: &str| report[k].as_u64().unwrap_or(0);
-    if report["ran"].as_bool() == Some(false) {
+pub fn print_gc(report: &GcReport) {
+    if !report.ran {
         println!("GC did not run: another GC held the lock");
         return;
     }
     println!(
         "GC evicted {} narinfos and {} NARs ({} bytes, {} of them orphans) and {} unfetched narinfos; {} bytes stored now",
-        n("narinfos_evicted"),
-        n("nars_evicted"),
-        n("bytes_evicted"),
-        n("orphans_collected"),
-        n("unfetched_collected"),
-        n("size_after")
+        report.narinfos_evicted,
+        report.nars_evicted,
+        report.bytes_evicted,
+        report.orphans_collected,
+        report.unfetched_collected,
+        report.size_after
     );
 }
 
 /// Whether a prefetch report has every path cached.
-pub fn prefetch_complete(report: &Value) -> bool {
-    let empty = |k: &str| report[k].as_array().is_none_or(|a| a.is_empty());
-    empty("not_found") && empty("failed")
+pub fn prefetch_complete(report: &PrefetchReport) -> bool {
+    report.not_found.is_empty() && report.failed.is_empty()
 }
 
 /// Prints a prefetch report; true when every path is now cached.
-pub fn print_prefetch(report: &Value) -> bool {
-    let list = |k: &str| report[k].as_array().cloned().unwrap_or_default();
-    let (cached, fetched, missing, failed) = (
-        list("cached"),
-        list("fetched"),
-        list("not_found"),
-        list("failed"),
-    );
-    for p in &missing {
-        println!("not found upstream: {}", p.as_str().unwrap_or_default());
+pub fn print_prefetch(report: &PrefetchReport) -> bool {
+    for p in &report.not_found {
+        println!("not found upstream: {p}");
     }
-    for f in &failed {
-        println!(
-            "failed: {}: {}",
-            f["path"].as_str().unwrap_or_default(),
-            f["reason"].as_str().unwrap_or_default()
-        );
+    for f in &report.failed {
+        println!("failed: {}: {}", f.path, f.reason);
     }
     println!(
         "{} fetched, {} cached already, {} not found, {} failed",
-        fetched.len(),
-        cached.len(),
-        missing.len(),
-        failed.len()
+        report.fetched.len(),
+        report.cached.len(),
+        report.not_found.len(),
+        report.failed.len()
     );
     prefetch_complete(report)
 }

@@ -7,6 +7,7 @@
 //! (translating requests to flows and results to status codes). [`server`] wires them together
 //! from a [`config::Config`].
 
+pub mod admin;
 pub mod admin_client;
 pub mod cache;
 pub mod config;

@@ -4,6 +4,7 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
+use nixcache::admin::{PrefetchReport, PrefetchRequest, TaskState};
 use nixcache::config::{write_secret, LogFormat, ServeArgs};
 use nixcache::nix::SecretKey;
 use tracing_subscriber::EnvFilter;
@@ -109,24 +110,29 @@ impl AdminArgs {
 /// task was recorded).
 async fn prefetch(
     client: &nixcache::admin_client::Client,
-    body: serde_json::Value,
+    request: &PrefetchRequest,
     run_async: bool,
     server: &str,
 ) -> anyhow::Result<bool> {
     use nixcache::admin_client::{print_prefetch, print_task, Posted};
     // Waiting is done on a task too: that is where the progress is.
-    match client.post("prefetch", body, true).await? {
+    match client
+        .post::<PrefetchReport>("prefetch", request, true)
+        .await?
+    {
         Posted::Done(report) => Ok(print_prefetch(&report)),
         Posted::Task(task) => {
-            let id = task["id"].as_str().unwrap_or_default().to_string();
             if run_async {
-                println!("{id}");
-                eprintln!("follow it with: nixcache tasks --server {server} --wait {id}");
+                println!("{}", task.id);
+                eprintln!(
+                    "follow it with: nixcache tasks --server {server} --wait {}",
+                    task.id
+                );
                 return Ok(true);
             }
-            let task = client.wait(&id).await?;
-            match task["state"].as_str() {
-                Some("succeeded") => Ok(print_prefetch(&task["result"])),
+            let task = client.wait(&task.id).await?;
+            match task.prefetch_report() {
+                Some(report) if task.state == TaskState::Succeeded => Ok(print_prefetch(&report)),
                 _ => Ok(print_task(&task)),
             }
         }
@@ -145,11 +151,8 @@ async fn tasks(
         client.task(id).await?
     };
     if json {
-        println!("{task:#}");
-        return Ok(task["state"].as_str() != Some("failed")
-            && (task["kind"].as_str() != Some("prefetch")
-                || task["result"].is_null()
-                || nixcache::admin_client::prefetch_complete(&task["result"])));
+        println!("{}", serde_json::to_string_pretty(&task)?);
+        return Ok(nixcache::admin_client::task_complete(&task));
     }
     Ok(nixcache::admin_client::print_task(&task))
 }
@@ -247,10 +250,13 @@ fn main() -> ExitCode {
             run_async,
             paths,
         } => admin.client().and_then(|client| {
-            let body = serde_json::json!({"paths": paths, "closure": !no_closure});
+            let request = PrefetchRequest {
+                paths,
+                closure: !no_closure,
+            };
             let complete = actix_web::rt::System::new().block_on(prefetch(
                 &client,
-                body,
+                &request,
                 run_async,
                 &admin.server,
             ))?;

@@ -28,7 +28,7 @@ const STALE_UPLOAD_AGE: Duration = Duration::from_secs(24 * 3600);
 const ORPHAN_LIMIT: i64 = 10_000;
 
 /// What a pass did.
-#[derive(Clone, Debug, Default, PartialEq, serde::Serialize)]
+#[derive(Clone, Debug, Default, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct GcReport {
     /// Whether this process ran the pass (false: another one holds the `gc` lock).
     pub ran: bool,
@@ -53,7 +53,8 @@ pub struct GcReport {
 }
 
 /// Seconds each step of a pass took, so a slow pass shows which step grew.
-#[derive(Clone, Debug, Default, PartialEq, serde::Serialize)]
+#[derive(Clone, Debug, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(default)]
 pub struct GcPhases {
     /// Removing the parts of dead downloads, aborting stale storage uploads, writing this
     /// replica's access times and summing the stored size.

@@ -34,19 +34,30 @@ pub struct PrefetchProgress {
     missing: AtomicU64,
 }
 
+/// A prefetch's progress as a task shows it.
+#[derive(Clone, Copy, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct PrefetchCounts {
+    /// Paths known so far (the named ones and the references found).
+    pub paths_known: u64,
+    /// Paths dealt with, whatever the outcome.
+    pub paths_done: u64,
+    pub fetched: u64,
+    pub not_found_or_failed: u64,
+}
+
 impl PrefetchProgress {
-    pub fn snapshot(&self) -> serde_json::Value {
-        serde_json::json!({
-            "paths_known": self.known.load(Ordering::Relaxed),
-            "paths_done": self.done.load(Ordering::Relaxed),
-            "fetched": self.fetched.load(Ordering::Relaxed),
-            "not_found_or_failed": self.missing.load(Ordering::Relaxed),
-        })
+    pub fn snapshot(&self) -> PrefetchCounts {
+        PrefetchCounts {
+            paths_known: self.known.load(Ordering::Relaxed),
+            paths_done: self.done.load(Ordering::Relaxed),
+            fetched: self.fetched.load(Ordering::Relaxed),
+            not_found_or_failed: self.missing.load(Ordering::Relaxed),
+        }
     }
 }
 
 /// What a prefetch did, path by path.
-#[derive(Debug, Default, Serialize, PartialEq, Eq)]
+#[derive(Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
 pub struct PrefetchReport {
     /// Narinfo and NAR were here already.
     pub cached: Vec<String>,
@@ -57,7 +68,7 @@ pub struct PrefetchReport {
     pub failed: Vec<PrefetchFailure>,
 }
 
-#[derive(Debug, Serialize, PartialEq, Eq)]
+#[derive(Debug, Serialize, Deserialize, PartialEq, Eq)]
 pub struct PrefetchFailure {
     pub path: String,
     pub reason: String,

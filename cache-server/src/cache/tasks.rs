@@ -279,7 +279,9 @@ impl Tasks {
                     if let Err(e) = guard.extend(ttl).await {
                         warn!(task = %task.id, error = %e, "could not extend a task's lock");
                     }
-                    let shown = (task.kind == TaskKind::Prefetch).then(|| progress.snapshot().to_string());
+                    let shown = (task.kind == TaskKind::Prefetch)
+                        .then(|| progress.snapshot())
+                        .and_then(|counts| serde_json::to_string(&counts).ok());
                     match self.cache.db.task_heartbeat(&task.id, &self.settings.replica, unix_millis(), shown).await {
                         Ok(true) => {}
                         Ok(false) => break Ending::TakenOver,

@@ -8,29 +8,36 @@
 //!   pending or running, on any replica, a request joins it instead of starting another.
 //! - `GET /api/v1/tasks/<id>`: a task's state, progress, times and result, from any replica.
 
-use actix_web::http::header::{HeaderValue, CONTENT_TYPE, LOCATION, VARY};
+use actix_web::http::header::{HeaderName, HeaderValue, CONTENT_TYPE, LOCATION, VARY};
 use actix_web::http::StatusCode;
 use actix_web::{web, HttpRequest, HttpResponse};
-use serde_json::{json, Value};
+use serde::Serialize;
 
 use super::upload::authorized;
 use super::{not_found_response, AppState};
-use crate::cache::prefetch::{PrefetchProgress, PrefetchRequest};
+use crate::admin::{stored_json, task_path, ApiError, PrefetchRequest, Task};
+use crate::cache::prefetch::PrefetchProgress;
 use crate::db::TaskRecord;
 use crate::nix::StorePath;
 
 /// Most store paths one request may name.
 pub const MAX_PATHS: usize = 10_000;
 
-fn json_response(status: StatusCode, body: &Value) -> HttpResponse {
-    HttpResponse::build(status)
-        .insert_header((CONTENT_TYPE, HeaderValue::from_static("application/json")))
-        .insert_header((VARY, HeaderValue::from_static("Prefer")))
-        .body(body.to_string())
+fn json_response(status: StatusCode, body: &impl Serialize) -> HttpResponse {
+    match serde_json::to_string(body) {
+        Ok(body) => HttpResponse::build(status)
+            .insert_header((CONTENT_TYPE, HeaderValue::from_static("application/json")))
+            .insert_header((VARY, HeaderValue::from_static("Prefer")))
+            .body(body),
+        Err(e) => {
+            tracing::warn!(error = %e, "admin API: an answer could not be written as JSON");
+            HttpResponse::InternalServerError().finish()
+        }
+    }
 }
 
 fn json_error(status: StatusCode, message: impl Into<String>) -> HttpResponse {
-    json_response(status, &json!({ "error": message.into() }))
+    json_response(status, &ApiError::new(message))
 }
 
 /// The answer when the task table cannot be reached; the cause goes to the log only.
@@ -64,47 +71,18 @@ fn prefers_async(req: &HttpRequest) -> bool {
         })
 }
 
-fn millis_to_rfc3339(ms: Option<i64>) -> Value {
-    ms.and_then(chrono::DateTime::from_timestamp_millis)
-        .map_or(Value::Null, |t| {
-            Value::String(t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true))
-        })
-}
-
-/// A stored JSON column as JSON (a column that somehow is not JSON is shown as a string).
-fn stored_json(text: Option<&str>) -> Value {
-    text.map_or(Value::Null, |t| {
-        serde_json::from_str(t).unwrap_or_else(|_| Value::String(t.to_string()))
-    })
-}
-
-/// A task as the API shows it.
-fn task_json(t: &TaskRecord) -> Value {
-    json!({
-        "id": t.id,
-        "kind": t.kind,
-        "state": t.state,
-        "request": stored_json(Some(&t.request)),
-        "progress": stored_json(t.progress.as_deref()),
-        "result": stored_json(t.result.as_deref()),
-        "error": t.error,
-        "runner": t.owner,
-        "attempts": t.attempts,
-        "created_at": millis_to_rfc3339(Some(t.created_at)),
-        "started_at": millis_to_rfc3339(t.started_at),
-        "heartbeat_at": millis_to_rfc3339(t.heartbeat_at),
-        "finished_at": millis_to_rfc3339(t.finished_at),
-    })
-}
-
 /// 202 for a recorded task, pointing at it.
 fn accepted(t: &TaskRecord) -> HttpResponse {
-    HttpResponse::Accepted()
-        .insert_header((CONTENT_TYPE, HeaderValue::from_static("application/json")))
-        .insert_header((LOCATION, format!("/api/v1/tasks/{}", t.id)))
-        .insert_header(("Preference-Applied", "respond-async"))
-        .insert_header((VARY, HeaderValue::from_static("Prefer")))
-        .body(task_json(t).to_string())
+    let mut r = json_response(StatusCode::ACCEPTED, &Task::from(t));
+    let headers = r.headers_mut();
+    if let Ok(location) = HeaderValue::try_from(task_path(&t.id)) {
+        headers.insert(LOCATION, location);
+    }
+    headers.insert(
+        HeaderName::from_static("preference-applied"),
+        HeaderValue::from_static("respond-async"),
+    );
+    r
 }
 
 /// A finished task's answer in the synchronous mode: its result, or why it failed.
@@ -198,12 +176,8 @@ pub async fn prefetch(
             .prefetch(paths, request.closure, &PrefetchProgress::default())
             .await
     });
-    match work
-        .await
-        .map_err(|e| e.to_string())
-        .and_then(|report| serde_json::to_value(&report).map_err(|e| e.to_string()))
-    {
-        Ok(body) => json_response(StatusCode::OK, &body),
+    match work.await {
+        Ok(report) => json_response(StatusCode::OK, &report),
         Err(e) => {
             tracing::warn!(error = %e, "prefetch on request failed");
             json_error(
@@ -229,7 +203,7 @@ pub async fn task(
     }
     match state.tasks.get(&id.to_ascii_lowercase()).await {
         Ok(Some(t)) => {
-            let mut r = json_response(StatusCode::OK, &task_json(&t));
+            let mut r = json_response(StatusCode::OK, &Task::from(&t));
             if !t.state.is_finished() {
                 // Pollers should not be served a cached "running".
                 r.headers_mut().insert(

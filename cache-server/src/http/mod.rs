@@ -55,12 +55,15 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
             .route(web::put().to(upload::put_nar)),
     )
     .service(
-        web::resource("/api/v1/prefetch")
+        web::resource(format!("{}/prefetch", crate::admin::PREFIX))
             .app_data(web::PayloadConfig::new(4 << 20))
             .route(web::post().to(api::prefetch)),
     )
-    .service(web::resource("/api/v1/gc").route(web::post().to(api::gc)))
-    .service(web::resource("/api/v1/tasks/{id}").route(web::get().to(api::task)))
+    .service(web::resource(format!("{}/gc", crate::admin::PREFIX)).route(web::post().to(api::gc)))
+    .service(
+        web::resource(format!("{}/tasks/{{id}}", crate::admin::PREFIX))
+            .route(web::get().to(api::task)),
+    )
     .route(
         "/pubkey",
         web::route().guard(get_or_head()).to(health::pubkey),
