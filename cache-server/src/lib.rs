@@ -10,7 +10,7 @@
 pub mod admin;
 pub mod admin_client;
 pub mod cache;
-pub mod config;
+pub use nixcache_settings::config;
 pub mod db;
 pub mod fuzz;
 pub mod http;

@@ -357,7 +357,12 @@ async fn wait_for_signal() {
 }
 
 /// Runs a GC pass at every tick of the schedule, when this replica gets the `gc` lock.
-async fn scheduled_gc(cache: Arc<Cache>, schedule: croner::Cron, max_size: u64, grace: Duration) {
+async fn scheduled_gc(
+    cache: Arc<Cache>,
+    schedule: nixcache_settings::schedule::Cron,
+    max_size: u64,
+    grace: Duration,
+) {
     loop {
         let now = chrono::Utc::now();
         let next = match schedule.find_next_occurrence(&now, false) {

@@ -1,4 +1,4 @@
-//! A `NixCache` spec as the server's own configuration type ([`nixcache::config::ServeArgs`]),
+//! A `NixCache` spec as the server's own configuration type ([`nixcache_settings::config::ServeArgs`]),
 //! rendered into the ConfigMap, and the checks that reject a spec before any child changes.
 //!
 //! Secrets stay out of the rendered file: the PostgreSQL URL and the S3 credentials reach the
@@ -6,8 +6,8 @@
 
 use std::path::PathBuf;
 
-use nixcache::config::{HumanDuration, LogFormat, ServeArgs};
-use nixcache::nix::PublicKey;
+use nixcache_settings::config::{HumanDuration, LogFormat, ServeArgs};
+use nixcache_settings::keys::PublicKey;
 
 use crate::crd::{NixCache, NixCacheSpec, UpstreamSpec};
 

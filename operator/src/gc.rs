@@ -3,23 +3,16 @@
 //! says. The reconciler does the talking (`reconcile::gc`).
 
 use chrono::{DateTime, Utc};
-use croner::parser::{CronParser, Seconds};
-use croner::Cron;
 use k8s_openapi::api::batch::v1::Job;
 use kube::ResourceExt;
+pub use nixcache_settings::schedule::parse_schedule;
+use nixcache_settings::schedule::Cron;
 
 use crate::crd::{GcSpec, GcStatus};
 use crate::resources::SCHEDULED_ANNOTATION;
 use crate::time::{parse_rfc3339, rfc3339};
 
-/// The same cron dialect as the server's `--gc-schedule`.
-pub fn parse_schedule(s: &str) -> Result<Cron, String> {
-    CronParser::builder()
-        .seconds(Seconds::Optional)
-        .build()
-        .parse(s)
-        .map_err(|e| format!("{s:?}: {e}"))
-}
+// Schedules are parsed as the server's `--gc-schedule` is: `parse_schedule`.
 
 /// The latest tick in `(after, now]`, if any (UTC).
 pub fn latest_tick(schedule: &Cron, after: i64, now: i64) -> Option<i64> {

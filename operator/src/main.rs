@@ -24,7 +24,7 @@ enum Command {
     Crd,
 }
 
-#[actix_web::main]
+#[tokio::main]
 async fn main() -> ExitCode {
     match Cli::parse().command {
         Command::Crd => {

@@ -19,7 +19,7 @@ use kube::api::{
 use kube::runtime::controller::Action;
 use kube::runtime::events::{Event, EventType, Recorder};
 use kube::{Client, Resource, ResourceExt};
-use nixcache::nix::SecretKey;
+use nixcache_settings::keys::SecretKey;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use serde_json::json;

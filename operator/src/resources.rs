@@ -11,6 +11,7 @@ use k8s_openapi::api::core::v1::{
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
 use kube::{Resource, ResourceExt};
+use nixcache_settings::env;
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 
@@ -373,17 +374,17 @@ pub const TOKENS_DIR: &str = "/etc/nixcache/tokens";
 fn tokens(nc: &NixCache) -> Vec<(&'static str, &'static str, &crate::crd::SecretKeyRef)> {
     [
         (
-            "NIXCACHE_UPLOAD_TOKEN_FILE",
+            env::UPLOAD_TOKEN_FILE,
             "upload-token",
             nc.spec.uploads.as_ref().map(|u| &u.token_secret),
         ),
         (
-            "NIXCACHE_READ_TOKEN_FILE",
+            env::READ_TOKEN_FILE,
             "read-token",
             nc.spec.read_token_secret.as_ref(),
         ),
         (
-            "NIXCACHE_ADMIN_TOKEN_FILE",
+            env::ADMIN_TOKEN_FILE,
             "admin-token",
             nc.spec.admin_token_secret.as_ref(),
         ),
@@ -399,7 +400,7 @@ fn env(nc: &NixCache) -> Value {
     let mut env = vec![];
     if let Some(db) = &nc.spec.database {
         env.push(
-            json!({"name": "NIXCACHE_DATABASE_URL", "valueFrom": {"secretKeyRef": {
+            json!({"name": env::DATABASE_URL, "valueFrom": {"secretKeyRef": {
             "name": db.postgres_url_secret.name, "key": db.postgres_url_secret.key}}}),
         );
     }
@@ -407,7 +408,7 @@ fn env(nc: &NixCache) -> Value {
         env.push(json!({"name": var, "value": format!("{TOKENS_DIR}/{volume}/{}", r.key)}));
     }
     if let Some(s3) = &nc.spec.storage.s3 {
-        for key in ["AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"] {
+        for key in [env::AWS_ACCESS_KEY_ID, env::AWS_SECRET_ACCESS_KEY] {
             env.push(json!({"name": key, "valueFrom": {"secretKeyRef": {
                 "name": s3.credentials_secret, "key": key}}}));
         }

@@ -6,8 +6,10 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use actix_web::{web, App, HttpResponse, HttpServer};
 use anyhow::Context as _;
+use axum::http::header::CONTENT_TYPE;
+use axum::routing::get;
+use axum::Router;
 use futures_util::StreamExt;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::batch::v1::Job;
@@ -164,33 +166,25 @@ async fn terminated() {
     }
 }
 
+/// Serves `/healthz` and `/metrics` from now until the process ends.
 async fn serve_http(listen: SocketAddr, metrics: Arc<Metrics>) -> anyhow::Result<()> {
-    let server = HttpServer::new(move || {
-        let metrics = metrics.clone();
-        App::new()
-            .route(
-                "/healthz",
-                web::get().to(|| async { HttpResponse::Ok().body("ok\n") }),
-            )
-            .route(
-                "/metrics",
-                web::get().to(move || {
-                    let body = metrics.render();
-                    async move {
-                        HttpResponse::Ok()
-                            .content_type("text/plain; version=0.0.4")
-                            .body(body)
-                    }
-                }),
-            )
-    })
-    .workers(1)
-    .disable_signals()
-    .shutdown_timeout(1)
-    .bind(listen)
-    .with_context(|| format!("binding {listen}"))?
-    .run();
-    actix_web::rt::spawn(server);
+    let app = Router::new()
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route(
+            "/metrics",
+            get(move || {
+                let body = metrics.render();
+                async move { ([(CONTENT_TYPE, "text/plain; version=0.0.4")], body) }
+            }),
+        );
+    let listener = tokio::net::TcpListener::bind(listen)
+        .await
+        .with_context(|| format!("binding {listen}"))?;
+    tokio::spawn(async move {
+        if let Err(e) = axum::serve(listener, app).await {
+            error!(error = %e, "the metrics and health server stopped");
+        }
+    });
     Ok(())
 }
 

@@ -77,18 +77,7 @@ macro_rules! run {
     };
 }
 
-/// A database URL for messages: without its password.
-pub fn redact_url(url: &str) -> String {
-    match reqwest::Url::parse(url) {
-        Ok(mut u) => {
-            if u.password().is_some() {
-                let _ = u.set_password(Some("REDACTED"));
-            }
-            u.to_string()
-        }
-        Err(_) => "(unparsable database URL)".to_string(),
-    }
-}
+pub use nixcache_settings::redact::redact_url;
 
 fn unavailable(e: impl std::fmt::Display) -> DbError {
     DbError::Connection(e.to_string())

@@ -5,7 +5,7 @@ use std::fmt::Write as _;
 use super::store_path::is_canonical_dir;
 
 /// The store directory of every Nix installation that uses the default layout.
-pub const DEFAULT_STORE_DIR: &str = "/nix/store";
+pub use nixcache_settings::store::DEFAULT_STORE_DIR;
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct CacheInfo {

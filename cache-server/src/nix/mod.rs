@@ -9,12 +9,12 @@ pub mod hash;
 pub mod nar;
 pub mod nar_file;
 pub mod narinfo;
-pub mod signing;
 pub mod store_path;
 
 pub use cache_info::CacheInfo;
 pub use hash::Sha256Hash;
 pub use nar_file::{Compression, NarFile};
 pub use narinfo::NarInfo;
+pub use nixcache_settings::keys as signing;
 pub use signing::{PublicKey, SecretKey};
 pub use store_path::{StoreHash, StorePath};

@@ -310,6 +310,18 @@ mod tests {
     const CURL: &str = include_str!("../../testdata/cache-nixos-org-curl.narinfo");
     const HELLO: &str = include_str!("../../testdata/cache-nixos-org-hello.narinfo");
     const NIX_PUBLIC: &str = include_str!("../../testdata/nix-generated.public");
+    const SECOND_SECRET: &str = include_str!("../../testdata/second.secret");
+    const TOP_SECOND_SIG: &str = include_str!("../../testdata/top.second-sig");
+
+    #[test]
+    fn signs_exactly_as_nix_store_sign_does() {
+        // ed25519 is deterministic: the same key over the same fingerprint gives Nix's signature.
+        let sk = crate::nix::SecretKey::parse(SECOND_SECRET).expect("key");
+        let info = NarInfo::parse(TOP).expect("narinfo");
+        let fp = info.fingerprint();
+        assert_eq!(sk.sign(&fp), TOP_SECOND_SIG.trim());
+        assert!(sk.public_key().verify(&fp, TOP_SECOND_SIG.trim()));
+    }
 
     #[test]
     fn round_trips_byte_for_byte() {

@@ -117,15 +117,7 @@ impl fmt::Debug for StorePath {
     }
 }
 
-/// An absolute directory without empty, `.` or `..` components.
-pub fn is_canonical_dir(dir: &str) -> bool {
-    match dir.strip_prefix('/') {
-        Some(rest) => rest
-            .split('/')
-            .all(|c| !c.is_empty() && c != "." && c != ".."),
-        None => false,
-    }
-}
+pub use nixcache_settings::store::is_canonical_dir;
 
 fn parse_base_name(base: &str) -> Option<(StoreHash, &str)> {
     if base.len() < HASH_LEN + 2 || base.as_bytes()[HASH_LEN] != b'-' {

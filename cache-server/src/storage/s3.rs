@@ -20,16 +20,7 @@ use super::{validate_key, ByteRange, Object, Storage, StorageError};
 /// Multipart part size: above S3's 5 MiB minimum, small enough to stay in constant memory.
 const PART_SIZE: usize = 8 << 20;
 
-/// Where the bucket is and how to reach it. Credentials come from the standard environment
-/// (`AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`, `AWS_SESSION_TOKEN`).
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct S3Config {
-    pub bucket: String,
-    pub prefix: String,
-    /// For S3-compatible servers; path-style requests are used then.
-    pub endpoint: Option<String>,
-    pub region: String,
-}
+pub use nixcache_settings::config::S3Config;
 
 pub struct S3Storage {
     store: Arc<AmazonS3>,

@@ -10,26 +10,13 @@ use reqwest::{StatusCode, Url};
 
 use super::origin;
 use crate::nix::narinfo::MAX_NARINFO_BYTES;
-use crate::nix::{CacheInfo, NarInfo, PublicKey, StoreHash};
+use crate::nix::{CacheInfo, NarInfo, StoreHash};
 
 /// Priority of an upstream that neither configuration nor its `nix-cache-info` sets (Nix's default).
 pub const DEFAULT_PRIORITY: u32 = 50;
 const UNKNOWN_PRIORITY: u32 = u32::MAX;
 
-/// How one upstream is used.
-#[derive(Clone, Debug)]
-pub struct UpstreamConfig {
-    pub url: Url,
-    /// Explicit priority; otherwise learned from the upstream's `nix-cache-info`.
-    pub priority: Option<u32>,
-    /// Keys whose signatures make a narinfo from this upstream acceptable.
-    pub keys: Vec<PublicKey>,
-    /// Accept narinfos without a valid signature from a trusted key.
-    pub trust_unsigned: bool,
-    /// Follow redirects to other origins (a CDN, presigned S3 URLs); never to internal addresses
-    /// unless the upstream is on one itself. Off: redirects stay at the upstream's origin.
-    pub cross_origin_redirects: bool,
-}
+pub use nixcache_settings::config::UpstreamConfig;
 
 #[derive(Debug, thiserror::Error)]
 pub enum UpstreamError {
@@ -311,21 +298,7 @@ impl HttpUpstream {
     }
 }
 
-/// A URL for logs and errors: without user name, password or query string, any of which may
-/// carry credentials (a token is often given as the user name).
-pub fn redact(url: &Url) -> String {
-    let mut u = url.clone();
-    if !u.username().is_empty() {
-        let _ = u.set_username("REDACTED");
-    }
-    if u.password().is_some() {
-        let _ = u.set_password(Some("REDACTED"));
-    }
-    if u.query().is_some() {
-        u.set_query(Some("REDACTED"));
-    }
-    u.to_string()
-}
+pub use nixcache_settings::redact::redact;
 
 /// reqwest's error text, without the URL it repeats (ours carries it already).
 fn without_url(e: &reqwest::Error) -> String {

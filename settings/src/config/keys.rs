@@ -3,7 +3,7 @@
 use std::path::Path;
 
 use super::{invalid, ConfigError, SigningKeySource};
-use crate::nix::SecretKey;
+use crate::keys::SecretKey;
 
 /// Loads the signing key, generating and saving one (mode 0600) on first start.
 pub fn load_signing_key(source: &SigningKeySource) -> Result<(SecretKey, bool), ConfigError> {

@@ -18,13 +18,15 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use clap::Args;
+use croner::Cron;
 use serde::{Deserialize, Serialize};
 
-use crate::nix::cache_info::DEFAULT_STORE_DIR;
-use crate::nix::signing::CACHE_NIXOS_ORG_KEY;
-use crate::nix::store_path::is_canonical_dir;
-use crate::nix::PublicKey;
-use crate::upstream::UpstreamConfig;
+use url::Url;
+
+use crate::env;
+use crate::keys::{PublicKey, CACHE_NIXOS_ORG_KEY};
+use crate::schedule::parse_schedule;
+use crate::store::{is_canonical_dir, DEFAULT_STORE_DIR};
 
 pub const DEFAULT_LISTEN: &str = "0.0.0.0:8080";
 pub const DEFAULT_DATA_DIR: &str = "./nixcache-data";
@@ -90,7 +92,7 @@ pub enum LogFormat {
 #[serde(rename_all = "kebab-case", deny_unknown_fields, default)]
 pub struct ServeArgs {
     /// TOML file with any of these settings, keyed by flag name (e.g. `data-dir = "/srv/nixcache"`).
-    #[arg(long, env = "NIXCACHE_CONFIG", value_name = "PATH")]
+    #[arg(long, env = env::CONFIG, value_name = "PATH")]
     #[serde(skip)]
     pub config: Option<PathBuf>,
 
@@ -143,7 +145,7 @@ pub struct ServeArgs {
 
     /// Database URL: `sqlite://PATH` or `postgres://USER[:PASSWORD]@HOST[:PORT]/DB` (shared by
     /// replicas). [default: sqlite://DATA_DIR/nixcache.sqlite]
-    #[arg(long, env = "NIXCACHE_DATABASE_URL", value_name = "URL")]
+    #[arg(long, env = env::DATABASE_URL, value_name = "URL")]
     pub database_url: Option<String>,
 
     /// Time to connect to an upstream. [default: 5s]
@@ -294,7 +296,7 @@ pub struct ServeArgs {
     pub upload_token: Option<String>,
 
     /// File whose contents (trimmed) are the upload token.
-    #[arg(long, env = "NIXCACHE_UPLOAD_TOKEN_FILE", value_name = "PATH")]
+    #[arg(long, env = env::UPLOAD_TOKEN_FILE, value_name = "PATH")]
     pub upload_token_file: Option<PathBuf>,
 
     /// Public key (`NAME:BASE64`) one of whose signatures every uploaded narinfo must carry,
@@ -334,7 +336,7 @@ pub struct ServeArgs {
     pub read_token: Option<String>,
 
     /// File whose contents (trimmed) are the read token.
-    #[arg(long, env = "NIXCACHE_READ_TOKEN_FILE", value_name = "PATH")]
+    #[arg(long, env = env::READ_TOKEN_FILE, value_name = "PATH")]
     pub read_token_file: Option<PathBuf>,
 
     /// Token of the admin API (`/api/v1`, as a Bearer token); the API is off without one.
@@ -347,7 +349,7 @@ pub struct ServeArgs {
     pub admin_token: Option<String>,
 
     /// File whose contents (trimmed) are the admin token.
-    #[arg(long, env = "NIXCACHE_ADMIN_TOKEN_FILE", value_name = "PATH")]
+    #[arg(long, env = env::ADMIN_TOKEN_FILE, value_name = "PATH")]
     pub admin_token_file: Option<PathBuf>,
 
     /// How long finished admin tasks stay readable at `/api/v1/tasks/<id>`. [default: 7days]
@@ -357,6 +359,32 @@ pub struct ServeArgs {
     /// With a read token: serve `/metrics` without it.
     #[arg(long, env = "NIXCACHE_PUBLIC_METRICS", num_args = 0..=1, default_missing_value = "true", value_name = "BOOL")]
     pub public_metrics: Option<bool>,
+}
+
+/// How one upstream is used.
+#[derive(Clone, Debug)]
+pub struct UpstreamConfig {
+    pub url: Url,
+    /// Explicit priority; otherwise learned from the upstream's `nix-cache-info`.
+    pub priority: Option<u32>,
+    /// Keys whose signatures make a narinfo from this upstream acceptable.
+    pub keys: Vec<PublicKey>,
+    /// Accept narinfos without a valid signature from a trusted key.
+    pub trust_unsigned: bool,
+    /// Follow redirects to other origins (a CDN, presigned S3 URLs); never to internal addresses
+    /// unless the upstream is on one itself. Off: redirects stay at the upstream's origin.
+    pub cross_origin_redirects: bool,
+}
+
+/// Where the bucket is and how to reach it. Credentials come from the standard environment
+/// (`AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`, `AWS_SESSION_TOKEN`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct S3Config {
+    pub bucket: String,
+    pub prefix: String,
+    /// For S3-compatible servers; path-style requests are used then.
+    pub endpoint: Option<String>,
+    pub region: String,
 }
 
 /// A secret value: `Debug` never shows it.
@@ -433,7 +461,7 @@ impl SensitiveUrl {
 
 impl std::fmt::Debug for SensitiveUrl {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&crate::db::redact_url(&self.0))
+        f.write_str(&crate::redact::redact_url(&self.0))
     }
 }
 
@@ -448,7 +476,7 @@ pub enum DatabaseConfig {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum StorageConfig {
     Local(PathBuf),
-    S3(crate::storage::S3Config),
+    S3(S3Config),
 }
 
 impl StorageConfig {
@@ -505,7 +533,7 @@ pub struct Config {
     pub max_size: Option<u64>,
     /// The node-local NAR tier in front of S3: its directory and size in bytes.
     pub local_cache: Option<(PathBuf, u64)>,
-    pub gc_schedule: Option<croner::Cron>,
+    pub gc_schedule: Option<Cron>,
     pub gc_grace: Duration,
     pub gc_unfetched_ttl: Duration,
     pub shutdown_timeout: Duration,
@@ -818,13 +846,7 @@ impl ServeArgs {
             gc_schedule: self
                 .gc_schedule
                 .as_deref()
-                .map(|v| {
-                    croner::parser::CronParser::builder()
-                        .seconds(croner::parser::Seconds::Optional)
-                        .build()
-                        .parse(v)
-                        .map_err(|e| invalid("gc-schedule", format!("{v:?}: {e}")))
-                })
+                .map(|v| parse_schedule(v).map_err(|e| invalid("gc-schedule", e)))
                 .transpose()?,
             gc_grace: positive("gc-grace", self.gc_grace, 60)?,
             gc_unfetched_ttl: positive("gc-unfetched-ttl", self.gc_unfetched_ttl, 3600)?,

@@ -2,11 +2,13 @@
 
 use std::path::{Path, PathBuf};
 
-use reqwest::Url;
+use url::Url;
 
-use super::{invalid, ConfigError, DatabaseConfig, SensitiveUrl, StorageConfig};
-use crate::nix::PublicKey;
-use crate::upstream::UpstreamConfig;
+use super::{
+    invalid, ConfigError, DatabaseConfig, S3Config, SensitiveUrl, StorageConfig, UpstreamConfig,
+};
+use crate::keys::PublicKey;
+use crate::redact::{redact, redact_url};
 
 /// The name part of a key, for error messages that must not echo key material.
 pub(super) fn key_name(k: &str) -> String {
@@ -27,10 +29,7 @@ pub(super) fn parse_upstream(
     if !matches!(url.scheme(), "http" | "https") || url.host_str().is_none() {
         return Err(invalid(
             "upstream",
-            format!(
-                "{} is not an http(s) URL",
-                crate::upstream::http::redact(&url)
-            ),
+            format!("{} is not an http(s) URL", redact(&url)),
         ));
     }
     let mut config = UpstreamConfig {
@@ -100,7 +99,7 @@ pub(super) fn parse_storage_url(
                 ));
             }
         }
-        return Ok(StorageConfig::S3(crate::storage::S3Config {
+        return Ok(StorageConfig::S3(S3Config {
             bucket: bucket.to_string(),
             prefix: prefix.trim_matches('/').to_string(),
             endpoint,
@@ -117,12 +116,12 @@ pub(super) fn parse_storage_url(
 }
 
 pub(super) fn parse_redis_url(url: &str) -> Result<SensitiveUrl, ConfigError> {
-    let parsed = Url::parse(url)
-        .map_err(|e| invalid("redis", format!("{}: {e}", crate::db::redact_url(url))))?;
+    let parsed =
+        Url::parse(url).map_err(|e| invalid("redis", format!("{}: {e}", redact_url(url))))?;
     if !matches!(parsed.scheme(), "redis" | "rediss") || parsed.host_str().is_none() {
         return Err(invalid(
             "redis",
-            format!("{} is not a redis:// URL", crate::db::redact_url(url)),
+            format!("{} is not a redis:// URL", redact_url(url)),
         ));
     }
     Ok(SensitiveUrl(url.to_string()))
@@ -139,12 +138,8 @@ pub(super) fn parse_database_url(url: &str) -> Result<DatabaseConfig, ConfigErro
         return Ok(DatabaseConfig::Sqlite(PathBuf::from(path)));
     }
     if url.starts_with("postgres://") || url.starts_with("postgresql://") {
-        let parsed = Url::parse(url).map_err(|e| {
-            invalid(
-                "database-url",
-                format!("{}: {e}", crate::db::redact_url(url)),
-            )
-        })?;
+        let parsed = Url::parse(url)
+            .map_err(|e| invalid("database-url", format!("{}: {e}", redact_url(url))))?;
         if parsed.host_str().is_none() {
             return Err(invalid("database-url", "postgres URL without a host"));
         }
