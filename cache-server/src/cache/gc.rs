@@ -223,7 +223,7 @@ impl Cache {
         // Kept through lock-service blips; the pass stops between steps once it is lost.
         let keeper = crate::lock::Keeper::spawn(
             std::sync::Arc::new(guard),
-            &LockName::Gc.to_string(),
+            LockName::Gc,
             ttl,
             self.metrics.lock_extensions.clone(),
         );

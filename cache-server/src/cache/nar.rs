@@ -495,7 +495,7 @@ impl Cache {
         let guard = Arc::new(guard);
         let keeper = Keeper::spawn(
             guard.clone(),
-            &lock_name.to_string(),
+            lock_name,
             ttl,
             self.metrics.lock_extensions.clone(),
         );

@@ -13,7 +13,7 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 use tracing::{info, warn};
 
-use super::{drift, Guard, LockError};
+use super::{drift, Guard, LockError, LockName};
 
 /// Extends a lock in the background while its work runs; stops when dropped.
 pub struct Keeper {
@@ -62,7 +62,12 @@ impl Shared {
 impl Keeper {
     /// Starts keeping `guard`, acquired just now for `ttl`. `extensions` counts attempts by
     /// result (`ok`, `failed`, `lost`).
-    pub fn spawn(guard: Arc<Guard>, name: &str, ttl: Duration, extensions: IntCounterVec) -> Self {
+    pub fn spawn(
+        guard: Arc<Guard>,
+        name: LockName<'_>,
+        ttl: Duration,
+        extensions: IntCounterVec,
+    ) -> Self {
         let shared = Arc::new(Shared {
             guard,
             name: name.to_string(),
@@ -167,7 +172,7 @@ mod tests {
         let guard: Arc<Guard> = Arc::new(Box::new(Flaky(up.clone())));
         let ttl = Duration::from_secs(3);
         let c = counters();
-        let keeper = Keeper::spawn(guard, "nar:x", ttl, c.clone());
+        let keeper = Keeper::spawn(guard, LockName::Task("x"), ttl, c.clone());
         tokio::time::sleep(Duration::from_millis(1500)).await;
         up.store(false, Ordering::SeqCst);
         // Down across two extension times, up again before the TTL since the last success.
@@ -187,7 +192,7 @@ mod tests {
         let guard: Arc<Guard> = Arc::new(Box::new(Flaky(up.clone())));
         let ttl = Duration::from_secs(3);
         let c = counters();
-        let keeper = Keeper::spawn(guard, "nar:x", ttl, c.clone());
+        let keeper = Keeper::spawn(guard, LockName::Task("x"), ttl, c.clone());
         tokio::time::sleep(Duration::from_millis(1100)).await;
         up.store(false, Ordering::SeqCst);
         tokio::time::sleep(Duration::from_millis(3000)).await;
