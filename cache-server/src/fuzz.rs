@@ -143,17 +143,17 @@ pub fn request_path(data: &[u8]) {
     {
         if let Ok(h) = StoreHash::parse(hash) {
             assert_eq!(h.as_str(), hash);
-            assert!(crate::storage::validate_key(&format!("narinfo/{h}.narinfo")).is_ok());
+            assert!(crate::storage::validate_key(&crate::storage::narinfo_key(&h)).is_ok());
         }
     }
-    if let Some(file) = name.strip_prefix("nar/") {
+    if let Some(file) = crate::storage::keys::nar_name(name) {
         if let Ok(f) = NarFile::parse(file) {
             assert_eq!(NarFile::parse(&f.file_name()).ok(), Some(f));
             assert!(crate::storage::validate_key(&crate::storage::nar_key(&f)).is_ok());
         }
     }
-    for kind in ["log", "realisations", "build-trace-v2"] {
-        if let Some(key) = crate::http::upload::extra_key(kind, name) {
+    for kind in crate::storage::keys::Extra::ALL {
+        if let Some(key) = kind.key(name) {
             assert!(crate::storage::validate_key(&key).is_ok(), "{key}");
         }
     }

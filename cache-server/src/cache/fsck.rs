@@ -15,7 +15,7 @@ use futures_util::StreamExt;
 use super::verify::Verifier;
 use super::Cache;
 use crate::nix::{NarFile, NarInfo};
-use crate::storage::nar_key;
+use crate::storage::{keys, nar_key};
 use crate::util::unix_now;
 
 /// One problem found.
@@ -99,10 +99,10 @@ impl Cache {
         };
         let stored: BTreeMap<String, u64> = self
             .storage
-            .list("nar")
+            .list(keys::NAR)
             .await?
             .into_iter()
-            .map(|(key, size)| (key.trim_start_matches("nar/").to_string(), size))
+            .map(|(key, size)| (keys::nar_name(&key).unwrap_or(&key).to_string(), size))
             .collect();
         let mut problems = Vec::new();
         for (i, (file, &size)) in recorded.iter().enumerate() {

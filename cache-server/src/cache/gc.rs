@@ -171,10 +171,10 @@ impl Cache {
     /// Removes published parts (`inflight/<file>/<n>`) of downloads nobody is running any more
     /// (their holder died): a part is only left alone while its NAR's lock is held.
     async fn sweep_inflight(&self) -> Result<u64, GcError> {
-        let parts = self.storage.list(super::inflight::PREFIX).await?;
+        let parts = self.storage.list(crate::storage::keys::INFLIGHT).await?;
         let mut by_file: std::collections::BTreeMap<String, Vec<String>> = Default::default();
         for (key, _) in parts {
-            if let Some(file) = super::inflight::file_of_key(&key) {
+            if let Some(file) = crate::storage::keys::inflight_file(&key) {
                 by_file
                     .entry(file.to_string())
                     .or_default()

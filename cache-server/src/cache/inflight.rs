@@ -27,33 +27,13 @@ use futures_util::{StreamExt, TryStreamExt};
 use tokio::sync::mpsc;
 use tracing::warn;
 
+use crate::storage::keys::{inflight_manifest_key as manifest_key, inflight_part_key as part_key};
 use crate::storage::{ByteRange, Storage, StorageError};
 
 /// How often a follower looks for the next part or the committed object.
 const POLL: Duration = Duration::from_millis(200);
 /// Parts waiting to be uploaded: beyond this, the download waits for storage.
 const QUEUED_PARTS: usize = 2;
-
-/// The manifest: the id of the attempt now publishing (or that committed) this file.
-pub fn manifest_key(file_name: &str) -> String {
-    format!("{PREFIX}/{file_name}/attempt")
-}
-
-pub fn part_key(file_name: &str, attempt: &str, index: u64) -> String {
-    format!("{PREFIX}/{file_name}/{attempt}/{index}")
-}
-
-/// Where every download publishes: `inflight/<file>/…`.
-pub const PREFIX: &str = "inflight";
-
-/// The NAR file name a key under [`PREFIX`] belongs to (its manifest or one of its parts).
-pub fn file_of_key(key: &str) -> Option<&str> {
-    key.strip_prefix(PREFIX)?
-        .strip_prefix('/')?
-        .split('/')
-        .next()
-        .filter(|f| !f.is_empty())
-}
 
 /// The attempt the manifest names, if any.
 async fn current_attempt(storage: &dyn Storage, file_name: &str) -> Option<String> {
@@ -316,22 +296,6 @@ pub fn follow_remote(
 mod tests {
     use super::*;
     use crate::storage::LocalStorage;
-
-    #[test]
-    fn keys_name_their_file() {
-        let file = "1w1fff338fvdw53sqgamddn1b2xgds473pv6y13gizdbqjv4i5p3.nar.xz";
-        assert_eq!(file_of_key(&manifest_key(file)), Some(file));
-        assert_eq!(file_of_key(&part_key(file, "a1", 7)), Some(file));
-        for other in [
-            "nar/x.nar",
-            "inflightx/f/0",
-            "inflight",
-            "inflight/",
-            "inflight//0",
-        ] {
-            assert_eq!(file_of_key(other), None, "{other}");
-        }
-    }
 
     /// What `advance` reads parts with, over bytes in memory.
     fn reader(data: &[u8]) -> impl Fn(u64, u64) -> io::Result<Bytes> + Copy + '_ {

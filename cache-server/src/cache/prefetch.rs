@@ -141,9 +141,7 @@ impl Cache {
             .iter()
             .filter_map(|r| StorePath::from_base_name(path.store_dir(), r).ok())
             .collect();
-        let file = info
-            .url
-            .strip_prefix("nar/")
+        let file = NarFile::name_in_url(&info.url)
             .and_then(|n| NarFile::parse(n).ok())
             .ok_or_else(|| Miss::Failed(format!("unexpected NAR URL {}", info.url)))?;
         let key = nar_key(&file);

@@ -147,9 +147,7 @@ impl Cache {
                 }
             }
         }
-        let name = info
-            .url
-            .strip_prefix("nar/")
+        let name = NarFile::name_in_url(&info.url)
             .ok_or_else(|| invalid("the narinfo's URL is not nar/<file>"))?;
         let file = NarFile::parse(name).map_err(|e| invalid(e.to_string()))?;
         if info.file_hash.is_some_and(|h| h != file.hash) {

@@ -12,7 +12,8 @@ use futures_util::StreamExt;
 use super::{not_found_response, text, AppState};
 use crate::cache::upload::UploadError;
 use crate::config::UploadConfig;
-use crate::nix::{NarFile, Sha256Hash, StoreHash};
+use crate::nix::{NarFile, StoreHash};
+use crate::storage::keys::{listing_key, Extra};
 
 /// Largest narinfo, listing or realisation accepted (a narinfo with thousands of references is
 /// well under this).
@@ -197,10 +198,7 @@ pub async fn put_root(
             .upload_narinfo(hash, &body, &uploads.trusted_keys, uploads.allow_replace)
             .await
     } else {
-        state
-            .cache
-            .upload_extra(&format!("ls/{hash}.ls"), body)
-            .await
+        state.cache.upload_extra(&listing_key(&hash), body).await
     };
     match result {
         Ok(()) => HttpResponse::Created().finish(),
@@ -208,24 +206,12 @@ pub async fn put_root(
     }
 }
 
-/// The storage key of a build log, realisation or build trace: its kind and a hash of its name
-/// (names carry characters storage keys do not allow).
-pub(crate) fn extra_key(kind: &str, name: &str) -> Option<String> {
-    let ok = !name.is_empty()
-        && name.len() <= 400
-        && !name.contains("..")
-        && name
-            .bytes()
-            .all(|c| c.is_ascii_graphic() && c != b'\\' && c != b'%');
-    ok.then(|| format!("{kind}/{}", Sha256Hash::digest(name.as_bytes()).to_nix32()))
-}
-
-fn extra_kind(req: &HttpRequest) -> Option<(&'static str, String)> {
+fn extra_kind(req: &HttpRequest) -> Option<(Extra, String)> {
     let path = req.path();
-    for kind in ["log", "realisations", "build-trace-v2"] {
+    for kind in Extra::ALL {
         if let Some(name) = path
             .strip_prefix('/')
-            .and_then(|p| p.strip_prefix(kind))
+            .and_then(|p| p.strip_prefix(kind.dir()))
             .and_then(|p| p.strip_prefix('/'))
         {
             return Some((kind, name.to_string()));
@@ -244,7 +230,7 @@ pub async fn put_extra(
         Ok(u) => u,
         Err(refusal) => return *refusal,
     };
-    let Some(key) = extra_kind(&req).and_then(|(kind, name)| extra_key(kind, &name)) else {
+    let Some(key) = extra_kind(&req).and_then(|(kind, name)| kind.key(&name)) else {
         return text(StatusCode::BAD_REQUEST, "invalid name\n");
     };
     let limit = usize::try_from(uploads.max_log_size).unwrap_or(usize::MAX);
@@ -263,12 +249,12 @@ pub async fn get_extra(state: web::Data<AppState>, req: HttpRequest) -> HttpResp
     let Some((kind, name)) = extra_kind(&req) else {
         return not_found_response();
     };
-    let Some(key) = extra_key(kind, &name) else {
+    let Some(key) = kind.key(&name) else {
         return text(StatusCode::BAD_REQUEST, "invalid name\n");
     };
     match state.cache.extra(&key).await {
         Some(body) => {
-            let content_type = if kind == "log" {
+            let content_type = if kind == Extra::Log {
                 "text/plain; charset=utf-8"
             } else {
                 "application/json"
@@ -283,7 +269,7 @@ pub async fn get_extra(state: web::Data<AppState>, req: HttpRequest) -> HttpResp
 
 /// `GET|HEAD /<hash>.ls`.
 pub async fn get_listing(state: &AppState, hash: StoreHash) -> HttpResponse {
-    match state.cache.extra(&format!("ls/{hash}.ls")).await {
+    match state.cache.extra(&listing_key(&hash)).await {
         Some(body) => HttpResponse::Ok()
             .insert_header((CONTENT_TYPE, HeaderValue::from_static("application/json")))
             .body(body),
@@ -325,18 +311,5 @@ mod tests {
             &TestRequest::default().to_http_request(),
             token
         ));
-    }
-
-    #[test]
-    fn extra_names_map_to_safe_keys() {
-        let k = extra_key("log", "abc-hello-2.12.drv").expect("valid");
-        assert!(k.starts_with("log/") && crate::storage::validate_key(&k).is_ok());
-        assert_eq!(
-            extra_key("realisations", "sha256:0abc!out.doi").map(|k| k.len()),
-            Some("realisations/".len() + 52)
-        );
-        for bad in ["", "../x", "a%2e%2e", "a b", "a\\b"] {
-            assert_eq!(extra_key("log", bad), None, "{bad:?}");
-        }
     }
 }

@@ -123,7 +123,15 @@ impl NarFile {
 
     /// The URL relative to the cache root, as written in narinfos: `nar/<file name>`.
     pub fn url(&self) -> String {
-        format!("nar/{}", self.file_name())
+        format!("{}{}", Self::URL_DIR, self.file_name())
+    }
+
+    /// Where [`url`](Self::url) puts NAR files.
+    pub const URL_DIR: &'static str = "nar/";
+
+    /// The file name in a narinfo's `URL`, when it is one of [`url`](Self::url)'s.
+    pub fn name_in_url(url: &str) -> Option<&str> {
+        url.strip_prefix(Self::URL_DIR)
     }
 }
 

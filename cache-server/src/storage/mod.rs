@@ -1,6 +1,7 @@
 //! Where NAR files and narinfo bodies are kept. `LocalStorage` is the embedded default; every
 //! implementation passes the same conformance tests.
 
+pub mod keys;
 mod local;
 mod mapped;
 mod s3;
@@ -107,15 +108,7 @@ pub fn validate_key(key: &str) -> Result<(), StorageError> {
     Ok(())
 }
 
-/// Storage key of a NAR file.
-pub fn nar_key(file: &crate::nix::NarFile) -> String {
-    format!("nar/{}", file.file_name())
-}
-
-/// Storage key of a narinfo body.
-pub fn narinfo_key(hash: &crate::nix::StoreHash) -> String {
-    format!("narinfo/{hash}.narinfo")
-}
+pub use keys::{nar_key, narinfo_key};
 
 #[cfg(test)]
 pub(crate) mod conformance {

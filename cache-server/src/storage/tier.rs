@@ -402,7 +402,7 @@ mod tests {
             hash: Sha256Hash(hash),
             compression: Compression::Xz,
         };
-        (format!("nar/{}", file.file_name()), hash)
+        (crate::storage::nar_key(&file), hash)
     }
 
     fn object(bytes: &[u8], chunks: usize) -> Object {
