@@ -27,6 +27,25 @@ use crate::storage::{LocalTier, Storage};
 use crate::upstream::Upstreams;
 
 pub use access::AccessLog;
+
+/// The backends whose failures the flows degrade from, as `nixcache_backend_errors_total` labels
+/// them.
+#[derive(Clone, Copy, Debug)]
+enum Backend {
+    Storage,
+    Database,
+    Lock,
+}
+
+impl Backend {
+    fn as_str(self) -> &'static str {
+        match self {
+            Self::Storage => "storage",
+            Self::Database => "database",
+            Self::Lock => "lock",
+        }
+    }
+}
 pub use nar::{NarBody, NarHead};
 
 /// Tunables of the flows.
@@ -158,12 +177,28 @@ impl Cache {
             .flush(self.db.as_ref(), crate::util::unix_now())
             .await
         {
-            self.metrics
-                .backend_errors
-                .with_label_values(&["database"])
-                .inc();
-            tracing::warn!(error = %e, "could not record access times; will retry");
+            self.backend_failed(
+                Backend::Database,
+                &"",
+                &e,
+                "could not record access times; will retry",
+            );
         }
+    }
+
+    /// A backend failed and the caller degrades (a hit from another copy, a 404, a retry later):
+    /// counted under the backend's name, and logged with `subject` (the narinfo or NAR concerned,
+    /// if any) and what the failure means for the request.
+    fn backend_failed(
+        &self,
+        backend: Backend,
+        subject: &dyn std::fmt::Display,
+        error: &dyn std::fmt::Display,
+        consequence: &str,
+    ) {
+        let name = backend.as_str();
+        self.metrics.backend_errors.with_label_values(&[name]).inc();
+        tracing::warn!(backend = name, subject = %subject, error = %error, "{consequence}");
     }
 
     /// Counts a change to the stored NARs in the gauges at once (a commit, an eviction); the

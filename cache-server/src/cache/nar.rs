@@ -20,7 +20,7 @@ use tokio::sync::watch;
 use tracing::{info, instrument, warn};
 
 use super::verify::Verifier;
-use super::Cache;
+use super::{Backend, Cache};
 use crate::db::NarInfoRecord;
 use crate::lock::Keeper;
 use crate::nix::{NarFile, NarInfo};
@@ -223,11 +223,7 @@ impl Cache {
             Ok(Some(size)) => return Some(NarHead { length: Some(size) }),
             Ok(None) => {}
             Err(e) => {
-                self.metrics
-                    .backend_errors
-                    .with_label_values(&["storage"])
-                    .inc();
-                warn!(file = %name, error = %e, "storage unavailable");
+                self.backend_failed(Backend::Storage, &name, &e, "storage unavailable");
                 return None;
             }
         }
@@ -265,11 +261,12 @@ impl Cache {
             Ok(None) => Ok(None),
             Err(e @ StorageError::RangeNotSatisfiable { .. }) => Err(e),
             Err(e) => {
-                self.metrics
-                    .backend_errors
-                    .with_label_values(&["storage"])
-                    .inc();
-                warn!(file = %file, error = %e, "storage unavailable; answering 404");
+                self.backend_failed(
+                    Backend::Storage,
+                    &file,
+                    &e,
+                    "storage unavailable; answering 404",
+                );
                 Ok(None)
             }
         }
@@ -349,11 +346,12 @@ impl Cache {
             Ok(Some(r)) => r,
             Ok(None) => return None,
             Err(e) => {
-                self.metrics
-                    .backend_errors
-                    .with_label_values(&["database"])
-                    .inc();
-                warn!(file = %name, error = %e, "database unavailable; answering 404");
+                self.backend_failed(
+                    Backend::Database,
+                    &name,
+                    &e,
+                    "database unavailable; answering 404",
+                );
                 return None;
             }
         };
@@ -619,11 +617,7 @@ impl Cache {
         }
         if let Err(e) = recorded {
             // The NAR is committed and valid; only its bookkeeping row is missing.
-            self.metrics
-                .backend_errors
-                .with_label_values(&["database"])
-                .inc();
-            warn!(error = %e, "could not record stored NAR");
+            self.backend_failed(Backend::Database, &file, &e, "could not record stored NAR");
         }
         drop(keeper);
         drop(guard);

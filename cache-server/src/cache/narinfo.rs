@@ -7,7 +7,7 @@ use futures_util::TryStreamExt;
 use tracing::{debug, info, instrument, warn};
 
 use super::verify::verifiable;
-use super::Cache;
+use super::{Backend, Cache};
 use crate::db::NarInfoRecord;
 use crate::nix::{NarFile, NarInfo, StoreHash};
 use crate::storage::narinfo_key;
@@ -42,11 +42,12 @@ impl Cache {
             Err(e) => {
                 // The database is down: hits can still be served from the copy in storage, but a
                 // miss cannot be recorded, so it is answered 404.
-                self.metrics
-                    .backend_errors
-                    .with_label_values(&["database"])
-                    .inc();
-                warn!(%hash, error = %e, "database unavailable; answering from storage");
+                self.backend_failed(
+                    Backend::Database,
+                    &hash,
+                    &e,
+                    "database unavailable; answering from storage",
+                );
                 return self.narinfo_from_storage(hash).await;
             }
         }
@@ -94,13 +95,9 @@ impl Cache {
         {
             Ok(g) => g,
             Err(e) => {
-                self.metrics
-                    .backend_errors
-                    .with_label_values(&["lock"])
-                    .inc();
                 // Only a strict lock fails here (others degrade to in-process locking): the
                 // miss is not looked up, and answered 404.
-                warn!(error = %e, "lock unavailable; answering 404");
+                self.backend_failed(Backend::Lock, &hash, &e, "lock unavailable; answering 404");
                 return None;
             }
         };
@@ -131,11 +128,12 @@ impl Cache {
                         warn!(upstream = upstream.label(), reason, error = %e, "narinfo refused");
                     }
                     Err(AcceptError::Backend(e)) => {
-                        self.metrics
-                            .backend_errors
-                            .with_label_values(&["database"])
-                            .inc();
-                        warn!(error = %e, "could not store narinfo; answering 404");
+                        self.backend_failed(
+                            Backend::Database,
+                            &hash,
+                            &e,
+                            "could not store narinfo; answering 404",
+                        );
                         return None;
                     }
                 },
