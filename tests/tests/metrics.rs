@@ -120,7 +120,7 @@ async fn metrics_count_exactly_what_happened() {
         1.0
     );
     assert_eq!(
-        get(r#"nixcache_http_requests_total{method="GET",route="/{name}",status="200"}"#),
+        get(r#"nixcache_http_requests_total{method="GET",route="/{hash}.narinfo",status="200"}"#),
         2.0
     );
     assert_eq!(

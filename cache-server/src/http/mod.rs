@@ -90,9 +90,14 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         .route(web::put().to(upload::put_extra)),
     )
     .service(
-        web::resource("/{name}")
+        web::resource("/{hash}.narinfo")
             .route(web::route().guard(get_or_head()).to(narinfo::get))
-            .route(web::put().to(upload::put_root)),
+            .route(web::put().to(upload::put_narinfo)),
+    )
+    .service(
+        web::resource("/{hash}.ls")
+            .route(web::route().guard(get_or_head()).to(narinfo::get_listing))
+            .route(web::put().to(upload::put_listing)),
     )
     .default_service(web::to(not_found));
 }

@@ -7,18 +7,9 @@ use actix_web::{web, HttpResponse};
 use super::{not_found_response, text, AppState};
 use crate::nix::StoreHash;
 
-pub async fn get(state: web::Data<AppState>, name: web::Path<String>) -> HttpResponse {
-    if let Some(hash) = name.strip_suffix(".ls") {
-        return match StoreHash::parse(hash) {
-            Ok(hash) => super::upload::get_listing(&state, hash).await,
-            Err(_) => text(StatusCode::BAD_REQUEST, "invalid store path hash\n"),
-        };
-    }
-    // Other names at the root are not served.
-    let Some(hash) = name.strip_suffix(".narinfo") else {
-        return not_found_response();
-    };
-    let Ok(hash) = StoreHash::parse(hash) else {
+/// `GET|HEAD /<hash>.narinfo`.
+pub async fn get(state: web::Data<AppState>, hash: web::Path<String>) -> HttpResponse {
+    let Ok(hash) = StoreHash::parse(&hash) else {
         return text(StatusCode::BAD_REQUEST, "invalid store path hash\n");
     };
     match state.cache.narinfo(hash).await {
@@ -26,5 +17,13 @@ pub async fn get(state: web::Data<AppState>, name: web::Path<String>) -> HttpRes
             .insert_header((CONTENT_TYPE, HeaderValue::from_static("text/x-nix-narinfo")))
             .body(body),
         None => not_found_response(),
+    }
+}
+
+/// `GET|HEAD /<hash>.ls`.
+pub async fn get_listing(state: web::Data<AppState>, hash: web::Path<String>) -> HttpResponse {
+    match StoreHash::parse(&hash) {
+        Ok(hash) => super::upload::get_listing(&state, hash).await,
+        Err(_) => text(StatusCode::BAD_REQUEST, "invalid store path hash\n"),
     }
 }

@@ -170,20 +170,43 @@ pub async fn put_nar(
     }
 }
 
-/// `PUT /<hash>.narinfo` and `PUT /<hash>.ls`.
-pub async fn put_root(
+/// What a root PUT carries.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum RootUpload {
+    Narinfo,
+    Listing,
+}
+
+/// `PUT /<hash>.narinfo`.
+pub async fn put_narinfo(
     state: web::Data<AppState>,
     req: HttpRequest,
-    name: web::Path<String>,
+    hash: web::Path<String>,
     payload: web::Payload,
+) -> HttpResponse {
+    put_root(state, req, &hash, payload, RootUpload::Narinfo).await
+}
+
+/// `PUT /<hash>.ls`.
+pub async fn put_listing(
+    state: web::Data<AppState>,
+    req: HttpRequest,
+    hash: web::Path<String>,
+    payload: web::Payload,
+) -> HttpResponse {
+    put_root(state, req, &hash, payload, RootUpload::Listing).await
+}
+
+async fn put_root(
+    state: web::Data<AppState>,
+    req: HttpRequest,
+    hash: &str,
+    payload: web::Payload,
+    what: RootUpload,
 ) -> HttpResponse {
     let uploads = match admit(&state, &req) {
         Ok(u) => u,
         Err(refusal) => return *refusal,
-    };
-    let (hash, kind) = match name.rsplit_once('.') {
-        Some((hash, kind @ ("narinfo" | "ls"))) => (hash, kind),
-        _ => return not_found_response(),
     };
     let Ok(hash) = StoreHash::parse(hash) else {
         return text(StatusCode::BAD_REQUEST, "invalid store path hash\n");
@@ -192,13 +215,14 @@ pub async fn put_root(
         Ok(b) => b,
         Err(refusal) => return *refusal,
     };
-    let result = if kind == "narinfo" {
-        state
-            .cache
-            .upload_narinfo(hash, &body, &uploads.trusted_keys, uploads.allow_replace)
-            .await
-    } else {
-        state.cache.upload_extra(&listing_key(&hash), body).await
+    let result = match what {
+        RootUpload::Narinfo => {
+            state
+                .cache
+                .upload_narinfo(hash, &body, &uploads.trusted_keys, uploads.allow_replace)
+                .await
+        }
+        RootUpload::Listing => state.cache.upload_extra(&listing_key(&hash), body).await,
     };
     match result {
         Ok(()) => HttpResponse::Created().finish(),

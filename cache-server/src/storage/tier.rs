@@ -26,9 +26,6 @@ use tracing::{debug, warn};
 use super::{validate_key, ByteRange, LocalStorage, Object, Storage, StorageError};
 use crate::metrics::Metrics;
 
-/// Where the tier keeps NARs under its directory (as storage keys do: `nar/<file name>`).
-const NAR_PREFIX: &str = "nar";
-
 pub struct LocalTier {
     dir: PathBuf,
     files: LocalStorage,
@@ -112,7 +109,7 @@ impl LocalTier {
 
     /// Indexes what is in the directory (a restart's), oldest first.
     async fn take_up(&self) -> std::io::Result<()> {
-        let root = self.dir.join(NAR_PREFIX);
+        let root = self.dir.join(super::keys::NAR);
         let found = tokio::task::spawn_blocking(move || -> std::io::Result<Vec<_>> {
             let mut found = Vec::new();
             let entries = match std::fs::read_dir(&root) {
@@ -133,7 +130,7 @@ impl LocalTier {
                     continue;
                 }
                 let used = meta.accessed().or_else(|_| meta.modified()).ok();
-                found.push((used, format!("{NAR_PREFIX}/{name}"), meta.len()));
+                found.push((used, format!("{}/{name}", super::keys::NAR), meta.len()));
             }
             found.sort();
             Ok(found)
