@@ -13,7 +13,7 @@ use actix_web::http::StatusCode;
 use actix_web::{web, HttpRequest, HttpResponse};
 use serde::Serialize;
 
-use super::upload::authorized;
+use super::auth::{authorized, unauthorized};
 use super::{not_found_response, AppState};
 use crate::admin::{stored_json, task_path, ApiError, PrefetchRequest, Task};
 use crate::cache::prefetch::PrefetchProgress;
@@ -55,7 +55,7 @@ fn refuse(state: &AppState, req: &HttpRequest) -> Option<HttpResponse> {
     let Some(token) = &state.admin_token else {
         return Some(not_found_response());
     };
-    (!authorized(req, token.expose())).then(super::upload::unauthorized)
+    (!authorized(req, token.expose())).then(unauthorized)
 }
 
 /// Whether the client asked for `Prefer: respond-async` (among other preferences, in any of its

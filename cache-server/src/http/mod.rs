@@ -1,21 +1,28 @@
 //! HTTP: translates requests into calls on [`Cache`] and results into status codes. One file per
-//! endpoint; the flows themselves live in `cache`.
+//! endpoint (`narinfo`, `nar`, `cacheinfo`, `health`, `api`, `upload`, `extra` for what is served
+//! back as uploaded), with tokens in `auth` and the shared response builders in `respond`; the
+//! flows themselves live in `cache`.
 
 mod api;
+mod auth;
 mod cacheinfo;
+mod extra;
 mod health;
 mod nar;
 mod narinfo;
 mod range;
+mod respond;
 pub(crate) mod upload;
+
+pub use auth::require_read_token;
+pub(crate) use respond::{not_found_response, text};
 
 use std::sync::Arc;
 
-use actix_web::body::{EitherBody, MessageBody};
+use actix_web::body::MessageBody;
 use actix_web::dev::{ServiceRequest, ServiceResponse};
-use actix_web::http::header::{HeaderValue, CACHE_CONTROL, CONTENT_TYPE};
 use actix_web::middleware::Next;
-use actix_web::{guard, web, HttpResponse};
+use actix_web::{guard, web};
 
 use crate::cache::Cache;
 
@@ -86,8 +93,8 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
             "/realisations/{name:.+}",
             "/build-trace-v2/{name:.+}",
         ])
-        .route(web::route().guard(get_or_head()).to(upload::get_extra))
-        .route(web::put().to(upload::put_extra)),
+        .route(web::route().guard(get_or_head()).to(extra::get_extra))
+        .route(web::put().to(extra::put_extra)),
     )
     .service(
         web::resource("/{hash}.narinfo")
@@ -96,44 +103,10 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
     )
     .service(
         web::resource("/{hash}.ls")
-            .route(web::route().guard(get_or_head()).to(narinfo::get_listing))
+            .route(web::route().guard(get_or_head()).to(extra::get_listing))
             .route(web::put().to(upload::put_listing)),
     )
-    .default_service(web::to(not_found));
-}
-
-/// With a read token, GET and HEAD need it (or the upload token), except for the health
-/// endpoints and the public key, and `/metrics` when it is public. PUTs check the upload token
-/// in their handlers.
-pub async fn require_read_token(
-    req: ServiceRequest,
-    next: Next<impl MessageBody + 'static>,
-) -> Result<ServiceResponse<EitherBody<impl MessageBody>>, actix_web::Error> {
-    if let Some(state) = req.app_data::<web::Data<AppState>>() {
-        if let Some(token) = &state.read_token {
-            let read = matches!(
-                *req.method(),
-                actix_web::http::Method::GET | actix_web::http::Method::HEAD
-            );
-            // The admin API has a token of its own.
-            let open = matches!(req.path(), "/healthz" | "/readyz" | "/pubkey")
-                || req.path().starts_with("/api/")
-                || (req.path() == "/metrics" && state.public_metrics);
-            let allowed = !read
-                || open
-                || upload::authorized(req.request(), token.expose())
-                || state
-                    .uploads
-                    .as_ref()
-                    .is_some_and(|u| upload::authorized(req.request(), u.token.expose()));
-            if !allowed {
-                return Ok(req
-                    .into_response(upload::unauthorized())
-                    .map_into_right_body());
-            }
-        }
-    }
-    Ok(next.call(req).await?.map_into_left_body())
+    .default_service(web::to(respond::not_found));
 }
 
 /// Counts and times requests by route template, method and status.
@@ -192,22 +165,4 @@ pub async fn count_requests(
         }
     }
     Ok(res)
-}
-
-pub(crate) fn text(status: actix_web::http::StatusCode, body: &'static str) -> HttpResponse {
-    HttpResponse::build(status)
-        .insert_header((
-            CONTENT_TYPE,
-            HeaderValue::from_static("text/plain; charset=utf-8"),
-        ))
-        .insert_header((CACHE_CONTROL, HeaderValue::from_static("no-store")))
-        .body(body)
-}
-
-pub(crate) fn not_found_response() -> HttpResponse {
-    text(actix_web::http::StatusCode::NOT_FOUND, "not found\n")
-}
-
-async fn not_found() -> HttpResponse {
-    not_found_response()
 }

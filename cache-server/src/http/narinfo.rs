@@ -1,4 +1,4 @@
-//! `/<hash>.narinfo` (and `/<hash>.ls`, uploaded listings)
+//! `/<hash>.narinfo`
 
 use actix_web::http::header::{HeaderValue, CONTENT_TYPE};
 use actix_web::http::StatusCode;
@@ -17,13 +17,5 @@ pub async fn get(state: web::Data<AppState>, hash: web::Path<String>) -> HttpRes
             .insert_header((CONTENT_TYPE, HeaderValue::from_static("text/x-nix-narinfo")))
             .body(body),
         None => not_found_response(),
-    }
-}
-
-/// `GET|HEAD /<hash>.ls`.
-pub async fn get_listing(state: web::Data<AppState>, hash: web::Path<String>) -> HttpResponse {
-    match StoreHash::parse(&hash) {
-        Ok(hash) => super::upload::get_listing(&state, hash).await,
-        Err(_) => text(StatusCode::BAD_REQUEST, "invalid store path hash\n"),
     }
 }

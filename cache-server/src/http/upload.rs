@@ -1,74 +1,32 @@
 //! `PUT` of what `nix copy --to http://…` sends: `nix-cache-info` (accepted, ignored), NARs,
-//! narinfos, and listings, build logs and realisations (kept, and served back on GET). Only with
+//! narinfos, and listings, build logs and realisations (kept, and served back by `extra`). Only with
 //! the upload token (HTTP Basic password or Bearer); otherwise 401, or 405 when uploads are off.
 
-use actix_web::http::header::{HeaderValue, CONTENT_TYPE, WWW_AUTHENTICATE};
+use actix_web::http::header::{HeaderValue, CONTENT_TYPE};
 use actix_web::http::StatusCode;
 use actix_web::{web, HttpRequest, HttpResponse};
-use base64::Engine;
 use bytes::{Bytes, BytesMut};
 use futures_util::StreamExt;
 
-use super::{not_found_response, text, AppState};
+use super::auth::{authorized, unauthorized};
+use super::{text, AppState};
 use crate::cache::upload::UploadError;
 use crate::config::UploadConfig;
 use crate::nix::{NarFile, StoreHash};
-use crate::storage::keys::{listing_key, Extra};
+use crate::storage::keys::listing_key;
 
 /// Largest narinfo, listing or realisation accepted (a narinfo with thousands of references is
 /// well under this).
-const SMALL_LIMIT: usize = 1 << 20;
-
-/// Compares in time independent of where the inputs first differ.
-fn same(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
-}
-
-/// Whether the request carries `token` as a Basic password (any user) or a Bearer token.
-pub fn authorized(req: &HttpRequest, token: &str) -> bool {
-    let Some(value) = req
-        .headers()
-        .get(actix_web::http::header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-    else {
-        return false;
-    };
-    let (scheme, rest) = value.trim().split_once(' ').unwrap_or((value, ""));
-    let rest = rest.trim();
-    if scheme.eq_ignore_ascii_case("bearer") {
-        return same(rest.as_bytes(), token.as_bytes());
-    }
-    if scheme.eq_ignore_ascii_case("basic") {
-        let Ok(decoded) = base64::engine::general_purpose::STANDARD.decode(rest) else {
-            return false;
-        };
-        let password = match decoded.iter().position(|&c| c == b':') {
-            Some(i) => &decoded[i + 1..],
-            None => return false,
-        };
-        return same(password, token.as_bytes());
-    }
-    false
-}
-
-pub fn unauthorized() -> HttpResponse {
-    HttpResponse::Unauthorized()
-        .insert_header((
-            WWW_AUTHENTICATE,
-            HeaderValue::from_static("Basic realm=\"nixcache\""),
-        ))
-        .insert_header((
-            CONTENT_TYPE,
-            HeaderValue::from_static("text/plain; charset=utf-8"),
-        ))
-        .body("a valid token is required\n")
-}
+pub(super) const SMALL_LIMIT: usize = 1 << 20;
 
 /// A response refusing a request, boxed: it is the rare path.
-type Refusal = Box<HttpResponse>;
+pub(super) type Refusal = Box<HttpResponse>;
 
 /// The upload settings when the request may upload, or the response refusing it.
-fn admit<'a>(state: &'a AppState, req: &HttpRequest) -> Result<&'a UploadConfig, Refusal> {
+pub(super) fn admit<'a>(
+    state: &'a AppState,
+    req: &HttpRequest,
+) -> Result<&'a UploadConfig, Refusal> {
     let Some(uploads) = state.uploads.as_ref() else {
         return Err(Box::new(
             HttpResponse::MethodNotAllowed()
@@ -87,7 +45,7 @@ fn admit<'a>(state: &'a AppState, req: &HttpRequest) -> Result<&'a UploadConfig,
 }
 
 /// The answer to a refused upload; the refusal is logged and counted by reason.
-fn refused(state: &AppState, e: UploadError) -> HttpResponse {
+pub(super) fn refused(state: &AppState, e: UploadError) -> HttpResponse {
     // The status, and the reason a refusal is counted under (a backend failure is not one).
     let (status, reason) = match &e {
         UploadError::Invalid(_) => (StatusCode::BAD_REQUEST, Some("invalid")),
@@ -123,7 +81,7 @@ fn refused(state: &AppState, e: UploadError) -> HttpResponse {
 }
 
 /// The whole body, refused past `limit` bytes.
-async fn collect(mut payload: web::Payload, limit: usize) -> Result<Bytes, Refusal> {
+pub(super) async fn collect(mut payload: web::Payload, limit: usize) -> Result<Bytes, Refusal> {
     let mut body = BytesMut::new();
     while let Some(chunk) = payload.next().await {
         let chunk =
@@ -227,113 +185,5 @@ async fn put_root(
     match result {
         Ok(()) => HttpResponse::Created().finish(),
         Err(e) => refused(&state, e),
-    }
-}
-
-fn extra_kind(req: &HttpRequest) -> Option<(Extra, String)> {
-    let path = req.path();
-    for kind in Extra::ALL {
-        if let Some(name) = path
-            .strip_prefix('/')
-            .and_then(|p| p.strip_prefix(kind.dir()))
-            .and_then(|p| p.strip_prefix('/'))
-        {
-            return Some((kind, name.to_string()));
-        }
-    }
-    None
-}
-
-/// `PUT /log/<drv>`, `/realisations/<id>.doi`, `/build-trace-v2/<drv>/<out>.doi`.
-pub async fn put_extra(
-    state: web::Data<AppState>,
-    req: HttpRequest,
-    payload: web::Payload,
-) -> HttpResponse {
-    let uploads = match admit(&state, &req) {
-        Ok(u) => u,
-        Err(refusal) => return *refusal,
-    };
-    let Some(key) = extra_kind(&req).and_then(|(kind, name)| kind.key(&name)) else {
-        return text(StatusCode::BAD_REQUEST, "invalid name\n");
-    };
-    let limit = usize::try_from(uploads.max_log_size).unwrap_or(usize::MAX);
-    let body = match collect(payload, limit).await {
-        Ok(b) => b,
-        Err(refusal) => return *refusal,
-    };
-    match state.cache.upload_extra(&key, body).await {
-        Ok(()) => HttpResponse::Created().finish(),
-        Err(e) => refused(&state, e),
-    }
-}
-
-/// `GET|HEAD` of an uploaded build log, realisation or build trace.
-pub async fn get_extra(state: web::Data<AppState>, req: HttpRequest) -> HttpResponse {
-    let Some((kind, name)) = extra_kind(&req) else {
-        return not_found_response();
-    };
-    let Some(key) = kind.key(&name) else {
-        return text(StatusCode::BAD_REQUEST, "invalid name\n");
-    };
-    match state.cache.extra(&key).await {
-        Some(body) => {
-            let content_type = if kind == Extra::Log {
-                "text/plain; charset=utf-8"
-            } else {
-                "application/json"
-            };
-            HttpResponse::Ok()
-                .insert_header((CONTENT_TYPE, HeaderValue::from_static(content_type)))
-                .body(body)
-        }
-        None => not_found_response(),
-    }
-}
-
-/// `GET|HEAD /<hash>.ls`.
-pub async fn get_listing(state: &AppState, hash: StoreHash) -> HttpResponse {
-    match state.cache.extra(&listing_key(&hash)).await {
-        Some(body) => HttpResponse::Ok()
-            .insert_header((CONTENT_TYPE, HeaderValue::from_static("application/json")))
-            .body(body),
-        None => not_found_response(),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use actix_web::test::TestRequest;
-
-    #[test]
-    fn tokens_as_basic_passwords_or_bearer() {
-        let token = "0123456789abcdef0123";
-        let basic = |user_pass: &str| {
-            format!(
-                "Basic {}",
-                base64::engine::general_purpose::STANDARD.encode(user_pass)
-            )
-        };
-        let with = |v: &str| {
-            TestRequest::default()
-                .insert_header(("Authorization", v.to_string()))
-                .to_http_request()
-        };
-        assert!(authorized(&with(&basic(&format!("nix:{token}"))), token));
-        assert!(authorized(&with(&basic(&format!(":{token}"))), token));
-        assert!(authorized(&with(&format!("Bearer {token}")), token));
-        assert!(authorized(&with(&format!("bearer  {token}")), token));
-        assert!(!authorized(&with(&basic("nix:wrong")), token));
-        assert!(
-            !authorized(&with(&basic(token)), token),
-            "no user:password form"
-        );
-        assert!(!authorized(&with(&format!("Bearer {token}x")), token));
-        assert!(!authorized(&with("Basic !!!"), token));
-        assert!(!authorized(
-            &TestRequest::default().to_http_request(),
-            token
-        ));
     }
 }
