@@ -117,6 +117,15 @@ impl DownloadError {
 /// How often, in bytes written, a download checks the staging directory's free space.
 const SPACE_CHECK_EVERY: u64 = 64 << 20;
 
+/// What a NAR miss needs from its narinfo record, parsed once: the narinfo to verify against,
+/// the NAR's URL at the upstream that served it, and that upstream's client (`None` when no
+/// configured upstream serves the URL any more: then nothing is fetched).
+struct MissPlan {
+    info: NarInfo,
+    url: Url,
+    upstream: Option<Arc<crate::upstream::HttpUpstream>>,
+}
+
 /// Free bytes for unprivileged use on the file system of `dir`.
 fn free_space(dir: &std::path::Path) -> io::Result<u64> {
     let st = rustix::fs::statvfs(dir)?;
@@ -355,14 +364,16 @@ impl Cache {
                 return None;
             }
         };
+        let plan = self.plan(&record);
         let download = {
             let mut downloads = self.downloads.lock().unwrap_or_else(|e| e.into_inner());
             if let Some(d) = downloads.get(&name) {
                 return Some(d.clone());
             }
-            let length_hint = NarInfo::parse(&record.narinfo)
+            let length_hint = plan
+                .as_ref()
                 .ok()
-                .and_then(|i| i.file_hash.and(i.file_size));
+                .and_then(|p| p.info.file_hash.and(p.info.file_size));
             let d = Arc::new(Download {
                 phase: watch::Sender::new(Phase::Starting),
                 length_hint,
@@ -373,7 +384,7 @@ impl Cache {
         };
         let this = self.clone();
         let (d, f) = (download.clone(), *file);
-        tokio::spawn(async move { this.run_download(f, d, record).await });
+        tokio::spawn(async move { this.run_download(f, d, plan).await });
         Some(download)
     }
 
@@ -382,19 +393,18 @@ impl Cache {
         self: Arc<Self>,
         file: NarFile,
         download: Arc<Download>,
-        record: NarInfoRecord,
+        plan: Result<MissPlan, String>,
     ) {
         let started = Instant::now();
         self.metrics.downloads_in_flight.inc();
-        let upstream = Url::parse(&record.upstream_nar_url)
-            .ok()
-            .and_then(|u| self.upstream_for(&u));
-        let label = upstream
+        let label = plan
             .as_ref()
+            .ok()
+            .and_then(|p| p.upstream.as_ref())
             .map_or("unknown", |u| u.label())
             .to_string();
         let result = match self.download_slot().await {
-            Ok(_slot) => self.fetch(&file, &download, &record).await,
+            Ok(_slot) => self.fetch(&file, &download, &plan).await,
             Err(e) => Err(e),
         };
         let outcome = match &result {
@@ -465,7 +475,7 @@ impl Cache {
         &self,
         file: &NarFile,
         download: &Download,
-        record: &NarInfoRecord,
+        plan: &Result<MissPlan, String>,
     ) -> Result<Phase, DownloadError> {
         let key = nar_key(file);
         // Across replicas, the lock makes one of them the downloader. The others serve their
@@ -498,25 +508,28 @@ impl Cache {
             self.metrics.lock_extensions.clone(),
         );
 
-        let info =
-            NarInfo::parse(&record.narinfo).map_err(|e| DownloadError::Record(e.to_string()))?;
-        let url = Url::parse(&record.upstream_nar_url)
-            .map_err(|e| DownloadError::Record(e.to_string()))?;
-        let mut verifier = Verifier::new(&info)?;
-        let Some(upstream) = self.upstream_for(&url) else {
+        let MissPlan {
+            info,
+            url,
+            upstream,
+        } = plan
+            .as_ref()
+            .map_err(|e| DownloadError::Record(e.clone()))?;
+        let mut verifier = Verifier::new(info)?;
+        let Some(upstream) = upstream else {
             self.metrics
                 .refused
                 .with_label_values(&["upstream", "nar_url"])
                 .inc();
             return Err(DownloadError::Record(format!(
                 "no configured upstream serves {}",
-                crate::upstream::http::redact(&url)
+                crate::upstream::http::redact(url)
             )));
         };
         // Room for the file (when its size is vouched for) before anything is asked upstream.
         let expected = verifier.expected_file_size();
         self.check_space(expected.unwrap_or(0))?;
-        let mut response = upstream.nar(&url).await?.ok_or(DownloadError::Gone)?;
+        let mut response = upstream.nar(url).await?.ok_or(DownloadError::Gone)?;
         if let (Some(got), Some(want)) = (response.length, expected) {
             if got != want {
                 return Err(DownloadError::Length { got, want });
@@ -622,6 +635,18 @@ impl Cache {
         drop(keeper);
         drop(guard);
         Ok(Phase::Complete { size })
+    }
+
+    /// A miss's plan, from its narinfo record: parsed once, here.
+    fn plan(&self, record: &NarInfoRecord) -> Result<MissPlan, String> {
+        let info = NarInfo::parse(&record.narinfo).map_err(|e| e.to_string())?;
+        let url = Url::parse(&record.upstream_nar_url).map_err(|e| e.to_string())?;
+        let upstream = self.upstream_for(&url);
+        Ok(MissPlan {
+            info,
+            url,
+            upstream,
+        })
     }
 
     /// The upstream a NAR URL is under, whose client fetches it; `None` when no configured
