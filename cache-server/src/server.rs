@@ -9,7 +9,7 @@ use anyhow::Context as _;
 use tracing::{info, warn};
 
 use crate::cache::tasks::{TaskSettings, Tasks};
-use crate::cache::{Cache, CacheSettings};
+use crate::cache::{memory_ttl, Cache, CacheSettings};
 use crate::config::{load_signing_key, Config, DatabaseConfig, StorageConfig};
 use crate::db::{Database, SqlDatabase};
 use crate::http::{configure, count_requests, require_read_token, AppState};
@@ -168,7 +168,7 @@ pub async fn build_cache(config: &Config, role: Role) -> anyhow::Result<(Arc<Cac
     let settings = CacheSettings {
         negative_ttl: config.negative_ttl,
         memory_entries: config.narinfo_memory_entries,
-        memory_ttl: (config.gc_grace / 2).max(Duration::from_millis(500)),
+        gc_grace: config.gc_grace,
         first_byte_timeout: config.upstream_timeout,
         stall_timeout: config.upstream_stall_timeout,
         lock_ttl: config.lock_ttl,
@@ -183,7 +183,7 @@ pub async fn build_cache(config: &Config, role: Role) -> anyhow::Result<(Arc<Cac
     };
     let tier = match (&config.local_cache, &config.storage, role) {
         (Some((dir, size)), StorageConfig::S3(_), Role::Serve) => {
-            let tier = LocalTier::open(dir, *size, settings.memory_ttl, metrics.clone())
+            let tier = LocalTier::open(dir, *size, memory_ttl(config.gc_grace), metrics.clone())
                 .await
                 .with_context(|| format!("opening the local NAR cache {}", dir.display()))?;
             info!(dir = %dir.display(), size, held = tier.held_bytes(), "local NAR cache in front of S3");

@@ -175,7 +175,8 @@ impl Cache {
             }
             Problem::Unrecorded { file, size } => self.db.put_nar(file, *size, unix_now()).await?,
             Problem::Unfetched { hash } => {
-                self.forget_narinfos::<FsckError>(std::slice::from_ref(hash))
+                self.index
+                    .forget::<FsckError>(std::slice::from_ref(hash), 1)
                     .await?
             }
         }

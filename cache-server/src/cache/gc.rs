@@ -18,7 +18,7 @@ use tracing::{info, warn};
 
 use super::Cache;
 use crate::lock::LockName;
-use crate::storage::{nar_key, narinfo_key};
+use crate::storage::nar_key;
 
 const BATCH: i64 = 500;
 /// An upload to storage not completed after this long was left by a process that died: no commit
@@ -102,35 +102,6 @@ fn report_swept(n: u64) {
 const DELETE_CONCURRENCY: usize = 16;
 
 impl Cache {
-    /// Forgets narinfos: their rows (one statement), then their copies in storage, then this
-    /// process's memory of them.
-    pub(super) async fn forget_narinfos<E>(&self, hashes: &[String]) -> Result<(), E>
-    where
-        E: From<crate::db::DbError> + From<crate::storage::StorageError>,
-    {
-        use futures_util::StreamExt;
-        self.db.delete_narinfos(hashes).await?;
-        let parsed: Vec<crate::nix::StoreHash> = hashes
-            .iter()
-            .filter_map(|h| crate::nix::StoreHash::parse(h).ok())
-            .collect();
-        // Collected first: a stream over a borrowing closure would not be `Send` for every
-        // lifetime, and the pass runs in spawned tasks.
-        let deletes: Vec<_> = parsed
-            .into_iter()
-            .map(|h| async move {
-                self.storage.delete(&narinfo_key(&h)).await?;
-                self.narinfos.invalidate(&h);
-                Ok::<(), E>(())
-            })
-            .collect();
-        let mut deletes = futures_util::stream::iter(deletes).buffer_unordered(DELETE_CONCURRENCY);
-        while let Some(r) = deletes.next().await {
-            r?;
-        }
-        Ok(())
-    }
-
     /// Deletes NARs no narinfo refers to any more (those referred to again meanwhile are kept):
     /// storage objects first, then their rows, so that a pass killed between the two leaves rows
     /// the next pass finds. Returns (NARs, bytes) deleted.
@@ -282,7 +253,9 @@ impl Cache {
             if batch.is_empty() {
                 break;
             }
-            self.forget_narinfos::<GcError>(&batch).await?;
+            self.index
+                .forget::<GcError>(&batch, DELETE_CONCURRENCY)
+                .await?;
             report.unfetched_collected += batch.len() as u64;
             keeper.check()?;
             if batch.len() < BATCH as usize {
@@ -311,7 +284,9 @@ impl Cache {
                 }
             }
             // The narinfos first: from now on nobody new is told about these NARs.
-            self.forget_narinfos::<GcError>(&hashes).await?;
+            self.index
+                .forget::<GcError>(&hashes, DELETE_CONCURRENCY)
+                .await?;
             report.narinfos_evicted += hashes.len() as u64;
             let files: Vec<String> = files.into_iter().collect();
             for (file, bytes) in self.db.unreferenced_nars(&files).await? {
@@ -401,7 +376,7 @@ mod tests {
         let settings = CacheSettings {
             negative_ttl: Duration::from_secs(1),
             memory_entries: 10,
-            memory_ttl: Duration::from_secs(1),
+            gc_grace: Duration::from_secs(2),
             first_byte_timeout: Duration::from_secs(1),
             stall_timeout: Duration::from_secs(1),
             lock_ttl: Duration::from_secs(10),

@@ -7,6 +7,7 @@ pub mod gc;
 mod inflight;
 mod nar;
 mod narinfo;
+mod narinfo_index;
 pub mod prefetch;
 pub mod tasks;
 pub mod upload;
@@ -17,16 +18,15 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use bytes::Bytes;
-
 use crate::db::Database;
 use crate::lock::Lock;
 use crate::metrics::Metrics;
-use crate::nix::{SecretKey, StoreHash};
+use crate::nix::SecretKey;
 use crate::storage::{LocalTier, Storage};
 use crate::upstream::Upstreams;
 
 pub use access::AccessLog;
+pub use narinfo_index::memory_ttl;
 
 /// The backends whose failures the flows degrade from, as `nixcache_backend_errors_total` labels
 /// them.
@@ -55,8 +55,9 @@ pub struct CacheSettings {
     pub negative_ttl: Duration,
     /// Narinfos kept in memory in front of the database.
     pub memory_entries: u64,
-    /// How long a narinfo stays in memory before it is read from the database again.
-    pub memory_ttl: Duration,
+    /// GC's wait between forgetting a narinfo and deleting its NAR: narinfos stay in memory for
+    /// half of it ([`memory_ttl`]).
+    pub gc_grace: Duration,
     /// Upstream connect-to-headers time, and how long a waiting client waits for a download to start.
     pub first_byte_timeout: Duration,
     /// Longest pause between two chunks of an upstream NAR before the download is abandoned.
@@ -91,10 +92,8 @@ pub struct Cache {
     lock: Arc<dyn Lock>,
     upstreams: Upstreams,
     key: SecretKey,
-    /// Served narinfo bodies by store hash: a warm hit is one memory lookup.
-    narinfos: moka::sync::Cache<StoreHash, Bytes>,
-    /// Store hashes no upstream had, for `negative_ttl`.
-    negative: moka::sync::Cache<StoreHash, ()>,
+    /// The narinfos served: memory, negative cache, rows and stored copies.
+    index: narinfo_index::NarinfoIndex,
     /// NAR downloads in progress in this process, by NAR file name.
     downloads: Mutex<HashMap<String, Arc<nar::Download>>>,
     /// Permits to run a download (`max_downloads`).
@@ -122,16 +121,13 @@ impl Cache {
         key: SecretKey,
         metrics: Metrics,
     ) -> Arc<Self> {
-        // Entries live at most `memory_ttl`: GC waits longer than that between forgetting a
-        // narinfo and deleting its NAR, so no replica serves a narinfo whose NAR is gone.
-        let narinfos = moka::sync::Cache::builder()
-            .max_capacity(settings.memory_entries)
-            .time_to_live(settings.memory_ttl)
-            .build();
-        let negative = moka::sync::Cache::builder()
-            .max_capacity(100_000)
-            .time_to_live(settings.negative_ttl)
-            .build();
+        let index = narinfo_index::NarinfoIndex::new(
+            db.clone(),
+            storage.clone(),
+            settings.memory_entries,
+            settings.gc_grace,
+            settings.negative_ttl,
+        );
         let failed_nars = moka::sync::Cache::builder()
             .max_capacity(100_000)
             .time_to_live(settings.nar_failure_ttl)
@@ -145,8 +141,7 @@ impl Cache {
             lock,
             upstreams,
             key,
-            narinfos,
-            negative,
+            index,
             downloads: Mutex::new(HashMap::new()),
             download_slots,
             failed_nars,

@@ -3,42 +3,39 @@
 use std::sync::Arc;
 
 use bytes::Bytes;
-use futures_util::TryStreamExt;
 use tracing::{debug, info, instrument, warn};
 
+use super::narinfo_index::Found;
 use super::verify::verifiable;
 use super::{Backend, Cache};
 use crate::db::NarInfoRecord;
 use crate::nix::{NarFile, NarInfo, StoreHash};
-use crate::storage::narinfo_key;
 use crate::upstream::http::Lookup;
 use crate::upstream::{upstream_error_kind, HttpUpstream, UpstreamError};
-use crate::util::unix_now;
 
 impl Cache {
     /// The narinfo for `hash` as nixcache serves it, or `None` (a 404) when nobody has it or it
     /// cannot be had right now. Never an error: a 5xx would fail the client's build.
     pub async fn narinfo(self: &Arc<Self>, hash: StoreHash) -> Option<Bytes> {
-        if let Some(body) = self.narinfos.get(&hash) {
+        let hit = |body: Bytes, from: &str| {
             self.access.narinfo(hash.as_str());
             self.metrics
                 .narinfo_lookups
-                .with_label_values(&["memory"])
+                .with_label_values(&[from])
                 .inc();
-            return Some(body);
-        }
-        match self.db.get_narinfo(hash.as_str()).await {
-            Ok(Some(record)) => {
-                let body = Bytes::from(record.narinfo);
-                self.narinfos.insert(hash, body.clone());
-                self.access.narinfo(hash.as_str());
+            Some(body)
+        };
+        match self.index.get(hash).await {
+            Ok(Found::Memory(body)) => return hit(body, "memory"),
+            Ok(Found::Database(body)) => return hit(body, "database"),
+            Ok(Found::Nowhere { missing: true }) => {
                 self.metrics
                     .narinfo_lookups
-                    .with_label_values(&["database"])
+                    .with_label_values(&["negative"])
                     .inc();
-                return Some(body);
+                return None;
             }
-            Ok(None) => {}
+            Ok(Found::Nowhere { missing: false }) => {}
             Err(e) => {
                 // The database is down: hits can still be served from the copy in storage, but a
                 // miss cannot be recorded, so it is answered 404.
@@ -48,15 +45,8 @@ impl Cache {
                     &e,
                     "database unavailable; answering from storage",
                 );
-                return self.narinfo_from_storage(hash).await;
+                return self.index.stored(hash).await;
             }
-        }
-        if self.negative.contains_key(&hash) {
-            self.metrics
-                .narinfo_lookups
-                .with_label_values(&["negative"])
-                .inc();
-            return None;
         }
         // The lookup runs in its own task: a client that goes away does not cancel it halfway
         // through storing what it found.
@@ -66,20 +56,6 @@ impl Cache {
         }))
         .await
         .unwrap_or(None)
-    }
-
-    async fn narinfo_from_storage(&self, hash: StoreHash) -> Option<Bytes> {
-        let body = self.read_small(&narinfo_key(&hash)).await?;
-        self.narinfos.insert(hash, body.clone());
-        Some(body)
-    }
-
-    /// A small stored object (a narinfo, a listing, a log) read whole; `None` when absent or
-    /// unreadable.
-    pub(super) async fn read_small(&self, key: &str) -> Option<Bytes> {
-        let object = self.storage.get(key, None).await.ok()??;
-        let chunks: Vec<Bytes> = object.body.try_collect().await.ok()?;
-        Some(Bytes::from(chunks.concat()))
     }
 
     #[instrument(skip_all, fields(hash = %hash))]
@@ -102,12 +78,10 @@ impl Cache {
             }
         };
         // Someone else may have fetched it while we waited for the lock.
-        if let Ok(Some(record)) = self.db.get_narinfo(hash.as_str()).await {
-            let body = Bytes::from(record.narinfo);
-            self.narinfos.insert(hash, body.clone());
+        if let Ok(Some(body)) = self.index.row(hash).await {
             return Some(body);
         }
-        if self.negative.contains_key(&hash) {
+        if self.index.is_missing(hash) {
             return None;
         }
         for upstream in self.upstreams.in_order() {
@@ -151,7 +125,7 @@ impl Cache {
             .narinfo_lookups
             .with_label_values(&["miss"])
             .inc();
-        self.negative.insert(hash, ());
+        self.index.mark_missing(hash);
         None
     }
 
@@ -226,8 +200,7 @@ impl Cache {
     }
 
     /// Points `served` at nixcache's NAR URL for `file`, signs it with nixcache's key and keeps
-    /// it: in storage first (its copy there serves hits while the database is down), then the
-    /// database row (what makes it a hit), then memory. Returns the body served from now on.
+    /// it in the index (storage, row, memory). Returns the body served from now on.
     /// `upstream_nar_url` is where the NAR can be fetched again (empty for uploads).
     pub(super) async fn keep_narinfo(
         &self,
@@ -249,15 +222,7 @@ impl Cache {
             nar_size: served.nar_size,
             file_size: served.file_size,
         };
-        self.storage
-            .put_bytes(&narinfo_key(&hash), body.clone())
-            .await
-            .map_err(|e| e.to_string())?;
-        self.db
-            .put_narinfo(&record, unix_now())
-            .await
-            .map_err(|e| e.to_string())?;
-        self.narinfos.insert(hash, body.clone());
+        self.index.keep(hash, &record, body.clone()).await?;
         Ok(body)
     }
 }

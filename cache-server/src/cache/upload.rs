@@ -197,7 +197,6 @@ impl Cache {
         self.keep_narinfo(hash, served, &file, String::new())
             .await
             .map_err(backend)?;
-        self.negative.invalidate(&hash);
         self.metrics.uploads.with_label_values(&["narinfo"]).inc();
         info!(store_path = %store_path, "narinfo uploaded");
         Ok(())
@@ -214,6 +213,6 @@ impl Cache {
     /// An uploaded listing, build log or realisation.
     pub async fn extra(&self, key: &str) -> Option<Bytes> {
         validate_key(key).ok()?;
-        self.read_small(key).await
+        super::narinfo_index::read_small(self.storage.as_ref(), key).await
     }
 }
