@@ -2,6 +2,7 @@
 //! narinfo lookups in [`narinfo`], NAR downloads and serving in [`nar`], uploads in [`upload`].
 
 mod access;
+mod download;
 pub mod fsck;
 pub mod gc;
 mod inflight;
@@ -95,7 +96,7 @@ pub struct Cache {
     /// The narinfos served: memory, negative cache, rows and stored copies.
     index: narinfo_index::NarinfoIndex,
     /// NAR downloads in progress in this process, by NAR file name.
-    downloads: Mutex<HashMap<String, Arc<nar::Download>>>,
+    downloads: Mutex<HashMap<String, Arc<download::Download>>>,
     /// Permits to run a download (`max_downloads`).
     download_slots: Arc<tokio::sync::Semaphore>,
     /// NAR file names whose download failed verification, for `nar_failure_ttl`.
@@ -305,7 +306,7 @@ impl Cache {
     }
 
     /// Forgets downloads that are no longer running (used by the download task itself).
-    fn finish_download(&self, file: &str, dl: &Arc<nar::Download>) {
+    fn finish_download(&self, file: &str, dl: &Arc<download::Download>) {
         let mut downloads = self.downloads.lock().unwrap_or_else(|e| e.into_inner());
         if downloads.get(file).is_some_and(|d| Arc::ptr_eq(d, dl)) {
             downloads.remove(file);

@@ -10,7 +10,7 @@ use sha2::{Digest, Sha256};
 use tokio::io::AsyncWriteExt;
 use tracing::info;
 
-use super::nar::Staged;
+use super::download::Staged;
 use super::verify::{verifiable, Verifier};
 use super::Cache;
 use crate::nix::{NarFile, NarInfo, PublicKey, Sha256Hash, StoreHash};
