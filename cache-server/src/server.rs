@@ -244,6 +244,7 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
             retention: config.task_retention,
             gc_max_size: config.max_size,
             gc_grace: config.gc_grace,
+            lock_ttl: config.lock_ttl,
         },
     );
     let stop_tasks = tokio_util::sync::CancellationToken::new();

@@ -166,6 +166,11 @@ impl Cache {
         &self.metrics
     }
 
+    /// The database, for what records its own state there (tasks).
+    pub(super) fn database(&self) -> Arc<dyn Database> {
+        self.db.clone()
+    }
+
     /// Writes batched access times to the database.
     pub async fn flush_access_log(&self) {
         if let Err(e) = self

@@ -14,13 +14,14 @@ use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use prometheus::{IntCounterVec, IntGauge};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use super::prefetch::{PrefetchProgress, PrefetchRequest};
 use super::Cache;
-use crate::db::{DbError, TaskKind, TaskRecord, TaskState};
+use crate::db::{Database, DbError, TaskKind, TaskRecord, TaskState};
 use crate::lock::Guard;
 use crate::nix::StorePath;
 use crate::util::{random_hex, unix_millis};
@@ -43,10 +44,18 @@ pub struct TaskSettings {
     /// GC tasks collect down to this; without it they fail.
     pub gc_max_size: Option<u64>,
     pub gc_grace: Duration,
+    /// The lock TTL: how long a silent runner keeps its task.
+    pub lock_ttl: Duration,
 }
 
 pub struct Tasks {
+    /// Where tasks are recorded, claimed and finished.
+    store: Arc<dyn Database>,
+    /// The work tasks do (prefetch, GC) and the locks they run under.
     cache: Arc<Cache>,
+    /// `nixcache_tasks_total` and `nixcache_tasks_running`.
+    events: IntCounterVec,
+    running_gauge: IntGauge,
     settings: TaskSettings,
     wake: Notify,
     /// Ids of the tasks this replica runs now.
@@ -65,6 +74,9 @@ enum Ending {
 impl Tasks {
     pub fn new(cache: Arc<Cache>, settings: TaskSettings) -> Arc<Self> {
         Arc::new(Self {
+            store: cache.database(),
+            events: cache.metrics().tasks.clone(),
+            running_gauge: cache.metrics().tasks_running.clone(),
             cache,
             settings,
             wake: Notify::new(),
@@ -103,7 +115,7 @@ impl Tasks {
     pub async fn submit_prefetch(&self, request: &PrefetchRequest) -> Result<TaskRecord, DbError> {
         let body = serde_json::to_string(request).map_err(|e| DbError::Query(e.to_string()))?;
         let task = Self::new_record(TaskKind::Prefetch, body);
-        self.cache.db.insert_task(&task).await?;
+        self.store.insert_task(&task).await?;
         self.wake.notify_one();
         Ok(task)
     }
@@ -113,11 +125,11 @@ impl Tasks {
         // The insert loses to a concurrent one only while that task is active; it can finish
         // between the two statements, hence a few rounds.
         for _ in 0..5 {
-            if let Some(active) = self.cache.db.active_task(TaskKind::Gc).await? {
+            if let Some(active) = self.store.active_task(TaskKind::Gc).await? {
                 return Ok(active);
             }
             let task = Self::new_record(TaskKind::Gc, "{}".into());
-            if self.cache.db.insert_task(&task).await? {
+            if self.store.insert_task(&task).await? {
                 self.wake.notify_one();
                 return Ok(task);
             }
@@ -128,14 +140,14 @@ impl Tasks {
     }
 
     pub async fn get(&self, id: &str) -> Result<Option<TaskRecord>, DbError> {
-        self.cache.db.get_task(id).await
+        self.store.get_task(id).await
     }
 
     /// Waits until the task has finished and returns it (`None` if it disappeared).
     pub async fn wait(&self, id: &str) -> Result<Option<TaskRecord>, DbError> {
         let mut errors = 0;
         loop {
-            match self.cache.db.get_task(id).await {
+            match self.store.get_task(id).await {
                 Ok(Some(t)) if t.state.is_finished() => return Ok(Some(t)),
                 Ok(None) => return Ok(None),
                 Ok(Some(_)) => errors = 0,
@@ -158,7 +170,7 @@ impl Tasks {
             if last_cleanup.is_none_or(|t| t.elapsed() >= cleanup_every) {
                 last_cleanup = Some(tokio::time::Instant::now());
                 let before = unix_millis() - self.settings.retention.as_millis() as i64;
-                match self.cache.db.delete_finished_tasks(before).await {
+                match self.store.delete_finished_tasks(before).await {
                     Ok(0) => {}
                     Ok(n) => info!(tasks = n, "forgot finished tasks past their retention"),
                     Err(e) => warn!(error = %e, "could not forget old tasks"),
@@ -191,7 +203,7 @@ impl Tasks {
     }
 
     fn stale_before(&self) -> i64 {
-        unix_millis() - self.cache.settings.lock_ttl.as_millis() as i64
+        unix_millis() - self.settings.lock_ttl.as_millis() as i64
     }
 
     async fn claim_some(
@@ -211,7 +223,7 @@ impl Tasks {
             if self.lock_running().contains(&task.id) {
                 continue;
             }
-            let ttl = self.cache.settings.lock_ttl;
+            let ttl = self.settings.lock_ttl;
             let guard = match self
                 .cache
                 .acquire(crate::lock::LockName::Task(&task.id), ttl, Duration::ZERO)
@@ -250,9 +262,7 @@ impl Tasks {
     }
 
     fn event(&self, task: &TaskRecord, event: &str) {
-        self.cache
-            .metrics
-            .tasks
+        self.events
             .with_label_values(&[task.kind.as_str(), event])
             .inc();
     }
@@ -263,8 +273,8 @@ impl Tasks {
 
     /// Runs a claimed task to its end, with heartbeats.
     async fn run(self: Arc<Self>, task: TaskRecord, guard: Guard, stop: CancellationToken) {
-        let ttl = self.cache.settings.lock_ttl;
-        self.cache.metrics.tasks_running.inc();
+        let ttl = self.settings.lock_ttl;
+        self.running_gauge.inc();
         let progress = PrefetchProgress::default();
         let work = self.execute(&task, &progress);
         let mut work = std::pin::pin!(work);
@@ -282,7 +292,7 @@ impl Tasks {
                     let shown = (task.kind == TaskKind::Prefetch)
                         .then(|| progress.snapshot())
                         .and_then(|counts| serde_json::to_string(&counts).ok());
-                    match self.cache.db.task_heartbeat(&task.id, &self.settings.replica, unix_millis(), shown).await {
+                    match self.store.task_heartbeat(&task.id, &self.settings.replica, unix_millis(), shown).await {
                         Ok(true) => {}
                         Ok(false) => break Ending::TakenOver,
                         Err(e) => warn!(task = %task.id, error = %e, "could not record a task's heartbeat"),
@@ -318,7 +328,7 @@ impl Tasks {
             self.record_end(&task.id, outcome).await;
         }
         self.lock_running().remove(&task.id);
-        self.cache.metrics.tasks_running.dec();
+        self.running_gauge.dec();
         drop(guard);
     }
 
