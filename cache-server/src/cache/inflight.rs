@@ -37,9 +37,8 @@ const QUEUED_PARTS: usize = 2;
 
 /// The attempt the manifest names, if any.
 async fn current_attempt(storage: &dyn Storage, file_name: &str) -> Option<String> {
-    let object = storage.get(&manifest_key(file_name), None).await.ok()??;
-    let chunks: Vec<Bytes> = object.body.try_collect().await.ok()?;
-    String::from_utf8(chunks.concat())
+    let manifest = crate::storage::read_small(storage, &manifest_key(file_name)).await?;
+    String::from_utf8(manifest.to_vec())
         .ok()
         .map(|s| s.trim().to_string())
         .filter(|s| !s.is_empty())
@@ -247,8 +246,7 @@ pub fn follow_remote(
                     .get(&part_key(&s.file_name, attempt, s.next_part), None)
                     .await;
                 if let Ok(Some(object)) = part {
-                    let chunks: Vec<Bytes> = object.body.try_collect().await?;
-                    let data = Bytes::from(chunks.concat());
+                    let data = object.read_all().await?;
                     s.pos += data.len() as u64;
                     s.next_part += 1;
                     s.progress = Instant::now();

@@ -10,11 +10,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use futures_util::TryStreamExt;
 
 use crate::db::{Database, DbError, NarInfoRecord};
 use crate::nix::StoreHash;
-use crate::storage::{narinfo_key, Storage, StorageError};
+use crate::storage::{narinfo_key, read_small, Storage, StorageError};
 
 /// How long memory keeps a narinfo, for GC's grace period: half of it, at least 500 ms. The
 /// node-local NAR tier rechecks what it holds as often.
@@ -154,12 +153,4 @@ impl NarinfoIndex {
         }
         Ok(())
     }
-}
-
-/// A small stored object (a narinfo, a listing, a log) read whole; `None` when absent or
-/// unreadable.
-pub(super) async fn read_small(storage: &dyn Storage, key: &str) -> Option<Bytes> {
-    let object = storage.get(key, None).await.ok()??;
-    let chunks: Vec<Bytes> = object.body.try_collect().await.ok()?;
-    Some(Bytes::from(chunks.concat()))
 }

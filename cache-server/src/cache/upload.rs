@@ -213,6 +213,6 @@ impl Cache {
     /// An uploaded listing, build log or realisation.
     pub async fn extra(&self, key: &str) -> Option<Bytes> {
         validate_key(key).ok()?;
-        super::narinfo_index::read_small(self.storage.as_ref(), key).await
+        crate::storage::read_small(self.storage.as_ref(), key).await
     }
 }

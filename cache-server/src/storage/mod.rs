@@ -12,6 +12,7 @@ use std::path::Path;
 use async_trait::async_trait;
 use bytes::Bytes;
 use futures_util::stream::BoxStream;
+use futures_util::TryStreamExt;
 
 pub use local::LocalStorage;
 pub use s3::{S3Config, S3Storage};
@@ -60,6 +61,19 @@ pub struct Object {
     /// Half-open range of the bytes in `body`; `(0, total)` when no range was asked for.
     pub range: (u64, u64),
     pub body: BoxStream<'static, std::io::Result<Bytes>>,
+}
+
+impl Object {
+    /// The whole body in memory: for small objects (narinfos, listings, manifests, parts).
+    pub async fn read_all(self) -> std::io::Result<Bytes> {
+        let chunks: Vec<Bytes> = self.body.try_collect().await?;
+        Ok(Bytes::from(chunks.concat()))
+    }
+}
+
+/// A small object read whole; `None` when absent or unreadable.
+pub async fn read_small(storage: &dyn Storage, key: &str) -> Option<Bytes> {
+    storage.get(key, None).await.ok()??.read_all().await.ok()
 }
 
 #[async_trait]
