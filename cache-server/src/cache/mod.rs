@@ -27,6 +27,7 @@ use crate::storage::{LocalTier, Storage};
 use crate::upstream::Upstreams;
 
 pub use access::AccessLog;
+pub use nar::{NarBody, NarHead};
 pub use narinfo_index::memory_ttl;
 
 /// The backends whose failures the flows degrade from, as `nixcache_backend_errors_total` labels
@@ -47,7 +48,6 @@ impl Backend {
         }
     }
 }
-pub use nar::{NarBody, NarHead};
 
 /// Tunables of the flows.
 #[derive(Clone, Debug)]
