@@ -3,9 +3,9 @@
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 use nixcache::admin::{PrefetchReport, PrefetchRequest, TaskState};
-use nixcache::config::{write_secret, LogFormat, ServeArgs};
+use nixcache::config::{defaults, write_secret, LogFormat, ServeArgs};
 use nixcache::nix::SecretKey;
 use tracing_subscriber::EnvFilter;
 
@@ -191,8 +191,18 @@ fn keygen(name: &str, secret: &Path, public: Option<&Path>) -> anyhow::Result<()
     Ok(())
 }
 
+/// The command line, with each `serve` setting's default in the help of the commands that take
+/// them.
+fn command() -> clap::Command {
+    ["serve", "gc", "fsck", "migrate"]
+        .into_iter()
+        .fold(Cli::command(), |cmd, name| {
+            cmd.mut_subcommand(name, defaults::show_in_help)
+        })
+}
+
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = Cli::from_arg_matches(&command().get_matches()).unwrap_or_else(|e| e.exit());
     let result = match cli.command {
         Command::Keygen {
             name,
@@ -294,5 +304,13 @@ fn main() -> ExitCode {
             eprintln!("nixcache: {e:#}");
             ExitCode::FAILURE
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_command_line_is_well_formed() {
+        super::command().debug_assert();
     }
 }

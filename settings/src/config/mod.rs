@@ -6,6 +6,7 @@
 //! The flags and the resolved type are here; parsing of URLs and specs is in `specs`, signing
 //! key files in `keys`.
 
+pub mod defaults;
 mod keys;
 mod specs;
 
@@ -24,15 +25,9 @@ use serde::{Deserialize, Serialize};
 use url::Url;
 
 use crate::env;
-use crate::keys::{PublicKey, CACHE_NIXOS_ORG_KEY};
+use crate::keys::PublicKey;
 use crate::schedule::parse_schedule;
-use crate::store::{is_canonical_dir, DEFAULT_STORE_DIR};
-
-pub const DEFAULT_LISTEN: &str = "0.0.0.0:8080";
-pub const DEFAULT_DATA_DIR: &str = "./nixcache-data";
-pub const DEFAULT_UPSTREAM: &str = "https://cache.nixos.org";
-pub const DEFAULT_PRIORITY: u32 = 40;
-pub const DEFAULT_KEY_NAME: &str = "nixcache-1";
+use crate::store::is_canonical_dir;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -96,11 +91,11 @@ pub struct ServeArgs {
     #[serde(skip)]
     pub config: Option<PathBuf>,
 
-    /// Address to listen on. [default: 0.0.0.0:8080]
+    /// Address to listen on.
     #[arg(long, env = "NIXCACHE_LISTEN", value_name = "ADDR")]
     pub listen: Option<SocketAddr>,
 
-    /// Directory for the database, stored NARs and the generated signing key. [default: ./nixcache-data]
+    /// Directory for the database, stored NARs and the generated signing key.
     #[arg(long, env = "NIXCACHE_DATA_DIR", value_name = "DIR")]
     pub data_dir: Option<PathBuf>,
 
@@ -108,7 +103,7 @@ pub struct ServeArgs {
     /// `URL[,priority=N][,key=NAME:KEY]...[,trust-unsigned][,cross-origin-redirects]`.
     /// Without `priority=` its nix-cache-info decides (default 50); without `key=` the
     /// --upstream-key keys apply; `trust-unsigned` accepts narinfos without a trusted signature.
-    /// In the environment, separate several with spaces. [default: https://cache.nixos.org]
+    /// In the environment, separate several with spaces.
     #[arg(
         long = "upstream",
         env = "NIXCACHE_UPSTREAM",
@@ -119,7 +114,7 @@ pub struct ServeArgs {
     pub upstreams: Vec<String>,
 
     /// Public key (`NAME:BASE64`) trusted to sign upstream narinfos, repeatable; space-separated in
-    /// the environment. [default: cache.nixos.org-1:6NCHdD59X431o0gWypbMrAURkbJ16ZPMQFGspcDShjY=]
+    /// the environment.
     #[arg(
         long = "upstream-key",
         env = "NIXCACHE_UPSTREAM_KEY",
@@ -135,11 +130,11 @@ pub struct ServeArgs {
     #[arg(long, env = "NIXCACHE_SIGNING_KEY_FILE", value_name = "PATH")]
     pub signing_key_file: Option<PathBuf>,
 
-    /// Name of the key generated when no --signing-key-file is given. [default: nixcache-1]
+    /// Name of the key generated when no --signing-key-file is given.
     #[arg(long, env = "NIXCACHE_SIGNING_KEY_NAME", value_name = "NAME")]
     pub signing_key_name: Option<String>,
 
-    /// Priority announced in /nix-cache-info (lower is preferred by clients). [default: 40]
+    /// Priority announced in /nix-cache-info (lower is preferred by clients).
     #[arg(long, env = "NIXCACHE_PRIORITY", value_name = "N")]
     pub priority: Option<u32>,
 
@@ -148,7 +143,7 @@ pub struct ServeArgs {
     #[arg(long, env = env::DATABASE_URL, value_name = "URL")]
     pub database_url: Option<String>,
 
-    /// Time to connect to an upstream. [default: 5s]
+    /// Time to connect to an upstream.
     #[arg(
         long,
         env = "NIXCACHE_UPSTREAM_CONNECT_TIMEOUT",
@@ -156,43 +151,43 @@ pub struct ServeArgs {
     )]
     pub upstream_connect_timeout: Option<HumanDuration>,
 
-    /// Time for an upstream to answer (connect to response headers; whole narinfo). [default: 10s]
+    /// Time for an upstream to answer (connect to response headers; whole narinfo).
     #[arg(long, env = "NIXCACHE_UPSTREAM_TIMEOUT", value_name = "DURATION")]
     pub upstream_timeout: Option<HumanDuration>,
 
-    /// Longest pause in an upstream NAR download before it is abandoned. [default: 60s]
+    /// Longest pause in an upstream NAR download before it is abandoned.
     #[arg(long, env = "NIXCACHE_UPSTREAM_STALL_TIMEOUT", value_name = "DURATION")]
     pub upstream_stall_timeout: Option<HumanDuration>,
 
-    /// How long a narinfo no upstream has is answered 404 without asking again. [default: 60s]
+    /// How long a narinfo no upstream has is answered 404 without asking again.
     #[arg(long, env = "NIXCACHE_NEGATIVE_TTL", value_name = "DURATION")]
     pub negative_ttl: Option<HumanDuration>,
 
     /// NAR downloads from upstreams that run at once in this process; more wait their turn.
-    /// [default: 32]
+    ///
     #[arg(long, env = "NIXCACHE_MAX_DOWNLOADS", value_name = "N")]
     pub max_downloads: Option<usize>,
 
     /// How long a NAR download waits for a --max-downloads slot before it is given up and its
-    /// clients get a 404. [default: 10s]
+    /// clients get a 404.
     #[arg(long, env = "NIXCACHE_DOWNLOAD_QUEUE_TIMEOUT", value_name = "DURATION")]
     pub download_queue_timeout: Option<HumanDuration>,
 
     /// Free space kept in the staging directory (DATA_DIR/tmp): a download that would leave less
-    /// is not started, one that reaches it is stopped. [default: 256MiB]
+    /// is not started, one that reaches it is stopped.
     #[arg(long, env = "NIXCACHE_STAGING_MIN_FREE", value_name = "SIZE")]
     pub staging_min_free: Option<String>,
 
     /// How long a NAR whose download failed verification is answered 404 without trying again.
-    /// [default: 10s]
+    ///
     #[arg(long, env = "NIXCACHE_NAR_FAILURE_TTL", value_name = "DURATION")]
     pub nar_failure_ttl: Option<HumanDuration>,
 
-    /// Narinfos kept in memory in front of the database. [default: 100000]
+    /// Narinfos kept in memory in front of the database.
     #[arg(long, env = "NIXCACHE_NARINFO_MEMORY_ENTRIES", value_name = "N")]
     pub narinfo_memory_entries: Option<u64>,
 
-    /// Store directory of the clients and upstreams. [default: /nix/store]
+    /// Store directory of the clients and upstreams.
     #[arg(long, env = "NIXCACHE_STORE_DIR", value_name = "DIR")]
     pub store_dir: Option<String>,
 
@@ -206,7 +201,7 @@ pub struct ServeArgs {
     #[arg(long, env = "NIXCACHE_S3_ENDPOINT", value_name = "URL")]
     pub s3_endpoint: Option<String>,
 
-    /// S3 region. [default: us-east-1]
+    /// S3 region.
     #[arg(long, env = "NIXCACHE_S3_REGION", value_name = "REGION")]
     pub s3_region: Option<String>,
 
@@ -223,12 +218,12 @@ pub struct ServeArgs {
     pub redis: Vec<String>,
 
     /// Lifetime of a distributed lock between extensions: how soon another replica takes over the
-    /// work of one that died. [default: 30s]
+    /// work of one that died.
     #[arg(long, env = "NIXCACHE_LOCK_TTL", value_name = "DURATION")]
     pub lock_ttl: Option<HumanDuration>,
 
     /// With replicas: a NAR being downloaded is published to storage in parts of this many bytes,
-    /// from which other replicas serve their waiting clients. [default: 8388608]
+    /// from which other replicas serve their waiting clients.
     #[arg(long, env = "NIXCACHE_INFLIGHT_PART_SIZE", value_name = "BYTES")]
     pub inflight_part_size: Option<u64>,
 
@@ -242,7 +237,7 @@ pub struct ServeArgs {
     #[arg(long, env = "NIXCACHE_LOCAL_CACHE_DIR", value_name = "DIR")]
     pub local_cache_dir: Option<PathBuf>,
 
-    /// Bytes of NARs the local cache directory holds, e.g. `20G`. [default: 10G]
+    /// Bytes of NARs the local cache directory holds, e.g. `20G`.
     #[arg(long, env = "NIXCACHE_LOCAL_CACHE_SIZE", value_name = "SIZE")]
     pub local_cache_size: Option<String>,
 
@@ -252,22 +247,22 @@ pub struct ServeArgs {
     pub gc_schedule: Option<String>,
 
     /// Time between GC forgetting a narinfo and deleting its NAR; replicas keep narinfos in memory
-    /// for half of it. [default: 60s]
+    /// for half of it.
     #[arg(long, env = "NIXCACHE_GC_GRACE", value_name = "DURATION")]
     pub gc_grace: Option<HumanDuration>,
 
     /// GC removes a narinfo whose NAR was never fetched (looked up only) once unused this long.
-    /// [default: 1h]
+    ///
     #[arg(long, env = "NIXCACHE_GC_UNFETCHED_TTL", value_name = "DURATION")]
     pub gc_unfetched_ttl: Option<HumanDuration>,
 
     /// On SIGTERM, how long in-flight requests (and the downloads their clients follow) may take
-    /// to finish before they are cut. [default: 30s]
+    /// to finish before they are cut.
     #[arg(long, env = "NIXCACHE_SHUTDOWN_TIMEOUT", value_name = "DURATION")]
     pub shutdown_timeout: Option<HumanDuration>,
 
     /// On SIGTERM, how long `/readyz` fails before new connections are refused, so that
-    /// endpoints and load balancers stop sending traffic first. [default: 5s]
+    /// endpoints and load balancers stop sending traffic first.
     #[arg(long, env = "NIXCACHE_SHUTDOWN_DELAY", value_name = "DURATION")]
     pub shutdown_delay: Option<HumanDuration>,
 
@@ -280,7 +275,7 @@ pub struct ServeArgs {
     #[arg(long, env = "NIXCACHE_LOCK_NAMESPACE", value_name = "NAME")]
     pub lock_namespace: Option<String>,
 
-    /// Log format. [default: text]
+    /// Log format.
     #[arg(long, env = "NIXCACHE_LOG_FORMAT", value_name = "FORMAT")]
     pub log_format: Option<LogFormat>,
 
@@ -310,7 +305,7 @@ pub struct ServeArgs {
     #[serde(rename = "upload-trusted-key")]
     pub upload_trusted_keys: Vec<String>,
 
-    /// Largest upload accepted (a NAR file), e.g. `8GiB`, `500MiB` (`G`, `M` are powers of 1000). [default: 8GiB]
+    /// Largest upload accepted (a NAR file), e.g. `8GiB`, `500MiB` (`G`, `M` are powers of 1000).
     #[arg(long, env = "NIXCACHE_MAX_UPLOAD_SIZE", value_name = "SIZE")]
     pub max_upload_size: Option<String>,
 
@@ -320,7 +315,7 @@ pub struct ServeArgs {
     pub upload_replace: Option<bool>,
 
     /// Largest build log, realisation or build-trace upload; these are held in memory while they
-    /// arrive. [default: 16MiB]
+    /// arrive.
     #[arg(long, env = "NIXCACHE_MAX_LOG_UPLOAD_SIZE", value_name = "SIZE")]
     pub max_log_upload_size: Option<String>,
 
@@ -352,7 +347,7 @@ pub struct ServeArgs {
     #[arg(long, env = env::ADMIN_TOKEN_FILE, value_name = "PATH")]
     pub admin_token_file: Option<PathBuf>,
 
-    /// How long finished admin tasks stay readable at `/api/v1/tasks/<id>`. [default: 7days]
+    /// How long finished admin tasks stay readable at `/api/v1/tasks/<id>`.
     #[arg(long, env = "NIXCACHE_TASK_RETENTION", value_name = "DURATION")]
     pub task_retention: Option<HumanDuration>,
 
@@ -547,6 +542,37 @@ pub struct Config {
     pub public_metrics: bool,
 }
 
+/// A setting as given, or else its default, parsed as a given value would be (so a default
+/// that did not parse would be an error naming its setting, not a panic).
+fn given_or<T: FromStr>(
+    setting: &'static str,
+    given: Option<T>,
+    default: &str,
+) -> Result<T, ConfigError>
+where
+    T::Err: std::fmt::Display,
+{
+    match given {
+        Some(v) => Ok(v),
+        None => default
+            .parse()
+            .map_err(|e| invalid(setting, format!("default {default:?}: {e}"))),
+    }
+}
+
+/// A count that must be more than zero.
+fn nonzero<T: Default + PartialEq>(setting: &'static str, n: T) -> Result<T, ConfigError> {
+    if n == T::default() {
+        return Err(invalid(setting, "must be more than zero"));
+    }
+    Ok(n)
+}
+
+/// A size setting (`50G`, `500MiB`; `G`, `M` are powers of 1000), or else its default.
+fn size_or(flag: &'static str, v: Option<&str>, default: &str) -> Result<u64, ConfigError> {
+    Ok(parse_size(flag, Some(v.unwrap_or(default)))?.unwrap_or_default())
+}
+
 /// A size setting (`50G`, `500MiB`; `G`, `M` are powers of 1000), when it is set.
 fn parse_size(flag: &'static str, v: Option<&str>) -> Result<Option<u64>, ConfigError> {
     v.map(|v| {
@@ -586,14 +612,19 @@ impl ServeArgs {
                     .map_err(|e| invalid("upload-trusted-key", format!("{}: {e}", key_name(k))))
             })
             .collect::<Result<Vec<_>, _>>()?;
-        let size = |flag, v: &Option<String>, default| {
-            Ok::<_, ConfigError>(parse_size(flag, v.as_deref())?.unwrap_or(default))
-        };
         Ok(Some(UploadConfig {
             token,
             trusted_keys,
-            max_size: size("max-upload-size", &self.max_upload_size, 8 << 30)?,
-            max_log_size: size("max-log-upload-size", &self.max_log_upload_size, 16 << 20)?,
+            max_size: size_or(
+                "max-upload-size",
+                self.max_upload_size.as_deref(),
+                defaults::MAX_UPLOAD_SIZE,
+            )?,
+            max_log_size: size_or(
+                "max-log-upload-size",
+                self.max_log_upload_size.as_deref(),
+                defaults::MAX_LOG_UPLOAD_SIZE,
+            )?,
             allow_replace: self.upload_replace.unwrap_or(false),
         }))
     }
@@ -701,12 +732,8 @@ impl ServeArgs {
             self.admin_token.as_deref(),
             self.admin_token_file.as_deref(),
         )?;
-        let data_dir = self
-            .data_dir
-            .unwrap_or_else(|| PathBuf::from(DEFAULT_DATA_DIR));
-        let store_dir = self
-            .store_dir
-            .unwrap_or_else(|| DEFAULT_STORE_DIR.to_string());
+        let data_dir: PathBuf = given_or("data-dir", self.data_dir, defaults::DATA_DIR)?;
+        let store_dir: String = given_or("store-dir", self.store_dir, defaults::STORE_DIR)?;
         if !is_canonical_dir(&store_dir) {
             return Err(invalid(
                 "store-dir",
@@ -714,7 +741,7 @@ impl ServeArgs {
             ));
         }
         let keys = if self.upstream_keys.is_empty() {
-            vec![CACHE_NIXOS_ORG_KEY.to_string()]
+            vec![defaults::UPSTREAM_KEY.to_string()]
         } else {
             self.upstream_keys
         };
@@ -726,7 +753,7 @@ impl ServeArgs {
             })
             .collect::<Result<Vec<_>, _>>()?;
         let specs = if self.upstreams.is_empty() {
-            vec![DEFAULT_UPSTREAM.to_string()]
+            vec![defaults::UPSTREAM.to_string()]
         } else {
             self.upstreams
         };
@@ -738,9 +765,11 @@ impl ServeArgs {
         let signing_key = match self.signing_key_file {
             Some(path) => SigningKeySource::File(path),
             None => {
-                let name = self
-                    .signing_key_name
-                    .unwrap_or_else(|| DEFAULT_KEY_NAME.to_string());
+                let name: String = given_or(
+                    "signing-key-name",
+                    self.signing_key_name,
+                    defaults::SIGNING_KEY_NAME,
+                )?;
                 if name.is_empty() || name.contains(':') || name.contains(char::is_whitespace) {
                     return Err(invalid(
                         "signing-key-name",
@@ -761,67 +790,81 @@ impl ServeArgs {
             self.storage_url.as_deref(),
             &data_dir,
             self.s3_endpoint,
-            self.s3_region.unwrap_or_else(|| "us-east-1".to_string()),
+            given_or("s3-region", self.s3_region, defaults::S3_REGION)?,
         )?;
         let lock_namespace = match self.lock_namespace.as_deref().map(str::trim) {
             Some("") => return Err(invalid("lock-namespace", "must not be empty")),
             Some(n) => n.to_string(),
             None => storage.identity(),
         };
-        let positive = |setting: &'static str,
-                        d: Option<HumanDuration>,
-                        default: u64|
-         -> Result<Duration, ConfigError> {
-            let d = d.map_or(Duration::from_secs(default), |d| d.0);
+        let duration = |setting: &'static str, d: Option<HumanDuration>, default: &str| {
+            given_or(setting, d, default).map(|d| d.0)
+        };
+        let positive = |setting: &'static str, d: Option<HumanDuration>, default: &str| {
+            let d = duration(setting, d, default)?;
             if d.is_zero() {
                 return Err(invalid(setting, "must be more than zero"));
             }
             Ok(d)
         };
+
         Ok(Config {
             uploads,
             read_token,
             admin_token,
             public_metrics: self.public_metrics.unwrap_or(false),
-            listen: self.listen.unwrap_or_else(|| {
-                DEFAULT_LISTEN
-                    .parse()
-                    .unwrap_or(SocketAddr::from(([0, 0, 0, 0], 8080)))
-            }),
+            listen: given_or("listen", self.listen, defaults::LISTEN)?,
             upstreams,
             signing_key,
-            priority: self.priority.unwrap_or(DEFAULT_PRIORITY),
+            priority: given_or("priority", self.priority, defaults::PRIORITY)?,
             database,
             storage,
             upstream_connect_timeout: positive(
                 "upstream-connect-timeout",
                 self.upstream_connect_timeout,
-                5,
+                defaults::UPSTREAM_CONNECT_TIMEOUT,
             )?,
-            upstream_timeout: positive("upstream-timeout", self.upstream_timeout, 10)?,
+            upstream_timeout: positive(
+                "upstream-timeout",
+                self.upstream_timeout,
+                defaults::UPSTREAM_TIMEOUT,
+            )?,
             upstream_stall_timeout: positive(
                 "upstream-stall-timeout",
                 self.upstream_stall_timeout,
-                60,
+                defaults::UPSTREAM_STALL_TIMEOUT,
             )?,
-            negative_ttl: self.negative_ttl.map_or(Duration::from_secs(60), |d| d.0),
-            max_downloads: match self.max_downloads {
-                Some(0) => return Err(invalid("max-downloads", "must be more than zero")),
-                n => n.unwrap_or(32),
-            },
+            negative_ttl: duration("negative-ttl", self.negative_ttl, defaults::NEGATIVE_TTL)?,
+            max_downloads: nonzero(
+                "max-downloads",
+                given_or("max-downloads", self.max_downloads, defaults::MAX_DOWNLOADS)?,
+            )?,
             download_queue_timeout: positive(
                 "download-queue-timeout",
                 self.download_queue_timeout,
-                10,
+                defaults::DOWNLOAD_QUEUE_TIMEOUT,
             )?,
-            staging_min_free: parse_size("staging-min-free", self.staging_min_free.as_deref())?
-                .unwrap_or(256 << 20),
-            nar_failure_ttl: self
-                .nar_failure_ttl
-                .map_or(Duration::from_secs(10), |d| d.0),
-            narinfo_memory_entries: self.narinfo_memory_entries.unwrap_or(100_000),
+            staging_min_free: size_or(
+                "staging-min-free",
+                self.staging_min_free.as_deref(),
+                defaults::STAGING_MIN_FREE,
+            )?,
+            nar_failure_ttl: duration(
+                "nar-failure-ttl",
+                self.nar_failure_ttl,
+                defaults::NAR_FAILURE_TTL,
+            )?,
+            narinfo_memory_entries: given_or(
+                "narinfo-memory-entries",
+                self.narinfo_memory_entries,
+                defaults::NARINFO_MEMORY_ENTRIES,
+            )?,
             store_dir,
-            log_format: self.log_format.unwrap_or(LogFormat::Text),
+            log_format: match self.log_format {
+                Some(f) => f,
+                None => <LogFormat as clap::ValueEnum>::from_str(defaults::LOG_FORMAT, false)
+                    .map_err(|e| invalid("log-format", e))?,
+            },
             redis: self
                 .redis
                 .iter()
@@ -830,13 +873,16 @@ impl ServeArgs {
                 .collect::<Result<_, _>>()?,
             lock_strict: self.lock_strict.unwrap_or(false),
             lock_namespace,
-            lock_ttl: positive("lock-ttl", self.lock_ttl, 30)?,
+            lock_ttl: positive("lock-ttl", self.lock_ttl, defaults::LOCK_TTL)?,
             max_size: parse_size("max-size", self.max_size.as_deref())?,
             local_cache: match &self.local_cache_dir {
                 Some(dir) => Some((
                     dir.clone(),
-                    parse_size("local-cache-size", self.local_cache_size.as_deref())?
-                        .unwrap_or(10_000_000_000),
+                    size_or(
+                        "local-cache-size",
+                        self.local_cache_size.as_deref(),
+                        defaults::LOCAL_CACHE_SIZE,
+                    )?,
                 )),
                 None if self.local_cache_size.is_some() => {
                     return Err(invalid("local-cache-size", "needs --local-cache-dir"))
@@ -848,16 +894,35 @@ impl ServeArgs {
                 .as_deref()
                 .map(|v| parse_schedule(v).map_err(|e| invalid("gc-schedule", e)))
                 .transpose()?,
-            gc_grace: positive("gc-grace", self.gc_grace, 60)?,
-            gc_unfetched_ttl: positive("gc-unfetched-ttl", self.gc_unfetched_ttl, 3600)?,
-            task_retention: positive("task-retention", self.task_retention, 7 * 24 * 3600)?,
-            shutdown_timeout: positive("shutdown-timeout", self.shutdown_timeout, 30)?,
-            shutdown_delay: self.shutdown_delay.map_or(Duration::from_secs(5), |d| d.0),
-            inflight_part_size: match self.inflight_part_size {
-                Some(0) => return Err(invalid("inflight-part-size", "must be more than zero")),
-                Some(n) => n,
-                None => 8 << 20,
-            },
+            gc_grace: positive("gc-grace", self.gc_grace, defaults::GC_GRACE)?,
+            gc_unfetched_ttl: positive(
+                "gc-unfetched-ttl",
+                self.gc_unfetched_ttl,
+                defaults::GC_UNFETCHED_TTL,
+            )?,
+            task_retention: positive(
+                "task-retention",
+                self.task_retention,
+                defaults::TASK_RETENTION,
+            )?,
+            shutdown_timeout: positive(
+                "shutdown-timeout",
+                self.shutdown_timeout,
+                defaults::SHUTDOWN_TIMEOUT,
+            )?,
+            shutdown_delay: duration(
+                "shutdown-delay",
+                self.shutdown_delay,
+                defaults::SHUTDOWN_DELAY,
+            )?,
+            inflight_part_size: nonzero(
+                "inflight-part-size",
+                given_or(
+                    "inflight-part-size",
+                    self.inflight_part_size,
+                    defaults::INFLIGHT_PART_SIZE,
+                )?,
+            )?,
             data_dir,
         })
     }
@@ -866,12 +931,13 @@ impl ServeArgs {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::keys::CACHE_NIXOS_ORG_KEY;
 
     #[test]
     fn defaults() {
         let c = ServeArgs::default().resolve().expect("valid");
-        assert_eq!(c.listen.to_string(), DEFAULT_LISTEN);
-        assert_eq!(c.data_dir, PathBuf::from(DEFAULT_DATA_DIR));
+        assert_eq!(c.listen.to_string(), defaults::LISTEN);
+        assert_eq!(c.data_dir, PathBuf::from(defaults::DATA_DIR));
         assert_eq!(c.upstreams.len(), 1);
         assert_eq!(c.upstreams[0].url.as_str(), "https://cache.nixos.org/");
         assert_eq!(c.upstreams[0].keys[0].to_string(), CACHE_NIXOS_ORG_KEY);
