@@ -17,7 +17,7 @@ use crate::lock::{FallbackLock, LocalLock, Lock, RedisLock};
 use crate::metrics::Metrics;
 use crate::nix::CacheInfo;
 use crate::storage::{LocalStorage, LocalTier, S3Storage, Storage};
-use crate::upstream::{HttpUpstream, Upstreams};
+use crate::upstream::{Upstream, Upstreams};
 
 const ACCESS_FLUSH_INTERVAL: Duration = Duration::from_secs(10);
 /// How often the stored-NARs gauges are set from the database (between, each replica counts what
@@ -154,7 +154,7 @@ pub async fn build_cache(config: &Config, role: Role) -> anyhow::Result<(Arc<Cac
 
     let mut all = Vec::new();
     for u in &config.upstreams {
-        let upstream = HttpUpstream::new(
+        let upstream = Upstream::http(
             u.clone(),
             http_client(config),
             config.upstream_timeout,

@@ -105,7 +105,7 @@ const SPACE_CHECK_EVERY: u64 = 64 << 20;
 struct MissPlan {
     info: NarInfo,
     url: Url,
-    upstream: Option<Arc<crate::upstream::HttpUpstream>>,
+    upstream: Option<Arc<crate::upstream::Upstream>>,
 }
 
 /// Free bytes for unprivileged use on the file system of `dir`.
@@ -310,7 +310,7 @@ impl Cache {
                 .inc();
             return Err(DownloadError::Record(format!(
                 "no configured upstream serves {}",
-                crate::upstream::http::redact(url)
+                crate::upstream::cache::redact(url)
             )));
         };
         // Room for the file (when its size is vouched for) before anything is asked upstream.
@@ -439,7 +439,7 @@ impl Cache {
     /// The upstream a NAR URL is under, whose client fetches it; `None` when no configured
     /// upstream serves it (its narinfo came from an upstream since removed): then nothing is
     /// fetched, since no other upstream vouched for that URL.
-    fn upstream_for(&self, url: &Url) -> Option<Arc<crate::upstream::HttpUpstream>> {
+    fn upstream_for(&self, url: &Url) -> Option<Arc<crate::upstream::Upstream>> {
         self.upstreams.all().iter().find(|u| u.serves(url)).cloned()
     }
 }

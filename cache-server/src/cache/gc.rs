@@ -346,60 +346,15 @@ impl Cache {
 
 #[cfg(test)]
 mod tests {
-    use std::sync::Arc;
-
     use bytes::Bytes;
 
     use super::*;
-    use crate::cache::CacheSettings;
-    use crate::db::SqlDatabase;
-    use crate::lock::{LocalLock, Lock};
-    use crate::metrics::Metrics;
-    use crate::nix::SecretKey;
-    use crate::storage::{LocalStorage, Storage};
-    use crate::upstream::Upstreams;
 
     #[tokio::test]
     async fn sweeps_the_parts_of_dead_downloads_only() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let storage: Arc<dyn Storage> = Arc::new(
-            LocalStorage::open(dir.path().join("store"), true)
-                .await
-                .expect("storage"),
-        );
-        let db = Arc::new(
-            SqlDatabase::sqlite(&dir.path().join("db.sqlite"))
-                .await
-                .expect("db"),
-        );
-        let lock: Arc<dyn Lock> = Arc::new(LocalLock::new());
-        let settings = CacheSettings {
-            negative_ttl: Duration::from_secs(1),
-            memory_entries: 10,
-            gc_grace: Duration::from_secs(2),
-            first_byte_timeout: Duration::from_secs(1),
-            stall_timeout: Duration::from_secs(1),
-            lock_ttl: Duration::from_secs(10),
-            staging_dir: dir.path().join("tmp"),
-            inflight_part_size: None,
-            store_dir: "/nix/store".into(),
-            max_downloads: 4,
-            download_queue_timeout: Duration::from_secs(1),
-            staging_min_free: 0,
-            nar_failure_ttl: Duration::from_secs(1),
-            unfetched_ttl: Duration::from_secs(3600),
-        };
-        let key = SecretKey::generate("t-1").expect("key");
-        let cache = Cache::new(
-            settings,
-            storage.clone(),
-            None,
-            db,
-            lock.clone(),
-            Upstreams::new(vec![]),
-            key,
-            Metrics::new(),
-        );
+        let cache = Cache::for_tests(dir.path(), &[]).await;
+        let (storage, lock) = (cache.storage.clone(), cache.lock.clone());
         let nar = |data: &[u8]| crate::nix::NarFile {
             hash: crate::nix::Sha256Hash::digest(data),
             compression: crate::nix::Compression::Xz,

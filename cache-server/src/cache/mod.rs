@@ -11,6 +11,8 @@ mod narinfo;
 mod narinfo_index;
 pub mod prefetch;
 pub mod tasks;
+#[cfg(test)]
+pub(crate) mod testing;
 pub mod upload;
 pub mod verify;
 

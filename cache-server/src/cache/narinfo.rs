@@ -10,8 +10,8 @@ use super::verify::verifiable;
 use super::{Backend, Cache};
 use crate::db::NarInfoRecord;
 use crate::nix::{NarFile, NarInfo, StoreHash};
-use crate::upstream::http::Lookup;
-use crate::upstream::{upstream_error_kind, HttpUpstream, UpstreamError};
+use crate::upstream::Lookup;
+use crate::upstream::{upstream_error_kind, Upstream, UpstreamError};
 
 impl Cache {
     /// The narinfo for `hash` as nixcache serves it, or `None` (a 404) when nobody has it or it
@@ -133,7 +133,7 @@ impl Cache {
     /// nixcache's key (the upstream's signatures are kept).
     async fn accept(
         &self,
-        upstream: &HttpUpstream,
+        upstream: &Upstream,
         hash: StoreHash,
         info: NarInfo,
     ) -> Result<Bytes, AcceptError> {

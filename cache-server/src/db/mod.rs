@@ -260,8 +260,8 @@ pub(crate) fn is_unique_violation(e: &diesel::result::Error) -> bool {
     )
 }
 
-#[cfg(test)]
-pub(crate) mod conformance {
+#[cfg(any(test, feature = "conformance"))]
+pub mod conformance {
     //! Behaviour every `Database` must have.
     use super::*;
 

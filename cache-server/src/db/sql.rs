@@ -600,7 +600,6 @@ impl Database for SqlDatabase {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use nixcache_tests::postgres::Postgres;
 
     const HASH: &str = "p404n8pan3pvrll7pci95yg83idrvkdx";
 
@@ -618,37 +617,6 @@ mod tests {
             .await
             .expect("reopen");
         assert!(db.get_narinfo(HASH).await.expect("get").is_some());
-    }
-
-    #[tokio::test(flavor = "multi_thread")]
-    async fn postgres_conformance() {
-        let pg = Postgres::start();
-        let db = SqlDatabase::postgres(&pg.url(), 4).await.expect("open");
-        super::super::conformance::run(&db).await;
-        super::super::conformance::tasks(&db).await;
-        // Migrations are applied once: opening again is fine and keeps the data.
-        let again = SqlDatabase::postgres(&pg.url(), 4).await.expect("reopen");
-        assert!(again.get_narinfo(HASH).await.expect("get").is_some());
-    }
-
-    #[tokio::test(flavor = "multi_thread")]
-    async fn postgres_survives_the_server_going_away_and_coming_back() {
-        let pg = Postgres::start();
-        let db = SqlDatabase::postgres(&pg.url(), 2).await.expect("open");
-        db.ping().await.expect("ping");
-        pg.stop();
-        assert!(db.ping().await.is_err(), "ping with the server stopped");
-        assert!(db.get_narinfo(HASH).await.is_err());
-        pg.resume();
-        let start = std::time::Instant::now();
-        while db.ping().await.is_err() {
-            assert!(
-                start.elapsed() < Duration::from_secs(30),
-                "no recovery after the server came back"
-            );
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
-        super::super::conformance::run(&db).await;
     }
 
     #[tokio::test(flavor = "multi_thread")]

@@ -13,9 +13,10 @@ use actix_web::http::StatusCode;
 use actix_web::{web, HttpRequest, HttpResponse};
 use serde::Serialize;
 
-use super::auth::{authorized, unauthorized};
-use super::{not_found_response, AppState};
-use crate::admin::{stored_json, task_path, ApiError, PrefetchRequest, Task};
+use super::auth::authorized;
+use super::error::HttpError;
+use super::AppState;
+use crate::admin::{stored_json, task_path, PrefetchRequest, Task};
 use crate::cache::prefetch::PrefetchProgress;
 use crate::db::TaskRecord;
 use crate::nix::StorePath;
@@ -36,26 +37,21 @@ fn json_response(status: StatusCode, body: &impl Serialize) -> HttpResponse {
     }
 }
 
-fn json_error(status: StatusCode, message: impl Into<String>) -> HttpResponse {
-    json_response(status, &ApiError::new(message))
-}
-
-/// The answer when the task table cannot be reached; the cause goes to the log only.
-fn database_unavailable(e: impl std::fmt::Display) -> HttpResponse {
+/// The task table cannot be reached; the cause goes to the log only.
+fn database_unavailable(e: impl std::fmt::Display) -> HttpError {
     tracing::warn!(error = %e, "admin API: the task could not be recorded or read");
-    json_error(
-        StatusCode::SERVICE_UNAVAILABLE,
-        "the database is unavailable; try again",
-    )
+    HttpError::DatabaseUnavailable
 }
 
-/// The refusal for a request the admin API may not serve: 404 when it is off, 401 without the
-/// token.
-fn refuse(state: &AppState, req: &HttpRequest) -> Option<HttpResponse> {
-    let Some(token) = &state.admin_token else {
-        return Some(not_found_response());
-    };
-    (!authorized(req, token.expose())).then(unauthorized)
+/// Whether the request may use the admin API: not when it is off (as if it did not exist),
+/// nor without the token.
+fn admit(state: &AppState, req: &HttpRequest) -> Result<(), HttpError> {
+    let token = state.admin_token.as_ref().ok_or(HttpError::ApiOff)?;
+    if authorized(req, token.expose()) {
+        Ok(())
+    } else {
+        Err(HttpError::Unauthorized)
+    }
 }
 
 /// Whether the client asked for `Prefer: respond-async` (among other preferences, in any of its
@@ -86,44 +82,39 @@ fn accepted(t: &TaskRecord) -> HttpResponse {
 }
 
 /// A finished task's answer in the synchronous mode: its result, or why it failed.
-fn finished(t: &TaskRecord) -> HttpResponse {
+fn finished(t: &TaskRecord) -> Result<HttpResponse, HttpError> {
     match (&t.result, &t.error) {
         (Some(result), _) if t.error.is_none() => {
-            json_response(StatusCode::OK, &stored_json(Some(result)))
+            Ok(json_response(StatusCode::OK, &stored_json(Some(result))))
         }
-        (_, error) => json_error(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            format!(
-                "task {} failed: {}",
-                t.id,
-                error.as_deref().unwrap_or("no reason recorded")
-            ),
-        ),
+        (_, error) => Err(HttpError::Failed(format!(
+            "task {} failed: {}",
+            t.id,
+            error.as_deref().unwrap_or("no reason recorded")
+        ))),
     }
 }
 
-pub async fn gc(state: web::Data<AppState>, req: HttpRequest) -> HttpResponse {
-    if let Some(refusal) = refuse(&state, &req) {
-        return refusal;
-    }
+pub async fn gc(state: web::Data<AppState>, req: HttpRequest) -> Result<HttpResponse, HttpError> {
+    admit(&state, &req)?;
     if state.gc_max_size.is_none() {
-        return json_error(
-            StatusCode::BAD_REQUEST,
-            "this cache has no size limit (--max-size) to collect down to",
-        );
+        return Err(HttpError::BadRequest(
+            "this cache has no size limit (--max-size) to collect down to".to_string(),
+        ));
     }
-    let task = match state.tasks.submit_gc().await {
-        Ok(t) => t,
-        Err(e) => return database_unavailable(e),
-    };
+    let task = state
+        .tasks
+        .submit_gc()
+        .await
+        .map_err(database_unavailable)?;
     if prefers_async(&req) {
-        return accepted(&task);
+        return Ok(accepted(&task));
     }
     // The task runs whether or not this client stays to see its end.
     match state.tasks.wait(&task.id).await {
         Ok(Some(t)) => finished(&t),
-        Ok(None) => json_error(StatusCode::INTERNAL_SERVER_ERROR, "the GC task disappeared"),
-        Err(e) => database_unavailable(e),
+        Ok(None) => Err(HttpError::Failed("the GC task disappeared".to_string())),
+        Err(e) => Err(database_unavailable(e)),
     }
 }
 
@@ -131,24 +122,17 @@ pub async fn prefetch(
     state: web::Data<AppState>,
     req: HttpRequest,
     body: web::Bytes,
-) -> HttpResponse {
-    if let Some(refusal) = refuse(&state, &req) {
-        return refusal;
-    }
-    let request: PrefetchRequest = match serde_json::from_slice(&body) {
-        Ok(r) => r,
-        Err(e) => {
-            return json_error(
-                StatusCode::BAD_REQUEST,
-                format!("expected {{\"paths\": [\"/nix/store/...\"], \"closure\": true}}: {e}"),
-            )
-        }
-    };
+) -> Result<HttpResponse, HttpError> {
+    admit(&state, &req)?;
+    let request: PrefetchRequest = serde_json::from_slice(&body).map_err(|e| {
+        HttpError::BadRequest(format!(
+            "expected {{\"paths\": [\"/nix/store/...\"], \"closure\": true}}: {e}"
+        ))
+    })?;
     if request.paths.is_empty() || request.paths.len() > MAX_PATHS {
-        return json_error(
-            StatusCode::BAD_REQUEST,
-            format!("name between 1 and {MAX_PATHS} store paths"),
-        );
+        return Err(HttpError::BadRequest(format!(
+            "name between 1 and {MAX_PATHS} store paths"
+        )));
     }
     let mut paths = Vec::with_capacity(request.paths.len());
     for p in &request.paths {
@@ -156,18 +140,20 @@ pub async fn prefetch(
             Ok(path) if path.store_dir() == state.store_dir => paths.push(path),
             _ => {
                 let shown: String = p.chars().take(200).collect();
-                return json_error(
-                    StatusCode::BAD_REQUEST,
-                    format!("not a store path of {}: {shown:?}", state.store_dir),
-                );
+                return Err(HttpError::BadRequest(format!(
+                    "not a store path of {}: {shown:?}",
+                    state.store_dir
+                )));
             }
         }
     }
     if prefers_async(&req) {
-        return match state.tasks.submit_prefetch(&request).await {
-            Ok(task) => accepted(&task),
-            Err(e) => database_unavailable(e),
-        };
+        let task = state
+            .tasks
+            .submit_prefetch(&request)
+            .await
+            .map_err(database_unavailable)?;
+        return Ok(accepted(&task));
     }
     // Its own task: a client that goes away does not stop the prefetch.
     let cache = state.cache.clone();
@@ -177,13 +163,12 @@ pub async fn prefetch(
             .await
     });
     match work.await {
-        Ok(report) => json_response(StatusCode::OK, &report),
+        Ok(report) => Ok(json_response(StatusCode::OK, &report)),
         Err(e) => {
             tracing::warn!(error = %e, "prefetch on request failed");
-            json_error(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "the prefetch failed; see the server's log",
-            )
+            Err(HttpError::Failed(
+                "the prefetch failed; see the server's log".to_string(),
+            ))
         }
     }
 }
@@ -192,17 +177,20 @@ pub async fn task(
     state: web::Data<AppState>,
     req: HttpRequest,
     id: web::Path<String>,
-) -> HttpResponse {
-    if let Some(refusal) = refuse(&state, &req) {
-        return refusal;
-    }
+) -> Result<HttpResponse, HttpError> {
+    admit(&state, &req)?;
     let id = id.into_inner();
     let well_formed = id.len() == 32 && id.bytes().all(|b| b.is_ascii_hexdigit());
     if !well_formed {
-        return json_error(StatusCode::NOT_FOUND, "no such task");
+        return Err(HttpError::NoSuchTask("no such task"));
     }
-    match state.tasks.get(&id.to_ascii_lowercase()).await {
-        Ok(Some(t)) => {
+    let found = state
+        .tasks
+        .get(&id.to_ascii_lowercase())
+        .await
+        .map_err(database_unavailable)?;
+    match found {
+        Some(t) => {
             let mut r = json_response(StatusCode::OK, &Task::from(&t));
             if !t.state.is_finished() {
                 // Pollers should not be served a cached "running".
@@ -211,13 +199,11 @@ pub async fn task(
                     HeaderValue::from_static("no-store"),
                 );
             }
-            r
+            Ok(r)
         }
-        Ok(None) => json_error(
-            StatusCode::NOT_FOUND,
+        None => Err(HttpError::NoSuchTask(
             "no such task (finished tasks are kept for --task-retention)",
-        ),
-        Err(e) => database_unavailable(e),
+        )),
     }
 }
 

@@ -3,11 +3,11 @@
 
 use actix_web::body::{EitherBody, MessageBody};
 use actix_web::dev::{ServiceRequest, ServiceResponse};
-use actix_web::http::header::{HeaderValue, CONTENT_TYPE, WWW_AUTHENTICATE};
 use actix_web::middleware::Next;
-use actix_web::{web, HttpRequest, HttpResponse};
+use actix_web::{web, HttpRequest, ResponseError};
 use base64::Engine;
 
+use super::error::HttpError;
 use super::AppState;
 
 /// Compares in time independent of where the inputs first differ.
@@ -42,17 +42,10 @@ pub fn authorized(req: &HttpRequest, token: &str) -> bool {
     false
 }
 
-pub fn unauthorized() -> HttpResponse {
-    HttpResponse::Unauthorized()
-        .insert_header((
-            WWW_AUTHENTICATE,
-            HeaderValue::from_static("Basic realm=\"nixcache\""),
-        ))
-        .insert_header((
-            CONTENT_TYPE,
-            HeaderValue::from_static("text/plain; charset=utf-8"),
-        ))
-        .body("a valid token is required\n")
+/// Whether `path` is the admin API's, which has a token of its own.
+fn admin_path(path: &str) -> bool {
+    path.strip_prefix(crate::admin::PREFIX)
+        .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
 }
 
 /// With a read token, GET and HEAD need it (or the upload token), except for the health
@@ -70,7 +63,7 @@ pub async fn require_read_token(
             );
             // The admin API has a token of its own.
             let open = matches!(req.path(), "/healthz" | "/readyz" | "/pubkey")
-                || req.path().starts_with("/api/")
+                || admin_path(req.path())
                 || (req.path() == "/metrics" && state.public_metrics);
             let allowed = !read
                 || open
@@ -80,7 +73,8 @@ pub async fn require_read_token(
                     .as_ref()
                     .is_some_and(|u| authorized(req.request(), u.token.expose()));
             if !allowed {
-                return Ok(req.into_response(unauthorized()).map_into_right_body());
+                let refusal = HttpError::Unauthorized.error_response();
+                return Ok(req.into_response(refusal).map_into_right_body());
             }
         }
     }

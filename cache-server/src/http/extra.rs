@@ -2,10 +2,9 @@
 //! and build traces. Uploading them takes the upload token, as every upload does.
 
 use actix_web::http::header::{HeaderValue, CONTENT_TYPE};
-use actix_web::http::StatusCode;
 use actix_web::{web, HttpRequest, HttpResponse};
 
-use super::respond::{not_found_response, text};
+use super::error::{HttpError, NotServed};
 use super::upload::{admit, collect, refused};
 use super::AppState;
 use crate::nix::StoreHash;
@@ -30,57 +29,51 @@ pub async fn put_extra(
     state: web::Data<AppState>,
     req: HttpRequest,
     payload: web::Payload,
-) -> HttpResponse {
-    let uploads = match admit(&state, &req) {
-        Ok(u) => u,
-        Err(refusal) => return *refusal,
-    };
-    let Some(key) = extra_kind(&req).and_then(|(kind, name)| kind.key(&name)) else {
-        return text(StatusCode::BAD_REQUEST, "invalid name\n");
-    };
+) -> Result<HttpResponse, HttpError> {
+    let uploads = admit(&state, &req)?;
+    let key = extra_kind(&req)
+        .and_then(|(kind, name)| kind.key(&name))
+        .ok_or(NotServed::InvalidName)?;
     let limit = usize::try_from(uploads.max_log_size).unwrap_or(usize::MAX);
-    let body = match collect(payload, limit).await {
-        Ok(b) => b,
-        Err(refusal) => return *refusal,
-    };
-    match state.cache.upload_extra(&key, body).await {
-        Ok(()) => HttpResponse::Created().finish(),
-        Err(e) => refused(&state, e),
-    }
+    let body = collect(payload, limit).await?;
+    state
+        .cache
+        .upload_extra(&key, body)
+        .await
+        .map_err(|e| refused(&state, e))?;
+    Ok(HttpResponse::Created().finish())
 }
 
 /// `GET|HEAD` of an uploaded build log, realisation or build trace.
-pub async fn get_extra(state: web::Data<AppState>, req: HttpRequest) -> HttpResponse {
-    let Some((kind, name)) = extra_kind(&req) else {
-        return not_found_response();
+pub async fn get_extra(
+    state: web::Data<AppState>,
+    req: HttpRequest,
+) -> Result<HttpResponse, NotServed> {
+    let (kind, name) = extra_kind(&req).ok_or(NotServed::NotFound)?;
+    let key = kind.key(&name).ok_or(NotServed::InvalidName)?;
+    let body = state.cache.extra(&key).await.ok_or(NotServed::NotFound)?;
+    let content_type = if kind == Extra::Log {
+        "text/plain; charset=utf-8"
+    } else {
+        "application/json"
     };
-    let Some(key) = kind.key(&name) else {
-        return text(StatusCode::BAD_REQUEST, "invalid name\n");
-    };
-    match state.cache.extra(&key).await {
-        Some(body) => {
-            let content_type = if kind == Extra::Log {
-                "text/plain; charset=utf-8"
-            } else {
-                "application/json"
-            };
-            HttpResponse::Ok()
-                .insert_header((CONTENT_TYPE, HeaderValue::from_static(content_type)))
-                .body(body)
-        }
-        None => not_found_response(),
-    }
+    Ok(HttpResponse::Ok()
+        .insert_header((CONTENT_TYPE, HeaderValue::from_static(content_type)))
+        .body(body))
 }
 
 /// `GET|HEAD /<hash>.ls`.
-pub async fn get_listing(state: web::Data<AppState>, hash: web::Path<String>) -> HttpResponse {
-    let Ok(hash) = StoreHash::parse(&hash) else {
-        return text(StatusCode::BAD_REQUEST, "invalid store path hash\n");
-    };
-    match state.cache.extra(&listing_key(&hash)).await {
-        Some(body) => HttpResponse::Ok()
-            .insert_header((CONTENT_TYPE, HeaderValue::from_static("application/json")))
-            .body(body),
-        None => not_found_response(),
-    }
+pub async fn get_listing(
+    state: web::Data<AppState>,
+    hash: web::Path<String>,
+) -> Result<HttpResponse, NotServed> {
+    let hash = StoreHash::parse(&hash).map_err(|_| NotServed::InvalidHash)?;
+    let body = state
+        .cache
+        .extra(&listing_key(&hash))
+        .await
+        .ok_or(NotServed::NotFound)?;
+    Ok(HttpResponse::Ok()
+        .insert_header((CONTENT_TYPE, HeaderValue::from_static("application/json")))
+        .body(body))
 }

@@ -1,11 +1,13 @@
 //! HTTP: translates requests into calls on [`Cache`] and results into status codes. One file per
 //! endpoint (`narinfo`, `nar`, `cacheinfo`, `health`, `api`, `upload`, `extra` for what is served
-//! back as uploaded), with tokens in `auth` and the shared response builders in `respond`; the
+//! back as uploaded), with tokens in `auth`, the shared response builders in `respond`, and the
+//! one error type and its statuses in `error` (where reads' errors are a type with no 5xx); the
 //! flows themselves live in `cache`.
 
 mod api;
 mod auth;
 mod cacheinfo;
+pub mod error;
 mod extra;
 mod health;
 mod nar;
@@ -15,7 +17,8 @@ mod respond;
 pub(crate) mod upload;
 
 pub use auth::require_read_token;
-pub(crate) use respond::{not_found_response, text};
+pub use error::{HttpError, NotServed};
+pub(crate) use respond::text;
 
 use std::sync::Arc;
 
@@ -165,4 +168,115 @@ pub async fn count_requests(
         }
     }
     Ok(res)
+}
+
+#[cfg(test)]
+mod tests {
+    //! The edge in-process, over [`Cache::for_tests`]: what each kind of request is answered.
+    use std::sync::atomic::Ordering;
+    use std::time::Duration;
+
+    use actix_web::http::StatusCode;
+    use actix_web::test::{call_service, init_service, read_body, TestRequest};
+    use actix_web::App;
+
+    use super::*;
+    use crate::cache::tasks::{TaskSettings, Tasks};
+    use crate::cache::testing::FakeUpstream;
+
+    async fn state(dir: &std::path::Path, up: &FakeUpstream) -> web::Data<AppState> {
+        let cache = Cache::for_tests(dir, &[up]).await;
+        let tasks = Tasks::new(
+            cache.clone(),
+            TaskSettings {
+                replica: "test".into(),
+                poll: Duration::from_secs(1),
+                retention: Duration::from_secs(60),
+                gc_max_size: None,
+                gc_grace: Duration::from_secs(2),
+                lock_ttl: Duration::from_secs(10),
+            },
+        );
+        web::Data::new(AppState {
+            cache,
+            cache_info: "StoreDir: /nix/store\n".into(),
+            uploads: None,
+            read_token: None,
+            public_metrics: false,
+            admin_token: None,
+            store_dir: "/nix/store".into(),
+            gc_max_size: None,
+            tasks,
+        })
+    }
+
+    #[actix_web::test]
+    async fn reads_answer_400_or_404_never_5xx_even_with_the_upstream_down() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let up = FakeUpstream::new("up.test");
+        let p = up.publish("hello", b"hello\n", &[]);
+        let app = init_service(
+            App::new()
+                .app_data(state(dir.path(), &up).await)
+                .wrap(actix_web::middleware::from_fn(require_read_token))
+                .wrap(actix_web::middleware::from_fn(count_requests))
+                .configure(configure),
+        )
+        .await;
+        let get = |uri: String| TestRequest::get().uri(&uri).to_request();
+
+        let r = call_service(&app, get(p.narinfo_path())).await;
+        assert_eq!(r.status(), StatusCode::OK);
+        let r = call_service(&app, get(p.nar_path())).await;
+        assert_eq!(r.status(), StatusCode::OK);
+        assert_eq!(read_body(r).await, p.bytes);
+
+        for (uri, want) in [
+            ("/not-a-hash.narinfo", StatusCode::BAD_REQUEST),
+            ("/nar/zzz.nar", StatusCode::BAD_REQUEST),
+            (
+                "/p404n8pan3pvrll7pci95yg83idrvkdx.ls",
+                StatusCode::NOT_FOUND,
+            ),
+            ("/log/..", StatusCode::BAD_REQUEST),
+            ("/no/such/route", StatusCode::NOT_FOUND),
+            ("/api/v1/tasks/x", StatusCode::NOT_FOUND),
+        ] {
+            let r = call_service(&app, get(uri.to_string())).await;
+            assert_eq!(r.status(), want, "{uri}");
+        }
+
+        up.transport.down.store(true, Ordering::Relaxed);
+        let q = up.publish("unreachable", b"q\n", &[]);
+        for uri in [q.narinfo_path(), q.nar_path()] {
+            let r = call_service(&app, get(uri.clone())).await;
+            assert_eq!(r.status(), StatusCode::NOT_FOUND, "{uri}");
+        }
+
+        // Past the end of the stored NAR (once its commit is done: a download in progress is
+        // served whole).
+        let start = std::time::Instant::now();
+        loop {
+            let r = call_service(
+                &app,
+                TestRequest::get()
+                    .uri(&p.nar_path())
+                    .insert_header(("Range", "bytes=100000-"))
+                    .to_request(),
+            )
+            .await;
+            if r.status() != StatusCode::OK || start.elapsed() > Duration::from_secs(10) {
+                assert_eq!(r.status(), StatusCode::RANGE_NOT_SATISFIABLE);
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+
+        let r = call_service(&app, TestRequest::put().uri(&p.narinfo_path()).to_request()).await;
+        assert_eq!(
+            r.status(),
+            StatusCode::METHOD_NOT_ALLOWED,
+            "uploads are off"
+        );
+    }
 }

@@ -7,7 +7,8 @@ use actix_web::{web, HttpRequest, HttpResponse, HttpResponseBuilder};
 use bytes::Bytes;
 use futures_util::stream;
 
-use super::{not_found_response, range, text, AppState};
+use super::error::NotServed;
+use super::{range, AppState};
 use crate::cache::NarBody;
 use crate::nix::NarFile;
 use crate::storage::StorageError;
@@ -25,34 +26,32 @@ pub async fn get(
     state: web::Data<AppState>,
     req: HttpRequest,
     file: web::Path<String>,
-) -> HttpResponse {
-    let Ok(file) = NarFile::parse(&file) else {
-        return text(StatusCode::BAD_REQUEST, "invalid NAR file name\n");
-    };
+) -> Result<HttpResponse, NotServed> {
+    let file = NarFile::parse(&file).map_err(|_| NotServed::InvalidNarFile)?;
     if req.method() == Method::HEAD {
         // Answered without starting a download.
-        return match state.cache.nar_head(&file).await {
-            Some(head) => {
-                let mut b = builder(StatusCode::OK);
-                b.insert_header((ACCEPT_RANGES, "bytes"));
-                match head.length {
-                    // A sized body that is never sent: HEAD answers carry the GET's Content-Length.
-                    Some(n) => b.body(SizedStream::new(
-                        n,
-                        stream::empty::<Result<Bytes, std::io::Error>>(),
-                    )),
-                    None => b.finish(),
-                }
-            }
-            None => not_found_response(),
-        };
+        let head = state
+            .cache
+            .nar_head(&file)
+            .await
+            .ok_or(NotServed::NotFound)?;
+        let mut b = builder(StatusCode::OK);
+        b.insert_header((ACCEPT_RANGES, "bytes"));
+        return Ok(match head.length {
+            // A sized body that is never sent: HEAD answers carry the GET's Content-Length.
+            Some(n) => b.body(SizedStream::new(
+                n,
+                stream::empty::<Result<Bytes, std::io::Error>>(),
+            )),
+            None => b.finish(),
+        });
     }
     let range = req
         .headers()
         .get(RANGE)
         .and_then(|h| h.to_str().ok())
         .and_then(range::parse);
-    match state.cache.nar(file, range).await {
+    Ok(match state.cache.nar(file, range).await {
         Ok(Some(NarBody::Stored(object))) => {
             let (start, end) = object.range;
             let partial = range.is_some();
@@ -77,10 +76,11 @@ pub async fn get(
                 None => b.streaming(body),
             }
         }
-        Ok(None) => not_found_response(),
-        Err(StorageError::RangeNotSatisfiable { total }) => HttpResponse::RangeNotSatisfiable()
-            .insert_header((CONTENT_RANGE, format!("bytes */{total}")))
-            .finish(),
-        Err(_) => not_found_response(),
-    }
+        Ok(None) => return Err(NotServed::NotFound),
+        Err(StorageError::RangeNotSatisfiable { total }) => {
+            return Err(NotServed::RangeNotSatisfiable { total })
+        }
+        // Counted and logged by the cache; a read is never a 5xx.
+        Err(_) => return Err(NotServed::NotFound),
+    })
 }

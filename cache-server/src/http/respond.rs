@@ -1,7 +1,9 @@
-//! Response builders every handler shares.
+//! Response builders the handlers share; errors are answered by [`super::error`].
 
 use actix_web::http::header::{HeaderValue, CACHE_CONTROL, CONTENT_TYPE};
 use actix_web::HttpResponse;
+
+use super::error::NotServed;
 
 pub(crate) fn text(status: actix_web::http::StatusCode, body: &'static str) -> HttpResponse {
     HttpResponse::build(status)
@@ -13,10 +15,7 @@ pub(crate) fn text(status: actix_web::http::StatusCode, body: &'static str) -> H
         .body(body)
 }
 
-pub(crate) fn not_found_response() -> HttpResponse {
-    text(actix_web::http::StatusCode::NOT_FOUND, "not found\n")
-}
-
-pub(super) async fn not_found() -> HttpResponse {
-    not_found_response()
+/// What no route matches.
+pub(super) async fn not_found() -> Result<HttpResponse, NotServed> {
+    Err(NotServed::NotFound)
 }

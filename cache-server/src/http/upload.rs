@@ -2,14 +2,13 @@
 //! narinfos, and listings, build logs and realisations (kept, and served back by `extra`). Only with
 //! the upload token (HTTP Basic password or Bearer); otherwise 401, or 405 when uploads are off.
 
-use actix_web::http::header::{HeaderValue, CONTENT_TYPE};
-use actix_web::http::StatusCode;
 use actix_web::{web, HttpRequest, HttpResponse};
 use bytes::{Bytes, BytesMut};
 use futures_util::StreamExt;
 
-use super::auth::{authorized, unauthorized};
-use super::{text, AppState};
+use super::auth::authorized;
+use super::error::{HttpError, NotServed};
+use super::AppState;
 use crate::cache::upload::UploadError;
 use crate::config::UploadConfig;
 use crate::nix::{NarFile, StoreHash};
@@ -19,43 +18,30 @@ use crate::storage::keys::listing_key;
 /// well under this).
 pub(super) const SMALL_LIMIT: usize = 1 << 20;
 
-/// A response refusing a request, boxed: it is the rare path.
-pub(super) type Refusal = Box<HttpResponse>;
-
-/// The upload settings when the request may upload, or the response refusing it.
+/// The upload settings when the request may upload, or why it may not.
 pub(super) fn admit<'a>(
     state: &'a AppState,
     req: &HttpRequest,
-) -> Result<&'a UploadConfig, Refusal> {
-    let Some(uploads) = state.uploads.as_ref() else {
-        return Err(Box::new(
-            HttpResponse::MethodNotAllowed()
-                .insert_header(("Allow", "GET, HEAD"))
-                .insert_header((
-                    CONTENT_TYPE,
-                    HeaderValue::from_static("text/plain; charset=utf-8"),
-                ))
-                .body("uploads are not enabled on this cache\n"),
-        ));
-    };
+) -> Result<&'a UploadConfig, HttpError> {
+    let uploads = state.uploads.as_ref().ok_or(HttpError::UploadsOff)?;
     if !authorized(req, uploads.token.expose()) {
-        return Err(Box::new(unauthorized()));
+        return Err(HttpError::Unauthorized);
     }
     Ok(uploads)
 }
 
-/// The answer to a refused upload; the refusal is logged and counted by reason.
-pub(super) fn refused(state: &AppState, e: UploadError) -> HttpResponse {
-    // The status, and the reason a refusal is counted under (a backend failure is not one).
-    let (status, reason) = match &e {
-        UploadError::Invalid(_) => (StatusCode::BAD_REQUEST, Some("invalid")),
-        UploadError::Body(_) => (StatusCode::BAD_REQUEST, Some("body")),
-        UploadError::Untrusted => (StatusCode::FORBIDDEN, Some("untrusted")),
-        UploadError::Replaces(_) => (StatusCode::CONFLICT, Some("replaces")),
-        UploadError::TooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, Some("too_large")),
-        UploadError::Backend(_) => (StatusCode::SERVICE_UNAVAILABLE, None),
+/// A refused upload, logged and counted by reason (a backend failure is not a refusal: it is
+/// logged as a failure and not counted).
+pub(super) fn refused(state: &AppState, e: UploadError) -> HttpError {
+    let reason = match &e {
+        UploadError::Invalid(_) => Some("invalid"),
+        UploadError::Body(_) => Some("body"),
+        UploadError::Untrusted => Some("untrusted"),
+        UploadError::Replaces(_) => Some("replaces"),
+        UploadError::TooLarge(_) => Some("too_large"),
+        UploadError::Backend(_) => None,
     };
-    let message = match reason {
+    match reason {
         Some(reason) => {
             state
                 .cache
@@ -64,45 +50,32 @@ pub(super) fn refused(state: &AppState, e: UploadError) -> HttpResponse {
                 .with_label_values(&["upload", reason])
                 .inc();
             tracing::info!(reason, error = %e, "upload refused");
-            format!("{e}\n")
         }
-        // Internals of storage and database stay in the log.
-        None => {
-            tracing::warn!(error = %e, "upload not stored");
-            "the upload could not be stored; try again\n".to_string()
-        }
-    };
-    HttpResponse::build(status)
-        .insert_header((
-            CONTENT_TYPE,
-            HeaderValue::from_static("text/plain; charset=utf-8"),
-        ))
-        .body(message)
+        None => tracing::warn!(error = %e, "upload not stored"),
+    }
+    HttpError::Upload(e)
 }
 
 /// The whole body, refused past `limit` bytes.
-pub(super) async fn collect(mut payload: web::Payload, limit: usize) -> Result<Bytes, Refusal> {
+pub(super) async fn collect(mut payload: web::Payload, limit: usize) -> Result<Bytes, HttpError> {
     let mut body = BytesMut::new();
     while let Some(chunk) = payload.next().await {
-        let chunk =
-            chunk.map_err(|_| Box::new(text(StatusCode::BAD_REQUEST, "broken request body\n")))?;
+        let chunk = chunk.map_err(|_| HttpError::BrokenBody)?;
         if body.len() + chunk.len() > limit {
-            return Err(Box::new(text(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                "upload too large\n",
-            )));
+            return Err(HttpError::TooLarge);
         }
         body.extend_from_slice(&chunk);
     }
     Ok(body.freeze())
 }
 
-pub async fn put_cache_info(state: web::Data<AppState>, req: HttpRequest) -> HttpResponse {
-    match admit(&state, &req) {
-        // This cache's nix-cache-info is its own; an uploaded one is accepted and ignored.
-        Ok(_) => HttpResponse::NoContent().finish(),
-        Err(refusal) => *refusal,
-    }
+pub async fn put_cache_info(
+    state: web::Data<AppState>,
+    req: HttpRequest,
+) -> Result<HttpResponse, HttpError> {
+    admit(&state, &req)?;
+    // This cache's nix-cache-info is its own; an uploaded one is accepted and ignored.
+    Ok(HttpResponse::NoContent().finish())
 }
 
 pub async fn put_nar(
@@ -110,22 +83,15 @@ pub async fn put_nar(
     req: HttpRequest,
     file: web::Path<String>,
     payload: web::Payload,
-) -> HttpResponse {
-    let uploads = match admit(&state, &req) {
-        Ok(u) => u,
-        Err(refusal) => return *refusal,
-    };
-    let Ok(file) = NarFile::parse(&file) else {
-        return text(StatusCode::BAD_REQUEST, "invalid NAR file name\n");
-    };
-    match state
+) -> Result<HttpResponse, HttpError> {
+    let uploads = admit(&state, &req)?;
+    let file = NarFile::parse(&file).map_err(|_| NotServed::InvalidNarFile)?;
+    state
         .cache
         .upload_nar(&file, payload, uploads.max_size)
         .await
-    {
-        Ok(()) => HttpResponse::Created().finish(),
-        Err(e) => refused(&state, e),
-    }
+        .map_err(|e| refused(&state, e))?;
+    Ok(HttpResponse::Created().finish())
 }
 
 /// What a root PUT carries.
@@ -141,7 +107,7 @@ pub async fn put_narinfo(
     req: HttpRequest,
     hash: web::Path<String>,
     payload: web::Payload,
-) -> HttpResponse {
+) -> Result<HttpResponse, HttpError> {
     put_root(state, req, &hash, payload, RootUpload::Narinfo).await
 }
 
@@ -151,7 +117,7 @@ pub async fn put_listing(
     req: HttpRequest,
     hash: web::Path<String>,
     payload: web::Payload,
-) -> HttpResponse {
+) -> Result<HttpResponse, HttpError> {
     put_root(state, req, &hash, payload, RootUpload::Listing).await
 }
 
@@ -161,18 +127,10 @@ async fn put_root(
     hash: &str,
     payload: web::Payload,
     what: RootUpload,
-) -> HttpResponse {
-    let uploads = match admit(&state, &req) {
-        Ok(u) => u,
-        Err(refusal) => return *refusal,
-    };
-    let Ok(hash) = StoreHash::parse(hash) else {
-        return text(StatusCode::BAD_REQUEST, "invalid store path hash\n");
-    };
-    let body = match collect(payload, SMALL_LIMIT).await {
-        Ok(b) => b,
-        Err(refusal) => return *refusal,
-    };
+) -> Result<HttpResponse, HttpError> {
+    let uploads = admit(&state, &req)?;
+    let hash = StoreHash::parse(hash).map_err(|_| NotServed::InvalidHash)?;
+    let body = collect(payload, SMALL_LIMIT).await?;
     let result = match what {
         RootUpload::Narinfo => {
             state
@@ -182,8 +140,6 @@ async fn put_root(
         }
         RootUpload::Listing => state.cache.upload_extra(&listing_key(&hash), body).await,
     };
-    match result {
-        Ok(()) => HttpResponse::Created().finish(),
-        Err(e) => refused(&state, e),
-    }
+    result.map_err(|e| refused(&state, e))?;
+    Ok(HttpResponse::Created().finish())
 }

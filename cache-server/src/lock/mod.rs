@@ -75,8 +75,8 @@ pub trait Lock: Send + Sync + 'static {
     ) -> Result<Option<Guard>, LockError>;
 }
 
-#[cfg(test)]
-pub(crate) mod conformance {
+#[cfg(any(test, feature = "conformance"))]
+pub mod conformance {
     //! Behaviour every `Lock` must have.
     use std::sync::atomic::{AtomicUsize, Ordering};
     use std::sync::Arc;

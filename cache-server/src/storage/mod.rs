@@ -15,7 +15,7 @@ use futures_util::stream::BoxStream;
 use futures_util::TryStreamExt;
 
 pub use local::LocalStorage;
-pub use s3::{S3Config, S3Storage};
+pub use s3::{S3Config, S3Storage, PART_SIZE as S3_PART_SIZE};
 pub use tier::{LocalTier, StagedNar};
 
 #[derive(Debug, thiserror::Error)]
@@ -124,8 +124,8 @@ pub fn validate_key(key: &str) -> Result<(), StorageError> {
 
 pub use keys::{nar_key, narinfo_key};
 
-#[cfg(test)]
-pub(crate) mod conformance {
+#[cfg(any(test, feature = "conformance"))]
+pub mod conformance {
     //! Behaviour every `Storage` must have.
     use futures_util::TryStreamExt;
 

@@ -18,7 +18,7 @@ use tokio::io::AsyncReadExt;
 use super::{validate_key, ByteRange, Object, Storage, StorageError};
 
 /// Multipart part size: above S3's 5 MiB minimum, small enough to stay in constant memory.
-const PART_SIZE: usize = 8 << 20;
+pub const PART_SIZE: usize = 8 << 20;
 
 pub use nixcache_settings::config::S3Config;
 
@@ -74,6 +74,15 @@ impl S3Storage {
             store: Arc::new(store),
             prefix: config.prefix.trim_matches('/').to_string(),
         })
+    }
+
+    /// Storage over a client built elsewhere (with credentials of its own, where [`Self::new`]
+    /// takes them from the environment), under `prefix`.
+    pub fn with_store(store: AmazonS3, prefix: &str) -> Self {
+        Self {
+            store: Arc::new(store),
+            prefix: prefix.trim_matches('/').to_string(),
+        }
     }
 
     fn path(&self, key: &str) -> Result<ObjectPath, StorageError> {
@@ -294,145 +303,5 @@ impl Storage for S3Storage {
             Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
             Err(e) => Err(io(e)),
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use nixcache_tests::seaweedfs::{self, SeaweedFs};
-
-    fn storage(server: &SeaweedFs, prefix: &str) -> S3Storage {
-        // Credentials as the environment would give them, but without touching the process env.
-        let config = S3Config {
-            bucket: seaweedfs::BUCKET.into(),
-            prefix: prefix.into(),
-            endpoint: Some(server.endpoint.clone()),
-            region: "us-east-1".into(),
-        };
-        let store = AmazonS3Builder::new()
-            .with_bucket_name(&config.bucket)
-            .with_region(&config.region)
-            .with_endpoint(server.endpoint.clone())
-            .with_allow_http(true)
-            .with_virtual_hosted_style_request(false)
-            .with_access_key_id(seaweedfs::ACCESS_KEY)
-            .with_secret_access_key(seaweedfs::SECRET_KEY)
-            .build()
-            .expect("store");
-        S3Storage {
-            store: Arc::new(store),
-            prefix: config.prefix,
-        }
-    }
-
-    #[tokio::test(flavor = "multi_thread")]
-    async fn conformance() {
-        let server = SeaweedFs::start();
-        let dir = tempfile::tempdir().expect("tempdir");
-        super::super::conformance::run(&storage(&server, "conformance"), dir.path()).await;
-    }
-
-    #[tokio::test(flavor = "multi_thread")]
-    async fn incomplete_uploads_left_by_a_crash_are_aborted_once_stale() {
-        let server = SeaweedFs::start();
-        let s = storage(&server, "stale");
-        let other = storage(&server, "elsewhere");
-        // Uploads begun and never completed, as a process killed mid-commit leaves them.
-        for st in [&s, &other] {
-            let path = st.path("nar/x.nar").expect("path");
-            let mut upload = st.store.put_multipart(&path).await.expect("create");
-            upload
-                .put_part(PutPayload::from(vec![7u8; 5 << 20]))
-                .await
-                .expect("part");
-            drop(upload);
-        }
-        // Not stale yet: kept.
-        assert_eq!(
-            s.abort_stale_uploads(std::time::Duration::from_secs(3600))
-                .await
-                .expect("list"),
-            0
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
-        assert_eq!(
-            s.abort_stale_uploads(std::time::Duration::from_secs(1))
-                .await
-                .expect("abort"),
-            1,
-            "only this prefix's upload"
-        );
-        assert_eq!(
-            s.abort_stale_uploads(std::time::Duration::ZERO)
-                .await
-                .expect("again"),
-            0,
-            "gone"
-        );
-        assert_eq!(
-            other
-                .abort_stale_uploads(std::time::Duration::ZERO)
-                .await
-                .expect("other prefix"),
-            1
-        );
-    }
-
-    #[tokio::test(flavor = "multi_thread")]
-    async fn large_files_go_up_in_parts_and_come_back_whole() {
-        let server = SeaweedFs::start();
-        let dir = tempfile::tempdir().expect("tempdir");
-        let s = storage(&server, "");
-        let data: Vec<u8> = (0..(PART_SIZE * 2 + 12345))
-            .map(|i| (i * 31 % 251) as u8)
-            .collect();
-        let file = dir.path().join("big");
-        std::fs::write(&file, &data).expect("write");
-        s.put_file("nar/big.nar", &file).await.expect("upload");
-        assert_eq!(
-            s.size("nar/big.nar").await.expect("size"),
-            Some(data.len() as u64)
-        );
-        let o = s
-            .get("nar/big.nar", None)
-            .await
-            .expect("get")
-            .expect("present");
-        let got: Vec<Bytes> = o.body.try_collect().await.expect("read");
-        assert!(got.concat() == data);
-        let o = s
-            .get("nar/big.nar", Some(ByteRange::Suffix(10)))
-            .await
-            .expect("get")
-            .expect("present");
-        let got: Vec<Bytes> = o.body.try_collect().await.expect("read");
-        assert_eq!(got.concat(), &data[data.len() - 10..]);
-    }
-
-    #[tokio::test(flavor = "multi_thread")]
-    async fn wrong_credentials_are_an_error_not_a_miss() {
-        let server = SeaweedFs::start();
-        let store = AmazonS3Builder::new()
-            .with_bucket_name(seaweedfs::BUCKET)
-            .with_region("us-east-1")
-            .with_endpoint(server.endpoint.clone())
-            .with_allow_http(true)
-            .with_access_key_id(seaweedfs::ACCESS_KEY)
-            .with_secret_access_key("wrong")
-            .build()
-            .expect("store");
-        let s = S3Storage {
-            store: Arc::new(store),
-            prefix: String::new(),
-        };
-        let err = s
-            .put_bytes("narinfo/x.narinfo", Bytes::from_static(b"x"))
-            .await
-            .map(|_| ());
-        let Err(err) = err else {
-            panic!("a write with the wrong secret succeeded")
-        };
-        assert!(!err.to_string().contains("wrong"), "secret in error: {err}");
     }
 }

@@ -1,14 +1,19 @@
-//! An HTTP(S) binary cache as upstream.
+//! An upstream binary cache: what its answers mean. A narinfo is found only when it is for the
+//! path asked for, in this store directory, and signed by a trusted key; a NAR only at a URL
+//! under the upstream's base. The requests go through its [`Transport`].
 
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
+use std::sync::Arc;
+
 use bytes::Bytes;
 use futures_util::stream::BoxStream;
 use futures_util::StreamExt;
-use reqwest::{StatusCode, Url};
+use reqwest::Url;
 
 use super::origin;
+use super::transport::{Answer, HttpTransport, Transport, TransportError};
 use crate::nix::narinfo::MAX_NARINFO_BYTES;
 use crate::nix::{CacheInfo, NarInfo, StoreHash};
 
@@ -41,10 +46,10 @@ pub struct NarDownload {
     pub body: BoxStream<'static, Result<Bytes, UpstreamError>>,
 }
 
-pub struct HttpUpstream {
+pub struct Upstream {
     metrics: crate::metrics::Metrics,
     config: UpstreamConfig,
-    client: reqwest::Client,
+    transport: Arc<dyn Transport>,
     first_byte_timeout: Duration,
     store_dir: String,
     learned_priority: AtomicU32,
@@ -57,10 +62,10 @@ pub enum Lookup {
     Missing,
 }
 
-impl HttpUpstream {
-    /// An upstream with its own client, built from `client` (user agent, timeouts) with this
-    /// upstream's redirect rules ([`super::origin`]).
-    pub fn new(
+impl Upstream {
+    /// An upstream over HTTP(S) with its own client, built from `client` (user agent, timeouts)
+    /// with this upstream's redirect rules ([`super::origin`]).
+    pub fn http(
         config: UpstreamConfig,
         client: reqwest::ClientBuilder,
         first_byte_timeout: Duration,
@@ -76,16 +81,33 @@ impl HttpUpstream {
         if origin::needs_guarded_resolver(&config.url, config.cross_origin_redirects) {
             client = client.dns_resolver(origin::GuardedResolver::new(&config.url));
         }
-        let client = client.build()?;
+        let transport = Arc::new(HttpTransport::new(client.build()?));
+        Ok(Self::new(
+            config,
+            transport,
+            first_byte_timeout,
+            store_dir,
+            metrics,
+        ))
+    }
+
+    /// An upstream whose requests go through `transport`.
+    pub fn new(
+        config: UpstreamConfig,
+        transport: Arc<dyn Transport>,
+        first_byte_timeout: Duration,
+        store_dir: &str,
+        metrics: crate::metrics::Metrics,
+    ) -> Self {
         let learned = config.priority.unwrap_or(UNKNOWN_PRIORITY);
-        Ok(Self {
+        Self {
             metrics,
             config,
-            client,
+            transport,
             first_byte_timeout,
             store_dir: store_dir.to_string(),
             learned_priority: AtomicU32::new(learned),
-        })
+        }
     }
 
     pub fn url(&self) -> &Url {
@@ -122,19 +144,20 @@ impl HttpUpstream {
         })
     }
 
-    async fn get(&self, url: &Url, kind: &'static str) -> Result<reqwest::Response, UpstreamError> {
+    async fn get(&self, url: &Url, kind: &'static str) -> Result<Answer, UpstreamError> {
         self.metrics
             .upstream_requests
             .with_label_values(&[self.label(), kind])
             .inc();
         let started = std::time::Instant::now();
-        let send = self.client.get(url.clone()).send();
+        let send = self.transport.get(url);
         match tokio::time::timeout(self.first_byte_timeout, send).await {
-            Err(_) => Err(UpstreamError::Timeout { url: redact(url) }),
-            Ok(Err(e)) if e.is_timeout() => Err(UpstreamError::Timeout { url: redact(url) }),
-            Ok(Err(e)) => Err(UpstreamError::Http {
+            Err(_) | Ok(Err(TransportError::Timeout)) => {
+                Err(UpstreamError::Timeout { url: redact(url) })
+            }
+            Ok(Err(TransportError::Failed(message))) => Err(UpstreamError::Http {
                 url: redact(url),
-                message: without_url(&e),
+                message,
             }),
             Ok(Ok(r)) => {
                 self.metrics
@@ -147,19 +170,12 @@ impl HttpUpstream {
     }
 
     /// Reads a small body whole, within the first-byte timeout and a size bound.
-    async fn small_body(
-        &self,
-        url: &Url,
-        resp: reqwest::Response,
-    ) -> Result<String, UpstreamError> {
+    async fn small_body(&self, url: &Url, resp: Answer) -> Result<String, UpstreamError> {
         let read = async {
             let mut body = Vec::new();
-            let mut stream = resp.bytes_stream();
+            let mut stream = resp.body;
             while let Some(chunk) = stream.next().await {
-                let chunk = chunk.map_err(|e| UpstreamError::Http {
-                    url: redact(url),
-                    message: without_url(&e),
-                })?;
+                let chunk = chunk.map_err(|e| broken(url, e))?;
                 if body.len() + chunk.len() > MAX_NARINFO_BYTES {
                     return Err(UpstreamError::Invalid {
                         url: redact(url),
@@ -187,10 +203,10 @@ impl HttpUpstream {
     pub async fn refresh_cache_info(&self) -> Result<CacheInfo, UpstreamError> {
         let url = self.join("nix-cache-info")?;
         let resp = self.get(&url, "cache_info").await?;
-        if resp.status() != StatusCode::OK {
+        if resp.status != OK {
             return Err(UpstreamError::Status {
                 url: redact(&url),
-                status: resp.status().as_u16(),
+                status: resp.status,
             });
         }
         let text = self.small_body(&url, resp).await?;
@@ -217,15 +233,13 @@ impl HttpUpstream {
     pub async fn narinfo(&self, hash: &StoreHash) -> Result<Lookup, UpstreamError> {
         let url = self.join(&format!("{hash}.narinfo"))?;
         let resp = self.get(&url, "narinfo").await?;
-        match resp.status() {
-            StatusCode::OK => {}
-            StatusCode::NOT_FOUND | StatusCode::FORBIDDEN | StatusCode::GONE => {
-                return Ok(Lookup::Missing)
-            }
-            s => {
+        match resp.status {
+            OK => {}
+            s if is_absent(s) => return Ok(Lookup::Missing),
+            status => {
                 return Err(UpstreamError::Status {
                     url: redact(&url),
-                    status: s.as_u16(),
+                    status,
                 })
             }
         }
@@ -273,46 +287,43 @@ impl HttpUpstream {
     /// bounds the time between chunks.
     pub async fn nar(&self, url: &Url) -> Result<Option<NarDownload>, UpstreamError> {
         let resp = self.get(url, "nar").await?;
-        match resp.status() {
-            StatusCode::OK => {}
-            StatusCode::NOT_FOUND | StatusCode::FORBIDDEN | StatusCode::GONE => return Ok(None),
-            s => {
+        match resp.status {
+            OK => {}
+            s if is_absent(s) => return Ok(None),
+            status => {
                 return Err(UpstreamError::Status {
                     url: redact(url),
-                    status: s.as_u16(),
+                    status,
                 })
             }
         }
-        let length = resp.content_length();
-        let u = redact(url);
-        let body = resp
-            .bytes_stream()
-            .map(move |r| {
-                r.map_err(|e| UpstreamError::Http {
-                    url: u.clone(),
-                    message: without_url(&e),
-                })
-            })
-            .boxed();
-        Ok(Some(NarDownload { length, body }))
+        let u = url.clone();
+        let body = resp.body.map(move |r| r.map_err(|e| broken(&u, e))).boxed();
+        Ok(Some(NarDownload {
+            length: resp.length,
+            body,
+        }))
     }
 }
 
 pub use nixcache_settings::redact::redact;
 
-/// reqwest's error text, without the URL it repeats (ours carries it already).
-fn without_url(e: &reqwest::Error) -> String {
-    let mut msg = e.to_string();
-    if let Some(url) = e.url() {
-        msg = msg.replace(&format!(" for url ({url})"), "");
+const OK: u16 = 200;
+
+/// The statuses that mean "not here": 404, 403 (S3 without list rights) and 410.
+fn is_absent(status: u16) -> bool {
+    matches!(status, 404 | 403 | 410)
+}
+
+/// A body that broke off.
+fn broken(url: &Url, e: TransportError) -> UpstreamError {
+    match e {
+        TransportError::Timeout => UpstreamError::Timeout { url: redact(url) },
+        TransportError::Failed(message) => UpstreamError::Http {
+            url: redact(url),
+            message,
+        },
     }
-    let mut source = std::error::Error::source(e);
-    while let Some(s) = source {
-        msg.push_str(": ");
-        msg.push_str(&s.to_string());
-        source = s.source();
-    }
-    msg
 }
 
 #[cfg(test)]

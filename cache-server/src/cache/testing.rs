@@ -1,0 +1,359 @@
+//! The fast test tier's cache: [`Cache::for_tests`] runs the real flows in-process on a tempdir
+//! (SQLite, local disk, the in-process lock) in front of [`FakeUpstream`]s, whose answers come
+//! from memory. No service is started: `cargo test -p nixcache-server --lib` needs none.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures_util::TryStreamExt;
+
+use super::{Cache, CacheSettings, NarBody};
+use crate::db::SqlDatabase;
+use crate::lock::LocalLock;
+use crate::metrics::Metrics;
+use crate::nix::{base32, nar, Compression, NarFile, NarInfo, SecretKey, Sha256Hash, StorePath};
+use crate::storage::LocalStorage;
+use crate::upstream::transport::MemoryTransport;
+use crate::upstream::{Upstream, UpstreamConfig, Upstreams};
+
+impl CacheSettings {
+    /// Short timeouts and small limits, everything under `dir`.
+    pub(crate) fn for_tests(dir: &Path) -> Self {
+        Self {
+            negative_ttl: Duration::from_secs(60),
+            memory_entries: 1000,
+            gc_grace: Duration::from_secs(2),
+            first_byte_timeout: Duration::from_secs(2),
+            stall_timeout: Duration::from_secs(2),
+            lock_ttl: Duration::from_secs(10),
+            staging_dir: dir.join("tmp"),
+            inflight_part_size: None,
+            store_dir: nixcache_settings::store::DEFAULT_STORE_DIR.into(),
+            max_downloads: 4,
+            download_queue_timeout: Duration::from_secs(2),
+            staging_min_free: 0,
+            nar_failure_ttl: Duration::from_secs(60),
+            unfetched_ttl: Duration::from_secs(3600),
+        }
+    }
+}
+
+impl Cache {
+    /// A cache with the server's defaults for its flows, SQLite, local storage and the
+    /// in-process lock in `dir`, in front of `upstreams`.
+    pub(crate) async fn for_tests(dir: &Path, upstreams: &[&FakeUpstream]) -> Arc<Self> {
+        let settings = CacheSettings::for_tests(dir);
+        std::fs::create_dir_all(&settings.staging_dir).expect("staging dir");
+        let storage = LocalStorage::open(dir.join("store"), true)
+            .await
+            .expect("storage");
+        let db = SqlDatabase::sqlite(&dir.join("db.sqlite"))
+            .await
+            .expect("database");
+        let metrics = Metrics::new();
+        let upstreams = upstreams
+            .iter()
+            .map(|u| Arc::new(u.upstream(&settings, &metrics)))
+            .collect();
+        Cache::new(
+            settings,
+            Arc::new(storage),
+            None,
+            Arc::new(db),
+            Arc::new(LocalLock::new()),
+            Upstreams::new(upstreams),
+            SecretKey::generate("nixcache-test-1").expect("key"),
+            metrics,
+        )
+    }
+
+    /// A NAR's whole body, from storage or following its download.
+    pub(crate) async fn nar_bytes(self: &Arc<Self>, file: &NarFile) -> Option<Bytes> {
+        let body = match self.nar(*file, None).await.ok()?? {
+            NarBody::Stored(object) => object.body,
+            NarBody::Live { body, .. } => body,
+        };
+        let chunks: Vec<Bytes> = body.try_collect().await.ok()?;
+        Some(chunks.concat().into())
+    }
+}
+
+/// An upstream binary cache in memory: store paths published to it are served as a Nix binary
+/// cache serves them, with narinfos signed by its own key.
+pub(crate) struct FakeUpstream {
+    pub transport: Arc<MemoryTransport>,
+    pub key: SecretKey,
+    base: url::Url,
+    priority: Option<u32>,
+}
+
+/// A store path published to a [`FakeUpstream`].
+pub(crate) struct Published {
+    pub path: StorePath,
+    pub info: NarInfo,
+    pub file: NarFile,
+    /// The NAR file as served (compressed as `file` says).
+    pub bytes: Bytes,
+}
+
+impl FakeUpstream {
+    /// An upstream at `http://<host>/` (nothing is resolved: its transport is memory).
+    pub(crate) fn new(host: &str) -> Self {
+        let transport = Arc::new(MemoryTransport::default());
+        transport.put(
+            "/nix-cache-info",
+            "StoreDir: /nix/store\nWantMassQuery: 1\nPriority: 40\n",
+        );
+        Self {
+            transport,
+            key: SecretKey::generate(&format!("{host}-1")).expect("key"),
+            base: url::Url::parse(&format!("http://{host}/")).expect("url"),
+            priority: None,
+        }
+    }
+
+    pub(crate) fn with_priority(mut self, priority: u32) -> Self {
+        self.priority = Some(priority);
+        self
+    }
+
+    fn upstream(&self, settings: &CacheSettings, metrics: &Metrics) -> Upstream {
+        let config = UpstreamConfig {
+            url: self.base.clone(),
+            priority: self.priority,
+            keys: vec![self.key.public_key()],
+            trust_unsigned: false,
+            cross_origin_redirects: false,
+        };
+        Upstream::new(
+            config,
+            self.transport.clone(),
+            settings.first_byte_timeout,
+            &settings.store_dir,
+            metrics.clone(),
+        )
+    }
+
+    /// Publishes a store path named `name` holding one file with `contents`, uncompressed,
+    /// referring to `references` (base names), and signed by this upstream's key.
+    pub(crate) fn publish(&self, name: &str, contents: &[u8], references: &[&str]) -> Published {
+        let nar = Bytes::from(nar::regular_file(contents));
+        let digest = Sha256Hash::digest(format!("{}:{name}", self.base).as_bytes());
+        let hash = base32::encode(&digest.0[..20]);
+        let path = StorePath::parse(&format!("/nix/store/{hash}-{name}")).expect("store path");
+        let file = NarFile {
+            hash: Sha256Hash::digest(&nar),
+            compression: Compression::None,
+        };
+        let mut info = NarInfo {
+            store_path: path.clone(),
+            url: file.url(),
+            compression: Some(Compression::None),
+            file_hash: Some(file.hash),
+            file_size: Some(nar.len() as u64),
+            nar_hash: Sha256Hash::digest(&nar),
+            nar_size: nar.len() as u64,
+            references: references.iter().map(|r| r.to_string()).collect(),
+            deriver: None,
+            sigs: Vec::new(),
+            ca: None,
+            extra: Vec::new(),
+        };
+        info.sign(&self.key);
+        self.put_narinfo(&info);
+        self.transport.put(&format!("/{}", file.url()), nar.clone());
+        Published {
+            path,
+            info,
+            file,
+            bytes: nar,
+        }
+    }
+
+    /// Serves `info` as its path's narinfo, as it is (a test may have altered it).
+    pub(crate) fn put_narinfo(&self, info: &NarInfo) {
+        self.transport.put(
+            &format!("/{}.narinfo", info.store_path.hash()),
+            info.to_text(),
+        );
+    }
+
+    /// How many requests asked for `path`.
+    pub(crate) fn asked_for(&self, path: &str) -> usize {
+        self.transport
+            .asked()
+            .iter()
+            .filter(|p| p.as_str() == path)
+            .count()
+    }
+}
+
+impl Published {
+    pub(crate) fn narinfo_path(&self) -> String {
+        format!("/{}.narinfo", self.path.hash())
+    }
+
+    pub(crate) fn nar_path(&self) -> String {
+        format!("/{}", self.file.url())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! The miss flows end to end, in-process.
+    use std::sync::atomic::Ordering;
+
+    use super::*;
+    use crate::nix::StoreHash;
+
+    fn served(body: &Bytes) -> NarInfo {
+        NarInfo::parse(std::str::from_utf8(body).expect("utf-8")).expect("narinfo")
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn a_narinfo_miss_is_fetched_once_verified_and_signed_with_the_cache_key() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let up = FakeUpstream::new("up.test");
+        let p = up.publish("hello", b"hello\n", &[]);
+        let cache = Cache::for_tests(dir.path(), &[&up]).await;
+
+        let body = cache.narinfo(p.path.hash()).await.expect("found");
+        let info = served(&body);
+        assert_eq!(info.store_path, p.path);
+        assert_eq!(info.nar_hash, p.info.nar_hash);
+        let cache_key = crate::nix::PublicKey::parse(&cache.public_key()).expect("key");
+        assert!(info.verify(&[cache_key]), "signed by the cache");
+        assert!(
+            info.verify(&[up.key.public_key()]),
+            "the upstream's signature kept"
+        );
+        assert_eq!(
+            info.url,
+            p.file.url(),
+            "the NAR is served from the cache's own URL"
+        );
+
+        // Again: from the cache, without asking the upstream.
+        assert!(cache.narinfo(p.path.hash()).await.is_some());
+        assert_eq!(up.asked_for(&p.narinfo_path()), 1);
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn a_nar_miss_is_verified_stored_and_then_served_from_storage() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let up = FakeUpstream::new("up.test");
+        let p = up.publish("data", &[7u8; 100_000], &[]);
+        let cache = Cache::for_tests(dir.path(), &[&up]).await;
+        assert!(cache.narinfo(p.path.hash()).await.is_some());
+
+        assert_eq!(cache.nar_bytes(&p.file).await.expect("nar"), p.bytes);
+        // Committed once verified: the next read is the stored copy.
+        let start = std::time::Instant::now();
+        loop {
+            if matches!(cache.nar(p.file, None).await, Ok(Some(NarBody::Stored(_)))) {
+                break;
+            }
+            assert!(start.elapsed() < Duration::from_secs(10), "never stored");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert_eq!(cache.nar_bytes(&p.file).await.expect("nar"), p.bytes);
+        assert_eq!(up.asked_for(&p.nar_path()), 1);
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn a_truncated_or_corrupt_nar_is_never_stored() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let up = FakeUpstream::new("up.test");
+        let cut = up.publish("cut", &[1u8; 50_000], &[]);
+        let bad = up.publish("bad", &[2u8; 50_000], &[]);
+        // The corrupt one: other bytes of the same length at its URL.
+        let mut other = bad.bytes.to_vec();
+        other[40_000] ^= 0xff;
+        up.transport.put(&bad.nar_path(), other);
+        let cache = Cache::for_tests(dir.path(), &[&up]).await;
+        for p in [&cut, &bad] {
+            assert!(cache.narinfo(p.path.hash()).await.is_some());
+        }
+
+        up.transport.truncate.store(true, Ordering::Relaxed);
+        assert_ne!(cache.nar_bytes(&cut.file).await, Some(cut.bytes.clone()));
+        up.transport.truncate.store(false, Ordering::Relaxed);
+        assert_ne!(cache.nar_bytes(&bad.file).await, Some(bad.bytes.clone()));
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        for p in [&cut, &bad] {
+            assert!(
+                !matches!(cache.nar(p.file, None).await, Ok(Some(NarBody::Stored(_)))),
+                "{} stored",
+                p.path
+            );
+            let stored = crate::storage::keys::nar_key(&p.file);
+            assert!(cache.storage.size(&stored).await.expect("size").is_none());
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn what_no_upstream_has_is_a_miss_remembered_for_the_negative_ttl() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let up = FakeUpstream::new("up.test");
+        let cache = Cache::for_tests(dir.path(), &[&up]).await;
+        let hash = StoreHash::parse("p404n8pan3pvrll7pci95yg83idrvkdx").expect("hash");
+        assert!(cache.narinfo(hash).await.is_none());
+        assert!(cache.narinfo(hash).await.is_none());
+        assert_eq!(up.asked_for(&format!("/{hash}.narinfo")), 1);
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn narinfos_not_signed_by_a_trusted_key_or_for_another_path_are_refused() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let up = FakeUpstream::new("up.test");
+        let unsigned = up.publish("unsigned", b"u\n", &[]);
+        let mut info = unsigned.info.clone();
+        info.sigs.clear();
+        info.sign(&SecretKey::generate("stranger-1").expect("key"));
+        up.put_narinfo(&info);
+        let swapped = up.publish("swapped", b"s\n", &[]);
+        let other = up.publish("other", b"o\n", &[]);
+        up.transport
+            .put(&swapped.narinfo_path(), other.info.to_text());
+        let cache = Cache::for_tests(dir.path(), &[&up]).await;
+        assert!(cache.narinfo(unsigned.path.hash()).await.is_none());
+        assert!(cache.narinfo(swapped.path.hash()).await.is_none());
+        assert!(cache.narinfo(other.path.hash()).await.is_some());
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn a_failing_upstream_is_a_miss_and_the_next_upstream_answers() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let down = FakeUpstream::new("down.test").with_priority(10);
+        let up = FakeUpstream::new("up.test").with_priority(20);
+        let p = up.publish("hello", b"hello\n", &[]);
+        down.transport.down.store(true, Ordering::Relaxed);
+        let cache = Cache::for_tests(dir.path(), &[&down, &up]).await;
+        assert!(cache.narinfo(p.path.hash()).await.is_some());
+        assert_eq!(down.asked_for(&p.narinfo_path()), 1, "asked first");
+
+        // Alone, a failing upstream makes a miss, not an error.
+        let dir = tempfile::tempdir().expect("tempdir");
+        let alone = FakeUpstream::new("alone.test");
+        let q = alone.publish("q", b"q\n", &[]);
+        alone.transport.down.store(true, Ordering::Relaxed);
+        let cache = Cache::for_tests(dir.path(), &[&alone]).await;
+        assert!(cache.narinfo(q.path.hash()).await.is_none());
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn a_nar_url_outside_its_upstream_is_never_fetched() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let up = FakeUpstream::new("up.test");
+        let p = up.publish("away", b"away\n", &[]);
+        // The URL field is not covered by the signature.
+        let mut info = p.info.clone();
+        info.url = format!("http://elsewhere.test/{}", p.file.url());
+        up.put_narinfo(&info);
+        let cache = Cache::for_tests(dir.path(), &[&up]).await;
+        assert!(cache.narinfo(p.path.hash()).await.is_none());
+        assert!(cache.nar_bytes(&p.file).await.is_none());
+    }
+}
