@@ -10,7 +10,7 @@ use tracing::{info, warn};
 
 use crate::cache::tasks::{TaskSettings, Tasks};
 use crate::cache::{memory_ttl, Cache, CacheSettings};
-use crate::config::{load_signing_key, Config, DatabaseConfig, StorageConfig};
+use crate::config::{load_signing_key, Config, DatabaseBackend, LocalCacheConfig, StorageBackend};
 use crate::db::{Database, SqlDatabase};
 use crate::http::{configure, count_requests, require_read_token, AppState};
 use crate::lock::{FallbackLock, LocalLock, Lock, RedisLock};
@@ -42,8 +42,8 @@ pub async fn open_database(config: &Config) -> anyhow::Result<Arc<dyn Database>>
 /// Opens the configured database for `role`: a serving process starts even while PostgreSQL is
 /// down (and migrates once it answers); the others need it now.
 async fn open_database_as(config: &Config, role: Role) -> anyhow::Result<Arc<dyn Database>> {
-    match &config.database {
-        DatabaseConfig::Sqlite(path) => {
+    match &config.database.backend {
+        DatabaseBackend::Sqlite(path) => {
             if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
                 tokio::fs::create_dir_all(parent)
                     .await
@@ -54,10 +54,10 @@ async fn open_database_as(config: &Config, role: Role) -> anyhow::Result<Arc<dyn
                 .with_context(|| format!("opening {}", path.display()))?;
             Ok(Arc::new(db))
         }
-        DatabaseConfig::Postgres(url) if role == Role::Serve => Ok(Arc::new(
+        DatabaseBackend::Postgres(url) if role == Role::Serve => Ok(Arc::new(
             SqlDatabase::postgres_serving(url.expose(), 16).await,
         )),
-        DatabaseConfig::Postgres(url) => {
+        DatabaseBackend::Postgres(url) => {
             let db = SqlDatabase::postgres(url.expose(), 16)
                 .await
                 .with_context(|| format!("opening {url:?}"))?;
@@ -70,7 +70,7 @@ async fn open_database_as(config: &Config, role: Role) -> anyhow::Result<Arc<dyn
 fn http_client(config: &Config) -> reqwest::ClientBuilder {
     reqwest::Client::builder()
         .user_agent(concat!("nixcache/", env!("CARGO_PKG_VERSION")))
-        .connect_timeout(config.upstream_connect_timeout)
+        .connect_timeout(config.upstreams.timeouts.connect)
         .pool_idle_timeout(Duration::from_secs(60))
 }
 
@@ -97,36 +97,33 @@ pub async fn build_cache(config: &Config, role: Role) -> anyhow::Result<(Arc<Cac
         .await
         .with_context(|| format!("creating {}", staging_dir.display()))?;
 
-    let storage: Arc<dyn Storage> = match &config.storage {
-        StorageConfig::Local(dir) => Arc::new(
+    let storage: Arc<dyn Storage> = match &config.storage.backend {
+        StorageBackend::Local(dir) => Arc::new(
             LocalStorage::open(dir, role == Role::Serve)
                 .await
                 .with_context(|| format!("opening local storage {}", dir.display()))?,
         ),
-        StorageConfig::S3(s3) => {
+        StorageBackend::S3(s3) => {
             info!(bucket = %s3.bucket, prefix = %s3.prefix, endpoint = ?s3.endpoint, "storage in S3");
             Arc::new(S3Storage::new(s3).context("configuring S3 storage")?)
         }
     };
     let db = open_database_as(config, role).await?;
     let metrics = Metrics::new();
-    let lock: Arc<dyn Lock> = if config.redis.is_empty() {
+    let locks = &config.locks;
+    let lock: Arc<dyn Lock> = if locks.redis.is_empty() {
         Arc::new(LocalLock::new())
     } else {
-        let urls: Vec<String> = config
-            .redis
-            .iter()
-            .map(|u| u.expose().to_string())
-            .collect();
-        let redlock = RedisLock::new(&urls, Duration::from_millis(500), &config.lock_namespace)?;
+        let urls: Vec<String> = locks.redis.iter().map(|u| u.expose().to_string()).collect();
+        let redlock = RedisLock::new(&urls, Duration::from_millis(500), &locks.namespace)?;
         info!(
             masters = urls.len(),
-            strict = config.lock_strict,
+            strict = locks.strict,
             "locks in Redis"
         );
         Arc::new(FallbackLock::new(
             redlock,
-            config.lock_strict,
+            locks.strict,
             metrics.lock_fallbacks.clone(),
             metrics.lock_degraded.clone(),
         ))
@@ -153,11 +150,11 @@ pub async fn build_cache(config: &Config, role: Role) -> anyhow::Result<(Arc<Cac
     }
 
     let mut all = Vec::new();
-    for u in &config.upstreams {
+    for u in &config.upstreams.caches {
         let upstream = Upstream::http(
             u.clone(),
             http_client(config),
-            config.upstream_timeout,
+            config.upstreams.timeouts.first_byte,
             &config.store_dir,
             metrics.clone(),
         )
@@ -166,30 +163,24 @@ pub async fn build_cache(config: &Config, role: Role) -> anyhow::Result<(Arc<Cac
     }
     let upstreams = Upstreams::new(all);
     let settings = CacheSettings {
-        negative_ttl: config.negative_ttl,
-        memory_entries: config.narinfo_memory_entries,
-        gc_grace: config.gc_grace,
-        first_byte_timeout: config.upstream_timeout,
-        stall_timeout: config.upstream_stall_timeout,
-        lock_ttl: config.lock_ttl,
-        staging_dir,
-        inflight_part_size: (!config.redis.is_empty()).then_some(config.inflight_part_size),
+        upstreams: config.upstreams.timeouts,
+        downloads: config.downloads,
+        gc: config.gc.clone(),
+        lock_ttl: locks.ttl,
+        memory_entries: config.database.memory_entries,
         store_dir: config.store_dir.clone(),
-        max_downloads: config.max_downloads,
-        download_queue_timeout: config.download_queue_timeout,
-        staging_min_free: config.staging_min_free,
-        nar_failure_ttl: config.nar_failure_ttl,
-        unfetched_ttl: config.gc_unfetched_ttl,
+        staging_dir,
+        publish_parts: !locks.redis.is_empty(),
     };
-    let tier = match (&config.local_cache, &config.storage, role) {
-        (Some((dir, size)), StorageConfig::S3(_), Role::Serve) => {
-            let tier = LocalTier::open(dir, *size, memory_ttl(config.gc_grace), metrics.clone())
+    let tier = match (&config.storage.local_cache, &config.storage.backend, role) {
+        (Some(LocalCacheConfig { dir, size }), StorageBackend::S3(_), Role::Serve) => {
+            let tier = LocalTier::open(dir, *size, memory_ttl(config.gc.grace), metrics.clone())
                 .await
                 .with_context(|| format!("opening the local NAR cache {}", dir.display()))?;
             info!(dir = %dir.display(), size, held = tier.held_bytes(), "local NAR cache in front of S3");
             Some(tier)
         }
-        (Some((dir, _)), StorageConfig::Local(_), Role::Serve) => {
+        (Some(LocalCacheConfig { dir, .. }), StorageBackend::Local(_), Role::Serve) => {
             warn!(dir = %dir.display(), "--local-cache-dir ignored: storage is local already");
             None
         }
@@ -211,13 +202,13 @@ pub async fn build_cache(config: &Config, role: Role) -> anyhow::Result<(Arc<Cac
 /// Runs `nixcache serve` until SIGINT/SIGTERM.
 pub async fn serve(config: Config) -> anyhow::Result<()> {
     let (cache, upstreams) = build_cache(&config, Role::Serve).await?;
-    match (config.max_size, &config.gc_schedule) {
+    match (config.gc.max_size, &config.gc.schedule) {
         (Some(max), Some(schedule)) => {
             tokio::spawn(scheduled_gc(
                 cache.clone(),
                 schedule.clone(),
                 max,
-                config.gc_grace,
+                config.gc.grace,
             ));
         }
         (None, Some(_)) => warn!("--gc-schedule without --max-size: nothing will be evicted"),
@@ -241,10 +232,9 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
         TaskSettings {
             replica: Tasks::default_replica_name(),
             poll: TASK_POLL_INTERVAL,
-            retention: config.task_retention,
-            gc_max_size: config.max_size,
-            gc_grace: config.gc_grace,
-            lock_ttl: config.lock_ttl,
+            tasks: config.tasks,
+            gc: config.gc.clone(),
+            lock_ttl: config.locks.ttl,
         },
     );
     let stop_tasks = tokio_util::sync::CancellationToken::new();
@@ -253,18 +243,16 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
     let cache_info = CacheInfo {
         store_dir: config.store_dir.clone(),
         want_mass_query: true,
-        priority: Some(config.priority),
+        priority: Some(config.http.priority),
     }
     .to_text();
     let state = web::Data::new(AppState {
         cache: cache.clone(),
         cache_info,
+        http: config.http.clone(),
         uploads: config.uploads.clone(),
-        read_token: config.read_token.clone(),
-        public_metrics: config.public_metrics,
-        admin_token: config.admin_token.clone(),
         store_dir: config.store_dir.clone(),
-        gc_max_size: config.max_size,
+        gc_max_size: config.gc.max_size,
         tasks: tasks.clone(),
     });
     let server = HttpServer::new(move || {
@@ -290,14 +278,14 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
     // Shutdown is ours: readiness first, then no new connections, then in-flight requests (and
     // the downloads their clients follow) get up to the timeout to finish.
     .disable_signals()
-    .shutdown_timeout(config.shutdown_timeout.as_secs().max(1))
-    .bind(config.listen)
-    .with_context(|| format!("listening on {}", config.listen))?
+    .shutdown_timeout(config.http.shutdown_timeout.as_secs().max(1))
+    .bind(config.http.listen)
+    .with_context(|| format!("listening on {}", config.http.listen))?
     .run();
-    info!(listen = %config.listen, upstreams = config.upstreams.len(), "nixcache serving");
+    info!(listen = %config.http.listen, upstreams = config.upstreams.caches.len(), "nixcache serving");
     let handle = server.handle();
     let draining = cache.clone();
-    let shutdown_delay = config.shutdown_delay;
+    let shutdown_delay = config.http.shutdown_delay;
     let stopping = stop_tasks.clone();
     actix_web::rt::spawn(async move {
         wait_for_signal().await;
@@ -387,12 +375,12 @@ async fn scheduled_gc(
 
 /// `nixcache gc`: one pass, then a summary.
 pub async fn gc_once(config: Config) -> anyhow::Result<crate::cache::gc::GcReport> {
-    let max = config.max_size.context(
+    let max = config.gc.max_size.context(
         "nixcache gc needs --max-size (or NIXCACHE_MAX_SIZE, or max-size in the config file)",
     )?;
     let (cache, _) = build_cache(&config, Role::Gc).await?;
     let report = cache
-        .gc(max, config.gc_grace, config.lock_ttl, Duration::ZERO)
+        .gc(max, config.gc.grace, config.locks.ttl, Duration::ZERO)
         .await?;
     cache.flush_access_log().await;
     Ok(report)
@@ -406,7 +394,7 @@ pub async fn fsck(
     repair: bool,
 ) -> anyhow::Result<Vec<crate::cache::fsck::Problem>> {
     let (cache, _) = build_cache(&config, Role::Gc).await?;
-    Ok(cache.fsck(deep, sample, repair, config.gc_grace).await?)
+    Ok(cache.fsck(deep, sample, repair, config.gc.grace).await?)
 }
 
 /// Learns each upstream's priority from its `nix-cache-info`, retrying in the background until

@@ -234,7 +234,7 @@ impl Cache {
 
     /// One of the `max_downloads` slots, waiting up to `download_queue_timeout` for it.
     async fn download_slot(&self) -> Result<tokio::sync::OwnedSemaphorePermit, DownloadError> {
-        let wait = self.settings.download_queue_timeout;
+        let wait = self.settings.downloads.queue_timeout;
         self.metrics.downloads_queued.inc();
         let slot = tokio::time::timeout(wait, self.download_slots.clone().acquire_owned()).await;
         self.metrics.downloads_queued.dec();
@@ -246,7 +246,7 @@ impl Cache {
 
     /// Whether the staging directory can take `needed` more bytes and keep its floor.
     fn check_space(&self, needed: u64) -> Result<(), DownloadError> {
-        let floor = self.settings.staging_min_free;
+        let floor = self.settings.downloads.staging_min_free;
         let free = free_space(&self.settings.staging_dir)?;
         if free < floor.saturating_add(needed) {
             return Err(DownloadError::NoSpace {
@@ -332,7 +332,7 @@ impl Cache {
         let mut out = tokio::fs::File::create(&path).await?;
         let reader = Arc::new(std::fs::File::open(&path)?);
         let _ = download.reader.set(reader.clone());
-        let mut publisher = match self.settings.inflight_part_size {
+        let mut publisher = match self.settings.inflight_part_size() {
             Some(size) => Some(
                 super::inflight::Publisher::start(self.storage.clone(), file.file_name(), size)
                     .await?,
@@ -347,9 +347,9 @@ impl Cache {
             let mut written = 0u64;
             loop {
                 let next =
-                    tokio::time::timeout(self.settings.stall_timeout, response.body.next()).await;
+                    tokio::time::timeout(self.settings.upstreams.stall, response.body.next()).await;
                 let chunk = match next {
-                    Err(_) => return Err(DownloadError::Stalled(self.settings.stall_timeout)),
+                    Err(_) => return Err(DownloadError::Stalled(self.settings.upstreams.stall)),
                     Ok(None) => break,
                     Ok(Some(chunk)) => chunk?,
                 };

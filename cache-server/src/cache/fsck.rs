@@ -150,7 +150,7 @@ impl Cache {
                 problems.push(Problem::Orphan { file });
             }
         }
-        let ttl = i64::try_from(self.settings.unfetched_ttl.as_secs()).unwrap_or(i64::MAX);
+        let ttl = i64::try_from(self.settings.gc.unfetched_ttl.as_secs()).unwrap_or(i64::MAX);
         for hash in self.db.unfetched_narinfos(now - ttl, i64::MAX).await? {
             problems.push(Problem::Unfetched { hash });
         }

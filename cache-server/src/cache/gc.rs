@@ -246,7 +246,7 @@ impl Cache {
         }
         keeper.check()?;
         // Narinfos whose NAR never came: nothing to wait for, no NAR to delete.
-        let unfetched_secs = self.settings.unfetched_ttl.as_secs();
+        let unfetched_secs = self.settings.gc.unfetched_ttl.as_secs();
         let unfetched_before = now - i64::try_from(unfetched_secs).unwrap_or(i64::MAX);
         loop {
             let batch = self.db.unfetched_narinfos(unfetched_before, BATCH).await?;

@@ -21,6 +21,7 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use crate::config::{DownloadConfig, GcConfig, UpstreamTimeouts};
 use crate::db::Database;
 use crate::lock::Lock;
 use crate::metrics::Metrics;
@@ -51,39 +52,32 @@ impl Backend {
     }
 }
 
-/// Tunables of the flows.
+/// Tunables of the flows: the configuration's sections they use, whole, and what the server
+/// derives for them.
 #[derive(Clone, Debug)]
 pub struct CacheSettings {
-    /// How long a narinfo that no upstream had is answered 404 without asking again.
-    pub negative_ttl: Duration,
-    /// Narinfos kept in memory in front of the database.
-    pub memory_entries: u64,
-    /// GC's wait between forgetting a narinfo and deleting its NAR: narinfos stay in memory for
-    /// half of it ([`memory_ttl`]).
-    pub gc_grace: Duration,
-    /// Upstream connect-to-headers time, and how long a waiting client waits for a download to start.
-    pub first_byte_timeout: Duration,
-    /// Longest pause between two chunks of an upstream NAR before the download is abandoned.
-    pub stall_timeout: Duration,
+    pub upstreams: UpstreamTimeouts,
+    pub downloads: DownloadConfig,
+    pub gc: GcConfig,
     /// Lifetime of a distributed lock between extensions.
     pub lock_ttl: Duration,
-    /// Local directory where downloads are written before they are committed to storage.
-    pub staging_dir: PathBuf,
-    /// With replicas: size of the parts a download is published in for other replicas' clients.
-    pub inflight_part_size: Option<u64>,
+    /// Narinfos kept in memory in front of the database (for half of GC's grace:
+    /// [`memory_ttl`]).
+    pub memory_entries: u64,
     /// The store directory narinfos must name (uploads are checked against it).
     pub store_dir: String,
-    /// NAR downloads this process runs at once; more wait in a queue.
-    pub max_downloads: usize,
-    /// How long a download waits in that queue before it is given up (its clients get a 404).
-    pub download_queue_timeout: Duration,
-    /// Free space the staging directory keeps: a download that would leave less is not started,
-    /// and one that gets there is stopped.
-    pub staging_min_free: u64,
-    /// How long a NAR whose download failed verification is answered 404 without a new one.
-    pub nar_failure_ttl: Duration,
-    /// GC removes a narinfo whose NAR was never fetched once unused for this long.
-    pub unfetched_ttl: Duration,
+    /// Local directory where downloads are written before they are committed to storage.
+    pub staging_dir: PathBuf,
+    /// With replicas (a shared lock): downloads are published in parts of
+    /// `downloads.part_size` from which other replicas serve their waiting clients.
+    pub publish_parts: bool,
+}
+
+impl CacheSettings {
+    /// The size of the parts a download is published in, when it is.
+    pub fn inflight_part_size(&self) -> Option<u64> {
+        self.publish_parts.then_some(self.downloads.part_size)
+    }
 }
 
 pub struct Cache {
@@ -99,9 +93,9 @@ pub struct Cache {
     index: narinfo_index::NarinfoIndex,
     /// NAR downloads in progress in this process, by NAR file name.
     downloads: Mutex<HashMap<String, Arc<download::Download>>>,
-    /// Permits to run a download (`max_downloads`).
+    /// Permits to run a download (`downloads.max`).
     download_slots: Arc<tokio::sync::Semaphore>,
-    /// NAR file names whose download failed verification, for `nar_failure_ttl`.
+    /// NAR file names whose download failed verification, for `downloads.failure_ttl`.
     failed_nars: moka::sync::Cache<String, ()>,
     access: AccessLog,
     metrics: Metrics,
@@ -128,14 +122,14 @@ impl Cache {
             db.clone(),
             storage.clone(),
             settings.memory_entries,
-            settings.gc_grace,
-            settings.negative_ttl,
+            settings.gc.grace,
+            settings.upstreams.negative_ttl,
         );
         let failed_nars = moka::sync::Cache::builder()
             .max_capacity(100_000)
-            .time_to_live(settings.nar_failure_ttl)
+            .time_to_live(settings.downloads.failure_ttl)
             .build();
-        let download_slots = Arc::new(tokio::sync::Semaphore::new(settings.max_downloads.max(1)));
+        let download_slots = Arc::new(tokio::sync::Semaphore::new(settings.downloads.max.max(1)));
         Arc::new(Self {
             settings,
             storage,

@@ -59,7 +59,7 @@ impl Cache {
         // Wait until the download has begun, bounded by the time an upstream has to answer.
         // (The watch's read guard must not outlive this statement: it would block the sender.)
         let phase = match tokio::time::timeout(
-            self.settings.first_byte_timeout * 2,
+            self.settings.upstreams.first_byte * 2,
             rx.wait_for(|p| *p != Phase::Starting),
         )
         .await
@@ -90,7 +90,7 @@ impl Cache {
                         self.storage.clone(),
                         nar_key(&file),
                         file.file_name(),
-                        self.settings.stall_timeout,
+                        self.settings.upstreams.stall,
                     ),
                 }))
             }

@@ -60,7 +60,7 @@ impl Cache {
 
     #[instrument(skip_all, fields(hash = %hash))]
     async fn narinfo_from_upstreams(self: Arc<Self>, hash: StoreHash) -> Option<Bytes> {
-        let wait = self.settings.first_byte_timeout * (self.upstreams.all().len() as u32 + 1);
+        let wait = self.settings.upstreams.first_byte * (self.upstreams.all().len() as u32 + 1);
         let _guard = match self
             .acquire(
                 crate::lock::LockName::Narinfo(&hash),

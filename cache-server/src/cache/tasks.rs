@@ -21,6 +21,7 @@ use tracing::{info, warn};
 
 use super::prefetch::{PrefetchProgress, PrefetchRequest};
 use super::Cache;
+use crate::config::{GcConfig, TaskConfig};
 use crate::db::{Database, DbError, TaskKind, TaskRecord, TaskState};
 use crate::lock::Guard;
 use crate::nix::StorePath;
@@ -40,10 +41,9 @@ pub struct TaskSettings {
     /// How often the worker looks for tasks (it is also woken when this replica records one).
     pub poll: Duration,
     /// How long finished tasks are kept.
-    pub retention: Duration,
-    /// GC tasks collect down to this; without it they fail.
-    pub gc_max_size: Option<u64>,
-    pub gc_grace: Duration,
+    pub tasks: TaskConfig,
+    /// What GC tasks collect down to (without a size limit they fail), and their grace.
+    pub gc: GcConfig,
     /// The lock TTL: how long a silent runner keeps its task.
     pub lock_ttl: Duration,
 }
@@ -166,10 +166,10 @@ impl Tasks {
         // Said once when the database stops answering, and once when it is back.
         let mut unreachable = false;
         loop {
-            let cleanup_every = CLEANUP_INTERVAL.min(self.settings.retention / 2);
+            let cleanup_every = CLEANUP_INTERVAL.min(self.settings.tasks.retention / 2);
             if last_cleanup.is_none_or(|t| t.elapsed() >= cleanup_every) {
                 last_cleanup = Some(tokio::time::Instant::now());
-                let before = unix_millis() - self.settings.retention.as_millis() as i64;
+                let before = unix_millis() - self.settings.tasks.retention.as_millis() as i64;
                 match self.store.delete_finished_tasks(before).await {
                     Ok(0) => {}
                     Ok(n) => info!(tasks = n, "forgot finished tasks past their retention"),
@@ -376,13 +376,14 @@ impl Tasks {
             TaskKind::Gc => {
                 let max_size = self
                     .settings
-                    .gc_max_size
+                    .gc
+                    .max_size
                     .ok_or("this replica has no size limit (--max-size) to collect down to")?;
                 let report = self
                     .cache
                     .gc(
                         max_size,
-                        self.settings.gc_grace,
+                        self.settings.gc.grace,
                         Duration::from_secs(60),
                         Duration::ZERO,
                     )

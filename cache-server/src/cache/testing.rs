@@ -10,6 +10,7 @@ use bytes::Bytes;
 use futures_util::TryStreamExt;
 
 use super::{Cache, CacheSettings, NarBody};
+use crate::config::{DownloadConfig, GcConfig, UpstreamTimeouts};
 use crate::db::SqlDatabase;
 use crate::lock::LocalLock;
 use crate::metrics::Metrics;
@@ -22,20 +23,30 @@ impl CacheSettings {
     /// Short timeouts and small limits, everything under `dir`.
     pub(crate) fn for_tests(dir: &Path) -> Self {
         Self {
-            negative_ttl: Duration::from_secs(60),
-            memory_entries: 1000,
-            gc_grace: Duration::from_secs(2),
-            first_byte_timeout: Duration::from_secs(2),
-            stall_timeout: Duration::from_secs(2),
+            upstreams: UpstreamTimeouts {
+                connect: Duration::from_secs(2),
+                first_byte: Duration::from_secs(2),
+                stall: Duration::from_secs(2),
+                negative_ttl: Duration::from_secs(60),
+            },
+            downloads: DownloadConfig {
+                max: 4,
+                queue_timeout: Duration::from_secs(2),
+                staging_min_free: 0,
+                failure_ttl: Duration::from_secs(60),
+                part_size: 1 << 20,
+            },
+            gc: GcConfig {
+                max_size: None,
+                schedule: None,
+                grace: Duration::from_secs(2),
+                unfetched_ttl: Duration::from_secs(3600),
+            },
             lock_ttl: Duration::from_secs(10),
-            staging_dir: dir.join("tmp"),
-            inflight_part_size: None,
+            memory_entries: 1000,
             store_dir: nixcache_settings::store::DEFAULT_STORE_DIR.into(),
-            max_downloads: 4,
-            download_queue_timeout: Duration::from_secs(2),
-            staging_min_free: 0,
-            nar_failure_ttl: Duration::from_secs(60),
-            unfetched_ttl: Duration::from_secs(3600),
+            staging_dir: dir.join("tmp"),
+            publish_parts: false,
         }
     }
 }
@@ -130,7 +141,7 @@ impl FakeUpstream {
         Upstream::new(
             config,
             self.transport.clone(),
-            settings.first_byte_timeout,
+            settings.upstreams.first_byte,
             &settings.store_dir,
             metrics.clone(),
         )

@@ -66,7 +66,7 @@ impl Cache {
         let mut size = 0u64;
         loop {
             // A client that stops sending is dropped like a stalled upstream.
-            let next = tokio::time::timeout(self.settings.stall_timeout, body.next())
+            let next = tokio::time::timeout(self.settings.upstreams.stall, body.next())
                 .await
                 .map_err(|_| UploadError::Body("the upload stalled".into()))?;
             let Some(chunk) = next else { break };

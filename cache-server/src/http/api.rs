@@ -46,7 +46,7 @@ fn database_unavailable(e: impl std::fmt::Display) -> HttpError {
 /// Whether the request may use the admin API: not when it is off (as if it did not exist),
 /// nor without the token.
 fn admit(state: &AppState, req: &HttpRequest) -> Result<(), HttpError> {
-    let token = state.admin_token.as_ref().ok_or(HttpError::ApiOff)?;
+    let token = state.http.admin_token.as_ref().ok_or(HttpError::ApiOff)?;
     if authorized(req, token.expose()) {
         Ok(())
     } else {

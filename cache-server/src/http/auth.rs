@@ -56,7 +56,7 @@ pub async fn require_read_token(
     next: Next<impl MessageBody + 'static>,
 ) -> Result<ServiceResponse<EitherBody<impl MessageBody>>, actix_web::Error> {
     if let Some(state) = req.app_data::<web::Data<AppState>>() {
-        if let Some(token) = &state.read_token {
+        if let Some(token) = &state.http.read_token {
             let read = matches!(
                 *req.method(),
                 actix_web::http::Method::GET | actix_web::http::Method::HEAD
@@ -64,7 +64,7 @@ pub async fn require_read_token(
             // The admin API has a token of its own.
             let open = matches!(req.path(), "/healthz" | "/readyz" | "/pubkey")
                 || admin_path(req.path())
-                || (req.path() == "/metrics" && state.public_metrics);
+                || (req.path() == "/metrics" && state.http.public_metrics);
             let allowed = !read
                 || open
                 || authorized(req.request(), token.expose())

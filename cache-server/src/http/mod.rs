@@ -34,14 +34,10 @@ pub struct AppState {
     pub cache: Arc<Cache>,
     /// The `/nix-cache-info` body.
     pub cache_info: String,
+    /// Its tokens (read, admin) and whether `/metrics` is public.
+    pub http: crate::config::HttpConfig,
     /// Uploads, when enabled.
     pub uploads: Option<crate::config::UploadConfig>,
-    /// The token reads need, when the cache is private.
-    pub read_token: Option<crate::config::Secret>,
-    /// `/metrics` without the read token.
-    pub public_metrics: bool,
-    /// The admin API's token; the API is off without one.
-    pub admin_token: Option<crate::config::Secret>,
     /// The store directory paths must be in.
     pub store_dir: String,
     /// GC's size limit (none: GC on request is refused).
@@ -186,24 +182,32 @@ mod tests {
 
     async fn state(dir: &std::path::Path, up: &FakeUpstream) -> web::Data<AppState> {
         let cache = Cache::for_tests(dir, &[up]).await;
+        let cache_settings = crate::cache::CacheSettings::for_tests(dir);
         let tasks = Tasks::new(
             cache.clone(),
             TaskSettings {
                 replica: "test".into(),
                 poll: Duration::from_secs(1),
-                retention: Duration::from_secs(60),
-                gc_max_size: None,
-                gc_grace: Duration::from_secs(2),
+                tasks: crate::config::TaskConfig {
+                    retention: Duration::from_secs(60),
+                },
+                gc: cache_settings.gc.clone(),
                 lock_ttl: Duration::from_secs(10),
             },
         );
         web::Data::new(AppState {
             cache,
             cache_info: "StoreDir: /nix/store\n".into(),
+            http: crate::config::HttpConfig {
+                listen: ([127, 0, 0, 1], 0).into(),
+                priority: 40,
+                read_token: None,
+                admin_token: None,
+                public_metrics: false,
+                shutdown_timeout: Duration::from_secs(1),
+                shutdown_delay: Duration::ZERO,
+            },
             uploads: None,
-            read_token: None,
-            public_metrics: false,
-            admin_token: None,
             store_dir: "/nix/store".into(),
             gc_max_size: None,
             tasks,

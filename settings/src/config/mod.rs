@@ -462,19 +462,19 @@ impl std::fmt::Debug for SensitiveUrl {
 
 /// Where metadata lives.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub enum DatabaseConfig {
+pub enum DatabaseBackend {
     Sqlite(PathBuf),
     Postgres(SensitiveUrl),
 }
 
 /// Where NARs and narinfo bodies are kept.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub enum StorageConfig {
+pub enum StorageBackend {
     Local(PathBuf),
     S3(S3Config),
 }
 
-impl StorageConfig {
+impl StorageBackend {
     /// What names this storage among others (no credentials): replicas sharing it are one cache.
     pub fn identity(&self) -> String {
         match self {
@@ -496,50 +496,136 @@ pub enum SigningKeySource {
     },
 }
 
-/// Validated configuration.
+/// Validated configuration, in sections by the part of the server that uses each: `server`
+/// hands each section on whole.
 #[derive(Clone, Debug)]
 pub struct Config {
-    pub listen: SocketAddr,
+    /// Directory for the database, stored NARs, staging and the generated signing key.
     pub data_dir: PathBuf,
-    pub upstreams: Vec<UpstreamConfig>,
-    pub signing_key: SigningKeySource,
-    pub priority: u32,
-    pub database: DatabaseConfig,
-    pub storage: StorageConfig,
-    pub upstream_connect_timeout: Duration,
-    pub upstream_timeout: Duration,
-    pub upstream_stall_timeout: Duration,
-    pub negative_ttl: Duration,
-    pub max_downloads: usize,
-    pub download_queue_timeout: Duration,
-    pub staging_min_free: u64,
-    pub nar_failure_ttl: Duration,
-    pub narinfo_memory_entries: u64,
+    /// The store directory of the clients and upstreams.
     pub store_dir: String,
     pub log_format: LogFormat,
-    /// Redis master URLs; empty for in-process locks.
-    pub redis: Vec<SensitiveUrl>,
-    pub lock_strict: bool,
-    /// Part of every Redis lock key: replicas of one cache share it, other caches do not.
-    pub lock_namespace: String,
-    pub lock_ttl: Duration,
-    pub inflight_part_size: u64,
-    /// GC size limit in bytes.
-    pub max_size: Option<u64>,
-    /// The node-local NAR tier in front of S3: its directory and size in bytes.
-    pub local_cache: Option<(PathBuf, u64)>,
-    pub gc_schedule: Option<Cron>,
-    pub gc_grace: Duration,
-    pub gc_unfetched_ttl: Duration,
-    pub shutdown_timeout: Duration,
-    pub shutdown_delay: Duration,
+    pub signing_key: SigningKeySource,
+    pub http: HttpConfig,
+    pub upstreams: UpstreamsConfig,
+    pub downloads: DownloadConfig,
+    pub storage: StorageConfig,
+    pub database: DatabaseConfig,
+    pub locks: LockConfig,
+    pub gc: GcConfig,
+    /// Uploads, when a token enables them.
     pub uploads: Option<UploadConfig>,
+    pub tasks: TaskConfig,
+}
+
+/// The HTTP server: where it listens, what it announces, who may read, and how it stops.
+#[derive(Clone, Debug)]
+pub struct HttpConfig {
+    pub listen: SocketAddr,
+    /// Priority announced in `/nix-cache-info`.
+    pub priority: u32,
     /// The token reads need, if any.
     pub read_token: Option<Secret>,
     /// The admin API's token; the API is off without one.
     pub admin_token: Option<Secret>,
-    pub task_retention: Duration,
+    /// `/metrics` without the read token.
     pub public_metrics: bool,
+    /// On SIGTERM: how long in-flight requests may take.
+    pub shutdown_timeout: Duration,
+    /// On SIGTERM: how long `/readyz` fails before new connections are refused.
+    pub shutdown_delay: Duration,
+}
+
+/// The upstream caches, in configuration order, and the time they are given.
+#[derive(Clone, Debug)]
+pub struct UpstreamsConfig {
+    pub caches: Vec<UpstreamConfig>,
+    pub timeouts: UpstreamTimeouts,
+}
+
+/// How long upstreams are given, and how long their "no" is believed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct UpstreamTimeouts {
+    /// To connect.
+    pub connect: Duration,
+    /// From connecting to the response headers (and a whole narinfo); also how long a waiting
+    /// client waits for a download to start.
+    pub first_byte: Duration,
+    /// Longest pause between two chunks of a NAR before the download is abandoned.
+    pub stall: Duration,
+    /// How long a narinfo no upstream has is answered 404 without asking again.
+    pub negative_ttl: Duration,
+}
+
+/// NAR downloads from upstreams.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DownloadConfig {
+    /// How many run at once in this process; more wait in a queue.
+    pub max: usize,
+    /// How long one waits in that queue before it is given up (its clients get a 404).
+    pub queue_timeout: Duration,
+    /// Free space the staging directory keeps.
+    pub staging_min_free: u64,
+    /// How long a NAR whose download failed verification is answered 404 without a new one.
+    pub failure_ttl: Duration,
+    /// With replicas: the size of the parts a download is published in for other replicas'
+    /// clients.
+    pub part_size: u64,
+}
+
+/// Where NARs and narinfo bodies are kept, and the node-local tier in front.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StorageConfig {
+    pub backend: StorageBackend,
+    /// With S3: a directory of this replica's own that keeps the NARs it serves.
+    pub local_cache: Option<LocalCacheConfig>,
+}
+
+/// The node-local NAR tier: its directory and how many bytes it holds.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LocalCacheConfig {
+    pub dir: PathBuf,
+    pub size: u64,
+}
+
+/// Where metadata lives, and how much of it is kept in memory in front.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DatabaseConfig {
+    pub backend: DatabaseBackend,
+    /// Narinfos kept in memory in front of the database.
+    pub memory_entries: u64,
+}
+
+/// The locks that make one replica do each piece of shared work.
+#[derive(Clone, Debug)]
+pub struct LockConfig {
+    /// Redis master URLs; empty for in-process locks.
+    pub redis: Vec<SensitiveUrl>,
+    /// While Redis is unreachable, refuse (misses 404) instead of locking in-process only.
+    pub strict: bool,
+    /// Part of every Redis lock key: replicas of one cache share it, other caches do not.
+    pub namespace: String,
+    /// Lifetime of a lock between extensions.
+    pub ttl: Duration,
+}
+
+/// GC: what it collects down to, when, and how carefully.
+#[derive(Clone, Debug)]
+pub struct GcConfig {
+    /// Size limit of the stored NARs in bytes; without one nothing is evicted.
+    pub max_size: Option<u64>,
+    pub schedule: Option<Cron>,
+    /// Between forgetting a narinfo and deleting its NAR.
+    pub grace: Duration,
+    /// A narinfo whose NAR was never fetched is removed once unused this long.
+    pub unfetched_ttl: Duration,
+}
+
+/// Admin tasks.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TaskConfig {
+    /// How long finished tasks are kept.
+    pub retention: Duration,
 }
 
 /// A setting as given, or else its default, parsed as a given value would be (so a default
@@ -783,7 +869,7 @@ impl ServeArgs {
             }
         };
         let database = match self.database_url {
-            None => DatabaseConfig::Sqlite(data_dir.join("nixcache.sqlite")),
+            None => DatabaseBackend::Sqlite(data_dir.join("nixcache.sqlite")),
             Some(url) => parse_database_url(&url)?,
         };
         let storage = parse_storage_url(
@@ -808,121 +894,144 @@ impl ServeArgs {
             Ok(d)
         };
 
+        let local_cache = match &self.local_cache_dir {
+            Some(dir) => Some(LocalCacheConfig {
+                dir: dir.clone(),
+                size: size_or(
+                    "local-cache-size",
+                    self.local_cache_size.as_deref(),
+                    defaults::LOCAL_CACHE_SIZE,
+                )?,
+            }),
+            None if self.local_cache_size.is_some() => {
+                return Err(invalid("local-cache-size", "needs --local-cache-dir"))
+            }
+            None => None,
+        };
         Ok(Config {
+            http: HttpConfig {
+                listen: given_or("listen", self.listen, defaults::LISTEN)?,
+                priority: given_or("priority", self.priority, defaults::PRIORITY)?,
+                read_token,
+                admin_token,
+                public_metrics: self.public_metrics.unwrap_or(false),
+                shutdown_timeout: positive(
+                    "shutdown-timeout",
+                    self.shutdown_timeout,
+                    defaults::SHUTDOWN_TIMEOUT,
+                )?,
+                shutdown_delay: duration(
+                    "shutdown-delay",
+                    self.shutdown_delay,
+                    defaults::SHUTDOWN_DELAY,
+                )?,
+            },
+            upstreams: UpstreamsConfig {
+                caches: upstreams,
+                timeouts: UpstreamTimeouts {
+                    connect: positive(
+                        "upstream-connect-timeout",
+                        self.upstream_connect_timeout,
+                        defaults::UPSTREAM_CONNECT_TIMEOUT,
+                    )?,
+                    first_byte: positive(
+                        "upstream-timeout",
+                        self.upstream_timeout,
+                        defaults::UPSTREAM_TIMEOUT,
+                    )?,
+                    stall: positive(
+                        "upstream-stall-timeout",
+                        self.upstream_stall_timeout,
+                        defaults::UPSTREAM_STALL_TIMEOUT,
+                    )?,
+                    negative_ttl: duration(
+                        "negative-ttl",
+                        self.negative_ttl,
+                        defaults::NEGATIVE_TTL,
+                    )?,
+                },
+            },
+            downloads: DownloadConfig {
+                max: nonzero(
+                    "max-downloads",
+                    given_or("max-downloads", self.max_downloads, defaults::MAX_DOWNLOADS)?,
+                )?,
+                queue_timeout: positive(
+                    "download-queue-timeout",
+                    self.download_queue_timeout,
+                    defaults::DOWNLOAD_QUEUE_TIMEOUT,
+                )?,
+                staging_min_free: size_or(
+                    "staging-min-free",
+                    self.staging_min_free.as_deref(),
+                    defaults::STAGING_MIN_FREE,
+                )?,
+                failure_ttl: duration(
+                    "nar-failure-ttl",
+                    self.nar_failure_ttl,
+                    defaults::NAR_FAILURE_TTL,
+                )?,
+                part_size: nonzero(
+                    "inflight-part-size",
+                    given_or(
+                        "inflight-part-size",
+                        self.inflight_part_size,
+                        defaults::INFLIGHT_PART_SIZE,
+                    )?,
+                )?,
+            },
+            storage: StorageConfig {
+                backend: storage,
+                local_cache,
+            },
+            database: DatabaseConfig {
+                backend: database,
+                memory_entries: given_or(
+                    "narinfo-memory-entries",
+                    self.narinfo_memory_entries,
+                    defaults::NARINFO_MEMORY_ENTRIES,
+                )?,
+            },
+            locks: LockConfig {
+                redis: self
+                    .redis
+                    .iter()
+                    .filter(|u| !u.trim().is_empty())
+                    .map(|u| parse_redis_url(u))
+                    .collect::<Result<_, _>>()?,
+                strict: self.lock_strict.unwrap_or(false),
+                namespace: lock_namespace,
+                ttl: positive("lock-ttl", self.lock_ttl, defaults::LOCK_TTL)?,
+            },
+            gc: GcConfig {
+                max_size: parse_size("max-size", self.max_size.as_deref())?,
+                schedule: self
+                    .gc_schedule
+                    .as_deref()
+                    .map(|v| parse_schedule(v).map_err(|e| invalid("gc-schedule", e)))
+                    .transpose()?,
+                grace: positive("gc-grace", self.gc_grace, defaults::GC_GRACE)?,
+                unfetched_ttl: positive(
+                    "gc-unfetched-ttl",
+                    self.gc_unfetched_ttl,
+                    defaults::GC_UNFETCHED_TTL,
+                )?,
+            },
             uploads,
-            read_token,
-            admin_token,
-            public_metrics: self.public_metrics.unwrap_or(false),
-            listen: given_or("listen", self.listen, defaults::LISTEN)?,
-            upstreams,
+            tasks: TaskConfig {
+                retention: positive(
+                    "task-retention",
+                    self.task_retention,
+                    defaults::TASK_RETENTION,
+                )?,
+            },
             signing_key,
-            priority: given_or("priority", self.priority, defaults::PRIORITY)?,
-            database,
-            storage,
-            upstream_connect_timeout: positive(
-                "upstream-connect-timeout",
-                self.upstream_connect_timeout,
-                defaults::UPSTREAM_CONNECT_TIMEOUT,
-            )?,
-            upstream_timeout: positive(
-                "upstream-timeout",
-                self.upstream_timeout,
-                defaults::UPSTREAM_TIMEOUT,
-            )?,
-            upstream_stall_timeout: positive(
-                "upstream-stall-timeout",
-                self.upstream_stall_timeout,
-                defaults::UPSTREAM_STALL_TIMEOUT,
-            )?,
-            negative_ttl: duration("negative-ttl", self.negative_ttl, defaults::NEGATIVE_TTL)?,
-            max_downloads: nonzero(
-                "max-downloads",
-                given_or("max-downloads", self.max_downloads, defaults::MAX_DOWNLOADS)?,
-            )?,
-            download_queue_timeout: positive(
-                "download-queue-timeout",
-                self.download_queue_timeout,
-                defaults::DOWNLOAD_QUEUE_TIMEOUT,
-            )?,
-            staging_min_free: size_or(
-                "staging-min-free",
-                self.staging_min_free.as_deref(),
-                defaults::STAGING_MIN_FREE,
-            )?,
-            nar_failure_ttl: duration(
-                "nar-failure-ttl",
-                self.nar_failure_ttl,
-                defaults::NAR_FAILURE_TTL,
-            )?,
-            narinfo_memory_entries: given_or(
-                "narinfo-memory-entries",
-                self.narinfo_memory_entries,
-                defaults::NARINFO_MEMORY_ENTRIES,
-            )?,
             store_dir,
             log_format: match self.log_format {
                 Some(f) => f,
                 None => <LogFormat as clap::ValueEnum>::from_str(defaults::LOG_FORMAT, false)
                     .map_err(|e| invalid("log-format", e))?,
             },
-            redis: self
-                .redis
-                .iter()
-                .filter(|u| !u.trim().is_empty())
-                .map(|u| parse_redis_url(u))
-                .collect::<Result<_, _>>()?,
-            lock_strict: self.lock_strict.unwrap_or(false),
-            lock_namespace,
-            lock_ttl: positive("lock-ttl", self.lock_ttl, defaults::LOCK_TTL)?,
-            max_size: parse_size("max-size", self.max_size.as_deref())?,
-            local_cache: match &self.local_cache_dir {
-                Some(dir) => Some((
-                    dir.clone(),
-                    size_or(
-                        "local-cache-size",
-                        self.local_cache_size.as_deref(),
-                        defaults::LOCAL_CACHE_SIZE,
-                    )?,
-                )),
-                None if self.local_cache_size.is_some() => {
-                    return Err(invalid("local-cache-size", "needs --local-cache-dir"))
-                }
-                None => None,
-            },
-            gc_schedule: self
-                .gc_schedule
-                .as_deref()
-                .map(|v| parse_schedule(v).map_err(|e| invalid("gc-schedule", e)))
-                .transpose()?,
-            gc_grace: positive("gc-grace", self.gc_grace, defaults::GC_GRACE)?,
-            gc_unfetched_ttl: positive(
-                "gc-unfetched-ttl",
-                self.gc_unfetched_ttl,
-                defaults::GC_UNFETCHED_TTL,
-            )?,
-            task_retention: positive(
-                "task-retention",
-                self.task_retention,
-                defaults::TASK_RETENTION,
-            )?,
-            shutdown_timeout: positive(
-                "shutdown-timeout",
-                self.shutdown_timeout,
-                defaults::SHUTDOWN_TIMEOUT,
-            )?,
-            shutdown_delay: duration(
-                "shutdown-delay",
-                self.shutdown_delay,
-                defaults::SHUTDOWN_DELAY,
-            )?,
-            inflight_part_size: nonzero(
-                "inflight-part-size",
-                given_or(
-                    "inflight-part-size",
-                    self.inflight_part_size,
-                    defaults::INFLIGHT_PART_SIZE,
-                )?,
-            )?,
             data_dir,
         })
     }
@@ -936,15 +1045,21 @@ mod tests {
     #[test]
     fn defaults() {
         let c = ServeArgs::default().resolve().expect("valid");
-        assert_eq!(c.listen.to_string(), defaults::LISTEN);
+        assert_eq!(c.http.listen.to_string(), defaults::LISTEN);
         assert_eq!(c.data_dir, PathBuf::from(defaults::DATA_DIR));
-        assert_eq!(c.upstreams.len(), 1);
-        assert_eq!(c.upstreams[0].url.as_str(), "https://cache.nixos.org/");
-        assert_eq!(c.upstreams[0].keys[0].to_string(), CACHE_NIXOS_ORG_KEY);
-        assert_eq!(c.priority, 40);
+        assert_eq!(c.upstreams.caches.len(), 1);
         assert_eq!(
-            c.database,
-            DatabaseConfig::Sqlite(PathBuf::from("./nixcache-data/nixcache.sqlite"))
+            c.upstreams.caches[0].url.as_str(),
+            "https://cache.nixos.org/"
+        );
+        assert_eq!(
+            c.upstreams.caches[0].keys[0].to_string(),
+            CACHE_NIXOS_ORG_KEY
+        );
+        assert_eq!(c.http.priority, 40);
+        assert_eq!(
+            c.database.backend,
+            DatabaseBackend::Sqlite(PathBuf::from("./nixcache-data/nixcache.sqlite"))
         );
         assert!(matches!(c.signing_key, SigningKeySource::Generated { .. }));
     }
@@ -1013,8 +1128,8 @@ mod tests {
         }
         .resolve()
         .expect("valid");
-        assert_eq!(private.read_token.map(|t| t.expose().len()), Some(17));
-        assert!(!private.public_metrics);
+        assert_eq!(private.http.read_token.map(|t| t.expose().len()), Some(17));
+        assert!(!private.http.public_metrics);
         assert!(err(ServeArgs {
             read_token: Some("short".into()),
             ..ServeArgs::default()
@@ -1064,10 +1179,10 @@ mod tests {
             ..Default::default()
         };
         let c = args.resolve().expect("valid");
-        assert_eq!(c.listen.to_string(), "127.0.0.1:9000");
-        assert_eq!(c.priority, 30, "flags win over the file");
-        assert_eq!(c.negative_ttl, Duration::from_secs(5));
-        assert_eq!(c.upstreams[0].url.as_str(), "http://u.example/");
+        assert_eq!(c.http.listen.to_string(), "127.0.0.1:9000");
+        assert_eq!(c.http.priority, 30, "flags win over the file");
+        assert_eq!(c.upstreams.timeouts.negative_ttl, Duration::from_secs(5));
+        assert_eq!(c.upstreams.caches[0].url.as_str(), "http://u.example/");
 
         std::fs::write(&path, "no-such-setting = 1\n").expect("write");
         let err = ServeArgs {
@@ -1121,8 +1236,8 @@ mod tests {
         .resolve()
         .expect("valid");
         assert_eq!(
-            c.database,
-            DatabaseConfig::Postgres(SensitiveUrl(url.into()))
+            c.database.backend,
+            DatabaseBackend::Postgres(SensitiveUrl(url.into()))
         );
         assert!(!format!("{c:?}").contains("hunter2"));
         let c = ServeArgs {
@@ -1131,7 +1246,7 @@ mod tests {
         }
         .resolve()
         .expect("valid");
-        assert_eq!(c.redis[0].expose(), "redis://:hunter2@r1:6379");
+        assert_eq!(c.locks.redis[0].expose(), "redis://:hunter2@r1:6379");
         assert!(!format!("{c:?}").contains("hunter2"));
         assert!(ServeArgs {
             redis: vec!["http://r1".into()],
@@ -1145,15 +1260,15 @@ mod tests {
     fn storage_urls() {
         let c = ServeArgs::default().resolve().expect("valid");
         assert_eq!(
-            c.storage,
-            StorageConfig::Local(PathBuf::from("./nixcache-data/store"))
+            c.storage.backend,
+            StorageBackend::Local(PathBuf::from("./nixcache-data/store"))
         );
         let args = ServeArgs {
             storage_url: Some("s3://cache/nix/".into()),
             s3_endpoint: Some("http://127.0.0.1:8333".into()),
             ..Default::default()
         };
-        let StorageConfig::S3(s3) = args.resolve().expect("valid").storage else {
+        let StorageBackend::S3(s3) = args.resolve().expect("valid").storage.backend else {
             panic!("not S3")
         };
         assert_eq!(
@@ -1181,16 +1296,16 @@ mod tests {
             ..Default::default()
         };
         let c = args.resolve().expect("valid");
-        assert_eq!(c.max_size, Some(50_000_000_000));
-        assert!(c.gc_schedule.is_some());
-        assert_eq!(c.gc_grace, Duration::from_secs(60));
+        assert_eq!(c.gc.max_size, Some(50_000_000_000));
+        assert!(c.gc.schedule.is_some());
+        assert_eq!(c.gc.grace, Duration::from_secs(60));
         let c = ServeArgs {
             max_size: Some("1MiB".into()),
             ..Default::default()
         }
         .resolve()
         .expect("valid");
-        assert_eq!(c.max_size, Some(1 << 20));
+        assert_eq!(c.gc.max_size, Some(1 << 20));
         assert!(ServeArgs {
             max_size: Some("lots".into()),
             ..Default::default()

@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use url::Url;
 
 use super::{
-    invalid, ConfigError, DatabaseConfig, S3Config, SensitiveUrl, StorageConfig, UpstreamConfig,
+    invalid, ConfigError, DatabaseBackend, S3Config, SensitiveUrl, StorageBackend, UpstreamConfig,
 };
 use crate::keys::PublicKey;
 use crate::redact::{redact, redact_url};
@@ -75,15 +75,15 @@ pub(super) fn parse_storage_url(
     data_dir: &Path,
     endpoint: Option<String>,
     region: String,
-) -> Result<StorageConfig, ConfigError> {
+) -> Result<StorageBackend, ConfigError> {
     let Some(url) = url else {
-        return Ok(StorageConfig::Local(data_dir.join("store")));
+        return Ok(StorageBackend::Local(data_dir.join("store")));
     };
     if let Some(path) = url.strip_prefix("file://") {
         if path.is_empty() {
             return Err(invalid("storage-url", "file:// URL without a path"));
         }
-        return Ok(StorageConfig::Local(PathBuf::from(path)));
+        return Ok(StorageBackend::Local(PathBuf::from(path)));
     }
     if let Some(rest) = url.strip_prefix("s3://") {
         let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
@@ -99,7 +99,7 @@ pub(super) fn parse_storage_url(
                 ));
             }
         }
-        return Ok(StorageConfig::S3(S3Config {
+        return Ok(StorageBackend::S3(S3Config {
             bucket: bucket.to_string(),
             prefix: prefix.trim_matches('/').to_string(),
             endpoint,
@@ -127,7 +127,7 @@ pub(super) fn parse_redis_url(url: &str) -> Result<SensitiveUrl, ConfigError> {
     Ok(SensitiveUrl(url.to_string()))
 }
 
-pub(super) fn parse_database_url(url: &str) -> Result<DatabaseConfig, ConfigError> {
+pub(super) fn parse_database_url(url: &str) -> Result<DatabaseBackend, ConfigError> {
     if let Some(path) = url
         .strip_prefix("sqlite://")
         .or_else(|| url.strip_prefix("sqlite:"))
@@ -135,7 +135,7 @@ pub(super) fn parse_database_url(url: &str) -> Result<DatabaseConfig, ConfigErro
         if path.is_empty() {
             return Err(invalid("database-url", "sqlite URL without a path"));
         }
-        return Ok(DatabaseConfig::Sqlite(PathBuf::from(path)));
+        return Ok(DatabaseBackend::Sqlite(PathBuf::from(path)));
     }
     if url.starts_with("postgres://") || url.starts_with("postgresql://") {
         let parsed = Url::parse(url)
@@ -143,7 +143,7 @@ pub(super) fn parse_database_url(url: &str) -> Result<DatabaseConfig, ConfigErro
         if parsed.host_str().is_none() {
             return Err(invalid("database-url", "postgres URL without a host"));
         }
-        return Ok(DatabaseConfig::Postgres(SensitiveUrl(url.to_string())));
+        return Ok(DatabaseBackend::Postgres(SensitiveUrl(url.to_string())));
     }
     let scheme = url.split_once(':').map_or("", |(s, _)| s);
     Err(invalid(
