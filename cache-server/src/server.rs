@@ -156,12 +156,13 @@ pub async fn build_cache(config: &Config, role: Role) -> anyhow::Result<(Arc<Cac
             http_client(config),
             config.upstreams.timeouts.first_byte,
             &config.store_dir,
+            config.upstreams.breaker,
             metrics.clone(),
         )
         .context("building the HTTP client")?;
         all.push(Arc::new(upstream));
     }
-    let upstreams = Upstreams::new(all);
+    let upstreams = Upstreams::new(all, config.upstreams.lookup);
     let settings = CacheSettings {
         upstreams: config.upstreams.timeouts,
         downloads: config.downloads,

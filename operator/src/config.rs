@@ -6,10 +6,10 @@
 
 use std::path::PathBuf;
 
-use nixcache_settings::config::{HumanDuration, LogFormat, ServeArgs};
+use nixcache_settings::config::{HumanDuration, LogFormat, LookupOrder, ServeArgs};
 use nixcache_settings::keys::PublicKey;
 
-use crate::crd::{NixCache, NixCacheSpec, UpstreamSpec};
+use crate::crd::{NixCache, NixCacheSpec, UpstreamLookup, UpstreamSpec};
 
 /// Where the ConfigMap is mounted in the server container.
 pub const CONFIG_DIR: &str = "/etc/nixcache";
@@ -70,6 +70,15 @@ pub fn render(nc: &NixCache) -> ServeArgs {
         shutdown_delay: Some(HumanDuration(std::time::Duration::from_secs(5))),
         ..ServeArgs::default()
     };
+    if let Some(policy) = &spec.upstream_policy {
+        args.upstream_lookup = policy.lookup.map(|l| match l {
+            UpstreamLookup::Parallel => LookupOrder::Parallel,
+            UpstreamLookup::Sequential => LookupOrder::Sequential,
+        });
+        args.upstream_failure_threshold =
+            policy.failure_threshold.and_then(|n| u32::try_from(n).ok());
+        args.upstream_backoff = policy.backoff.as_deref().and_then(|b| b.parse().ok());
+    }
     if let Some(uploads) = &spec.uploads {
         args.upload_trusted_keys = uploads.trusted_keys.clone();
         args.max_upload_size = uploads.max_size.clone();
@@ -281,6 +290,15 @@ pub fn validate(nc: &NixCache) -> Result<(), InvalidSpec> {
             })?;
         }
     }
+    if let Some(backoff) = spec
+        .upstream_policy
+        .as_ref()
+        .and_then(|p| p.backoff.as_deref())
+    {
+        backoff
+            .parse::<HumanDuration>()
+            .map_err(|e| invalid(format!("spec.upstreamPolicy.backoff: {e}")))?;
+    }
     // The server's own parser decides the rest (URLs, sizes, the cron schedule), with its
     // messages. The schedule is checked even when the operator, not the server, runs it.
     let mut args = render(nc);
@@ -458,6 +476,29 @@ mod tests {
         );
         assert!(!text.contains("postgres"), "{text}");
         validate(&nc).expect("valid");
+    }
+
+    #[test]
+    fn the_upstream_policy_becomes_the_servers_lookup_and_breaker_settings() {
+        let nc = cache(serde_json::json!({"upstreamPolicy":
+            {"lookup": "sequential", "failureThreshold": 5, "backoff": "2m"}}));
+        let back: ServeArgs = toml::from_str(&render_toml(&nc)).expect("the server reads it");
+        let config = back.resolve().expect("valid");
+        assert_eq!(config.upstreams.lookup, LookupOrder::Sequential);
+        assert_eq!(config.upstreams.breaker.failures, 5);
+        assert_eq!(
+            config.upstreams.breaker.backoff,
+            std::time::Duration::from_secs(120)
+        );
+        validate(&nc).expect("valid");
+        // Unset: the server's defaults.
+        let plain = render(&cache(serde_json::json!({})))
+            .resolve()
+            .expect("valid");
+        assert_eq!(plain.upstreams.lookup, LookupOrder::Parallel);
+        let bad = cache(serde_json::json!({"upstreamPolicy": {"backoff": "soon"}}));
+        let e = validate(&bad).expect_err("an unreadable backoff");
+        assert!(e.to_string().contains("spec.upstreamPolicy.backoff"), "{e}");
     }
 
     #[test]

@@ -37,6 +37,9 @@ pub struct NixCacheSpec {
     /// Upstream caches; cache.nixos.org with its key when empty.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub upstreams: Vec<UpstreamSpec>,
+    /// How the upstreams are asked on a miss, and when a failing one is skipped.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub upstream_policy: Option<UpstreamPolicySpec>,
     /// Where NARs are kept: a volume of its own, or an S3 bucket.
     #[serde(default)]
     pub storage: StorageSpec,
@@ -232,6 +235,33 @@ pub struct SigningKeySpec {
     /// An existing Secret whose `secret-key` holds the key in Nix's format
     /// (`NAME:BASE64`, as `nix-store --generate-binary-cache-key` writes it); used as is.
     pub secret_name: String,
+}
+
+/// How the upstreams are asked, and when a failing one is skipped (`--upstream-lookup`,
+/// `--upstream-failure-threshold`, `--upstream-backoff`).
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct UpstreamPolicySpec {
+    /// `parallel` (all at once; the best-priority hit is taken as soon as every better-priority
+    /// upstream has said no; the default) or `sequential` (one after another).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lookup: Option<UpstreamLookup>,
+    /// Failures in a row (timeouts, failed connections, 5xx) after which an upstream is skipped
+    /// for the backoff; 0 never skips it. 3 when unset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0))]
+    pub failure_threshold: Option<i32>,
+    /// How long a failing upstream is skipped before one request tries it again, e.g. `30s`;
+    /// doubled while that try fails. 30s when unset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backoff: Option<String>,
+}
+
+#[derive(Deserialize, Serialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum UpstreamLookup {
+    Parallel,
+    Sequential,
 }
 
 #[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]

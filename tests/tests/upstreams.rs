@@ -1,5 +1,6 @@
 //! Several upstreams: priority order (explicit or from `nix-cache-info`), failover, NAR fetched from
-//! the upstream that served the narinfo.
+//! the upstream that served the narinfo, parallel and sequential lookups, and a failing upstream
+//! skipped until it comes back.
 
 mod common;
 
@@ -111,4 +112,199 @@ async fn explicit_priority_wins_and_a_failing_upstream_is_skipped() {
     assert_eq!(hanging.hits(&format!("/{hash}.narinfo")), 1);
     assert_eq!(good.hits(&format!("/{hash}.narinfo")), 1);
     assert!(cache.logs().contains("timed out"), "{}", cache.logs());
+}
+
+/// `URL,priority=N`.
+fn at(u: &FaultyUpstream, priority: u32) -> String {
+    format!("{},priority={priority}", u.url)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn three_upstreams_of_different_latencies_are_asked_at_once() {
+    let fx = fixture();
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let empty = empty_cache(&tmp.path().join("empty"), 10);
+    let (lacking_pause, slow_pause) = (Duration::from_secs(1), Duration::from_secs(2));
+    // The best priority lacks the paths; the next has them but answers slowly; the worst answers
+    // at once.
+    let lacking =
+        FaultyUpstream::start(empty.clone(), empty, Mode::SlowNarinfo(lacking_pause)).await;
+    let slow = FaultyUpstream::start(
+        fx.cache.clone(),
+        fx.cache_untrusted.clone(),
+        Mode::SlowNarinfo(slow_pause),
+    )
+    .await;
+    let fast =
+        FaultyUpstream::start(fx.cache.clone(), fx.cache_untrusted.clone(), Mode::Normal).await;
+    let start = |dir: &str, lookup: &'static str| {
+        let (l, s, f) = (at(&lacking, 10), at(&slow, 20), at(&fast, 30));
+        let data = tmp.path().join(dir);
+        let key = fx.key.clone();
+        async move {
+            Nixcache::start(
+                &data,
+                &[
+                    "--upstream",
+                    &f,
+                    "--upstream",
+                    &s,
+                    "--upstream",
+                    &l,
+                    "--upstream-key",
+                    &key,
+                    "--upstream-timeout",
+                    "5s",
+                    "--upstream-lookup",
+                    lookup,
+                ],
+            )
+            .await
+        }
+    };
+
+    let cache = start("parallel", "parallel").await;
+    let path = fx.top();
+    let narinfo = format!("/{}.narinfo", Fixture::hash_of(path));
+    let began = Instant::now();
+    let r = reqwest::get(format!("{}{narinfo}", cache.url))
+        .await
+        .expect("narinfo");
+    let parallel = began.elapsed();
+    assert_eq!(r.status(), 200, "{}", cache.logs());
+    let asked: Vec<Instant> = [&lacking, &slow, &fast]
+        .iter()
+        .map(|u| u.first_hit(&narinfo).expect("every upstream asked"))
+        .collect();
+    let spread = *asked.iter().max().expect("max") - *asked.iter().min().expect("min");
+    assert!(
+        spread < lacking_pause,
+        "all three asked before the first answered: {spread:?} apart"
+    );
+    // The better priority's hit, though the worse one answered first: the NAR comes from it.
+    let text = r.text().await.expect("body");
+    let nar = Fixture::nar_url(&text);
+    let r = reqwest::get(format!("{}/{nar}", cache.url))
+        .await
+        .expect("nar");
+    assert_eq!(r.status(), 200);
+    r.bytes().await.expect("nar body");
+    let upstream_nar = format!("/{}", Fixture::nar_url(&fx.narinfo(path)));
+    assert_eq!(slow.hits(&upstream_nar), 1, "{}", cache.logs());
+    assert_eq!(fast.hits(&upstream_nar), 0);
+    drop(cache);
+
+    // In sequence: each asked once the one before has answered; the worst not at all.
+    let cache = start("sequential", "sequential").await;
+    let path = &fx.paths[1];
+    let narinfo = format!("/{}.narinfo", Fixture::hash_of(path));
+    let began = Instant::now();
+    let r = reqwest::get(format!("{}{narinfo}", cache.url))
+        .await
+        .expect("narinfo");
+    let sequential = began.elapsed();
+    assert_eq!(r.status(), 200, "{}", cache.logs());
+    let after =
+        slow.first_hit(&narinfo).expect("asked") - lacking.first_hit(&narinfo).expect("asked");
+    assert!(
+        after >= lacking_pause,
+        "asked only after the better one: {after:?}"
+    );
+    assert_eq!(
+        fast.hits(&narinfo),
+        0,
+        "a hit came before the worst upstream"
+    );
+    println!(
+        "a miss over upstreams answering in {lacking_pause:?} (404), {slow_pause:?} (hit) and at once \
+         (hit): parallel {:.2} s, sequential {:.2} s",
+        parallel.as_secs_f64(),
+        sequential.as_secs_f64()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_upstream_that_goes_down_is_skipped_until_it_comes_back() {
+    let fx = fixture();
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let flaky =
+        FaultyUpstream::start(fx.cache.clone(), fx.cache_untrusted.clone(), Mode::Normal).await;
+    let good =
+        FaultyUpstream::start(fx.cache.clone(), fx.cache_untrusted.clone(), Mode::Normal).await;
+    let cache = Nixcache::start(
+        &tmp.path().join("data"),
+        &[
+            "--upstream",
+            &at(&flaky, 10),
+            "--upstream",
+            &at(&good, 20),
+            "--upstream-key",
+            &fx.key,
+            "--upstream-failure-threshold",
+            "2",
+            "--upstream-backoff",
+            "2s",
+        ],
+    )
+    .await;
+    let label = format!("upstream=\"{}\"", flaky.url.trim_start_matches("http://"));
+    let up = || async {
+        common::sample(
+            &common::metrics(&cache.url).await,
+            "nixcache_upstream_up",
+            &[&label],
+        )
+    };
+    assert_eq!(up().await, Some(1.0));
+
+    flaky.set_mode(Mode::Down);
+    for missing in [
+        "p404n8pan3pvrll7pci95yg83idrvkd0",
+        "p404n8pan3pvrll7pci95yg83idrvkd1",
+    ] {
+        let r = reqwest::get(format!("{}/{missing}.narinfo", cache.url))
+            .await
+            .expect("narinfo");
+        assert_eq!(r.status(), 404, "a miss, not an error");
+    }
+    assert_eq!(up().await, Some(0.0), "{}", cache.logs());
+    assert!(
+        cache.logs().contains("upstream failing"),
+        "{}",
+        cache.logs()
+    );
+
+    // Skipped: the next miss is answered by the other upstream without asking it.
+    let first = format!("/{}.narinfo", Fixture::hash_of(fx.top()));
+    let r = reqwest::get(format!("{}{first}", cache.url))
+        .await
+        .expect("narinfo");
+    assert_eq!(r.status(), 200, "{}", cache.logs());
+    assert_eq!(flaky.hits(&first), 0, "asked while skipped");
+    assert_eq!(good.hits(&first), 1);
+
+    // Back: after the backoff one request tries it, and it is asked again.
+    flaky.set_mode(Mode::Normal);
+    tokio::time::sleep(Duration::from_millis(2300)).await;
+    let second = format!("/{}.narinfo", Fixture::hash_of(&fx.paths[1]));
+    let r = reqwest::get(format!("{}{second}", cache.url))
+        .await
+        .expect("narinfo");
+    assert_eq!(r.status(), 200, "{}", cache.logs());
+    assert_eq!(flaky.hits(&second), 1, "tried again after the backoff");
+    assert_eq!(up().await, Some(1.0), "{}", cache.logs());
+    let text = common::metrics(&cache.url).await;
+    for state in ["open", "half_open", "closed"] {
+        let s = format!("state=\"{state}\"");
+        assert_eq!(
+            common::sample(
+                &text,
+                "nixcache_upstream_circuit_changes_total",
+                &[&label, &s]
+            ),
+            Some(1.0),
+            "{state}"
+        );
+    }
+    assert!(cache.logs().contains("answers again"), "{}", cache.logs());
 }

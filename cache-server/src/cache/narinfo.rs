@@ -1,8 +1,10 @@
-//! `GET|HEAD /<hash>.narinfo`: memory, database, then the upstreams in priority order.
+//! `GET|HEAD /<hash>.narinfo`: memory, database, then the upstreams: their answers taken in
+//! priority order, asked all at once or one after another (`--upstream-lookup`).
 
 use std::sync::Arc;
 
 use bytes::Bytes;
+use futures_util::StreamExt;
 use tracing::{debug, info, instrument, warn};
 
 use super::narinfo_index::Found;
@@ -84,8 +86,9 @@ impl Cache {
         if self.index.is_missing(hash) {
             return None;
         }
-        for upstream in self.upstreams.in_order() {
-            match upstream.narinfo(&hash).await {
+        let mut answers = self.upstreams.narinfo_answers(hash);
+        while let Some((upstream, answer)) = answers.next().await {
+            match answer {
                 Ok(Lookup::Found(info)) => match self.accept(&upstream, hash, *info).await {
                     Ok(body) => {
                         self.metrics
@@ -112,6 +115,13 @@ impl Cache {
                     }
                 },
                 Ok(Lookup::Missing) => debug!(upstream = upstream.label(), "not there"),
+                Err(e @ UpstreamError::Skipped { .. }) => {
+                    self.metrics
+                        .upstream_errors
+                        .with_label_values(&[upstream.label(), upstream_error_kind(&e)])
+                        .inc();
+                    debug!(upstream = upstream.label(), "skipped while it fails");
+                }
                 Err(e) => {
                     self.metrics
                         .upstream_errors

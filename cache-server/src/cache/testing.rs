@@ -10,7 +10,7 @@ use bytes::Bytes;
 use futures_util::TryStreamExt;
 
 use super::{Cache, CacheSettings, NarBody};
-use crate::config::{DownloadConfig, GcConfig, UpstreamTimeouts};
+use crate::config::{BreakerConfig, DownloadConfig, GcConfig, LookupOrder, UpstreamTimeouts};
 use crate::db::SqlDatabase;
 use crate::lock::LocalLock;
 use crate::metrics::Metrics;
@@ -55,6 +55,15 @@ impl Cache {
     /// A cache with the server's defaults for its flows, SQLite, local storage and the
     /// in-process lock in `dir`, in front of `upstreams`.
     pub(crate) async fn for_tests(dir: &Path, upstreams: &[&FakeUpstream]) -> Arc<Self> {
+        Self::for_tests_asking(dir, upstreams, LookupOrder::Parallel).await
+    }
+
+    /// [`Cache::for_tests`], asking its upstreams in `lookup` order.
+    pub(crate) async fn for_tests_asking(
+        dir: &Path,
+        upstreams: &[&FakeUpstream],
+        lookup: LookupOrder,
+    ) -> Arc<Self> {
         let settings = CacheSettings::for_tests(dir);
         std::fs::create_dir_all(&settings.staging_dir).expect("staging dir");
         let storage = LocalStorage::open(dir.join("store"), true)
@@ -74,7 +83,7 @@ impl Cache {
             None,
             Arc::new(db),
             Arc::new(LocalLock::new()),
-            Upstreams::new(upstreams),
+            Upstreams::new(upstreams, lookup),
             SecretKey::generate("nixcache-test-1").expect("key"),
             metrics,
         )
@@ -98,6 +107,8 @@ pub(crate) struct FakeUpstream {
     pub key: SecretKey,
     base: url::Url,
     priority: Option<u32>,
+    /// When it is skipped after failing; never, unless a test sets it.
+    pub breaker: BreakerConfig,
 }
 
 /// A store path published to a [`FakeUpstream`].
@@ -122,6 +133,10 @@ impl FakeUpstream {
             key: SecretKey::generate(&format!("{host}-1")).expect("key"),
             base: url::Url::parse(&format!("http://{host}/")).expect("url"),
             priority: None,
+            breaker: BreakerConfig {
+                failures: 0,
+                backoff: Duration::from_secs(30),
+            },
         }
     }
 
@@ -143,6 +158,7 @@ impl FakeUpstream {
             self.transport.clone(),
             settings.upstreams.first_byte,
             &settings.store_dir,
+            self.breaker,
             metrics.clone(),
         )
     }
@@ -366,5 +382,108 @@ mod tests {
         let cache = Cache::for_tests(dir.path(), &[&up]).await;
         assert!(cache.narinfo(p.path.hash()).await.is_none());
         assert!(cache.nar_bytes(&p.file).await.is_none());
+    }
+
+    fn signed_by(body: &Bytes, up: &FakeUpstream) -> bool {
+        served(body).verify(&[up.key.public_key()])
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn parallel_lookups_take_the_best_priority_hit_once_every_better_one_has_said_no() {
+        let delay = Duration::from_millis(300);
+        let lacking = FakeUpstream::new("lacking.test").with_priority(10);
+        let better = FakeUpstream::new("better.test").with_priority(20);
+        let faster = FakeUpstream::new("faster.test").with_priority(30);
+        *lacking.transport.delay.lock().expect("delay") = delay;
+        *better.transport.delay.lock().expect("delay") = delay;
+        // The same path from both: each signs its own copy.
+        let p = better.publish("both", b"both\n", &[]);
+        faster.put_narinfo(&{
+            let mut info = p.info.clone();
+            info.sigs.clear();
+            info.sign(&faster.key);
+            info
+        });
+
+        let dir = tempfile::tempdir().expect("tempdir");
+        let cache = Cache::for_tests(dir.path(), &[&faster, &better, &lacking]).await;
+        let body = cache.narinfo(p.path.hash()).await.expect("found");
+        assert!(
+            signed_by(&body, &better),
+            "the better priority's hit, though it came later"
+        );
+        assert!(!signed_by(&body, &faster));
+        let asked = |u: &FakeUpstream| u.transport.first_asked(&p.narinfo_path()).expect("asked");
+        let (first, last) = {
+            let t = [asked(&lacking), asked(&better), asked(&faster)];
+            (*t.iter().min().expect("min"), *t.iter().max().expect("max"))
+        };
+        assert!(
+            last.duration_since(first) < delay,
+            "all asked before the first answer: {:?} apart",
+            last.duration_since(first)
+        );
+
+        // In sequence: the next is asked once the one before has answered, and the worse one
+        // not at all.
+        let dir = tempfile::tempdir().expect("tempdir");
+        let lacking = FakeUpstream::new("lacking.test").with_priority(10);
+        let better = FakeUpstream::new("better.test").with_priority(20);
+        let faster = FakeUpstream::new("faster.test").with_priority(30);
+        *lacking.transport.delay.lock().expect("delay") = delay;
+        let p = better.publish("both", b"both\n", &[]);
+        let cache = Cache::for_tests_asking(
+            dir.path(),
+            &[&faster, &better, &lacking],
+            LookupOrder::Sequential,
+        )
+        .await;
+        let body = cache.narinfo(p.path.hash()).await.expect("found");
+        assert!(signed_by(&body, &better));
+        assert!(asked(&better).duration_since(asked(&lacking)) >= delay);
+        assert_eq!(faster.asked_for(&p.narinfo_path()), 0);
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn a_failing_upstream_is_skipped_for_its_backoff_then_asked_again() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut failing = FakeUpstream::new("failing.test").with_priority(10);
+        failing.breaker = BreakerConfig {
+            failures: 2,
+            backoff: Duration::from_millis(300),
+        };
+        let good = FakeUpstream::new("good.test").with_priority(20);
+        let paths: Vec<Published> = (0..4)
+            .map(|i| good.publish(&format!("p{i}"), format!("{i}\n").as_bytes(), &[]))
+            .collect();
+        failing.transport.down.store(true, Ordering::Relaxed);
+        let cache = Cache::for_tests(dir.path(), &[&failing, &good]).await;
+        let up = || {
+            cache
+                .metrics()
+                .upstream_up
+                .with_label_values(&["failing.test"])
+                .get()
+        };
+        for p in &paths[..2] {
+            assert!(cache.narinfo(p.path.hash()).await.is_some());
+        }
+        assert_eq!(up(), 0, "two failures in a row: skipped");
+        assert!(cache.narinfo(paths[2].path.hash()).await.is_some());
+        assert_eq!(
+            failing.asked_for(&paths[2].narinfo_path()),
+            0,
+            "not asked while skipped"
+        );
+
+        failing.transport.down.store(false, Ordering::Relaxed);
+        tokio::time::sleep(Duration::from_millis(350)).await;
+        assert!(cache.narinfo(paths[3].path.hash()).await.is_some());
+        assert_eq!(
+            failing.asked_for(&paths[3].narinfo_path()),
+            1,
+            "tried again"
+        );
+        assert_eq!(up(), 1, "its 404 closed the circuit");
     }
 }

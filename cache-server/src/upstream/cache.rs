@@ -12,6 +12,7 @@ use futures_util::stream::BoxStream;
 use futures_util::StreamExt;
 use reqwest::Url;
 
+use super::breaker::Breaker;
 use super::origin;
 use super::transport::{Answer, HttpTransport, Transport, TransportError};
 use crate::nix::narinfo::MAX_NARINFO_BYTES;
@@ -21,7 +22,7 @@ use crate::nix::{CacheInfo, NarInfo, StoreHash};
 pub const DEFAULT_PRIORITY: u32 = 50;
 const UNKNOWN_PRIORITY: u32 = u32::MAX;
 
-pub use nixcache_settings::config::UpstreamConfig;
+pub use nixcache_settings::config::{BreakerConfig, UpstreamConfig};
 
 #[derive(Debug, thiserror::Error)]
 pub enum UpstreamError {
@@ -37,6 +38,8 @@ pub enum UpstreamError {
     Untrusted { url: String },
     #[error("{url}: NAR URL {nar_url} is not under this upstream")]
     Elsewhere { url: String, nar_url: String },
+    #[error("{url}: skipped while it fails (until its backoff is over)")]
+    Skipped { url: String },
 }
 
 /// A NAR response whose headers have arrived.
@@ -49,6 +52,9 @@ pub struct NarDownload {
 pub struct Upstream {
     metrics: crate::metrics::Metrics,
     config: UpstreamConfig,
+    /// `host[:port]`, for logs and metrics.
+    label: String,
+    breaker: Breaker,
     transport: Arc<dyn Transport>,
     first_byte_timeout: Duration,
     store_dir: String,
@@ -70,6 +76,7 @@ impl Upstream {
         client: reqwest::ClientBuilder,
         first_byte_timeout: Duration,
         store_dir: &str,
+        breaker: BreakerConfig,
         metrics: crate::metrics::Metrics,
     ) -> Result<Self, reqwest::Error> {
         let refused = metrics.refused.with_label_values(&["upstream", "redirect"]);
@@ -87,6 +94,7 @@ impl Upstream {
             transport,
             first_byte_timeout,
             store_dir,
+            breaker,
             metrics,
         ))
     }
@@ -97,10 +105,18 @@ impl Upstream {
         transport: Arc<dyn Transport>,
         first_byte_timeout: Duration,
         store_dir: &str,
+        breaker: BreakerConfig,
         metrics: crate::metrics::Metrics,
     ) -> Self {
         let learned = config.priority.unwrap_or(UNKNOWN_PRIORITY);
+        let host = config.url.host_str().unwrap_or("upstream");
+        let label = match config.url.port() {
+            Some(port) => format!("{host}:{port}"),
+            None => host.to_string(),
+        };
         Self {
+            breaker: Breaker::new(breaker, &label, &metrics),
+            label,
             metrics,
             config,
             transport,
@@ -114,9 +130,10 @@ impl Upstream {
         &self.config.url
     }
 
-    /// A short, bounded label for logs and metrics: the host.
+    /// A short, bounded label for logs and metrics: the host, and the port when the URL names
+    /// one.
     pub fn label(&self) -> &str {
-        self.config.url.host_str().unwrap_or("upstream")
+        &self.label
     }
 
     /// Current priority: configured, learned, or (until learned) Nix's default.
@@ -144,7 +161,23 @@ impl Upstream {
         })
     }
 
+    /// GETs `url` unless the upstream is skipped while it fails; the outcome feeds its circuit
+    /// breaker.
     async fn get(&self, url: &Url, kind: &'static str) -> Result<Answer, UpstreamError> {
+        let permit = self
+            .breaker
+            .admit()
+            .map_err(|_| UpstreamError::Skipped { url: redact(url) })?;
+        let result = self.send(url, kind).await;
+        match &result {
+            Ok(a) if a.status >= 500 || a.status == 429 => permit.failed(),
+            Ok(_) => permit.answered(),
+            Err(_) => permit.failed(),
+        }
+        result
+    }
+
+    async fn send(&self, url: &Url, kind: &'static str) -> Result<Answer, UpstreamError> {
         self.metrics
             .upstream_requests
             .with_label_values(&[self.label(), kind])

@@ -87,7 +87,7 @@ fn without_url(e: &reqwest::Error) -> String {
 #[derive(Default)]
 pub struct MemoryTransport {
     objects: std::sync::Mutex<std::collections::HashMap<String, Bytes>>,
-    asked: std::sync::Mutex<Vec<String>>,
+    asked: std::sync::Mutex<Vec<(String, std::time::Instant)>>,
     /// Before every answer.
     pub delay: std::sync::Mutex<std::time::Duration>,
     /// While set, every request fails as a refused connection would.
@@ -106,7 +106,14 @@ impl MemoryTransport {
 
     /// The paths asked for, in order.
     pub fn asked(&self) -> Vec<String> {
-        self.asked.lock().unwrap_or_else(|e| e.into_inner()).clone()
+        let asked = self.asked.lock().unwrap_or_else(|e| e.into_inner());
+        asked.iter().map(|(p, _)| p.clone()).collect()
+    }
+
+    /// When `path` was first asked for (its request arrived, before the delay).
+    pub fn first_asked(&self, path: &str) -> Option<std::time::Instant> {
+        let asked = self.asked.lock().unwrap_or_else(|e| e.into_inner());
+        asked.iter().find(|(p, _)| p == path).map(|(_, t)| *t)
     }
 }
 
@@ -115,12 +122,12 @@ impl MemoryTransport {
 impl Transport for MemoryTransport {
     async fn get(&self, url: &Url) -> Result<Answer, TransportError> {
         use std::sync::atomic::Ordering;
-        let delay = *self.delay.lock().unwrap_or_else(|e| e.into_inner());
-        tokio::time::sleep(delay).await;
         self.asked
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .push(url.path().to_string());
+            .push((url.path().to_string(), std::time::Instant::now()));
+        let delay = *self.delay.lock().unwrap_or_else(|e| e.into_inner());
+        tokio::time::sleep(delay).await;
         if self.down.load(Ordering::Relaxed) {
             return Err(TransportError::Failed("connection refused".into()));
         }

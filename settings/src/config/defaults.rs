@@ -15,6 +15,9 @@ pub const UPSTREAM_CONNECT_TIMEOUT: &str = "5s";
 pub const UPSTREAM_TIMEOUT: &str = "10s";
 pub const UPSTREAM_STALL_TIMEOUT: &str = "60s";
 pub const NEGATIVE_TTL: &str = "60s";
+pub const UPSTREAM_LOOKUP: &str = "parallel";
+pub const UPSTREAM_FAILURE_THRESHOLD: &str = "3";
+pub const UPSTREAM_BACKOFF: &str = "30s";
 pub const MAX_DOWNLOADS: &str = "32";
 pub const DOWNLOAD_QUEUE_TIMEOUT: &str = "10s";
 pub const STAGING_MIN_FREE: &str = "256MiB";
@@ -46,6 +49,9 @@ pub const ALL: &[(&str, &str)] = &[
     ("upstream_timeout", UPSTREAM_TIMEOUT),
     ("upstream_stall_timeout", UPSTREAM_STALL_TIMEOUT),
     ("negative_ttl", NEGATIVE_TTL),
+    ("upstream_lookup", UPSTREAM_LOOKUP),
+    ("upstream_failure_threshold", UPSTREAM_FAILURE_THRESHOLD),
+    ("upstream_backoff", UPSTREAM_BACKOFF),
     ("max_downloads", MAX_DOWNLOADS),
     ("download_queue_timeout", DOWNLOAD_QUEUE_TIMEOUT),
     ("staging_min_free", STAGING_MIN_FREE),

@@ -74,6 +74,17 @@ impl From<HumanDuration> for String {
     }
 }
 
+/// How a narinfo miss asks the upstreams.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum LookupOrder {
+    /// All at once; the best-priority hit is taken as soon as every better-priority upstream has
+    /// said no.
+    Parallel,
+    /// One after another in priority order: fewer requests, each one's latency added.
+    Sequential,
+}
+
 /// Log output format.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
@@ -158,6 +169,23 @@ pub struct ServeArgs {
     /// Longest pause in an upstream NAR download before it is abandoned.
     #[arg(long, env = "NIXCACHE_UPSTREAM_STALL_TIMEOUT", value_name = "DURATION")]
     pub upstream_stall_timeout: Option<HumanDuration>,
+
+    /// How a narinfo miss asks the upstreams: `parallel` (all at once; the best-priority hit is
+    /// taken as soon as every better-priority upstream has said no) or `sequential` (in priority
+    /// order, one after another: fewer requests, each one's latency added).
+    #[arg(long, env = "NIXCACHE_UPSTREAM_LOOKUP", value_name = "MODE")]
+    pub upstream_lookup: Option<LookupOrder>,
+
+    /// Failures in a row (timeouts, failed connections, 5xx and 429 answers) after which an
+    /// upstream is skipped for --upstream-backoff instead of costing every request its timeout; 0
+    /// never skips it.
+    #[arg(long, env = "NIXCACHE_UPSTREAM_FAILURE_THRESHOLD", value_name = "N")]
+    pub upstream_failure_threshold: Option<u32>,
+
+    /// How long a failing upstream is skipped before one request tries it again; doubled each
+    /// time that try fails, up to 8 times this.
+    #[arg(long, env = "NIXCACHE_UPSTREAM_BACKOFF", value_name = "DURATION")]
+    pub upstream_backoff: Option<HumanDuration>,
 
     /// How long a narinfo no upstream has is answered 404 without asking again.
     #[arg(long, env = "NIXCACHE_NEGATIVE_TTL", value_name = "DURATION")]
@@ -536,11 +564,23 @@ pub struct HttpConfig {
     pub shutdown_delay: Duration,
 }
 
-/// The upstream caches, in configuration order, and the time they are given.
+/// The upstream caches, in configuration order, the time they are given, how they are asked,
+/// and when a failing one is skipped.
 #[derive(Clone, Debug)]
 pub struct UpstreamsConfig {
     pub caches: Vec<UpstreamConfig>,
     pub timeouts: UpstreamTimeouts,
+    pub lookup: LookupOrder,
+    pub breaker: BreakerConfig,
+}
+
+/// When a failing upstream is skipped (its circuit is open), and for how long.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct BreakerConfig {
+    /// Failures in a row that open the circuit; 0: never.
+    pub failures: u32,
+    /// How long it stays open the first time; doubled while the retry fails, to 8 times this.
+    pub backoff: Duration,
 }
 
 /// How long upstreams are given, and how long their "no" is believed.
@@ -743,6 +783,11 @@ impl ServeArgs {
                 .or(other.upstream_connect_timeout),
             upstream_timeout: self.upstream_timeout.or(other.upstream_timeout),
             upstream_stall_timeout: self.upstream_stall_timeout.or(other.upstream_stall_timeout),
+            upstream_lookup: self.upstream_lookup.or(other.upstream_lookup),
+            upstream_failure_threshold: self
+                .upstream_failure_threshold
+                .or(other.upstream_failure_threshold),
+            upstream_backoff: self.upstream_backoff.or(other.upstream_backoff),
             negative_ttl: self.negative_ttl.or(other.negative_ttl),
             max_downloads: self.max_downloads.or(other.max_downloads),
             download_queue_timeout: self.download_queue_timeout.or(other.download_queue_timeout),
@@ -948,6 +993,25 @@ impl ServeArgs {
                         "negative-ttl",
                         self.negative_ttl,
                         defaults::NEGATIVE_TTL,
+                    )?,
+                },
+                lookup: match self.upstream_lookup {
+                    Some(l) => l,
+                    None => {
+                        <LookupOrder as clap::ValueEnum>::from_str(defaults::UPSTREAM_LOOKUP, false)
+                            .map_err(|e| invalid("upstream-lookup", e))?
+                    }
+                },
+                breaker: BreakerConfig {
+                    failures: given_or(
+                        "upstream-failure-threshold",
+                        self.upstream_failure_threshold,
+                        defaults::UPSTREAM_FAILURE_THRESHOLD,
+                    )?,
+                    backoff: positive(
+                        "upstream-backoff",
+                        self.upstream_backoff,
+                        defaults::UPSTREAM_BACKOFF,
                     )?,
                 },
             },

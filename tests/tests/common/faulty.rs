@@ -22,6 +22,11 @@ pub enum Mode {
     UntrustedSig,
     /// Requests are read and never answered.
     Hang,
+    /// Every connection is closed as soon as its request has arrived, unanswered: to a client,
+    /// the server is down.
+    Down,
+    /// narinfos (and 404s for them) are answered after this pause.
+    SlowNarinfo(Duration),
     /// NARs are sent in 64 KiB pieces with this pause between them.
     SlowNar(Duration),
     /// Both: a byte flipped in the middle, sent slowly.
@@ -36,6 +41,7 @@ struct State {
     untrusted: PathBuf,
     mode: Mutex<Mode>,
     hits: Mutex<HashMap<String, usize>>,
+    first_hit: Mutex<HashMap<String, std::time::Instant>>,
 }
 
 pub struct FaultyUpstream {
@@ -69,6 +75,7 @@ impl FaultyUpstream {
             untrusted,
             mode: Mutex::new(mode),
             hits: Mutex::new(HashMap::new()),
+            first_hit: Mutex::new(HashMap::new()),
         });
         let s = state.clone();
         let task = tokio::spawn(async move {
@@ -92,6 +99,16 @@ impl FaultyUpstream {
             .get(path)
             .copied()
             .unwrap_or(0)
+    }
+
+    /// When the first request for `path` arrived.
+    pub fn first_hit(&self, path: &str) -> Option<std::time::Instant> {
+        self.state
+            .first_hit
+            .lock()
+            .expect("hits")
+            .get(path)
+            .copied()
     }
 
     /// How many requests arrived, for any path.
@@ -118,10 +135,23 @@ async fn serve(mut conn: TcpStream, state: Arc<State>) {
             .expect("hits")
             .entry(path.clone())
             .or_default() += 1;
+        state
+            .first_hit
+            .lock()
+            .expect("hits")
+            .entry(path.clone())
+            .or_insert_with(std::time::Instant::now);
         let mode = state.mode.lock().expect("mode").clone();
-        if mode == Mode::Hang {
-            tokio::time::sleep(Duration::from_secs(600)).await;
-            return;
+        match mode {
+            Mode::Hang => {
+                tokio::time::sleep(Duration::from_secs(600)).await;
+                return;
+            }
+            Mode::Down => return,
+            Mode::SlowNarinfo(pause) if path.ends_with(".narinfo") => {
+                tokio::time::sleep(pause).await
+            }
+            _ => {}
         }
         let rel = path.trim_start_matches('/');
         let (redirected, rel) = match rel.strip_prefix("r/") {
