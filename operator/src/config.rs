@@ -9,7 +9,7 @@ use std::path::PathBuf;
 use nixcache_settings::config::{HumanDuration, LogFormat, LookupOrder, ServeArgs};
 use nixcache_settings::keys::PublicKey;
 
-use crate::crd::{NixCache, NixCacheSpec, UpstreamLookup, UpstreamSpec};
+use crate::crd::{CredentialsKind, NixCache, NixCacheSpec, UpstreamLookup, UpstreamSpec};
 
 /// Where the ConfigMap is mounted in the server container.
 pub const CONFIG_DIR: &str = "/etc/nixcache";
@@ -58,7 +58,12 @@ pub fn render(nc: &NixCache) -> ServeArgs {
     let mut args = ServeArgs {
         listen: Some(std::net::SocketAddr::from(([0, 0, 0, 0], SERVER_PORT))),
         data_dir: Some(PathBuf::from(DATA_DIR)),
-        upstreams: spec.upstreams.iter().map(upstream_spec).collect(),
+        upstreams: spec
+            .upstreams
+            .iter()
+            .enumerate()
+            .map(|(i, u)| upstream_spec(i, u))
+            .collect(),
         signing_key_file: Some(PathBuf::from(format!("{KEY_DIR}/{KEY_FILE}"))),
         priority: spec.priority.and_then(|p| u32::try_from(p).ok()),
         log_format: Some(LogFormat::Json),
@@ -71,7 +76,7 @@ pub fn render(nc: &NixCache) -> ServeArgs {
         ..ServeArgs::default()
     };
     if let Some(policy) = &spec.upstream_policy {
-        args.upstream_lookup = policy.lookup.map(|l| match l {
+        args.upstream_lookup = Some(match policy.lookup {
             UpstreamLookup::Parallel => LookupOrder::Parallel,
             UpstreamLookup::Sequential => LookupOrder::Sequential,
         });
@@ -120,7 +125,15 @@ pub fn gc_runs_as_jobs(spec: &NixCacheSpec) -> bool {
     spec.gc.is_some() && spec.storage.s3.is_some() && spec.database.is_some()
 }
 
-fn upstream_spec(u: &UpstreamSpec) -> String {
+/// Where upstream `i`'s credentials Secret is mounted: `UPSTREAM_CREDENTIALS_DIR/<i>/<key>`.
+pub const UPSTREAM_CREDENTIALS_DIR: &str = "/etc/nixcache/upstreams";
+
+/// The volume of upstream `i`'s credentials.
+pub fn upstream_credentials_volume(i: usize) -> String {
+    format!("upstream-{i}-credentials")
+}
+
+fn upstream_spec(i: usize, u: &UpstreamSpec) -> String {
     let mut s = u.url.trim().to_string();
     if let Some(p) = u.priority {
         s.push_str(&format!(",priority={p}"));
@@ -130,6 +143,17 @@ fn upstream_spec(u: &UpstreamSpec) -> String {
     }
     if u.cross_origin_redirects {
         s.push_str(",cross-origin-redirects");
+    }
+    if let Some(c) = &u.credentials {
+        let option = match c.kind {
+            CredentialsKind::Bearer => "bearer-token-file",
+            CredentialsKind::Basic => "basic-auth-file",
+            CredentialsKind::Netrc => "netrc-file",
+        };
+        s.push_str(&format!(
+            ",{option}={UPSTREAM_CREDENTIALS_DIR}/{i}/{}",
+            c.secret.key
+        ));
     }
     s
 }
@@ -288,6 +312,21 @@ pub fn validate(nc: &NixCache) -> Result<(), InvalidSpec> {
                     k.split(':').next().unwrap_or_default()
                 ))
             })?;
+        }
+        if let Some(c) = &u.credentials {
+            let key = &c.secret.key;
+            // A Secret's key names the mounted file, and the file a spec option.
+            let key_ok = !key.is_empty()
+                && key != "."
+                && key != ".."
+                && key
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
+            if !is_name(&c.secret.name) || !key_ok {
+                return Err(invalid(format!(
+                    "spec.upstreams[{i}].credentials.secret needs a Secret name and key"
+                )));
+            }
         }
     }
     if let Some(backoff) = spec

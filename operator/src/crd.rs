@@ -153,6 +153,30 @@ pub struct UpstreamSpec {
     /// loopback, link-local or metadata addresses. Off: redirects stay at the upstream's origin.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub cross_origin_redirects: bool,
+    /// Credentials of a private upstream, from a Secret: mounted as a file (never in the
+    /// ConfigMap), read again when the Secret changes, and sent to this upstream's host only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub credentials: Option<UpstreamCredentialsSpec>,
+}
+
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct UpstreamCredentialsSpec {
+    /// The Secret and the key that holds the credentials.
+    pub secret: SecretKeyRef,
+    /// What the key holds: `bearer` (a token, sent as `Authorization: Bearer`), `basic`
+    /// (`USER:PASSWORD`, sent as HTTP Basic) or `netrc` (a netrc file; its entry for the
+    /// upstream's host is sent as HTTP Basic).
+    #[serde(rename = "type")]
+    pub kind: CredentialsKind,
+}
+
+#[derive(Deserialize, Serialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum CredentialsKind {
+    Bearer,
+    Basic,
+    Netrc,
 }
 
 #[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
@@ -244,8 +268,8 @@ pub struct SigningKeySpec {
 pub struct UpstreamPolicySpec {
     /// `parallel` (all at once; the best-priority hit is taken as soon as every better-priority
     /// upstream has said no; the default) or `sequential` (one after another).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub lookup: Option<UpstreamLookup>,
+    #[serde(default)]
+    pub lookup: UpstreamLookup,
     /// Failures in a row (timeouts, failed connections, 5xx) after which an upstream is skipped
     /// for the backoff; 0 never skips it. 3 when unset.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -257,9 +281,10 @@ pub struct UpstreamPolicySpec {
     pub backoff: Option<String>,
 }
 
-#[derive(Deserialize, Serialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
+#[derive(Deserialize, Serialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum UpstreamLookup {
+    #[default]
     Parallel,
     Sequential,
 }

@@ -394,6 +394,23 @@ fn tokens(nc: &NixCache) -> Vec<(&'static str, &'static str, &crate::crd::Secret
     .collect()
 }
 
+/// The upstreams' credentials Secrets: each upstream's volume, mount directory and Secret.
+fn upstream_credentials(nc: &NixCache) -> Vec<(String, String, &crate::crd::SecretKeyRef)> {
+    nc.spec
+        .upstreams
+        .iter()
+        .enumerate()
+        .filter_map(|(i, u)| {
+            let c = u.credentials.as_ref()?;
+            Some((
+                crate::config::upstream_credentials_volume(i),
+                format!("{}/{i}", crate::config::UPSTREAM_CREDENTIALS_DIR),
+                &c.secret,
+            ))
+        })
+        .collect()
+}
+
 /// Environment of the server and GC containers: secrets by reference only. Tokens come as
 /// mounted files; the database URL and S3 credentials as variables from their Secrets.
 fn env(nc: &NixCache) -> Value {
@@ -420,6 +437,11 @@ fn env(nc: &NixCache) -> Value {
 /// half), for [`config_hash`].
 pub fn referenced_secrets(nc: &NixCache) -> Vec<String> {
     let mut names: Vec<String> = tokens(nc).iter().map(|(_, _, r)| r.name.clone()).collect();
+    names.extend(
+        upstream_credentials(nc)
+            .iter()
+            .map(|(_, _, r)| r.name.clone()),
+    );
     if let Some(db) = &nc.spec.database {
         names.push(db.postgres_url_secret.name.clone());
     }
@@ -461,6 +483,12 @@ fn volumes(nc: &NixCache) -> Value {
                 "items": [{"key": r.key, "path": r.key}], "defaultMode": 0o440}}));
         }
     }
+    for (volume, _, r) in upstream_credentials(nc) {
+        if let Some(list) = volumes.as_array_mut() {
+            list.push(json!({"name": volume, "secret": {"secretName": r.name,
+                "items": [{"key": r.key, "path": r.key}], "defaultMode": 0o440}}));
+        }
+    }
     volumes
 }
 
@@ -479,6 +507,9 @@ fn container(nc: &NixCache, defaults: &Defaults, args: &[&str]) -> Value {
             json!({"name": volume, "mountPath": format!("{TOKENS_DIR}/{volume}"),
             "readOnly": true}),
         );
+    }
+    for (volume, dir, _) in upstream_credentials(nc) {
+        mounts.push(json!({"name": volume, "mountPath": dir, "readOnly": true}));
     }
     let mut c = json!({
         "name": "nixcache",
@@ -819,6 +850,7 @@ mod tests {
             priority: None,
             public_keys: vec![],
             cross_origin_redirects: false,
+            credentials: None,
         }];
         assert_ne!(base, hash(&other, "web-1:AAAA"), "config change rolls");
     }
@@ -948,6 +980,43 @@ mod tests {
             gc_job_name(&other, 1_700_000_000),
             "names are never shortened into one another"
         );
+    }
+
+    #[test]
+    fn upstream_credentials_are_mounted_secrets_named_in_the_config_only_by_path() {
+        let nc = cache(json!({"upstreams": [
+            {"url": "https://cache.nixos.org"},
+            {"url": "https://private.example",
+             "credentials": {"secret": {"name": "upstream-auth", "key": "token"}, "type": "bearer"}}
+        ]}));
+        crate::config::validate(&nc).expect("valid");
+        let toml = crate::config::render_toml(&nc);
+        assert!(
+            toml.contains(
+                "https://private.example,bearer-token-file=/etc/nixcache/upstreams/1/token"
+            ),
+            "{toml}"
+        );
+        let d = deployment(&nc, &Defaults::with_image(DEFAULT_IMAGE), "k:A", "").expect("deploy");
+        let pod = d.spec.and_then(|s| s.template.spec).expect("pod");
+        let volumes = serde_json::to_string(&pod.volumes).expect("volumes");
+        assert!(
+            volumes.contains(
+                r#"{"name":"upstream-1-credentials","secret":{"defaultMode":288,"items":[{"key":"token","path":"token"}],"secretName":"upstream-auth"}}"#
+            ),
+            "{volumes}"
+        );
+        let mounts = serde_json::to_string(&pod.containers[0].volume_mounts).expect("mounts");
+        assert!(
+            mounts.contains(
+                r#"{"mountPath":"/etc/nixcache/upstreams/1","name":"upstream-1-credentials","readOnly":true}"#
+            ),
+            "{mounts}"
+        );
+        assert!(referenced_secrets(&nc).contains(&"upstream-auth".to_string()));
+        let bad = cache(json!({"upstreams": [{"url": "https://p.example",
+            "credentials": {"secret": {"name": "s", "key": "../x"}, "type": "netrc"}}]}));
+        assert!(crate::config::validate(&bad).is_err());
     }
 
     #[test]

@@ -308,3 +308,108 @@ async fn an_upstream_that_goes_down_is_skipped_until_it_comes_back() {
     }
     assert!(cache.logs().contains("answers again"), "{}", cache.logs());
 }
+
+/// Writes `contents` to `path` as a rotated Kubernetes Secret does: a new file put in its place.
+fn replace_file(path: &std::path::Path, contents: &str) {
+    let next = path.with_extension("next");
+    std::fs::write(&next, contents).expect("write");
+    std::fs::rename(&next, path).expect("rename");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_upstream_that_demands_a_token_gets_it_and_no_other_host_does() {
+    let fx = fixture();
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let private =
+        FaultyUpstream::start(fx.cache.clone(), fx.cache_untrusted.clone(), Mode::Normal).await;
+    let elsewhere =
+        FaultyUpstream::start(fx.cache.clone(), fx.cache_untrusted.clone(), Mode::Normal).await;
+    let first_token = "first-token-0123456789abcdef";
+    private.require_auth(Some(&format!("Bearer {first_token}")));
+    let token_file = tmp.path().join("token");
+    std::fs::write(&token_file, format!("{first_token}\n")).expect("write");
+    let narinfo = |path: &str| format!("/{}.narinfo", Fixture::hash_of(path));
+
+    // Without credentials: refused upstream, a miss here.
+    let anonymous = Nixcache::start(
+        &tmp.path().join("anonymous"),
+        &["--upstream", &private.url, "--upstream-key", &fx.key],
+    )
+    .await;
+    let r = reqwest::get(format!("{}{}", anonymous.url, narinfo(fx.top())))
+        .await
+        .expect("narinfo");
+    assert_eq!(r.status(), 404);
+    drop(anonymous);
+
+    let spec = format!(
+        "{},cross-origin-redirects,bearer-token-file={}",
+        private.url,
+        token_file.display()
+    );
+    let cache = Nixcache::start(
+        &tmp.path().join("data"),
+        &["--upstream", &spec, "--upstream-key", &fx.key],
+    )
+    .await;
+    let r = reqwest::get(format!("{}{}", cache.url, narinfo(fx.top())))
+        .await
+        .expect("narinfo");
+    assert_eq!(r.status(), 200, "{}", cache.logs());
+
+    // The NAR's redirect to another host is followed without the token.
+    private.set_mode(Mode::Redirect(elsewhere.url.clone()));
+    let text = r.text().await.expect("body");
+    let r = reqwest::get(format!("{}/{}", cache.url, Fixture::nar_url(&text)))
+        .await
+        .expect("nar");
+    assert_eq!(r.status(), 200, "{}", cache.logs());
+    r.bytes().await.expect("nar body");
+    let moved = format!("/r/{}", Fixture::nar_url(&fx.narinfo(fx.top())));
+    assert_eq!(elsewhere.hits(&moved), 1, "{}", cache.logs());
+    assert_eq!(
+        elsewhere.authorizations(),
+        Vec::<String>::new(),
+        "the token went elsewhere"
+    );
+    private.set_mode(Mode::Normal);
+
+    // A rotated token is read again, without a restart.
+    let second_token = "second-token-0123456789abcdef-rotated";
+    replace_file(&token_file, &format!("{second_token}\n"));
+    private.require_auth(Some(&format!("Bearer {second_token}")));
+    let r = reqwest::get(format!("{}{}", cache.url, narinfo(&fx.paths[1])))
+        .await
+        .expect("narinfo");
+    assert_eq!(r.status(), 200, "{}", cache.logs());
+    for secret in [first_token, second_token] {
+        assert!(!cache.logs().contains(secret), "a token in the log");
+    }
+    drop(cache);
+
+    // HTTP Basic from a netrc file, as Nix reads one, for the upstream's host.
+    let netrc = tmp.path().join("netrc");
+    std::fs::write(
+        &netrc,
+        "machine other.example login x password y\nmachine 127.0.0.1 login nix password pw-0123\n",
+    )
+    .expect("write");
+    private.require_auth(Some("Basic bml4OnB3LTAxMjM="));
+    let cache = Nixcache::start(
+        &tmp.path().join("netrc-data"),
+        &[
+            "--upstream",
+            &private.url,
+            "--upstream-key",
+            &fx.key,
+            "--upstream-netrc-file",
+            &netrc.display().to_string(),
+        ],
+    )
+    .await;
+    let r = reqwest::get(format!("{}{}", cache.url, narinfo(fx.top())))
+        .await
+        .expect("narinfo");
+    assert_eq!(r.status(), 200, "{}", cache.logs());
+    assert!(!cache.logs().contains("pw-0123"));
+}

@@ -152,6 +152,7 @@ impl FakeUpstream {
             keys: vec![self.key.public_key()],
             trust_unsigned: false,
             cross_origin_redirects: false,
+            credentials: None,
         };
         Upstream::new(
             config,

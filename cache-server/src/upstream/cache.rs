@@ -13,6 +13,7 @@ use futures_util::StreamExt;
 use reqwest::Url;
 
 use super::breaker::Breaker;
+use super::credentials::Credentials;
 use super::origin;
 use super::transport::{Answer, HttpTransport, Transport, TransportError};
 use crate::nix::narinfo::MAX_NARINFO_BYTES;
@@ -88,7 +89,15 @@ impl Upstream {
         if origin::needs_guarded_resolver(&config.url, config.cross_origin_redirects) {
             client = client.dns_resolver(origin::GuardedResolver::new(&config.url));
         }
-        let transport = Arc::new(HttpTransport::new(client.build()?));
+        let credentials = config
+            .credentials
+            .clone()
+            .map(|c| Credentials::new(c, &config.url));
+        let transport = Arc::new(HttpTransport::new(
+            client.build()?,
+            config.url.clone(),
+            credentials,
+        ));
         Ok(Self::new(
             config,
             transport,

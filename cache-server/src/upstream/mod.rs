@@ -5,6 +5,7 @@
 
 pub mod breaker;
 pub mod cache;
+pub mod credentials;
 pub mod origin;
 pub mod transport;
 

@@ -10,6 +10,8 @@ use futures_util::stream::BoxStream;
 use futures_util::StreamExt;
 use reqwest::Url;
 
+use super::credentials::Credentials;
+
 /// Why a request got no answer.
 #[derive(Debug, thiserror::Error)]
 pub enum TransportError {
@@ -34,21 +36,37 @@ pub trait Transport: Send + Sync {
     async fn get(&self, url: &Url) -> Result<Answer, TransportError>;
 }
 
-/// HTTP(S) through one reqwest client.
+/// HTTP(S) through one reqwest client, with the upstream's credentials on requests to its own
+/// origin.
 pub struct HttpTransport {
     client: reqwest::Client,
+    /// The upstream's URL, whose origin alone is sent the credentials.
+    base: Url,
+    credentials: Option<Credentials>,
 }
 
 impl HttpTransport {
-    pub fn new(client: reqwest::Client) -> Self {
-        Self { client }
+    pub fn new(client: reqwest::Client, base: Url, credentials: Option<Credentials>) -> Self {
+        Self {
+            client,
+            base,
+            credentials,
+        }
     }
 }
 
 #[async_trait]
 impl Transport for HttpTransport {
     async fn get(&self, url: &Url) -> Result<Answer, TransportError> {
-        let resp = self.client.get(url.clone()).send().await.map_err(failed)?;
+        let mut request = self.client.get(url.clone());
+        if let Some(credentials) = &self.credentials {
+            if url.origin() == self.base.origin() {
+                if let Some(header) = credentials.header().map_err(TransportError::Failed)? {
+                    request = request.header(reqwest::header::AUTHORIZATION, header);
+                }
+            }
+        }
+        let resp = request.send().await.map_err(failed)?;
         Ok(Answer {
             status: resp.status().as_u16(),
             length: resp.content_length(),

@@ -111,10 +111,11 @@ pub struct ServeArgs {
     pub data_dir: Option<PathBuf>,
 
     /// Upstream binary cache, repeatable:
-    /// `URL[,priority=N][,key=NAME:KEY]...[,trust-unsigned][,cross-origin-redirects]`.
-    /// Without `priority=` its nix-cache-info decides (default 50); without `key=` the
-    /// --upstream-key keys apply; `trust-unsigned` accepts narinfos without a trusted signature.
-    /// In the environment, separate several with spaces.
+    /// `URL[,priority=N][,key=NAME:KEY]...[,trust-unsigned][,cross-origin-redirects]
+    /// [,bearer-token-file=PATH|basic-auth-file=PATH|netrc-file=PATH]`. Without `priority=` its
+    /// nix-cache-info decides (default 50); without `key=` the --upstream-key keys apply;
+    /// `trust-unsigned` accepts narinfos without a trusted signature; the credentials files are
+    /// read again when they change. In the environment, separate several with spaces.
     #[arg(
         long = "upstream",
         env = "NIXCACHE_UPSTREAM",
@@ -153,6 +154,11 @@ pub struct ServeArgs {
     /// replicas). [default: sqlite://DATA_DIR/nixcache.sqlite]
     #[arg(long, env = env::DATABASE_URL, value_name = "URL")]
     pub database_url: Option<String>,
+
+    /// A netrc file (as Nix's `netrc-file`) whose entries give HTTP Basic credentials to the
+    /// upstreams they name by host, except those with credentials of their own in their spec.
+    #[arg(long, env = "NIXCACHE_UPSTREAM_NETRC_FILE", value_name = "PATH")]
+    pub upstream_netrc_file: Option<PathBuf>,
 
     /// Time to connect to an upstream.
     #[arg(
@@ -397,6 +403,21 @@ pub struct UpstreamConfig {
     /// Follow redirects to other origins (a CDN, presigned S3 URLs); never to internal addresses
     /// unless the upstream is on one itself. Off: redirects stay at the upstream's origin.
     pub cross_origin_redirects: bool,
+    /// Credentials sent to this upstream (and never to another host).
+    pub credentials: Option<UpstreamCredentials>,
+}
+
+/// Where an upstream's credentials are read from: files only, re-read when they change (a
+/// rotated Secret), so that no credential is a flag's value or in the configuration file.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum UpstreamCredentials {
+    /// `Authorization: Bearer <the file's contents, trimmed>`.
+    BearerTokenFile(PathBuf),
+    /// HTTP Basic with the file's `USER:PASSWORD`, trimmed.
+    BasicAuthFile(PathBuf),
+    /// The entry of a netrc file for the upstream's host (else its `default` entry), sent as
+    /// HTTP Basic, as Nix uses its `netrc-file`.
+    NetrcFile(PathBuf),
 }
 
 /// Where the bucket is and how to reach it. Credentials come from the standard environment
@@ -778,6 +799,7 @@ impl ServeArgs {
             storage_url: self.storage_url.or(other.storage_url),
             s3_endpoint: self.s3_endpoint.or(other.s3_endpoint),
             s3_region: self.s3_region.or(other.s3_region),
+            upstream_netrc_file: self.upstream_netrc_file.or(other.upstream_netrc_file),
             upstream_connect_timeout: self
                 .upstream_connect_timeout
                 .or(other.upstream_connect_timeout),
@@ -892,6 +914,17 @@ impl ServeArgs {
             .iter()
             .filter(|s| !s.trim().is_empty())
             .map(|s| parse_upstream(s, &default_keys))
+            .map(|u| {
+                u.map(|mut u| {
+                    if u.credentials.is_none() {
+                        u.credentials = self
+                            .upstream_netrc_file
+                            .clone()
+                            .map(UpstreamCredentials::NetrcFile);
+                    }
+                    u
+                })
+            })
             .collect::<Result<Vec<_>, _>>()?;
         let signing_key = match self.signing_key_file {
             Some(path) => SigningKeySource::File(path),
@@ -1393,5 +1426,47 @@ mod tests {
         .resolve()
         .expect_err("bad");
         assert!(!err.to_string().contains("pw"));
+    }
+
+    #[test]
+    fn upstream_credentials_come_from_files_and_netrc_fills_in() {
+        let resolved = |upstreams: &[&str], netrc: Option<&str>| {
+            ServeArgs {
+                upstreams: upstreams.iter().map(|u| u.to_string()).collect(),
+                upstream_netrc_file: netrc.map(PathBuf::from),
+                ..ServeArgs::default()
+            }
+            .resolve()
+        };
+        let c = resolved(
+            &[
+                "https://a.example,bearer-token-file=/run/a",
+                "https://b.example,basic-auth-file=/run/b",
+                "https://c.example",
+            ],
+            Some("/etc/netrc"),
+        )
+        .expect("valid");
+        let creds: Vec<_> = c
+            .upstreams
+            .caches
+            .iter()
+            .map(|u| u.credentials.clone())
+            .collect();
+        assert_eq!(
+            creds,
+            vec![
+                Some(UpstreamCredentials::BearerTokenFile("/run/a".into())),
+                Some(UpstreamCredentials::BasicAuthFile("/run/b".into())),
+                Some(UpstreamCredentials::NetrcFile("/etc/netrc".into())),
+            ]
+        );
+        let none = resolved(&["https://c.example"], None).expect("valid");
+        assert_eq!(none.upstreams.caches[0].credentials, None);
+        let two = resolved(
+            &["https://a.example,bearer-token-file=/a,netrc-file=/n"],
+            None,
+        );
+        assert!(two.is_err(), "one kind of credentials");
     }
 }

@@ -6,6 +6,7 @@ use url::Url;
 
 use super::{
     invalid, ConfigError, DatabaseBackend, S3Config, SensitiveUrl, StorageBackend, UpstreamConfig,
+    UpstreamCredentials,
 };
 use crate::keys::PublicKey;
 use crate::redact::{redact, redact_url};
@@ -17,6 +18,20 @@ pub(super) fn key_name(k: &str) -> String {
         .chars()
         .take(64)
         .collect()
+}
+
+/// Sets an upstream's credentials, refusing a second kind.
+fn set_once(
+    slot: &mut Option<UpstreamCredentials>,
+    credentials: UpstreamCredentials,
+) -> Result<(), ConfigError> {
+    if slot.replace(credentials).is_some() {
+        return Err(invalid(
+            "upstream",
+            "give one of bearer-token-file=, basic-auth-file= and netrc-file=",
+        ));
+    }
+    Ok(())
 }
 
 pub(super) fn parse_upstream(
@@ -38,7 +53,9 @@ pub(super) fn parse_upstream(
         keys: Vec::new(),
         trust_unsigned: false,
         cross_origin_redirects: false,
+        credentials: None,
     };
+    let mut credentials = None;
     for opt in parts {
         match opt.split_once('=') {
             Some(("priority", n)) => {
@@ -51,6 +68,18 @@ pub(super) fn parse_upstream(
                 PublicKey::parse(k)
                     .map_err(|e| invalid("upstream", format!("key {}: {e}", key_name(k))))?,
             ),
+            Some(("bearer-token-file", p)) if !p.is_empty() => set_once(
+                &mut credentials,
+                UpstreamCredentials::BearerTokenFile(PathBuf::from(p)),
+            )?,
+            Some(("basic-auth-file", p)) if !p.is_empty() => set_once(
+                &mut credentials,
+                UpstreamCredentials::BasicAuthFile(PathBuf::from(p)),
+            )?,
+            Some(("netrc-file", p)) if !p.is_empty() => set_once(
+                &mut credentials,
+                UpstreamCredentials::NetrcFile(PathBuf::from(p)),
+            )?,
             None if opt == "trust-unsigned" => config.trust_unsigned = true,
             None if opt == "cross-origin-redirects" => config.cross_origin_redirects = true,
             _ => {
@@ -58,12 +87,14 @@ pub(super) fn parse_upstream(
                     "upstream",
                     format!(
                         "unknown option {opt:?} (priority=N, key=NAME:KEY, trust-unsigned, \
-                         cross-origin-redirects)"
+                         cross-origin-redirects, bearer-token-file=PATH, basic-auth-file=PATH, \
+                         netrc-file=PATH)"
                     ),
                 ))
             }
         }
     }
+    config.credentials = credentials;
     if config.keys.is_empty() {
         config.keys = default_keys.to_vec();
     }

@@ -42,6 +42,10 @@ struct State {
     mode: Mutex<Mode>,
     hits: Mutex<HashMap<String, usize>>,
     first_hit: Mutex<HashMap<String, std::time::Instant>>,
+    /// The `Authorization` value every request must carry (else 401), when set.
+    required_auth: Mutex<Option<String>>,
+    /// Every `Authorization` value received.
+    authorizations: Mutex<Vec<String>>,
 }
 
 pub struct FaultyUpstream {
@@ -76,6 +80,8 @@ impl FaultyUpstream {
             mode: Mutex::new(mode),
             hits: Mutex::new(HashMap::new()),
             first_hit: Mutex::new(HashMap::new()),
+            required_auth: Mutex::new(None),
+            authorizations: Mutex::new(Vec::new()),
         });
         let s = state.clone();
         let task = tokio::spawn(async move {
@@ -99,6 +105,16 @@ impl FaultyUpstream {
             .get(path)
             .copied()
             .unwrap_or(0)
+    }
+
+    /// Requests without this `Authorization` value are answered 401 (none: no credentials needed).
+    pub fn require_auth(&self, value: Option<&str>) {
+        *self.state.required_auth.lock().expect("auth") = value.map(str::to_string);
+    }
+
+    /// The `Authorization` values received, in order.
+    pub fn authorizations(&self) -> Vec<String> {
+        self.state.authorizations.lock().expect("auth").clone()
     }
 
     /// When the first request for `path` arrived.
@@ -141,6 +157,23 @@ async fn serve(mut conn: TcpStream, state: Arc<State>) {
             .expect("hits")
             .entry(path.clone())
             .or_insert_with(std::time::Instant::now);
+        let auth = text.lines().find_map(|l| {
+            let (name, value) = l.split_once(':')?;
+            name.trim()
+                .eq_ignore_ascii_case("authorization")
+                .then(|| value.trim().to_string())
+        });
+        if let Some(a) = &auth {
+            state.authorizations.lock().expect("auth").push(a.clone());
+        }
+        let required = state.required_auth.lock().expect("auth").clone();
+        if required.is_some() && auth != required {
+            let refusal = "HTTP/1.1 401 Unauthorized\r\nWWW-Authenticate: Basic realm=\"x\"\r\nContent-Length: 0\r\n\r\n";
+            if conn.write_all(refusal.as_bytes()).await.is_err() {
+                return;
+            }
+            continue;
+        }
         let mode = state.mode.lock().expect("mode").clone();
         match mode {
             Mode::Hang => {
