@@ -10,6 +10,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 pub use crate::cache::gc::{GcPhases, GcReport};
+pub use crate::cache::pins::Pin;
 pub use crate::cache::prefetch::{
     PrefetchCounts, PrefetchFailure, PrefetchReport, PrefetchRequest,
 };
@@ -47,6 +48,24 @@ pub struct Task {
     pub started_at: Option<String>,
     pub heartbeat_at: Option<String>,
     pub finished_at: Option<String>,
+}
+
+/// `POST` and `DELETE /api/v1/pins`: the store paths to pin or unpin.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PinRequest {
+    pub paths: Vec<String>,
+}
+
+/// The answer to `POST` and `DELETE /api/v1/pins`: how many pins were added or removed.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PinChange {
+    pub changed: u64,
+}
+
+/// `GET /api/v1/pins`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PinList {
+    pub pins: Vec<Pin>,
 }
 
 /// The body of every refusal and failure.

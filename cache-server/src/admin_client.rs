@@ -1,4 +1,5 @@
-//! The admin API's client side, for `nixcache prefetch` and `nixcache tasks`: the bodies are
+//! The admin API's client side, for `nixcache prefetch`, `tasks`, `pin`, `unpin` and `pins`: the
+//! bodies are
 //! those of [`crate::admin`], as the server writes them.
 
 use std::io::{IsTerminal, Write};
@@ -64,6 +65,38 @@ impl Client {
         } else {
             Posted::Done(answer(response).await?)
         })
+    }
+
+    /// `GET /api/v1/<endpoint>`.
+    pub async fn get<T: DeserializeOwned>(&self, endpoint: &str) -> anyhow::Result<T> {
+        let url = format!("{}{PREFIX}/{endpoint}", self.server);
+        let response = self
+            .http
+            .get(&url)
+            .bearer_auth(&self.token)
+            .send()
+            .await
+            .with_context(|| format!("GET {url}"))?;
+        answer(response).await
+    }
+
+    /// `DELETE /api/v1/<endpoint>` with `body`.
+    pub async fn delete<T: DeserializeOwned>(
+        &self,
+        endpoint: &str,
+        body: &impl Serialize,
+    ) -> anyhow::Result<T> {
+        let url = format!("{}{PREFIX}/{endpoint}", self.server);
+        let response = self
+            .http
+            .delete(&url)
+            .bearer_auth(&self.token)
+            .header(reqwest::header::CONTENT_TYPE, "application/json")
+            .body(serde_json::to_string(body)?)
+            .send()
+            .await
+            .with_context(|| format!("DELETE {url}"))?;
+        answer(response).await
     }
 
     pub async fn task(&self, id: &str) -> anyhow::Result<Task> {
@@ -194,6 +227,10 @@ pub fn print_gc(report: &GcReport) {
         report.orphans_collected,
         report.unfetched_collected,
         report.size_after
+    );
+    println!(
+        "pins: {} paths pinned, {} narinfos kept for them; {} evicted for --max-age",
+        report.pinned_paths, report.pinned_kept, report.aged_out
     );
 }
 

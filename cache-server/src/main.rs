@@ -4,7 +4,8 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
-use nixcache::admin::{PrefetchReport, PrefetchRequest, TaskState};
+use nixcache::admin::{PinChange, PinList, PinRequest, PrefetchReport, PrefetchRequest, TaskState};
+use nixcache::admin_client::Posted;
 use nixcache::config::{defaults, write_secret, LogFormat, ServeArgs};
 use nixcache::nix::SecretKey;
 use tracing_subscriber::EnvFilter;
@@ -86,6 +87,28 @@ enum Command {
         json: bool,
         /// The task's id.
         id: String,
+    },
+    /// Pin store paths on a running nixcache (its admin API): GC never evicts their closures.
+    /// Pin what the cache holds (`nixcache prefetch` fetches it).
+    Pin {
+        #[command(flatten)]
+        admin: AdminArgs,
+        /// Store paths (`/nix/store/<hash>-<name>`).
+        #[arg(required = true, value_name = "PATH")]
+        paths: Vec<String>,
+    },
+    /// Remove pins recorded with `nixcache pin` (pins of the server's configuration stay).
+    Unpin {
+        #[command(flatten)]
+        admin: AdminArgs,
+        /// Store paths (`/nix/store/<hash>-<name>`).
+        #[arg(required = true, value_name = "PATH")]
+        paths: Vec<String>,
+    },
+    /// List a running nixcache's pins: path, and `config` or when it was pinned.
+    Pins {
+        #[command(flatten)]
+        admin: AdminArgs,
     },
 }
 
@@ -229,6 +252,10 @@ fn main() -> ExitCode {
                     report.size_after
                 );
                 println!("phases: {}", report.phases);
+                println!(
+                    "pins: {} paths pinned, {} narinfos kept for them; {} evicted for --max-age",
+                    report.pinned_paths, report.pinned_kept, report.aged_out
+                );
             } else {
                 println!("skipped: another process holds the gc lock");
             }
@@ -288,6 +315,37 @@ fn main() -> ExitCode {
             } else {
                 std::process::exit(1)
             }
+        }),
+        Command::Pin { admin, paths } => admin.client().and_then(|client| {
+            let body = PinRequest { paths };
+            let change: PinChange = actix_web::rt::System::new().block_on(async {
+                match client.post("pins", &body, false).await? {
+                    Posted::Done(change) => Ok::<_, anyhow::Error>(change),
+                    Posted::Task(_) => anyhow::bail!("the server answered with a task"),
+                }
+            })?;
+            println!("pinned {} new of {} paths", change.changed, body.paths.len());
+            Ok(())
+        }),
+        Command::Unpin { admin, paths } => admin.client().and_then(|client| {
+            let body = PinRequest { paths };
+            let change: PinChange =
+                actix_web::rt::System::new().block_on(client.delete("pins", &body))?;
+            println!("unpinned {} of {} paths", change.changed, body.paths.len());
+            Ok(())
+        }),
+        Command::Pins { admin } => admin.client().and_then(|client| {
+            let list: PinList = actix_web::rt::System::new().block_on(client.get("pins"))?;
+            for pin in list.pins {
+                let since = match pin.since {
+                    Some(t) => chrono::DateTime::from_timestamp(t, 0)
+                        .map(|t| t.to_rfc3339())
+                        .unwrap_or_default(),
+                    None => pin.source.clone(),
+                };
+                println!("{}\t{since}", pin.path);
+            }
+            Ok(())
         }),
         Command::Migrate(args) => args.resolve().map_err(Into::into).and_then(|config| {
             init_logging(config.log_format);

@@ -203,16 +203,13 @@ pub async fn build_cache(config: &Config, role: Role) -> anyhow::Result<(Arc<Cac
 /// Runs `nixcache serve` until SIGINT/SIGTERM.
 pub async fn serve(config: Config) -> anyhow::Result<()> {
     let (cache, upstreams) = build_cache(&config, Role::Serve).await?;
-    match (config.gc.max_size, &config.gc.schedule) {
-        (Some(max), Some(schedule)) => {
-            tokio::spawn(scheduled_gc(
-                cache.clone(),
-                schedule.clone(),
-                max,
-                config.gc.grace,
-            ));
+    match (config.gc.collects(), &config.gc.schedule) {
+        (true, Some(_)) => {
+            tokio::spawn(scheduled_gc(cache.clone(), config.gc.clone()));
         }
-        (None, Some(_)) => warn!("--gc-schedule without --max-size: nothing will be evicted"),
+        (false, Some(_)) => {
+            warn!("--gc-schedule without --max-size or --max-age: nothing will be evicted")
+        }
         _ => {}
     }
 
@@ -253,7 +250,7 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
         http: config.http.clone(),
         uploads: config.uploads.clone(),
         store_dir: config.store_dir.clone(),
-        gc_max_size: config.gc.max_size,
+        gc_collects: config.gc.collects(),
         tasks: tasks.clone(),
     });
     let server = HttpServer::new(move || {
@@ -347,12 +344,10 @@ async fn wait_for_signal() {
 }
 
 /// Runs a GC pass at every tick of the schedule, when this replica gets the `gc` lock.
-async fn scheduled_gc(
-    cache: Arc<Cache>,
-    schedule: nixcache_settings::schedule::Cron,
-    max_size: u64,
-    grace: Duration,
-) {
+async fn scheduled_gc(cache: Arc<Cache>, gc: crate::config::GcConfig) {
+    let Some(schedule) = gc.schedule.clone() else {
+        return;
+    };
     loop {
         let now = chrono::Utc::now();
         let next = match schedule.find_next_occurrence(&now, false) {
@@ -364,7 +359,13 @@ async fn scheduled_gc(
         };
         tokio::time::sleep((next - now).to_std().unwrap_or_default()).await;
         match cache
-            .gc(max_size, grace, Duration::ZERO, Duration::from_secs(1))
+            .gc(
+                gc.max_size,
+                gc.max_age,
+                gc.grace,
+                Duration::ZERO,
+                Duration::from_secs(1),
+            )
             .await
         {
             Ok(r) if !r.ran => info!("GC skipped: another replica holds the gc lock"),
@@ -376,12 +377,22 @@ async fn scheduled_gc(
 
 /// `nixcache gc`: one pass, then a summary.
 pub async fn gc_once(config: Config) -> anyhow::Result<crate::cache::gc::GcReport> {
-    let max = config.gc.max_size.context(
-        "nixcache gc needs --max-size (or NIXCACHE_MAX_SIZE, or max-size in the config file)",
-    )?;
+    if !config.gc.collects() {
+        anyhow::bail!(
+            "nixcache gc needs --max-size or --max-age (or NIXCACHE_MAX_SIZE, NIXCACHE_MAX_AGE, \
+             or max-size, max-age in the config file)"
+        );
+    }
     let (cache, _) = build_cache(&config, Role::Gc).await?;
+    let gc = &config.gc;
     let report = cache
-        .gc(max, config.gc.grace, config.locks.ttl, Duration::ZERO)
+        .gc(
+            gc.max_size,
+            gc.max_age,
+            gc.grace,
+            config.locks.ttl,
+            Duration::ZERO,
+        )
         .await?;
     cache.flush_access_log().await;
     Ok(report)

@@ -75,6 +75,12 @@ pub fn render(nc: &NixCache) -> ServeArgs {
         shutdown_delay: Some(HumanDuration(std::time::Duration::from_secs(5))),
         ..ServeArgs::default()
     };
+    args.pins = spec.pins.clone();
+    args.max_age = spec
+        .gc
+        .as_ref()
+        .and_then(|gc| gc.max_age.as_deref())
+        .and_then(|a| a.parse().ok());
     if let Some(policy) = &spec.upstream_policy {
         args.upstream_lookup = Some(match policy.lookup {
             UpstreamLookup::Parallel => LookupOrder::Parallel,
@@ -329,6 +335,10 @@ pub fn validate(nc: &NixCache) -> Result<(), InvalidSpec> {
             }
         }
     }
+    if let Some(age) = spec.gc.as_ref().and_then(|gc| gc.max_age.as_deref()) {
+        age.parse::<HumanDuration>()
+            .map_err(|e| invalid(format!("spec.gc.maxAge: {e}")))?;
+    }
     if let Some(backoff) = spec
         .upstream_policy
         .as_ref()
@@ -538,6 +548,29 @@ mod tests {
         let bad = cache(serde_json::json!({"upstreamPolicy": {"backoff": "soon"}}));
         let e = validate(&bad).expect_err("an unreadable backoff");
         assert!(e.to_string().contains("spec.upstreamPolicy.backoff"), "{e}");
+    }
+
+    #[test]
+    fn pins_and_the_max_age_reach_the_server() {
+        let pinned = "/nix/store/p404n8pan3pvrll7pci95yg83idrvkdx-hello";
+        let nc = cache(serde_json::json!({"pins": [pinned],
+            "gc": {"maxSize": "1G", "schedule": "0 * * * *", "maxAge": "30days"}}));
+        validate(&nc).expect("valid");
+        let back: ServeArgs = toml::from_str(&render_toml(&nc)).expect("the server reads it");
+        let config = back.resolve().expect("valid");
+        assert_eq!(config.gc.pins, vec![pinned.to_string()]);
+        assert_eq!(
+            config.gc.max_age,
+            Some(std::time::Duration::from_secs(30 * 86400))
+        );
+        let bad = cache(serde_json::json!({"pins": ["/nix/store/nope"]}));
+        let e = validate(&bad).expect_err("not a store path");
+        assert!(e.to_string().contains("pin"), "{e}");
+        let bad = cache(
+            serde_json::json!({"gc": {"maxSize": "1G", "schedule": "0 * * * *",
+            "maxAge": "a while"}}),
+        );
+        assert!(validate(&bad).is_err());
     }
 
     #[test]

@@ -55,6 +55,10 @@ pub struct NixCacheSpec {
     /// LRU cleanup.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub gc: Option<GcSpec>,
+    /// Store paths (`/nix/store/<hash>-<name>`) whose closures GC never evicts; more can be
+    /// pinned through the admin API (`nixcache pin`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub pins: Vec<String>,
     /// Resources of each server container.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub resources: Option<k8s_openapi::api::core::v1::ResourceRequirements>,
@@ -296,6 +300,9 @@ pub struct GcSpec {
     pub max_size: String,
     /// Cron schedule (`MIN HOUR DOM MON DOW`, or with seconds first), e.g. `0 * * * *`.
     pub schedule: String,
+    /// Also evict what has not been used for this long, e.g. `30days`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_age: Option<String>,
     /// Finished GC Jobs that succeeded kept for inspection.
     #[serde(default = "three")]
     #[schemars(range(min = 0, max = 100))]

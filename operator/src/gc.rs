@@ -217,6 +217,7 @@ mod tests {
         GcSpec {
             max_size: "1G".into(),
             schedule: "0 * * * *".into(),
+            max_age: None,
             successful_jobs_history_limit: 2,
             failed_jobs_history_limit: 1,
         }

@@ -18,6 +18,7 @@ mod postgres {
         let db = SqlDatabase::postgres(&pg.url(), 4).await.expect("open");
         conformance::run(&db).await;
         conformance::tasks(&db).await;
+        conformance::pins(&db).await;
         // Migrations are applied once: opening again is fine and keeps the data.
         let again = SqlDatabase::postgres(&pg.url(), 4).await.expect("reopen");
         assert!(again.get_narinfo(HASH).await.expect("get").is_some());

@@ -336,3 +336,109 @@ async fn a_gc_pass_killed_between_narinfos_and_nars_is_finished_by_the_next() {
     );
     assert_eq!(stored_nar_files(&data), 0);
 }
+
+/// `nixcache ARGS` (an admin command): its standard output.
+async fn admin_command(args: &[&str]) -> String {
+    let out = tokio::process::Command::new(common::nixcache_bin())
+        .args(args)
+        .output()
+        .await
+        .expect("nixcache");
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "nixcache {args:?}: {stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    stdout
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_pinned_closure_survives_a_gc_pass_that_evicts_everything_else() {
+    const ADMIN: &str = "admin-token-0123456789abcdef";
+    let fx = fixture();
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let data = tmp.path().join("data");
+    let upstream = StaticServer::start(&fx.cache).await;
+    let cache =
+        Nixcache::in_front_of(&data, &upstream.url, &fx.key, &["--admin-token", ADMIN]).await;
+    for p in &fx.paths {
+        let (status, text) =
+            get_text(&format!("{}/{}.narinfo", cache.url, Fixture::hash_of(p))).await;
+        assert_eq!(status, 200);
+        let r = reqwest::get(format!("{}/{}", cache.url, Fixture::nar_url(&text)))
+            .await
+            .expect("nar");
+        assert_eq!(r.status(), 200);
+        r.bytes().await.expect("nar body");
+    }
+    drop(upstream);
+    // A path whose closure is itself alone: it refers to no other path.
+    let references = |p: &str| -> Vec<String> {
+        fx.narinfo(p)
+            .lines()
+            .find_map(|l| l.strip_prefix("References:"))
+            .unwrap_or_default()
+            .split_whitespace()
+            .filter(|r| !p.ends_with(*r))
+            .map(str::to_string)
+            .collect()
+    };
+    let leaf = fx
+        .paths
+        .iter()
+        .find(|p| references(p).is_empty())
+        .expect("a path without references")
+        .clone();
+    let others = fx.paths.len() - 1;
+    assert!(others > 0);
+
+    let token_file = tmp.path().join("admin-token");
+    std::fs::write(&token_file, ADMIN).expect("write");
+    let token_file = token_file.display().to_string();
+    let admin = |command: &'static str| {
+        vec![
+            command.to_string(),
+            "--server".into(),
+            cache.url.clone(),
+            "--admin-token-file".into(),
+            token_file.clone(),
+        ]
+    };
+    let mut pin = admin("pin");
+    pin.push(leaf.clone());
+    let out = admin_command(&pin.iter().map(String::as_str).collect::<Vec<_>>()).await;
+    assert!(out.contains("pinned 1 new of 1"), "{out}");
+    let listed = admin_command(&admin("pins").iter().map(String::as_str).collect::<Vec<_>>()).await;
+    assert!(listed.starts_with(&format!("{leaf}\t")), "{listed}");
+
+    // Everything must go (a size limit of one byte), but the pinned path stays.
+    let settle = || tokio::time::sleep(std::time::Duration::from_millis(1200));
+    settle().await;
+    let summary = gc_pass(&data, &fx.key, &["--max-size", "1", "--gc-grace", "1s"]).await;
+    assert!(
+        summary.contains(&format!("evicted {others} narinfos")),
+        "{summary}"
+    );
+    assert!(
+        summary.contains("pins: 1 paths pinned, 1 narinfos kept for them"),
+        "{summary}"
+    );
+    assert_eq!(stored_nar_files(&data), 1, "{summary}");
+    let (status, _) = get_text(&format!(
+        "{}/{}.narinfo",
+        cache.url,
+        Fixture::hash_of(&leaf)
+    ))
+    .await;
+    assert_eq!(status, 200, "the pinned path is still served");
+
+    // Unpinned, the next pass takes it too.
+    let mut unpin = admin("unpin");
+    unpin.push(leaf.clone());
+    let out = admin_command(&unpin.iter().map(String::as_str).collect::<Vec<_>>()).await;
+    assert!(out.contains("unpinned 1 of 1"), "{out}");
+    let summary = gc_pass(&data, &fx.key, &["--max-size", "1", "--gc-grace", "1s"]).await;
+    assert!(summary.contains("pins: 0 paths pinned"), "{summary}");
+    assert_eq!(stored_nar_files(&data), 0, "{summary}");
+}

@@ -46,6 +46,15 @@ pub struct GcReport {
     /// Incomplete storage uploads (S3 multipart) of dead processes, aborted.
     #[serde(default)]
     pub stale_uploads_aborted: u64,
+    /// Of `narinfos_evicted`, those evicted for `--max-age` alone (the size was within limits).
+    #[serde(default)]
+    pub aged_out: u64,
+    /// Paths in the pinned closures when the pass began.
+    #[serde(default)]
+    pub pinned_paths: u64,
+    /// Narinfos the pass would have evicted but kept because they are pinned.
+    #[serde(default)]
+    pub pinned_kept: u64,
     pub seconds: f64,
     /// Where `seconds` went.
     #[serde(default)]
@@ -176,12 +185,14 @@ impl Cache {
         Ok(removed)
     }
 
-    /// One eviction pass down to `max_size` bytes of NARs; `grace` between forgetting narinfos and
-    /// deleting their NARs. Waits up to `lock_wait` for the `gc` lock, and holds it at least
-    /// `min_hold`, so replicas woken by the same schedule tick run one pass between them.
+    /// One eviction pass down to `max_size` bytes of NARs and of what has not been used for
+    /// `max_age` (none: no such limit), keeping the pinned closures; `grace` between forgetting
+    /// narinfos and deleting their NARs. Waits up to `lock_wait` for the `gc` lock, and holds it
+    /// at least `min_hold`, so replicas woken by the same schedule tick run one pass between them.
     pub async fn gc(
         &self,
-        max_size: u64,
+        max_size: Option<u64>,
+        max_age: Option<Duration>,
         grace: Duration,
         lock_wait: Duration,
         min_hold: Duration,
@@ -265,22 +276,40 @@ impl Cache {
         report.phases.select = lap();
         // A batch at a time, each in a few statements whatever its length: the least recently
         // used narinfos whose NARs' sizes cover what is over the limit (a NAR another narinfo
-        // still names frees nothing, and the next batch goes on).
-        while size > max_size {
-            let batch = self.db.lru_narinfos(BATCH).await?;
-            if batch.is_empty() {
+        // still names frees nothing, and the next batch goes on), and those unused for longer
+        // than `max_age`. Pinned ones are passed over: the cursor moves on past them.
+        let pinned = self.pinned_closure().await?;
+        report.pinned_paths = pinned.len() as u64;
+        let max_size = max_size.unwrap_or(u64::MAX);
+        let used_before = max_age.map(|a| now - i64::try_from(a.as_secs()).unwrap_or(i64::MAX));
+        let mut cursor = None;
+        'evict: while size > max_size || used_before.is_some() {
+            let batch = self.db.lru_narinfos(cursor.as_ref(), BATCH).await?;
+            let Some(last) = batch.last().cloned() else {
                 break;
-            }
-            let mut over = size - max_size;
+            };
+            cursor = Some(last);
+            let mut over = size.saturating_sub(max_size);
             let mut hashes = Vec::new();
             let mut files = BTreeSet::new();
-            for (hash, nar_file, bytes) in batch {
-                if over == 0 {
+            let mut done = false;
+            for entry in batch {
+                let too_old = used_before.is_some_and(|before| entry.last_accessed_at < before);
+                if over == 0 && !too_old {
+                    // In LRU order: nothing later is too old either.
+                    done = true;
                     break;
                 }
-                hashes.push(hash);
-                if files.insert(nar_file) {
-                    over = over.saturating_sub(bytes);
+                if pinned.contains(&entry.hash) {
+                    report.pinned_kept += 1;
+                    continue;
+                }
+                if over == 0 {
+                    report.aged_out += 1;
+                }
+                hashes.push(entry.hash);
+                if files.insert(entry.nar_file) {
+                    over = over.saturating_sub(entry.size);
                 }
             }
             // The narinfos first: from now on nobody new is told about these NARs.
@@ -295,6 +324,9 @@ impl Cache {
                 }
             }
             keeper.check()?;
+            if done {
+                break 'evict;
+            }
         }
         report.phases.evict = lap();
         if !unreferenced.is_empty() {
@@ -330,6 +362,9 @@ impl Cache {
             nars = report.nars_evicted,
             orphans = report.orphans_collected,
             unfetched = report.unfetched_collected,
+            aged_out = report.aged_out,
+            pinned = report.pinned_paths,
+            pinned_kept = report.pinned_kept,
             bytes = report.bytes_evicted,
             size_after = report.size_after,
             seconds = report.seconds,
@@ -383,7 +418,13 @@ mod tests {
             .expect("lock")
             .expect("free");
         let report = cache
-            .gc(u64::MAX, Duration::ZERO, Duration::ZERO, Duration::ZERO)
+            .gc(
+                Some(u64::MAX),
+                None,
+                Duration::ZERO,
+                Duration::ZERO,
+                Duration::ZERO,
+            )
             .await
             .expect("gc");
         assert!(report.ran);
@@ -396,5 +437,78 @@ mod tests {
             .collect();
         assert_eq!(left, vec![parts[2].clone()]);
         drop(running);
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn a_pinned_closure_survives_a_pass_that_evicts_everything_else() {
+        use crate::cache::testing::FakeUpstream;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let up = FakeUpstream::new("up.test");
+        let dep = up.publish("dep", &[1u8; 1000], &[]);
+        let top = up.publish("top", &[2u8; 1000], &[&dep.path.base_name()]);
+        let other = up.publish("other", &[3u8; 1000], &[]);
+        let cache = Cache::for_tests(dir.path(), &[&up]).await;
+        for p in [&dep, &top, &other] {
+            cache.fetch_stored(p).await;
+        }
+        assert_eq!(
+            cache
+                .pin(std::slice::from_ref(&top.path))
+                .await
+                .expect("pin"),
+            1
+        );
+        let held = |hash: crate::nix::StoreHash| {
+            let db = cache.db.clone();
+            async move { db.get_narinfo(hash.as_str()).await.expect("get").is_some() }
+        };
+        let z = Duration::ZERO;
+        let report = cache.gc(Some(0), None, z, z, z).await.expect("gc");
+        assert_eq!(report.pinned_paths, 2, "the pin and what it refers to");
+        assert_eq!(report.pinned_kept, 2);
+        assert_eq!((report.narinfos_evicted, report.nars_evicted), (1, 1));
+        assert!(held(top.path.hash()).await && held(dep.path.hash()).await);
+        assert!(!held(other.path.hash()).await);
+
+        assert_eq!(
+            cache
+                .unpin(std::slice::from_ref(&top.path))
+                .await
+                .expect("unpin"),
+            1
+        );
+        let report = cache.gc(Some(0), None, z, z, z).await.expect("gc");
+        assert_eq!(report.pinned_paths, 0);
+        assert_eq!(report.narinfos_evicted, 2);
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn max_age_evicts_what_was_not_used_for_that_long_whatever_the_size() {
+        use crate::cache::testing::FakeUpstream;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let up = FakeUpstream::new("up.test");
+        let (old, used) = (
+            up.publish("old", &[1u8; 100], &[]),
+            up.publish("used", &[2u8; 100], &[]),
+        );
+        let cache = Cache::for_tests(dir.path(), &[&up]).await;
+        for p in [&old, &used] {
+            cache.fetch_stored(p).await;
+        }
+        cache.flush_access_log().await;
+        // Seconds are what is recorded: three of them apart.
+        tokio::time::sleep(Duration::from_millis(3100)).await;
+        assert!(cache.narinfo(used.path.hash()).await.is_some());
+        let z = Duration::ZERO;
+        let report = cache
+            .gc(None, Some(Duration::from_secs(2)), z, z, z)
+            .await
+            .expect("gc");
+        assert_eq!(report.narinfos_evicted, 1, "{report:?}");
+        assert_eq!(report.aged_out, 1);
+        assert!(cache.narinfo(used.path.hash()).await.is_some());
+        // Neither limit: nothing is evicted.
+        let report = cache.gc(None, None, z, z, z).await.expect("gc");
+        assert_eq!(report.narinfos_evicted, 0);
     }
 }

@@ -9,6 +9,7 @@ mod inflight;
 mod nar;
 mod narinfo;
 mod narinfo_index;
+pub mod pins;
 pub mod prefetch;
 pub mod tasks;
 #[cfg(test)]

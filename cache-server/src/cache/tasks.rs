@@ -374,16 +374,19 @@ impl Tasks {
                 serde_json::to_string(&report).map_err(|e| e.to_string())
             }
             TaskKind::Gc => {
-                let max_size = self
-                    .settings
-                    .gc
-                    .max_size
-                    .ok_or("this replica has no size limit (--max-size) to collect down to")?;
+                let gc = &self.settings.gc;
+                if !gc.collects() {
+                    return Err(
+                        "this replica has no limit (--max-size, --max-age) to collect down to"
+                            .into(),
+                    );
+                }
                 let report = self
                     .cache
                     .gc(
-                        max_size,
-                        self.settings.gc.grace,
+                        gc.max_size,
+                        gc.max_age,
+                        gc.grace,
                         Duration::from_secs(60),
                         Duration::ZERO,
                     )

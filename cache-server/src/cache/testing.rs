@@ -38,6 +38,8 @@ impl CacheSettings {
             },
             gc: GcConfig {
                 max_size: None,
+                max_age: None,
+                pins: Vec::new(),
                 schedule: None,
                 grace: Duration::from_secs(2),
                 unfetched_ttl: Duration::from_secs(3600),
@@ -87,6 +89,22 @@ impl Cache {
             SecretKey::generate("nixcache-test-1").expect("key"),
             metrics,
         )
+    }
+
+    /// Fetches a published path's narinfo and NAR through the cache, and waits until the NAR is
+    /// stored.
+    pub(crate) async fn fetch_stored(self: &Arc<Self>, p: &Published) {
+        assert!(self.narinfo(p.path.hash()).await.is_some(), "{}", p.path);
+        assert_eq!(self.nar_bytes(&p.file).await.as_ref(), Some(&p.bytes));
+        let start = std::time::Instant::now();
+        while !matches!(self.nar(p.file, None).await, Ok(Some(NarBody::Stored(_)))) {
+            assert!(
+                start.elapsed() < Duration::from_secs(10),
+                "{} never stored",
+                p.path
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
     }
 
     /// A NAR's whole body, from storage or following its download.

@@ -179,9 +179,13 @@ pub trait Accounting: Send + Sync {
     async fn nar_count(&self) -> Result<u64, DbError>;
     /// Total size of the stored NARs (each counted once, however many narinfos refer to it).
     async fn total_nar_size(&self) -> Result<u64, DbError>;
-    /// Up to `limit` narinfos whose NAR is stored, least recently used first: (hash, NAR file,
-    /// the NAR's size).
-    async fn lru_narinfos(&self, limit: i64) -> Result<Vec<(String, String, u64)>, DbError>;
+    /// Up to `limit` narinfos whose NAR is stored, least recently used first (ties by hash),
+    /// after `after` (a (last use, hash) of an earlier answer; none: from the start).
+    async fn lru_narinfos(
+        &self,
+        after: Option<&LruEntry>,
+        limit: i64,
+    ) -> Result<Vec<LruEntry>, DbError>;
     /// Up to `limit` recorded NARs that no narinfo refers to, last used before `before`, least
     /// recently used first: (file, size). Left by an upload without its narinfo, an interrupted
     /// GC pass, or a replaced narinfo.
@@ -198,6 +202,28 @@ pub trait Accounting: Send + Sync {
     /// How many narinfos refer to this NAR file.
     async fn nar_references(&self, nar_file: &str) -> Result<u64, DbError>;
     async fn delete_nar(&self, nar_file: &str) -> Result<(), DbError>;
+}
+
+/// A narinfo as GC's LRU order sees it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LruEntry {
+    pub hash: String,
+    pub nar_file: String,
+    /// The NAR's size.
+    pub size: u64,
+    /// Unix seconds.
+    pub last_accessed_at: i64,
+}
+
+/// Store paths pinned through the admin API: their closures are never evicted.
+#[async_trait]
+pub trait Pins: Send + Sync {
+    /// Records these pins (those held already are kept as they are); how many were new.
+    async fn add_pins(&self, store_paths: &[String], now: i64) -> Result<u64, DbError>;
+    /// Removes these pins; how many there were.
+    async fn remove_pins(&self, store_paths: &[String]) -> Result<u64, DbError>;
+    /// Every pin: (store path, unix seconds pinned), by path.
+    async fn list_pins(&self) -> Result<Vec<(String, i64)>, DbError>;
 }
 
 /// The admin API's tasks: recording, claiming with fencing by owner, heartbeats, retention.
@@ -247,7 +273,7 @@ pub trait TaskStore: Send + Sync {
 
 /// The whole database, as `Cache` holds it.
 #[async_trait]
-pub trait Database: Narinfos + Accounting + TaskStore + 'static {
+pub trait Database: Narinfos + Accounting + TaskStore + Pins + 'static {
     /// Checks the database answers.
     async fn ping(&self) -> Result<(), DbError>;
 }
@@ -410,6 +436,36 @@ pub mod conformance {
         assert!(db.get_task(&a.id).await.expect("get").is_none());
     }
 
+    /// Pins: added once, listed by path, removed.
+    pub async fn pins(db: &dyn Database) {
+        let a = "/nix/store/p404n8pan3pvrll7pci95yg83idrvkdx-a".to_string();
+        let b = "/nix/store/1b4sb93wp679q4zx9k1ignby1yna3z7c-b".to_string();
+        assert_eq!(
+            db.add_pins(&[a.clone(), b.clone()], 5).await.expect("add"),
+            2
+        );
+        assert_eq!(
+            db.add_pins(std::slice::from_ref(&a), 9)
+                .await
+                .expect("again"),
+            0,
+            "held already"
+        );
+        assert_eq!(
+            db.list_pins().await.expect("list"),
+            vec![(b.clone(), 5), (a.clone(), 5)]
+        );
+        assert_eq!(
+            db.remove_pins(&[a.clone(), "/nix/store/x".into()])
+                .await
+                .expect("remove"),
+            1
+        );
+        assert_eq!(db.list_pins().await.expect("list"), vec![(b.clone(), 5)]);
+        assert_eq!(db.remove_pins(&[b]).await.expect("remove"), 1);
+        assert!(db.list_pins().await.expect("list").is_empty());
+    }
+
     pub async fn run(db: &dyn Database) {
         db.ping().await.expect("ping");
         let h = "p404n8pan3pvrll7pci95yg83idrvkdx";
@@ -449,9 +505,22 @@ pub mod conformance {
             "a NAR counts once"
         );
         db.touch(&[h.to_string()], &[], 20).await.expect("touch");
-        let lru = db.lru_narinfos(10).await.expect("lru");
-        assert_eq!(lru.first().map(|r| r.0.as_str()), Some(h2), "{lru:?}");
-        assert_eq!(lru.last().map(|r| r.0.as_str()), Some(h), "{lru:?}");
+        let lru = db.lru_narinfos(None, 10).await.expect("lru");
+        assert_eq!(lru.first().map(|r| r.hash.as_str()), Some(h2), "{lru:?}");
+        assert_eq!(lru.last().map(|r| r.hash.as_str()), Some(h), "{lru:?}");
+        assert_eq!(lru.last().map(|r| r.last_accessed_at), Some(20));
+        // Page by page from a cursor: the same order, nothing twice.
+        let mut paged = Vec::new();
+        let mut cursor: Option<LruEntry> = None;
+        loop {
+            let page = db.lru_narinfos(cursor.as_ref(), 1).await.expect("page");
+            let Some(last) = page.last().cloned() else {
+                break;
+            };
+            paged.extend(page);
+            cursor = Some(last);
+        }
+        assert_eq!(paged, lru);
         assert_eq!(db.nar_references("f.nar.xz").await.expect("refs"), 2);
         db.delete_narinfos(&[h2.to_string()]).await.expect("delete");
         assert_eq!(db.nar_references("f.nar.xz").await.expect("refs"), 1);
@@ -469,7 +538,7 @@ pub mod conformance {
         );
         assert_eq!(db.total_nar_size().await.expect("total"), 100);
         assert_eq!(
-            db.lru_narinfos(10).await.expect("lru").len(),
+            db.lru_narinfos(None, 10).await.expect("lru").len(),
             1,
             "narinfos without a stored NAR are not listed"
         );
@@ -515,8 +584,13 @@ pub mod conformance {
 
         // The batched forms GC uses. Now h -> f (100 bytes); orphans q and o.
         assert_eq!(
-            db.lru_narinfos(10).await.expect("lru"),
-            vec![(h.to_string(), "f.nar.xz".to_string(), 100)]
+            db.lru_narinfos(None, 10).await.expect("lru"),
+            vec![LruEntry {
+                hash: h.to_string(),
+                nar_file: "f.nar.xz".to_string(),
+                size: 100,
+                last_accessed_at: 20,
+            }]
         );
         let files = ["f.nar.xz", "q.nar.xz", "o.nar.zst", "never.nar"].map(String::from);
         let mut free = db.unreferenced_nars(&files).await.expect("unreferenced");

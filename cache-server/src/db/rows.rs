@@ -70,12 +70,6 @@ pub(super) fn sized(rows: Vec<(String, i64)>) -> Vec<(String, u64)> {
         .collect()
 }
 
-pub(super) fn sized3(rows: Vec<(String, String, i64)>) -> Vec<(String, String, u64)> {
-    rows.into_iter()
-        .map(|(a, b, s)| (a, b, s.max(0) as u64))
-        .collect()
-}
-
 /// Recorded NARs no narinfo names.
 #[diesel::dsl::auto_type]
 pub(super) fn unreferenced() -> _ {

@@ -41,4 +41,11 @@ diesel::table! {
     }
 }
 
-diesel::allow_tables_to_appear_in_same_query!(narinfos, nars, tasks);
+diesel::table! {
+    pins (store_path) {
+        store_path -> Text,
+        created_at -> BigInt,
+    }
+}
+
+diesel::allow_tables_to_appear_in_same_query!(narinfos, nars, tasks, pins);

@@ -21,13 +21,12 @@ use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl, SimpleAsyncC
 use diesel_migrations::{embed_migrations, EmbeddedMigrations, MigrationHarness};
 
 use super::rows::{
-    claimable, orphaned_before, q, run_by, size, sized, sized3, unfetched_before, unreferenced,
-    NarInfoRow,
+    claimable, orphaned_before, q, run_by, size, sized, unfetched_before, unreferenced, NarInfoRow,
 };
-use super::schema::{narinfos, nars, tasks};
+use super::schema::{narinfos, nars, pins, tasks};
 use super::{
-    is_unique_violation, Accounting, Database, DbError, NarInfoRecord, Narinfos, TaskKind,
-    TaskRecord, TaskState, TaskStore,
+    is_unique_violation, Accounting, Database, DbError, LruEntry, NarInfoRecord, Narinfos, Pins,
+    TaskKind, TaskRecord, TaskState, TaskStore,
 };
 
 const SQLITE_MIGRATIONS: EmbeddedMigrations = embed_migrations!("migrations/sqlite");
@@ -351,15 +350,43 @@ impl Accounting for SqlDatabase {
         .map(|s| s.max(0) as u64))
     }
 
-    async fn lru_narinfos(&self, limit: i64) -> Result<Vec<(String, String, u64)>, DbError> {
+    async fn lru_narinfos(
+        &self,
+        after: Option<&LruEntry>,
+        limit: i64,
+    ) -> Result<Vec<LruEntry>, DbError> {
+        // (last use, hash) after the cursor's: a later use, or the same and a greater hash.
+        let (used, hash) = after.map_or((i64::MIN, String::new()), |e| {
+            (e.last_accessed_at, e.hash.clone())
+        });
         run!(self, |c| narinfos::table
             .inner_join(nars::table.on(nars::file.eq(narinfos::nar_file)))
-            .order(narinfos::last_accessed_at.asc())
-            .select((narinfos::hash, narinfos::nar_file, nars::size))
+            .filter(
+                narinfos::last_accessed_at
+                    .gt(used)
+                    .or(narinfos::last_accessed_at
+                        .eq(used)
+                        .and(narinfos::hash.gt(&hash))),
+            )
+            .order((narinfos::last_accessed_at.asc(), narinfos::hash.asc()))
+            .select((
+                narinfos::hash,
+                narinfos::nar_file,
+                nars::size,
+                narinfos::last_accessed_at,
+            ))
             .limit(limit)
-            .load::<(String, String, i64)>(c)
+            .load::<(String, String, i64, i64)>(c)
             .await
-            .map(sized3))
+            .map(|rows| rows
+                .into_iter()
+                .map(|(hash, nar_file, size, last_accessed_at)| LruEntry {
+                    hash,
+                    nar_file,
+                    size: size.max(0) as u64,
+                    last_accessed_at,
+                })
+                .collect()))
     }
 
     async fn orphan_nars(&self, before: i64, limit: i64) -> Result<Vec<(String, u64)>, DbError> {
@@ -588,6 +615,49 @@ impl TaskStore for SqlDatabase {
 }
 
 #[async_trait]
+impl Pins for SqlDatabase {
+    async fn add_pins(&self, store_paths: &[String], now: i64) -> Result<u64, DbError> {
+        if store_paths.is_empty() {
+            return Ok(0);
+        }
+        // One statement a path: SQLite takes no batch insert with ON CONFLICT.
+        run!(self, |c| async {
+            let mut added = 0;
+            for p in store_paths {
+                added += diesel::insert_into(pins::table)
+                    .values((pins::store_path.eq(p), pins::created_at.eq(now)))
+                    .on_conflict(pins::store_path)
+                    .do_nothing()
+                    .execute(&mut *c)
+                    .await? as u64;
+            }
+            Ok::<_, diesel::result::Error>(added)
+        }
+        .await)
+    }
+
+    async fn remove_pins(&self, store_paths: &[String]) -> Result<u64, DbError> {
+        if store_paths.is_empty() {
+            return Ok(0);
+        }
+        run!(self, |c| diesel::delete(
+            pins::table.filter(pins::store_path.eq_any(store_paths))
+        )
+        .execute(c)
+        .await
+        .map(|n| n as u64))
+    }
+
+    async fn list_pins(&self) -> Result<Vec<(String, i64)>, DbError> {
+        run!(self, |c| pins::table
+            .order(pins::store_path.asc())
+            .select((pins::store_path, pins::created_at))
+            .load(c)
+            .await)
+    }
+}
+
+#[async_trait]
 impl Database for SqlDatabase {
     async fn ping(&self) -> Result<(), DbError> {
         run!(self, |c| diesel::sql_query("SELECT 1")
@@ -611,6 +681,7 @@ mod tests {
             .expect("open");
         super::super::conformance::run(&db).await;
         super::super::conformance::tasks(&db).await;
+        super::super::conformance::pins(&db).await;
         // Reopening applies no migration twice and keeps the data.
         drop(db);
         let db = SqlDatabase::sqlite(&dir.path().join("db.sqlite"))

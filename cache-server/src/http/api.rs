@@ -7,6 +7,8 @@
 //! - `POST /api/v1/gc` runs one GC pass as a task, in the same two modes. While a GC task is
 //!   pending or running, on any replica, a request joins it instead of starting another.
 //! - `GET /api/v1/tasks/<id>`: a task's state, progress, times and result, from any replica.
+//! - `GET /api/v1/pins` lists the pins; `POST` and `DELETE` with `{"paths": [...]}` add and
+//!   remove recorded ones. GC never evicts a pinned path's closure.
 
 use actix_web::http::header::{HeaderName, HeaderValue, CONTENT_TYPE, LOCATION, VARY};
 use actix_web::http::StatusCode;
@@ -16,7 +18,7 @@ use serde::Serialize;
 use super::auth::authorized;
 use super::error::HttpError;
 use super::AppState;
-use crate::admin::{stored_json, task_path, PrefetchRequest, Task};
+use crate::admin::{stored_json, task_path, PinChange, PinList, PinRequest, PrefetchRequest, Task};
 use crate::cache::prefetch::PrefetchProgress;
 use crate::db::TaskRecord;
 use crate::nix::StorePath;
@@ -97,9 +99,11 @@ fn finished(t: &TaskRecord) -> Result<HttpResponse, HttpError> {
 
 pub async fn gc(state: web::Data<AppState>, req: HttpRequest) -> Result<HttpResponse, HttpError> {
     admit(&state, &req)?;
-    if state.gc_max_size.is_none() {
+    if !state.gc_collects {
         return Err(HttpError::BadRequest(
-            "this cache has no size limit (--max-size) to collect down to".to_string(),
+            "this cache has no size limit (--max-size) or age limit (--max-age) to collect down \
+             to"
+            .to_string(),
         ));
     }
     let task = state
@@ -118,6 +122,74 @@ pub async fn gc(state: web::Data<AppState>, req: HttpRequest) -> Result<HttpResp
     }
 }
 
+/// The store paths of a request body, each of this cache's store directory.
+fn store_paths(state: &AppState, paths: &[String]) -> Result<Vec<StorePath>, HttpError> {
+    if paths.is_empty() || paths.len() > MAX_PATHS {
+        return Err(HttpError::BadRequest(format!(
+            "name between 1 and {MAX_PATHS} store paths"
+        )));
+    }
+    paths
+        .iter()
+        .map(|p| match StorePath::parse(p) {
+            Ok(path) if path.store_dir() == state.store_dir => Ok(path),
+            _ => {
+                let shown: String = p.chars().take(200).collect();
+                Err(HttpError::BadRequest(format!(
+                    "not a store path of {}: {shown:?}",
+                    state.store_dir
+                )))
+            }
+        })
+        .collect()
+}
+
+fn pin_request(state: &AppState, body: &[u8]) -> Result<Vec<StorePath>, HttpError> {
+    let request: PinRequest = serde_json::from_slice(body).map_err(|e| {
+        HttpError::BadRequest(format!("expected {{\"paths\": [\"/nix/store/...\"]}}: {e}"))
+    })?;
+    store_paths(state, &request.paths)
+}
+
+/// `GET /api/v1/pins`: every pin, the configuration's and the recorded ones.
+pub async fn pins(state: web::Data<AppState>, req: HttpRequest) -> Result<HttpResponse, HttpError> {
+    admit(&state, &req)?;
+    let pins = state.cache.pins().await.map_err(database_unavailable)?;
+    Ok(json_response(StatusCode::OK, &PinList { pins }))
+}
+
+/// `POST /api/v1/pins`: records pins (their closures are kept from the next GC pass on).
+pub async fn pin(
+    state: web::Data<AppState>,
+    req: HttpRequest,
+    body: web::Bytes,
+) -> Result<HttpResponse, HttpError> {
+    admit(&state, &req)?;
+    let paths = pin_request(&state, &body)?;
+    let changed = state
+        .cache
+        .pin(&paths)
+        .await
+        .map_err(database_unavailable)?;
+    Ok(json_response(StatusCode::OK, &PinChange { changed }))
+}
+
+/// `DELETE /api/v1/pins`: removes recorded pins (the configuration's stay).
+pub async fn unpin(
+    state: web::Data<AppState>,
+    req: HttpRequest,
+    body: web::Bytes,
+) -> Result<HttpResponse, HttpError> {
+    admit(&state, &req)?;
+    let paths = pin_request(&state, &body)?;
+    let changed = state
+        .cache
+        .unpin(&paths)
+        .await
+        .map_err(database_unavailable)?;
+    Ok(json_response(StatusCode::OK, &PinChange { changed }))
+}
+
 pub async fn prefetch(
     state: web::Data<AppState>,
     req: HttpRequest,
@@ -129,24 +201,7 @@ pub async fn prefetch(
             "expected {{\"paths\": [\"/nix/store/...\"], \"closure\": true}}: {e}"
         ))
     })?;
-    if request.paths.is_empty() || request.paths.len() > MAX_PATHS {
-        return Err(HttpError::BadRequest(format!(
-            "name between 1 and {MAX_PATHS} store paths"
-        )));
-    }
-    let mut paths = Vec::with_capacity(request.paths.len());
-    for p in &request.paths {
-        match StorePath::parse(p) {
-            Ok(path) if path.store_dir() == state.store_dir => paths.push(path),
-            _ => {
-                let shown: String = p.chars().take(200).collect();
-                return Err(HttpError::BadRequest(format!(
-                    "not a store path of {}: {shown:?}",
-                    state.store_dir
-                )));
-            }
-        }
-    }
+    let paths = store_paths(&state, &request.paths)?;
     if prefers_async(&req) {
         let task = state
             .tasks

@@ -40,8 +40,9 @@ pub struct AppState {
     pub uploads: Option<crate::config::UploadConfig>,
     /// The store directory paths must be in.
     pub store_dir: String,
-    /// GC's size limit (none: GC on request is refused).
-    pub gc_max_size: Option<u64>,
+    /// Whether GC has a limit (size or age) to collect down to; without one GC on request is
+    /// refused.
+    pub gc_collects: bool,
     /// Admin work recorded in the database.
     pub tasks: Arc<crate::cache::tasks::Tasks>,
 }
@@ -66,6 +67,13 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
             .route(web::post().to(api::prefetch)),
     )
     .service(web::resource(format!("{}/gc", crate::admin::PREFIX)).route(web::post().to(api::gc)))
+    .service(
+        web::resource(format!("{}/pins", crate::admin::PREFIX))
+            .app_data(web::PayloadConfig::new(4 << 20))
+            .route(web::get().to(api::pins))
+            .route(web::post().to(api::pin))
+            .route(web::delete().to(api::unpin)),
+    )
     .service(
         web::resource(format!("{}/tasks/{{id}}", crate::admin::PREFIX))
             .route(web::get().to(api::task)),
@@ -209,7 +217,7 @@ mod tests {
             },
             uploads: None,
             store_dir: "/nix/store".into(),
-            gc_max_size: None,
+            gc_collects: false,
             tasks,
         })
     }

@@ -27,7 +27,7 @@ use url::Url;
 use crate::env;
 use crate::keys::PublicKey;
 use crate::schedule::parse_schedule;
-use crate::store::is_canonical_dir;
+use crate::store::{is_canonical_dir, is_store_path};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -261,9 +261,25 @@ pub struct ServeArgs {
     #[arg(long, env = "NIXCACHE_INFLIGHT_PART_SIZE", value_name = "BYTES")]
     pub inflight_part_size: Option<u64>,
 
-    /// Size limit of the stored NARs for GC, e.g. `50G` or `500MiB`. Without it, nothing is evicted.
+    /// Size limit of the stored NARs for GC, e.g. `50G` or `500MiB`. Without it (and without
+    /// --max-age), nothing is evicted.
     #[arg(long, env = "NIXCACHE_MAX_SIZE", value_name = "SIZE")]
     pub max_size: Option<String>,
+
+    /// GC evicts what has not been used for this long (e.g. `30days`), beside --max-size.
+    #[arg(long, env = "NIXCACHE_MAX_AGE", value_name = "DURATION")]
+    pub max_age: Option<HumanDuration>,
+
+    /// Store path whose closure GC never evicts, repeatable (space-separated in the
+    /// environment); more can be pinned through the admin API (`nixcache pin`).
+    #[arg(
+        long = "pin",
+        env = "NIXCACHE_PIN",
+        value_name = "PATH",
+        value_delimiter = ' '
+    )]
+    #[serde(rename = "pin")]
+    pub pins: Vec<String>,
 
     /// With S3 storage: a directory of this replica's own where NARs it serves are also kept, so
     /// warm hits are local file reads. Bounded by --local-cache-size, least recently used out;
@@ -670,16 +686,28 @@ pub struct LockConfig {
     pub ttl: Duration,
 }
 
-/// GC: what it collects down to, when, and how carefully.
+/// GC: what it collects down to, when, what it keeps, and how carefully.
 #[derive(Clone, Debug)]
 pub struct GcConfig {
-    /// Size limit of the stored NARs in bytes; without one nothing is evicted.
+    /// Size limit of the stored NARs in bytes.
     pub max_size: Option<u64>,
+    /// What has not been used for this long is evicted, whatever the size.
+    pub max_age: Option<Duration>,
+    /// Store paths whose closures are never evicted (besides those pinned through the admin
+    /// API).
+    pub pins: Vec<String>,
     pub schedule: Option<Cron>,
     /// Between forgetting a narinfo and deleting its NAR.
     pub grace: Duration,
     /// A narinfo whose NAR was never fetched is removed once unused this long.
     pub unfetched_ttl: Duration,
+}
+
+impl GcConfig {
+    /// Whether GC has a limit to collect down to: a size, an age, or both.
+    pub fn collects(&self) -> bool {
+        self.max_size.is_some() || self.max_age.is_some()
+    }
 }
 
 /// Admin tasks.
@@ -828,6 +856,12 @@ impl ServeArgs {
             lock_ttl: self.lock_ttl.or(other.lock_ttl),
             inflight_part_size: self.inflight_part_size.or(other.inflight_part_size),
             max_size: self.max_size.or(other.max_size),
+            max_age: self.max_age.or(other.max_age),
+            pins: if self.pins.is_empty() {
+                other.pins
+            } else {
+                self.pins
+            },
             local_cache_dir: self.local_cache_dir.or(other.local_cache_dir),
             local_cache_size: self.local_cache_size.or(other.local_cache_size),
             gc_schedule: self.gc_schedule.or(other.gc_schedule),
@@ -956,6 +990,23 @@ impl ServeArgs {
             self.s3_endpoint,
             given_or("s3-region", self.s3_region, defaults::S3_REGION)?,
         )?;
+        let pins: Vec<String> = self
+            .pins
+            .iter()
+            .map(|p| p.trim())
+            .filter(|p| !p.is_empty())
+            .map(|p| {
+                if is_store_path(&store_dir, p) {
+                    Ok(p.to_string())
+                } else {
+                    let shown: String = p.chars().take(200).collect();
+                    Err(invalid(
+                        "pin",
+                        format!("{shown:?} is not a store path of {store_dir}"),
+                    ))
+                }
+            })
+            .collect::<Result<_, _>>()?;
         let lock_namespace = match self.lock_namespace.as_deref().map(str::trim) {
             Some("") => return Err(invalid("lock-namespace", "must not be empty")),
             Some(n) => n.to_string(),
@@ -1102,6 +1153,12 @@ impl ServeArgs {
             },
             gc: GcConfig {
                 max_size: parse_size("max-size", self.max_size.as_deref())?,
+                max_age: self
+                    .max_age
+                    .map(|d| d.0)
+                    .map(|d| nonzero("max-age", d))
+                    .transpose()?,
+                pins: pins.clone(),
                 schedule: self
                     .gc_schedule
                     .as_deref()
