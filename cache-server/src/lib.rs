@@ -27,5 +27,6 @@ pub mod metrics;
 pub mod nix;
 pub mod server;
 pub mod storage;
+pub mod telemetry;
 pub mod upstream;
 pub mod util;

@@ -8,7 +8,6 @@ use nixcache::admin::{PinChange, PinList, PinRequest, PrefetchReport, PrefetchRe
 use nixcache::admin_client::Posted;
 use nixcache::config::{defaults, write_secret, LogFormat, ServeArgs};
 use nixcache::nix::SecretKey;
-use tracing_subscriber::EnvFilter;
 
 #[derive(Parser)]
 #[command(
@@ -192,13 +191,9 @@ fn admin_token(file: Option<&Path>) -> anyhow::Result<String> {
 }
 
 fn init_logging(format: LogFormat) {
-    let filter = EnvFilter::try_from_env("NIXCACHE_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    match format {
-        LogFormat::Json => builder.json().init(),
-        LogFormat::Text => builder.init(),
+    // Commands other than `serve` export no spans.
+    if let Err(e) = nixcache::telemetry::init(format, None) {
+        eprintln!("logging: {e}");
     }
 }
 
@@ -233,7 +228,8 @@ fn main() -> ExitCode {
             public_key_file,
         } => keygen(&name, &secret_key_file, public_key_file.as_deref()),
         Command::Serve(args) => args.resolve().map_err(Into::into).and_then(|config| {
-            init_logging(config.log_format);
+            let _telemetry =
+                nixcache::telemetry::init(config.log_format, config.otlp_traces.as_ref())?;
             actix_web::rt::System::new().block_on(nixcache::server::serve(config))
         }),
         Command::Gc(args) => args.resolve().map_err(Into::into).and_then(|config| {

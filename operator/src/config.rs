@@ -76,6 +76,7 @@ pub fn render(nc: &NixCache) -> ServeArgs {
         ..ServeArgs::default()
     };
     args.pins = spec.pins.clone();
+    args.otlp_endpoint = spec.otlp_endpoint.clone();
     args.max_age = spec
         .gc
         .as_ref()
@@ -570,6 +571,23 @@ mod tests {
             serde_json::json!({"gc": {"maxSize": "1G", "schedule": "0 * * * *",
             "maxAge": "a while"}}),
         );
+        assert!(validate(&bad).is_err());
+    }
+
+    #[test]
+    fn span_export_is_off_unless_the_spec_names_a_receiver() {
+        let plain = render(&cache(serde_json::json!({})))
+            .resolve()
+            .expect("valid");
+        assert_eq!(plain.otlp_traces, None);
+        let nc = cache(serde_json::json!({"otlpEndpoint": "http://otel.monitoring:4318"}));
+        validate(&nc).expect("valid");
+        let config = render(&nc).resolve().expect("valid");
+        assert_eq!(
+            config.otlp_traces.map(|u| u.to_string()).as_deref(),
+            Some("http://otel.monitoring:4318/v1/traces")
+        );
+        let bad = cache(serde_json::json!({"otlpEndpoint": "otel:4318"}));
         assert!(validate(&bad).is_err());
     }
 

@@ -55,6 +55,10 @@ pub struct NixCacheSpec {
     /// LRU cleanup.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub gc: Option<GcSpec>,
+    /// An OTLP/HTTP receiver (e.g. `http://otel-collector.monitoring:4318`) that request spans
+    /// are exported to; none are without it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub otlp_endpoint: Option<String>,
     /// Store paths (`/nix/store/<hash>-<name>`) whose closures GC never evicts; more can be
     /// pinned through the admin API (`nixcache pin`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]

@@ -15,7 +15,7 @@ use futures_util::{StreamExt, TryStreamExt};
 use reqwest::Url;
 use tokio::io::AsyncWriteExt;
 use tokio::sync::watch;
-use tracing::{info, instrument, warn};
+use tracing::{info, info_span, warn, Instrument};
 
 use super::verify::Verifier;
 use super::{Backend, Cache};
@@ -169,13 +169,17 @@ impl Cache {
             downloads.insert(name.clone(), d.clone());
             d
         };
-        let this = self.clone();
-        let (d, f) = (download.clone(), *file);
-        tokio::spawn(async move { this.run_download(f, d, plan).await });
+        // Its span is made here, a child of the request that started it; it runs on whether or
+        // not that client stays.
+        let span = info_span!("nar_download", file = %file);
+        tokio::spawn(
+            self.clone()
+                .run_download(*file, download.clone(), plan)
+                .instrument(span),
+        );
         Some(download)
     }
 
-    #[instrument(skip_all, fields(file = %file))]
     async fn run_download(
         self: Arc<Self>,
         file: NarFile,
@@ -269,22 +273,31 @@ impl Cache {
         // clients from its published parts meanwhile, and take over if it dies.
         let lock_name = crate::lock::LockName::Nar(file);
         let ttl = self.settings.lock_ttl;
-        let mut guard = self.acquire(lock_name, ttl, Duration::ZERO).await?;
-        if guard.is_none() {
-            download.phase.send_replace(Phase::Elsewhere);
-        }
-        let guard = loop {
-            if let Some(g) = guard {
-                break g;
+        // The lock, or `None` when another replica stored the NAR meanwhile.
+        let locked = async {
+            let mut guard = self.acquire(lock_name, ttl, Duration::ZERO).await?;
+            if guard.is_none() {
+                download.phase.send_replace(Phase::Elsewhere);
             }
+            let guard = loop {
+                if let Some(g) = guard {
+                    break g;
+                }
+                if self.storage.size(&key).await?.is_some() {
+                    return Ok(None);
+                }
+                guard = self.acquire(lock_name, ttl, ttl).await?;
+            };
             if self.storage.size(&key).await?.is_some() {
-                return Ok(Phase::Stored);
+                return Ok(None);
             }
-            guard = self.acquire(lock_name, ttl, ttl).await?;
-        };
-        if self.storage.size(&key).await?.is_some() {
-            return Ok(Phase::Stored);
+            Ok::<_, DownloadError>(Some(guard))
         }
+        .instrument(info_span!("lock_wait"))
+        .await?;
+        let Some(guard) = locked else {
+            return Ok(Phase::Stored);
+        };
         // Keep the lock while the download runs, pauses and lock-service blips included; once
         // it is lost, the download stops before committing anything.
         let guard = Arc::new(guard);
@@ -316,7 +329,12 @@ impl Cache {
         // Room for the file (when its size is vouched for) before anything is asked upstream.
         let expected = verifier.expected_file_size();
         self.check_space(expected.unwrap_or(0))?;
-        let mut response = upstream.nar(url).await?.ok_or(DownloadError::Gone)?;
+        let fetching = info_span!("upstream_fetch", upstream = upstream.label());
+        let mut response = upstream
+            .nar(url)
+            .instrument(fetching.clone())
+            .await?
+            .ok_or(DownloadError::Gone)?;
         if let (Some(got), Some(want)) = (response.length, expected) {
             if got != want {
                 return Err(DownloadError::Length { got, want });
@@ -345,55 +363,75 @@ impl Cache {
 
         let transferred = async {
             let mut written = 0u64;
-            loop {
-                let next =
-                    tokio::time::timeout(self.settings.upstreams.stall, response.body.next()).await;
-                let chunk = match next {
-                    Err(_) => return Err(DownloadError::Stalled(self.settings.upstreams.stall)),
-                    Ok(None) => break,
-                    Ok(Some(chunk)) => chunk?,
-                };
-                keeper.check()?;
-                self.metrics
-                    .upstream_bytes
-                    .with_label_values(&[upstream.label()])
-                    .inc_by(chunk.len() as u64);
-                verifier.update(&chunk).await?;
-                out.write_all(&chunk).await?;
-                // Followers read the file directly: the bytes must be in it before they are
-                // announced.
-                out.flush().await?;
-                let before = written;
-                written += chunk.len() as u64;
-                if written / SPACE_CHECK_EVERY != before / SPACE_CHECK_EVERY {
-                    self.check_space(0)?;
+            // Each chunk is checked as it arrives (the hashes are updated); `verify` is the
+            // final check of sizes and hashes.
+            async {
+                loop {
+                    let next =
+                        tokio::time::timeout(self.settings.upstreams.stall, response.body.next())
+                            .await;
+                    let chunk = match next {
+                        Err(_) => {
+                            return Err(DownloadError::Stalled(self.settings.upstreams.stall))
+                        }
+                        Ok(None) => break,
+                        Ok(Some(chunk)) => chunk?,
+                    };
+                    keeper.check()?;
+                    self.metrics
+                        .upstream_bytes
+                        .with_label_values(&[upstream.label()])
+                        .inc_by(chunk.len() as u64);
+                    verifier.update(&chunk).await?;
+                    out.write_all(&chunk).await?;
+                    // Followers read the file directly: the bytes must be in it before they are
+                    // announced.
+                    out.flush().await?;
+                    let before = written;
+                    written += chunk.len() as u64;
+                    if written / SPACE_CHECK_EVERY != before / SPACE_CHECK_EVERY {
+                        self.check_space(0)?;
+                    }
+                    download
+                        .phase
+                        .send_replace(Phase::Streaming { written, length });
+                    if let Some(p) = &mut publisher {
+                        p.advance(written, length, |offset, len| {
+                            read_exact_at(&reader, offset, len)
+                        })
+                        .await?;
+                    }
                 }
-                download
-                    .phase
-                    .send_replace(Phase::Streaming { written, length });
-                if let Some(p) = &mut publisher {
-                    p.advance(written, length, |offset, len| {
-                        read_exact_at(&reader, offset, len)
-                    })
-                    .await?;
-                }
+                Ok::<_, DownloadError>(())
             }
-            let size = verifier.finish().await?;
-            out.sync_all().await?;
+            .instrument(fetching)
+            .await?;
+            let size = async {
+                let size = verifier.finish().await?;
+                out.sync_all().await?;
+                Ok::<_, DownloadError>(size)
+            }
+            .instrument(info_span!("verify"))
+            .await?;
             drop(out);
-            // A holder whose lock expired (and may have passed to another replica) must not
-            // commit.
-            keeper.confirm().await?;
-            // The verified file goes into the tier too, once storage has it.
-            let local = match &self.tier {
-                Some(tier) => tier.stage(&path).await,
-                None => None,
-            };
-            self.storage.put_file(&key, &path).await?;
-            if let (Some(tier), Some(local)) = (&self.tier, local) {
-                tier.commit_staged(&key, local).await;
-                tier.mark_fresh(&key);
+            async {
+                // A holder whose lock expired (and may have passed to another replica) must not
+                // commit.
+                keeper.confirm().await?;
+                // The verified file goes into the tier too, once storage has it.
+                let local = match &self.tier {
+                    Some(tier) => tier.stage(&path).await,
+                    None => None,
+                };
+                self.storage.put_file(&key, &path).await?;
+                if let (Some(tier), Some(local)) = (&self.tier, local) {
+                    tier.commit_staged(&key, local).await;
+                    tier.mark_fresh(&key);
+                }
+                Ok::<_, DownloadError>(())
             }
+            .instrument(info_span!("commit", size))
+            .await?;
             Ok(size)
         }
         .await;

@@ -1,5 +1,7 @@
 //! LRU eviction. One pass, under the cluster-wide `gc` lock: narinfos are removed least recently
-//! used first until the stored NARs fit in the size limit; the NARs no narinfo refers to any more
+//! used first until the stored NARs fit in the size limit, and those unused for longer than the
+//! age limit whatever the size; the closures of pinned paths are never removed (see
+//! [`super::pins`]). The NARs no narinfo refers to any more
 //! are deleted only after a grace period, longer than any replica keeps a narinfo in memory and
 //! than a client takes from a narinfo to its NAR — so nobody is ever handed a narinfo whose NAR is
 //! already gone. A NAR still downloading has no row yet and is never a candidate.
@@ -256,11 +258,17 @@ impl Cache {
             }
         }
         keeper.check()?;
-        // Narinfos whose NAR never came: nothing to wait for, no NAR to delete.
+        // What the pins keep, as it stands when the pass begins.
+        let pinned = self.pinned_closure().await?;
+        report.pinned_paths = pinned.len() as u64;
+        // Narinfos whose NAR never came: nothing to wait for, no NAR to delete. Pinned ones stay
+        // (a batch of pinned ones alone ends the step: the next pass goes on).
         let unfetched_secs = self.settings.gc.unfetched_ttl.as_secs();
         let unfetched_before = now - i64::try_from(unfetched_secs).unwrap_or(i64::MAX);
         loop {
             let batch = self.db.unfetched_narinfos(unfetched_before, BATCH).await?;
+            let full = batch.len() == BATCH as usize;
+            let batch: Vec<String> = batch.into_iter().filter(|h| !pinned.contains(h)).collect();
             if batch.is_empty() {
                 break;
             }
@@ -269,7 +277,7 @@ impl Cache {
                 .await?;
             report.unfetched_collected += batch.len() as u64;
             keeper.check()?;
-            if batch.len() < BATCH as usize {
+            if !full {
                 break;
             }
         }
@@ -278,8 +286,6 @@ impl Cache {
         // used narinfos whose NARs' sizes cover what is over the limit (a NAR another narinfo
         // still names frees nothing, and the next batch goes on), and those unused for longer
         // than `max_age`. Pinned ones are passed over: the cursor moves on past them.
-        let pinned = self.pinned_closure().await?;
-        report.pinned_paths = pinned.len() as u64;
         let max_size = max_size.unwrap_or(u64::MAX);
         let used_before = max_age.map(|a| now - i64::try_from(a.as_secs()).unwrap_or(i64::MAX));
         let mut cursor = None;

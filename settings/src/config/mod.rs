@@ -329,6 +329,12 @@ pub struct ServeArgs {
     #[arg(long, env = "NIXCACHE_LOG_FORMAT", value_name = "FORMAT")]
     pub log_format: Option<LogFormat>,
 
+    /// An OTLP/HTTP receiver (e.g. `http://otel-collector:4318`) that request spans are
+    /// exported to, at `<URL>/v1/traces`. Without it no span leaves the process (the
+    /// `OTEL_EXPORTER_OTLP_*` variables alone do not turn export on).
+    #[arg(long, env = "NIXCACHE_OTLP_ENDPOINT", value_name = "URL")]
+    pub otlp_endpoint: Option<String>,
+
     /// Token that allows uploads (`nix copy --to http://…`): the password of HTTP Basic auth (any
     /// user name; Nix sends it from its netrc file) or a Bearer token. Without a token, uploads
     /// are refused. Prefer --upload-token-file: a flag's value is visible to other local users.
@@ -570,6 +576,8 @@ pub struct Config {
     /// The store directory of the clients and upstreams.
     pub store_dir: String,
     pub log_format: LogFormat,
+    /// Where request spans are exported (OTLP/HTTP traces URL); none: nowhere.
+    pub otlp_traces: Option<Url>,
     pub signing_key: SigningKeySource,
     pub http: HttpConfig,
     pub upstreams: UpstreamsConfig,
@@ -846,6 +854,7 @@ impl ServeArgs {
             narinfo_memory_entries: self.narinfo_memory_entries.or(other.narinfo_memory_entries),
             store_dir: self.store_dir.or(other.store_dir),
             log_format: self.log_format.or(other.log_format),
+            otlp_endpoint: self.otlp_endpoint.or(other.otlp_endpoint),
             redis: if self.redis.is_empty() {
                 other.redis
             } else {
@@ -1181,6 +1190,25 @@ impl ServeArgs {
             },
             signing_key,
             store_dir,
+            otlp_traces: match self.otlp_endpoint.as_deref().map(str::trim) {
+                None | Some("") => None,
+                Some(base) => {
+                    let url = Url::parse(&format!("{}/v1/traces", base.trim_end_matches('/')))
+                        .ok()
+                        .filter(|u| matches!(u.scheme(), "http" | "https") && u.has_host());
+                    match url {
+                        Some(url) => Some(url),
+                        None => {
+                            let shown: String =
+                                crate::redact::redact_url(base).chars().take(200).collect();
+                            return Err(invalid(
+                                "otlp-endpoint",
+                                format!("{shown:?} is not an http(s) URL"),
+                            ));
+                        }
+                    }
+                }
+            },
             log_format: match self.log_format {
                 Some(f) => f,
                 None => <LogFormat as clap::ValueEnum>::from_str(defaults::LOG_FORMAT, false)
