@@ -62,7 +62,13 @@ impl Cache {
 
     #[instrument(skip_all, fields(hash = %hash))]
     async fn narinfo_from_upstreams(self: Arc<Self>, hash: StoreHash) -> Option<Bytes> {
-        let wait = self.settings.upstreams.first_byte * (self.upstreams.all().len() as u32 + 1);
+        // Long enough for the lookup that holds the lock: one upstream timeout when they are
+        // asked at once, one each in sequence (and one more for storing what it found).
+        let rounds = match self.upstreams.lookup() {
+            crate::upstream::LookupOrder::Parallel => 1,
+            crate::upstream::LookupOrder::Sequential => self.upstreams.all().len() as u32,
+        };
+        let wait = self.settings.upstreams.first_byte * (rounds + 1);
         let _guard = match self
             .acquire(
                 crate::lock::LockName::Narinfo(&hash),

@@ -67,6 +67,11 @@ impl Upstreams {
     pub fn all(&self) -> &[Arc<Upstream>] {
         &self.all
     }
+
+    /// How a miss asks them.
+    pub fn lookup(&self) -> LookupOrder {
+        self.lookup
+    }
 }
 
 /// A bounded label for an upstream error, for metrics.
