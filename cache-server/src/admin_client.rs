@@ -69,7 +69,12 @@ impl Client {
 
     /// `GET /api/v1/<endpoint>`.
     pub async fn get<T: DeserializeOwned>(&self, endpoint: &str) -> anyhow::Result<T> {
-        let url = format!("{}{PREFIX}/{endpoint}", self.server);
+        self.get_path(&format!("{PREFIX}/{endpoint}")).await
+    }
+
+    /// `GET` of a path of the server.
+    async fn get_path<T: DeserializeOwned>(&self, path: &str) -> anyhow::Result<T> {
+        let url = format!("{}{path}", self.server);
         let response = self
             .http
             .get(&url)
@@ -100,15 +105,7 @@ impl Client {
     }
 
     pub async fn task(&self, id: &str) -> anyhow::Result<Task> {
-        let url = format!("{}{}", self.server, task_path(id));
-        let response = self
-            .http
-            .get(&url)
-            .bearer_auth(&self.token)
-            .send()
-            .await
-            .with_context(|| format!("GET {url}"))?;
-        answer(response).await
+        self.get_path(&task_path(id)).await
     }
 
     /// Polls a task until it has finished; a terminal on stderr sees its progress meanwhile.

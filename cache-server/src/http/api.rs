@@ -164,14 +164,7 @@ pub async fn pin(
     req: HttpRequest,
     body: web::Bytes,
 ) -> Result<HttpResponse, HttpError> {
-    admit(&state, &req)?;
-    let paths = pin_request(&state, &body)?;
-    let changed = state
-        .cache
-        .pin(&paths)
-        .await
-        .map_err(database_unavailable)?;
-    Ok(json_response(StatusCode::OK, &PinChange { changed }))
+    change_pins(&state, &req, &body, Change::Add).await
 }
 
 /// `DELETE /api/v1/pins`: removes recorded pins (the configuration's stay).
@@ -180,13 +173,27 @@ pub async fn unpin(
     req: HttpRequest,
     body: web::Bytes,
 ) -> Result<HttpResponse, HttpError> {
-    admit(&state, &req)?;
-    let paths = pin_request(&state, &body)?;
-    let changed = state
-        .cache
-        .unpin(&paths)
-        .await
-        .map_err(database_unavailable)?;
+    change_pins(&state, &req, &body, Change::Remove).await
+}
+
+enum Change {
+    Add,
+    Remove,
+}
+
+async fn change_pins(
+    state: &AppState,
+    req: &HttpRequest,
+    body: &[u8],
+    change: Change,
+) -> Result<HttpResponse, HttpError> {
+    admit(state, req)?;
+    let paths = pin_request(state, body)?;
+    let changed = match change {
+        Change::Add => state.cache.pin(&paths).await,
+        Change::Remove => state.cache.unpin(&paths).await,
+    }
+    .map_err(database_unavailable)?;
     Ok(json_response(StatusCode::OK, &PinChange { changed }))
 }
 

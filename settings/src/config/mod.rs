@@ -751,6 +751,19 @@ fn nonzero<T: Default + PartialEq>(setting: &'static str, n: T) -> Result<T, Con
     Ok(n)
 }
 
+/// A setting of a fixed set of values as given, or else its default, read as the flag reads it.
+fn choice_or<T: clap::ValueEnum>(
+    setting: &'static str,
+    given: Option<T>,
+    default: &str,
+) -> Result<T, ConfigError> {
+    match given {
+        Some(v) => Ok(v),
+        None => T::from_str(default, false)
+            .map_err(|e| invalid(setting, format!("default {default:?}: {e}"))),
+    }
+}
+
 /// A size setting (`50G`, `500MiB`; `G`, `M` are powers of 1000), or else its default.
 fn size_or(flag: &'static str, v: Option<&str>, default: &str) -> Result<u64, ConfigError> {
     Ok(parse_size(flag, Some(v.unwrap_or(default)))?.unwrap_or_default())
@@ -1088,13 +1101,11 @@ impl ServeArgs {
                         defaults::NEGATIVE_TTL,
                     )?,
                 },
-                lookup: match self.upstream_lookup {
-                    Some(l) => l,
-                    None => {
-                        <LookupOrder as clap::ValueEnum>::from_str(defaults::UPSTREAM_LOOKUP, false)
-                            .map_err(|e| invalid("upstream-lookup", e))?
-                    }
-                },
+                lookup: choice_or(
+                    "upstream-lookup",
+                    self.upstream_lookup,
+                    defaults::UPSTREAM_LOOKUP,
+                )?,
                 breaker: BreakerConfig {
                     failures: given_or(
                         "upstream-failure-threshold",
@@ -1209,11 +1220,7 @@ impl ServeArgs {
                     }
                 }
             },
-            log_format: match self.log_format {
-                Some(f) => f,
-                None => <LogFormat as clap::ValueEnum>::from_str(defaults::LOG_FORMAT, false)
-                    .map_err(|e| invalid("log-format", e))?,
-            },
+            log_format: choice_or("log-format", self.log_format, defaults::LOG_FORMAT)?,
             data_dir,
         })
     }
