@@ -22,6 +22,7 @@ pub use nixcache_settings::config;
 pub mod db;
 pub mod fuzz;
 pub mod http;
+pub mod identity;
 pub mod lock;
 pub mod metrics;
 pub mod nix;

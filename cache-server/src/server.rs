@@ -13,6 +13,7 @@ use crate::cache::{memory_ttl, Cache, CacheSettings};
 use crate::config::{load_signing_key, Config, DatabaseBackend, LocalCacheConfig, StorageBackend};
 use crate::db::{Database, SqlDatabase};
 use crate::http::{configure, count_requests, require_read_token, AppState};
+use crate::identity::ServiceAccounts;
 use crate::lock::{FallbackLock, LocalLock, Lock, RedisLock};
 use crate::metrics::Metrics;
 use crate::nix::CacheInfo;
@@ -143,9 +144,10 @@ pub async fn build_cache(config: &Config, role: Role) -> anyhow::Result<(Arc<Cac
     );
     if let Some(uploads) = &config.uploads {
         info!(
+            token = uploads.token.is_some(),
             trusted_keys = uploads.trusted_keys.len(),
             max_size = uploads.max_size,
-            "uploads enabled (with the upload token)"
+            "uploads enabled"
         );
     }
 
@@ -244,11 +246,18 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
         priority: Some(config.http.priority),
     }
     .to_text();
+    let service_accounts = match &config.service_accounts {
+        Some(accounts) => Some(Arc::new(
+            ServiceAccounts::connect(accounts.clone(), cache.metrics().clone()).await?,
+        )),
+        None => None,
+    };
     let state = web::Data::new(AppState {
         cache: cache.clone(),
         cache_info,
         http: config.http.clone(),
         uploads: config.uploads.clone(),
+        service_accounts,
         store_dir: config.store_dir.clone(),
         gc_collects: config.gc.collects(),
         tasks: tasks.clone(),

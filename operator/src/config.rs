@@ -95,6 +95,15 @@ pub fn render(nc: &NixCache) -> ServeArgs {
         args.upload_trusted_keys = uploads.trusted_keys.clone();
         args.max_upload_size = uploads.max_size.clone();
     }
+    if let Some(access) = spec
+        .service_account_access
+        .as_ref()
+        .filter(|a| a.grants_any())
+    {
+        args.read_service_accounts = access.read.iter().map(|r| r.flag()).collect();
+        args.push_service_accounts = access.push.iter().map(|r| r.flag()).collect();
+        args.service_account_audience = access.audience.clone();
+    }
     if let Some(s3) = &spec.storage.s3 {
         args.storage_url = Some(match s3.prefix.as_deref().map(|p| p.trim_matches('/')) {
             Some(prefix) if !prefix.is_empty() => format!("s3://{}/{prefix}", s3.bucket),
@@ -360,13 +369,25 @@ pub fn validate(nc: &NixCache) -> Result<(), InvalidSpec> {
     if spec.database.is_some() {
         args.database_url = Some("postgres://nixcache@postgres/nixcache".into());
     }
-    if spec.uploads.is_some() {
-        args.upload_token = Some("placeholder-token-0123456789".into());
+    if let Some(uploads) = &spec.uploads {
+        let pushers = spec
+            .service_account_access
+            .as_ref()
+            .is_some_and(|a| !a.push.is_empty());
+        if uploads.token_secret.is_none() && !pushers {
+            return Err(invalid(
+                "spec.uploads needs a tokenSecret, or ServiceAccounts in \
+                 spec.serviceAccountAccess.push",
+            ));
+        }
+        if uploads.token_secret.is_some() {
+            args.upload_token = Some("placeholder-token-0123456789".into());
+        }
     }
     for (what, r) in [
         (
             "spec.uploads.tokenSecret",
-            spec.uploads.as_ref().map(|u| &u.token_secret),
+            spec.uploads.as_ref().and_then(|u| u.token_secret.as_ref()),
         ),
         ("spec.readTokenSecret", spec.read_token_secret.as_ref()),
         ("spec.adminTokenSecret", spec.admin_token_secret.as_ref()),

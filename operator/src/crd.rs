@@ -75,6 +75,11 @@ pub struct NixCacheSpec {
     /// Uploads (`nix copy --to`), allowed with a token kept in a Secret; off when unset.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub uploads: Option<UploadsSpec>,
+    /// Kubernetes ServiceAccounts that read or push with their projected tokens, which the
+    /// server checks with TokenReviews (the operator binds its ServiceAccount to
+    /// `system:auth-delegator`). Any reader makes the cache private.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub service_account_access: Option<ServiceAccountAccessSpec>,
     /// A private cache: every read needs the token in this Secret (clients put it in netrc).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub read_token_secret: Option<SecretKeyRef>,
@@ -132,14 +137,55 @@ impl PodOptions {
 #[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct UploadsSpec {
-    /// The key of a Secret holding the upload token (at least 16 characters).
-    pub token_secret: SecretKeyRef,
+    /// The key of a Secret holding the upload token (at least 16 characters); without it only
+    /// the ServiceAccounts of `serviceAccountAccess.push` upload.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token_secret: Option<SecretKeyRef>,
     /// Keys (`name:base64`) one of which must have signed every uploaded narinfo.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub trusted_keys: Vec<String>,
     /// Largest NAR accepted, e.g. `8G`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_size: Option<String>,
+}
+
+/// Who reads and pushes as a Kubernetes ServiceAccount. A pod mounts a projected
+/// `serviceAccountToken` with the audience and sends it as its netrc password.
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ServiceAccountAccessSpec {
+    /// The audience tokens must be issued for; `nixcache` when unset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub audience: Option<String>,
+    /// ServiceAccounts that may read.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub read: Vec<ServiceAccountRef>,
+    /// ServiceAccounts that may push (`nix copy --to`), and read.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub push: Vec<ServiceAccountRef>,
+}
+
+impl ServiceAccountAccessSpec {
+    pub fn grants_any(&self) -> bool {
+        !self.read.is_empty() || !self.push.is_empty()
+    }
+}
+
+/// One ServiceAccount, or every one of a namespace.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ServiceAccountRef {
+    pub namespace: String,
+    /// The ServiceAccount; every one of the namespace when unset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+}
+
+impl ServiceAccountRef {
+    /// As the server's flags write it: `NAMESPACE/NAME` or `NAMESPACE/*`.
+    pub fn flag(&self) -> String {
+        format!("{}/{}", self.namespace, self.name.as_deref().unwrap_or("*"))
+    }
 }
 
 fn one() -> i32 {

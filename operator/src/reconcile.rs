@@ -12,6 +12,7 @@ use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::{
     ConfigMap, Node, PersistentVolumeClaim, Pod, Secret, Service, ServiceAccount,
 };
+use k8s_openapi::api::rbac::v1::ClusterRoleBinding;
 use kube::api::{
     Api, ApiResource, DeleteParams, DynamicObject, GroupVersionKind, ListParams, Patch,
     PatchParams, PostParams, PropagationPolicy,
@@ -162,7 +163,11 @@ pub fn error_policy(nc: Arc<NixCache>, error: &Error, _ctx: Arc<Context>) -> Act
 
 async fn reconcile_inner(nc: &NixCache, ctx: &Context) -> Result<Action, Error> {
     if nc.metadata.deletion_timestamp.is_some() {
-        // The API server's garbage collector removes the children through their owner references.
+        // The API server's garbage collector removes the children through their owner
+        // references; the cluster-scoped binding, which can have none, goes here.
+        if has_finalizer(nc) {
+            drop_token_review_binding(nc, ctx).await?;
+        }
         return Ok(Action::await_change());
     }
     let ns = nc.namespace().ok_or(Error::NoNamespace)?;
@@ -291,6 +296,7 @@ async fn apply_children(
     secret_versions: &str,
 ) -> Result<Applied, Error> {
     let client = ctx.client.clone();
+    token_review_binding(nc, ctx, ns).await?;
     let config_maps: Api<ConfigMap> = Api::namespaced(client.clone(), ns);
     apply(&config_maps, &resources::config_map(nc)).await?;
     apply(
@@ -356,6 +362,82 @@ async fn apply_children(
         service,
         claim_pending,
     })
+}
+
+/// On a cache whose server reviews ServiceAccount tokens: the ClusterRoleBinding it needs is
+/// deleted before the cache is.
+pub const FINALIZER: &str = "nixcache.io/token-review-binding";
+
+fn has_finalizer(nc: &NixCache) -> bool {
+    nc.finalizers().iter().any(|f| f == FINALIZER)
+}
+
+/// Sets the cache's finalizers to `finalizers`, if no one changed the cache since it was read
+/// (the resource version makes a concurrent change a conflict, retried).
+async fn set_finalizers(
+    nc: &NixCache,
+    ctx: &Context,
+    finalizers: Vec<String>,
+) -> Result<(), Error> {
+    let ns = nc.namespace().ok_or(Error::NoNamespace)?;
+    let api: Api<NixCache> = Api::namespaced(ctx.client.clone(), &ns);
+    let patch = json!({"metadata": {
+        "finalizers": finalizers,
+        "resourceVersion": nc.resource_version(),
+    }});
+    api.patch(
+        &nc.name_any(),
+        &PatchParams::default(),
+        &Patch::Merge(&patch),
+    )
+    .await
+    .map_err(|e| refused("NixCache".into(), &nc.name_any(), e))?;
+    Ok(())
+}
+
+/// While ServiceAccounts are granted access, the cache's ServiceAccount is bound to
+/// `system:auth-delegator` (the finalizer first, so that the binding never outlives the
+/// cache); once none is, the binding goes, then the finalizer.
+async fn token_review_binding(nc: &NixCache, ctx: &Context, ns: &str) -> Result<(), Error> {
+    if resources::reviews_tokens(nc) {
+        if !has_finalizer(nc) {
+            let mut finalizers = nc.finalizers().to_vec();
+            finalizers.push(FINALIZER.into());
+            set_finalizers(nc, ctx, finalizers).await?;
+        }
+        let bindings: Api<ClusterRoleBinding> = Api::all(ctx.client.clone());
+        let binding = resources::token_review_binding(nc);
+        if bindings
+            .get_metadata_opt(&resources::token_review_binding_name(nc))
+            .await?
+            .is_none()
+        {
+            info!(namespace = %ns, name = %nc.name_any(), role = resources::TOKEN_REVIEW_ROLE,
+                "binding the cache's ServiceAccount, whose server reviews tokens");
+        }
+        apply(&bindings, &binding).await?;
+    } else if has_finalizer(nc) {
+        drop_token_review_binding(nc, ctx).await?;
+    }
+    Ok(())
+}
+
+/// Deletes the cache's ClusterRoleBinding (if it is there), then the finalizer.
+async fn drop_token_review_binding(nc: &NixCache, ctx: &Context) -> Result<(), Error> {
+    let bindings: Api<ClusterRoleBinding> = Api::all(ctx.client.clone());
+    let name = resources::token_review_binding_name(nc);
+    match bindings.delete(&name, &DeleteParams::default()).await {
+        Ok(_) => info!(binding = %name, "deleted the cache's ClusterRoleBinding"),
+        Err(kube::Error::Api(s)) if s.code == 404 => {}
+        Err(e) => return Err(refused("ClusterRoleBinding".into(), &name, e)),
+    }
+    let finalizers = nc
+        .finalizers()
+        .iter()
+        .filter(|f| *f != FINALIZER)
+        .cloned()
+        .collect();
+    set_finalizers(nc, ctx, finalizers).await
 }
 
 /// The cache's server pods, to tell why they do not run. Without the right to list pods (an
@@ -611,7 +693,10 @@ async fn check(nc: &NixCache, client: &Client, ns: &str) -> Result<Result<String
     }
     let refs = [
         nc.spec.database.as_ref().map(|db| &db.postgres_url_secret),
-        nc.spec.uploads.as_ref().map(|u| &u.token_secret),
+        nc.spec
+            .uploads
+            .as_ref()
+            .and_then(|u| u.token_secret.as_ref()),
         nc.spec.read_token_secret.as_ref(),
         nc.spec.admin_token_secret.as_ref(),
     ];

@@ -9,6 +9,7 @@ use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::{
     ConfigMap, PersistentVolumeClaim, Secret, Service, ServiceAccount,
 };
+use k8s_openapi::api::rbac::v1::{ClusterRoleBinding, RoleRef, Subject};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
 use kube::{Resource, ResourceExt};
 use nixcache_settings::env;
@@ -169,6 +170,56 @@ fn meta(nc: &NixCache, name: String, component: &str) -> ObjectMeta {
     }
 }
 
+/// Whether the server reviews ServiceAccount tokens: some ServiceAccount is granted access.
+pub fn reviews_tokens(nc: &NixCache) -> bool {
+    nc.spec
+        .service_account_access
+        .as_ref()
+        .is_some_and(|a| a.grants_any())
+}
+
+/// The ClusterRole that lets the server create TokenReviews.
+pub const TOKEN_REVIEW_ROLE: &str = "system:auth-delegator";
+
+/// Labels of the cluster-scoped ClusterRoleBinding, naming its cache (it cannot have a
+/// namespaced owner: the operator deletes it, through a finalizer on the cache).
+pub const BINDING_NAMESPACE_LABEL: &str = "nixcache.io/namespace";
+
+/// The ClusterRoleBinding's name: `nixcache:<namespace>:<name>:token-review`.
+pub fn token_review_binding_name(nc: &NixCache) -> String {
+    format!(
+        "nixcache:{}:{}:token-review",
+        nc.namespace().unwrap_or_default(),
+        nc.name_any()
+    )
+}
+
+/// Binds the cache's ServiceAccount to `system:auth-delegator`, so that the server may create
+/// TokenReviews (and SubjectAccessReviews, which it does not).
+pub fn token_review_binding(nc: &NixCache) -> ClusterRoleBinding {
+    let ns = nc.namespace().unwrap_or_default();
+    let mut labels = labels(nc, "server");
+    labels.insert(BINDING_NAMESPACE_LABEL.into(), ns.clone());
+    ClusterRoleBinding {
+        metadata: ObjectMeta {
+            name: Some(token_review_binding_name(nc)),
+            labels: Some(labels),
+            ..ObjectMeta::default()
+        },
+        role_ref: RoleRef {
+            api_group: "rbac.authorization.k8s.io".into(),
+            kind: "ClusterRole".into(),
+            name: TOKEN_REVIEW_ROLE.into(),
+        },
+        subjects: Some(vec![Subject {
+            kind: "ServiceAccount".into(),
+            name: nc.name_any(),
+            namespace: Some(ns),
+            api_group: None,
+        }]),
+    }
+}
+
 pub fn config_map(nc: &NixCache) -> ConfigMap {
     ConfigMap {
         metadata: meta(nc, config_map_name(nc), "server"),
@@ -193,7 +244,8 @@ pub fn service_account(nc: &NixCache) -> ServiceAccount {
             meta(nc, nc.name_any(), "server"),
             &nc.spec.pod.service_account_annotations,
         ),
-        // The server never talks to the API server.
+        // The server talks to the API server only to review ServiceAccount tokens, and its pods
+        // then mount the token themselves (the GC Job's never do).
         automount_service_account_token: Some(false),
         ..ServiceAccount::default()
     }
@@ -376,7 +428,10 @@ fn tokens(nc: &NixCache) -> Vec<(&'static str, &'static str, &crate::crd::Secret
         (
             env::UPLOAD_TOKEN_FILE,
             "upload-token",
-            nc.spec.uploads.as_ref().map(|u| &u.token_secret),
+            nc.spec
+                .uploads
+                .as_ref()
+                .and_then(|u| u.token_secret.as_ref()),
         ),
         (
             env::READ_TOKEN_FILE,
@@ -638,6 +693,11 @@ pub fn deployment(
         "periodSeconds": 10, "timeoutSeconds": 3, "failureThreshold": 6,
     });
     let mut pod = pod_spec(nc, defaults, vec![server]);
+    if reviews_tokens(nc) {
+        // The server asks the API server for TokenReviews as its ServiceAccount; the kubelet
+        // rotates the token file and the server re-reads it.
+        pod["automountServiceAccountToken"] = json!(true);
+    }
     // The server's shutdown: 5 s of failing readiness, then up to 25 s for in-flight requests.
     pod["terminationGracePeriodSeconds"] = json!(35);
     pod["topologySpreadConstraints"] = topology_spread(nc);

@@ -49,6 +49,12 @@ pub enum HttpError {
     /// No valid token for a private read, an upload or the admin API.
     #[error("a valid token is required")]
     Unauthorized,
+    /// A valid credential without the right asked for (a ServiceAccount no grant names).
+    #[error("{0}")]
+    Forbidden(String),
+    /// A ServiceAccount token that cannot be checked now (the cause is in the log only).
+    #[error("the token cannot be checked now; try again")]
+    ReviewUnavailable,
     /// A PUT to a cache that takes no uploads.
     #[error("uploads are not enabled on this cache")]
     UploadsOff,
@@ -84,6 +90,8 @@ impl HttpError {
         match self {
             Self::NotServed(n) => n.status(),
             Self::Unauthorized => StatusCode::UNAUTHORIZED,
+            Self::Forbidden(_) => StatusCode::FORBIDDEN,
+            Self::ReviewUnavailable => StatusCode::SERVICE_UNAVAILABLE,
             Self::UploadsOff => StatusCode::METHOD_NOT_ALLOWED,
             Self::BrokenBody | Self::BadRequest(_) => StatusCode::BAD_REQUEST,
             Self::TooLarge => StatusCode::PAYLOAD_TOO_LARGE,
@@ -109,6 +117,8 @@ impl HttpError {
             | Self::Failed(_) => true,
             Self::NotServed(_)
             | Self::Unauthorized
+            | Self::Forbidden(_)
+            | Self::ReviewUnavailable
             | Self::UploadsOff
             | Self::BrokenBody
             | Self::TooLarge
@@ -159,6 +169,9 @@ impl ResponseError for HttpError {
             }
             Self::UploadsOff => {
                 b.insert_header(("Allow", "GET, HEAD"));
+            }
+            Self::ReviewUnavailable => {
+                b.insert_header((actix_web::http::header::RETRY_AFTER, "5"));
             }
             Self::NotServed(_) | Self::BrokenBody | Self::TooLarge | Self::ApiOff => {
                 b.insert_header((CACHE_CONTROL, HeaderValue::from_static("no-store")));

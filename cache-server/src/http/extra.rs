@@ -30,7 +30,7 @@ pub async fn put_extra(
     req: HttpRequest,
     payload: web::Payload,
 ) -> Result<HttpResponse, HttpError> {
-    let uploads = admit(&state, &req)?;
+    let uploads = admit(&state, &req).await?;
     let key = extra_kind(&req)
         .and_then(|(kind, name)| kind.key(&name))
         .ok_or(NotServed::InvalidName)?;

@@ -38,6 +38,8 @@ pub struct AppState {
     pub http: crate::config::HttpConfig,
     /// Uploads, when enabled.
     pub uploads: Option<crate::config::UploadConfig>,
+    /// ServiceAccounts that may read or push, when any may.
+    pub service_accounts: Option<Arc<crate::identity::ServiceAccounts>>,
     /// The store directory paths must be in.
     pub store_dir: String,
     /// Whether GC has a limit (size or age) to collect down to; without one GC on request is
@@ -216,6 +218,7 @@ mod tests {
                 shutdown_delay: Duration::ZERO,
             },
             uploads: None,
+            service_accounts: None,
             store_dir: "/nix/store".into(),
             gc_collects: false,
             tasks,

@@ -1,12 +1,13 @@
 //! `PUT` of what `nix copy --to http://…` sends: `nix-cache-info` (accepted, ignored), NARs,
 //! narinfos, and listings, build logs and realisations (kept, and served back by `extra`). Only with
-//! the upload token (HTTP Basic password or Bearer); otherwise 401, or 405 when uploads are off.
+//! the upload token or a ServiceAccount that may push (HTTP Basic password or Bearer); otherwise
+//! 401 or 403, or 405 when uploads are off.
 
 use actix_web::{web, HttpRequest, HttpResponse};
 use bytes::{Bytes, BytesMut};
 use futures_util::StreamExt;
 
-use super::auth::authorized;
+use super::auth::{allow, Right};
 use super::error::{HttpError, NotServed};
 use super::AppState;
 use crate::cache::upload::UploadError;
@@ -19,14 +20,12 @@ use crate::storage::keys::listing_key;
 pub(super) const SMALL_LIMIT: usize = 1 << 20;
 
 /// The upload settings when the request may upload, or why it may not.
-pub(super) fn admit<'a>(
+pub(super) async fn admit<'a>(
     state: &'a AppState,
     req: &HttpRequest,
 ) -> Result<&'a UploadConfig, HttpError> {
     let uploads = state.uploads.as_ref().ok_or(HttpError::UploadsOff)?;
-    if !authorized(req, uploads.token.expose()) {
-        return Err(HttpError::Unauthorized);
-    }
+    allow(state, req, Right::Push).await?;
     Ok(uploads)
 }
 
@@ -73,7 +72,7 @@ pub async fn put_cache_info(
     state: web::Data<AppState>,
     req: HttpRequest,
 ) -> Result<HttpResponse, HttpError> {
-    admit(&state, &req)?;
+    admit(&state, &req).await?;
     // This cache's nix-cache-info is its own; an uploaded one is accepted and ignored.
     Ok(HttpResponse::NoContent().finish())
 }
@@ -84,7 +83,7 @@ pub async fn put_nar(
     file: web::Path<String>,
     payload: web::Payload,
 ) -> Result<HttpResponse, HttpError> {
-    let uploads = admit(&state, &req)?;
+    let uploads = admit(&state, &req).await?;
     let file = NarFile::parse(&file).map_err(|_| NotServed::InvalidNarFile)?;
     state
         .cache
@@ -128,7 +127,7 @@ async fn put_root(
     payload: web::Payload,
     what: RootUpload,
 ) -> Result<HttpResponse, HttpError> {
-    let uploads = admit(&state, &req)?;
+    let uploads = admit(&state, &req).await?;
     let hash = StoreHash::parse(hash).map_err(|_| NotServed::InvalidHash)?;
     let body = collect(payload, SMALL_LIMIT).await?;
     let result = match what {

@@ -36,6 +36,8 @@ pub const LOG_FORMAT: &str = "text";
 pub const MAX_UPLOAD_SIZE: &str = "8GiB";
 pub const MAX_LOG_UPLOAD_SIZE: &str = "16MiB";
 pub const TASK_RETENTION: &str = "7days";
+pub const SERVICE_ACCOUNT_AUDIENCE: &str = "nixcache";
+pub const TOKEN_REVIEW_TTL: &str = "30s";
 
 /// Each setting (its argument id, the field of [`super::ServeArgs`]) with its default.
 pub const ALL: &[(&str, &str)] = &[
@@ -70,6 +72,8 @@ pub const ALL: &[(&str, &str)] = &[
     ("max_upload_size", MAX_UPLOAD_SIZE),
     ("max_log_upload_size", MAX_LOG_UPLOAD_SIZE),
     ("task_retention", TASK_RETENTION),
+    ("service_account_audience", SERVICE_ACCOUNT_AUDIENCE),
+    ("token_review_ttl", TOKEN_REVIEW_TTL),
 ];
 
 /// `cmd` (a command with [`super::ServeArgs`] among its arguments) with each setting's default

@@ -410,6 +410,45 @@ pub struct ServeArgs {
     /// With a read token: serve `/metrics` without it.
     #[arg(long, env = "NIXCACHE_PUBLIC_METRICS", num_args = 0..=1, default_missing_value = "true", value_name = "BOOL")]
     pub public_metrics: Option<bool>,
+
+    /// Kubernetes ServiceAccount that may read, as `NAMESPACE/NAME`, or `NAMESPACE/*` for every
+    /// one of a namespace; repeatable (space-separated in the environment). A pod sends its
+    /// projected token (audience --service-account-audience) as the HTTP Basic password (from
+    /// Nix's netrc file) or as a Bearer token; the Kubernetes API checks it (a TokenReview, as
+    /// the server's own ServiceAccount in a pod, which needs `system:auth-delegator`, else as
+    /// $KUBECONFIG says). Reads then need a credential, as with --read-token.
+    #[arg(
+        long = "read-service-account",
+        env = "NIXCACHE_READ_SERVICE_ACCOUNT",
+        value_name = "NAMESPACE/NAME",
+        value_delimiter = ' '
+    )]
+    #[serde(rename = "read-service-account")]
+    pub read_service_accounts: Vec<String>,
+
+    /// Kubernetes ServiceAccount that may push (`nix copy --to`) and read, as for
+    /// --read-service-account; repeatable. Uploads are on with one, token or not.
+    #[arg(
+        long = "push-service-account",
+        env = "NIXCACHE_PUSH_SERVICE_ACCOUNT",
+        value_name = "NAMESPACE/NAME",
+        value_delimiter = ' '
+    )]
+    #[serde(rename = "push-service-account")]
+    pub push_service_accounts: Vec<String>,
+
+    /// The audience ServiceAccount tokens must be issued for (the `audience` of the projected
+    /// `serviceAccountToken`): a token for the Kubernetes API itself is refused.
+    #[arg(
+        long,
+        env = "NIXCACHE_SERVICE_ACCOUNT_AUDIENCE",
+        value_name = "AUDIENCE"
+    )]
+    pub service_account_audience: Option<String>,
+
+    /// How long the answer of a TokenReview is taken again for the same token, yes or no.
+    #[arg(long, env = "NIXCACHE_TOKEN_REVIEW_TTL", value_name = "DURATION")]
+    pub token_review_ttl: Option<HumanDuration>,
 }
 
 /// How one upstream is used.
@@ -440,6 +479,84 @@ pub enum UpstreamCredentials {
     /// The entry of a netrc file for the upstream's host (else its `default` entry), sent as
     /// HTTP Basic, as Nix uses its `netrc-file`.
     NetrcFile(PathBuf),
+}
+
+/// Which Kubernetes ServiceAccounts may read and push, checked by TokenReview.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ServiceAccountConfig {
+    /// May read.
+    pub read: Vec<ServiceAccountGrant>,
+    /// May push, and read.
+    pub push: Vec<ServiceAccountGrant>,
+    /// What tokens must be issued for.
+    pub audience: String,
+    /// How long a review's answer is reused.
+    pub review_ttl: Duration,
+}
+
+impl ServiceAccountConfig {
+    /// Whether `namespace/name` may push.
+    pub fn may_push(&self, namespace: &str, name: &str) -> bool {
+        self.push.iter().any(|g| g.covers(namespace, name))
+    }
+
+    /// Whether `namespace/name` may read (pushing includes reading).
+    pub fn may_read(&self, namespace: &str, name: &str) -> bool {
+        self.may_push(namespace, name) || self.read.iter().any(|g| g.covers(namespace, name))
+    }
+}
+
+/// `NAMESPACE/NAME`, or `NAMESPACE/*`: one ServiceAccount, or all of a namespace's.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ServiceAccountGrant {
+    pub namespace: String,
+    /// None: every ServiceAccount of the namespace.
+    pub name: Option<String>,
+}
+
+impl ServiceAccountGrant {
+    pub fn covers(&self, namespace: &str, name: &str) -> bool {
+        self.namespace == namespace && self.name.as_deref().is_none_or(|n| n == name)
+    }
+}
+
+/// A DNS-1123 label (namespaces) or subdomain (ServiceAccount names), as Kubernetes allows.
+fn is_dns_name(s: &str, max: usize, dots: bool) -> bool {
+    !s.is_empty()
+        && s.len() <= max
+        && (dots || !s.contains('.'))
+        && s.split('.').all(|label| {
+            !label.is_empty()
+                && label
+                    .bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+                && !label.starts_with('-')
+                && !label.ends_with('-')
+        })
+}
+
+impl FromStr for ServiceAccountGrant {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        let s = s.trim();
+        let shown: String = s.chars().take(100).collect();
+        let (namespace, name) = s
+            .split_once('/')
+            .ok_or_else(|| format!("{shown:?}: write NAMESPACE/NAME or NAMESPACE/*"))?;
+        if !is_dns_name(namespace, 63, false) {
+            return Err(format!("{shown:?}: {namespace:?} is not a namespace name"));
+        }
+        let name = match name {
+            "*" => None,
+            n if is_dns_name(n, 253, true) => Some(n.to_string()),
+            n => return Err(format!("{shown:?}: {n:?} is not a ServiceAccount name")),
+        };
+        Ok(Self {
+            namespace: namespace.to_string(),
+            name,
+        })
+    }
 }
 
 /// Where the bucket is and how to reach it. Credentials come from the standard environment
@@ -501,10 +618,11 @@ fn token(
     Ok(Some(Secret(token)))
 }
 
-/// Uploads, when a token enables them.
+/// Uploads, when a token or a ServiceAccount with push rights enables them.
 #[derive(Clone, Debug)]
 pub struct UploadConfig {
-    pub token: Secret,
+    /// The upload token; none: only ServiceAccounts push.
+    pub token: Option<Secret>,
     /// Keys one of which must have signed an uploaded narinfo; empty: any.
     pub trusted_keys: Vec<PublicKey>,
     /// NAR uploads, streamed to a staging file.
@@ -586,8 +704,10 @@ pub struct Config {
     pub database: DatabaseConfig,
     pub locks: LockConfig,
     pub gc: GcConfig,
-    /// Uploads, when a token enables them.
+    /// Uploads, when a token or a ServiceAccount with push rights enables them.
     pub uploads: Option<UploadConfig>,
+    /// Kubernetes ServiceAccounts that may read or push, when any may.
+    pub service_accounts: Option<ServiceAccountConfig>,
     pub tasks: TaskConfig,
 }
 
@@ -780,13 +900,13 @@ fn parse_size(flag: &'static str, v: Option<&str>) -> Result<Option<u64>, Config
 }
 
 impl ServeArgs {
-    fn upload_config(&self) -> Result<Option<UploadConfig>, ConfigError> {
-        let Some(token) = token(
+    fn upload_config(&self, pushers: bool) -> Result<Option<UploadConfig>, ConfigError> {
+        let token = token(
             "upload-token",
             self.upload_token.as_deref(),
             self.upload_token_file.as_deref(),
-        )?
-        else {
+        )?;
+        if token.is_none() && !pushers {
             if !self.upload_trusted_keys.is_empty()
                 || self.max_upload_size.is_some()
                 || self.max_log_upload_size.is_some()
@@ -794,11 +914,12 @@ impl ServeArgs {
             {
                 return Err(invalid(
                     "upload-token",
-                    "upload settings without --upload-token or --upload-token-file",
+                    "upload settings without --upload-token, --upload-token-file or \
+                     --push-service-account",
                 ));
             }
             return Ok(None);
-        };
+        }
         let trusted_keys = self
             .upload_trusted_keys
             .iter()
@@ -904,6 +1025,20 @@ impl ServeArgs {
             read_token: self.read_token.or(other.read_token),
             read_token_file: self.read_token_file.or(other.read_token_file),
             public_metrics: self.public_metrics.or(other.public_metrics),
+            read_service_accounts: if self.read_service_accounts.is_empty() {
+                other.read_service_accounts
+            } else {
+                self.read_service_accounts
+            },
+            push_service_accounts: if self.push_service_accounts.is_empty() {
+                other.push_service_accounts
+            } else {
+                self.push_service_accounts
+            },
+            service_account_audience: self
+                .service_account_audience
+                .or(other.service_account_audience),
+            token_review_ttl: self.token_review_ttl.or(other.token_review_ttl),
             admin_token: self.admin_token.or(other.admin_token),
             admin_token_file: self.admin_token_file.or(other.admin_token_file),
             task_retention: self.task_retention.or(other.task_retention),
@@ -929,8 +1064,56 @@ impl ServeArgs {
         args.into_config()
     }
 
+    /// Who may read and push as a Kubernetes ServiceAccount, when anyone may.
+    fn service_account_config(&self) -> Result<Option<ServiceAccountConfig>, ConfigError> {
+        let grants = |setting: &'static str, given: &[String]| {
+            given
+                .iter()
+                .filter(|g| !g.trim().is_empty())
+                .map(|g| g.parse().map_err(|e| invalid(setting, e)))
+                .collect::<Result<Vec<ServiceAccountGrant>, _>>()
+        };
+        let read = grants("read-service-account", &self.read_service_accounts)?;
+        let push = grants("push-service-account", &self.push_service_accounts)?;
+        if read.is_empty() && push.is_empty() {
+            if self.service_account_audience.is_some() || self.token_review_ttl.is_some() {
+                return Err(invalid(
+                    "service-account-audience",
+                    "ServiceAccount settings without --read-service-account or \
+                     --push-service-account",
+                ));
+            }
+            return Ok(None);
+        }
+        let audience: String = given_or(
+            "service-account-audience",
+            self.service_account_audience.clone(),
+            defaults::SERVICE_ACCOUNT_AUDIENCE,
+        )?;
+        if audience.trim().is_empty() {
+            return Err(invalid("service-account-audience", "must not be empty"));
+        }
+        let review_ttl = given_or(
+            "token-review-ttl",
+            self.token_review_ttl.clone(),
+            defaults::TOKEN_REVIEW_TTL,
+        )?
+        .0;
+        Ok(Some(ServiceAccountConfig {
+            read,
+            push,
+            audience: audience.trim().to_string(),
+            review_ttl,
+        }))
+    }
+
     fn into_config(self) -> Result<Config, ConfigError> {
-        let uploads = self.upload_config()?;
+        let service_accounts = self.service_account_config()?;
+        let uploads = self.upload_config(
+            service_accounts
+                .as_ref()
+                .is_some_and(|s| !s.push.is_empty()),
+        )?;
         let read_token = token(
             "read-token",
             self.read_token.as_deref(),
@@ -1192,6 +1375,7 @@ impl ServeArgs {
                 )?,
             },
             uploads,
+            service_accounts,
             tasks: TaskConfig {
                 retention: positive(
                     "task-retention",
@@ -1254,6 +1438,80 @@ mod tests {
     }
 
     #[test]
+    fn service_accounts_read_and_push_with_uploads_on_without_a_token() {
+        let grant = |s: &str| s.parse::<ServiceAccountGrant>();
+        assert_eq!(
+            grant("ci/builder"),
+            Ok(ServiceAccountGrant {
+                namespace: "ci".into(),
+                name: Some("builder".into())
+            })
+        );
+        assert_eq!(grant("ci/*").map(|g| g.name), Ok(None));
+        for bad in [
+            "ci", "/x", "ci/", "Ci/x", "ci/x/y", "c.i/x", "ci/-x", "ci/X",
+        ] {
+            assert!(grant(bad).is_err(), "{bad:?}");
+        }
+        assert!(
+            grant("ci/a.b").is_ok(),
+            "ServiceAccount names may have dots"
+        );
+
+        let config = ServeArgs {
+            read_service_accounts: vec!["dev/*".into()],
+            push_service_accounts: vec!["ci/pusher".into()],
+            ..ServeArgs::default()
+        }
+        .resolve()
+        .expect("valid");
+        let accounts = config.service_accounts.expect("on");
+        assert_eq!(accounts.audience, "nixcache");
+        assert_eq!(accounts.review_ttl, Duration::from_secs(30));
+        assert!(accounts.may_read("dev", "anyone") && !accounts.may_push("dev", "anyone"));
+        assert!(accounts.may_read("ci", "pusher") && accounts.may_push("ci", "pusher"));
+        assert!(!accounts.may_read("ci", "other") && !accounts.may_read("other", "pusher"));
+        let uploads = config.uploads.expect("pushers turn uploads on");
+        assert!(uploads.token.is_none());
+
+        let readers_only = ServeArgs {
+            read_service_accounts: vec!["dev/*".into()],
+            service_account_audience: Some("cache.example".into()),
+            token_review_ttl: Some("5s".parse().expect("duration")),
+            ..ServeArgs::default()
+        }
+        .resolve()
+        .expect("valid");
+        assert!(
+            readers_only.uploads.is_none(),
+            "readers do not turn uploads on"
+        );
+        let accounts = readers_only.service_accounts.expect("on");
+        assert_eq!(
+            (accounts.audience.as_str(), accounts.review_ttl),
+            ("cache.example", Duration::from_secs(5))
+        );
+
+        let err = |a: ServeArgs| a.resolve().err().map(|e| e.to_string()).unwrap_or_default();
+        assert!(err(ServeArgs {
+            read_service_accounts: vec!["nonamespace".into()],
+            ..ServeArgs::default()
+        })
+        .contains("read-service-account"));
+        assert!(err(ServeArgs {
+            service_account_audience: Some("x".into()),
+            ..ServeArgs::default()
+        })
+        .contains("without --read-service-account"));
+        assert!(err(ServeArgs {
+            read_service_accounts: vec!["dev/*".into()],
+            max_upload_size: Some("1G".into()),
+            ..ServeArgs::default()
+        })
+        .contains("--push-service-account"));
+    }
+
+    #[test]
     fn upload_settings() {
         let none = ServeArgs::default().resolve().expect("valid");
         assert!(none.uploads.is_none(), "uploads are off by default");
@@ -1268,7 +1526,10 @@ mod tests {
             .expect("valid")
             .uploads
             .expect("on");
-        assert_eq!(on.token.expose(), "0123456789abcdef");
+        assert_eq!(
+            on.token.as_ref().map(Secret::expose),
+            Some("0123456789abcdef")
+        );
         assert_eq!((on.trusted_keys.len(), on.max_size), (1, 1_000_000_000));
         // As documented: 8 GiB for NARs, 16 MiB for logs, realisations and build traces.
         let defaults = args(Some("0123456789abcdef"), &[], None)
@@ -1303,7 +1564,7 @@ mod tests {
                 .resolve()
                 .expect("valid")
                 .uploads
-                .map(|u| u.token.expose().to_string()),
+                .and_then(|u| u.token.map(|t| t.expose().to_string())),
             Some("fedcba9876543210fedcba".to_string())
         );
         let both = ServeArgs {
