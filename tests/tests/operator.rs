@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::{ConfigMap, Pod, Secret, Service, ServiceAccount};
+use k8s_openapi::api::rbac::v1::ClusterRoleBinding;
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::api::{Api, DeleteParams, DynamicObject, ListParams, Patch, PatchParams, PostParams};
 use kube::config::{KubeConfigOptions, Kubeconfig};
@@ -362,7 +363,32 @@ async fn helm_installs_the_chart_and_every_manifest_validates() {
         );
     }
     assert!(listed.contains("value: \"team-a,team-b\""), "{listed}");
-    assert!(!listed.contains("kind: ClusterRoleBinding"), "{listed}");
+    // Cluster-wide it may only bind caches' ServiceAccounts to system:auth-delegator, and not
+    // even that when told not to.
+    assert_eq!(
+        listed.matches("kind: ClusterRoleBinding").count(),
+        1,
+        "{listed}"
+    );
+    assert!(
+        listed.contains("kind: ClusterRoleBinding\nmetadata:\n  name: op-nixcache-operator-token-review"),
+        "{listed}"
+    );
+    assert!(
+        listed.contains("verbs: [\"bind\"]\n    resourceNames: [\"system:auth-delegator\"]"),
+        "{listed}"
+    );
+    let confined = run(&[
+        "template",
+        "op",
+        chart_s,
+        "--set",
+        "watchNamespaces={team-a,team-b}",
+        "--set",
+        "rbac.tokenReviewBindings=false",
+    ]);
+    assert!(!confined.contains("kind: ClusterRoleBinding"), "{confined}");
+    assert!(!confined.contains("token-review"), "{confined}");
 
     // As a subchart: a parent chart's `global` values and its `enabled` switch pass the schema,
     // and the rendering validates.
@@ -521,6 +547,84 @@ async fn helm_installs_the_chart_and_every_manifest_validates() {
         .await
         .expect("get")
         .is_some());
+    // A cache whose ServiceAccount readers and pushers need TokenReviews: under the chart's
+    // RBAC the operator binds its ServiceAccount to system:auth-delegator (the binding is
+    // cluster-scoped, so a finalizer, not an owner reference, removes it with the cache).
+    let private: NixCache = serde_json::from_value(json!({
+        "apiVersion": "nixcache.io/v1alpha1", "kind": "NixCache",
+        "metadata": {"name": "private", "namespace": "default"},
+        "spec": {
+            "uploads": {},
+            "serviceAccountAccess": {
+                "read": [{"namespace": "ci"}],
+                "push": [{"namespace": "ci", "name": "pusher"}],
+            },
+        },
+    }))
+    .expect("NixCache");
+    caches
+        .create(&PostParams::default(), &private)
+        .await
+        .expect("create the private cache");
+    let bindings: Api<ClusterRoleBinding> = Api::all(client.clone());
+    let binding_name = "nixcache:default:private:token-review";
+    let binding = eventually(30, "the token-review ClusterRoleBinding", || async {
+        bindings.get_opt(binding_name).await.ok()?
+    })
+    .await;
+    assert_eq!(binding.role_ref.name, "system:auth-delegator");
+    let subjects = binding.subjects.unwrap_or_default();
+    assert_eq!(subjects.len(), 1);
+    assert_eq!(
+        (subjects[0].kind.as_str(), subjects[0].name.as_str()),
+        ("ServiceAccount", "private")
+    );
+    assert_eq!(subjects[0].namespace.as_deref(), Some("default"));
+    let nc = caches.get("private").await.expect("get");
+    assert!(
+        nc.finalizers()
+            .iter()
+            .any(|f| f == "nixcache.io/token-review-binding"),
+        "{:?}",
+        nc.finalizers()
+    );
+    let deployments: Api<Deployment> = Api::namespaced(client.clone(), "default");
+    let deployment = eventually(30, "the private cache's Deployment", || async {
+        deployments.get_opt("private").await.ok()?
+    })
+    .await;
+    let pod = deployment
+        .spec
+        .and_then(|s| s.template.spec)
+        .expect("pod spec");
+    assert_eq!(
+        pod.automount_service_account_token,
+        Some(true),
+        "the server mounts its token to ask for TokenReviews"
+    );
+    let cms: Api<ConfigMap> = Api::namespaced(client.clone(), "default");
+    let rendered = eventually(30, "the private cache's configuration", || async {
+        let cm = cms.get_opt("private-config").await.ok()??;
+        cm.data?.get("config.toml").cloned()
+    })
+    .await;
+    let args: ServeArgs = toml::from_str(&rendered).expect("rendered configuration");
+    assert_eq!(args.read_service_accounts, vec!["ci/*".to_string()]);
+    assert_eq!(args.push_service_accounts, vec!["ci/pusher".to_string()]);
+    let config = args.resolve().expect("the server takes the rendered settings");
+    assert!(config.uploads.is_some_and(|u| u.token.is_none()));
+    // Deleting the cache deletes the binding, then lets the cache go.
+    caches
+        .delete("private", &DeleteParams::default())
+        .await
+        .expect("delete");
+    eventually(30, "the binding and the cache gone", || async {
+        let binding = bindings.get_opt(binding_name).await.ok()?;
+        let cache = caches.get_opt("private").await.ok()?;
+        (binding.is_none() && cache.is_none()).then_some(())
+    })
+    .await;
+
     let log = operator.log();
     assert!(
         !log.contains("forbidden") && !log.contains("Forbidden"),
