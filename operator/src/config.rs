@@ -789,6 +789,38 @@ mod tests {
     }
 
     #[test]
+    fn service_account_grants_render_as_the_servers_flags_and_push_without_a_token() {
+        let nc = cache(serde_json::json!({
+            "uploads": {},
+            "serviceAccountAccess": {
+                "audience": "cache.team",
+                "read": [{"namespace": "dev"}],
+                "push": [{"namespace": "ci", "name": "pusher"}]
+            }
+        }));
+        validate(&nc).expect("valid");
+        let args = render(&nc);
+        assert_eq!(args.read_service_accounts, vec!["dev/*"]);
+        assert_eq!(args.push_service_accounts, vec!["ci/pusher"]);
+        assert_eq!(args.service_account_audience.as_deref(), Some("cache.team"));
+        let no_token_no_pushers = cache(serde_json::json!({
+            "uploads": {},
+            "serviceAccountAccess": {"read": [{"namespace": "dev"}]}
+        }));
+        assert!(validate(&no_token_no_pushers)
+            .expect_err("uploads without a way in")
+            .0
+            .contains("tokenSecret"));
+        let bad = cache(serde_json::json!({
+            "serviceAccountAccess": {"read": [{"namespace": "Dev"}]}
+        }));
+        assert!(validate(&bad)
+            .expect_err("bad namespace")
+            .0
+            .contains("read-service-account"));
+    }
+
+    #[test]
     fn names_and_quantities() {
         assert!(is_name("s3-creds.v1"));
         assert!(!is_name("-x") && !is_name("A") && !is_name("") && !is_name("a..b"));

@@ -839,6 +839,47 @@ mod tests {
     }
 
     #[test]
+    fn only_a_server_that_reviews_tokens_mounts_one_and_is_bound_to_review_them() {
+        let automount = |nc: &NixCache| {
+            let d = deployment(nc, &Defaults::with_image("img:1"), "web-1:AAAA", "").expect("d");
+            d.spec
+                .and_then(|s| s.template.spec)
+                .and_then(|p| p.automount_service_account_token)
+        };
+        let plain = ha();
+        assert!(!reviews_tokens(&plain));
+        assert_eq!(automount(&plain), Some(false));
+        let mut spec = serde_json::to_value(&ha().spec).expect("spec");
+        spec["serviceAccountAccess"] = json!({"read": [{"namespace": "ci", "name": "builder"}]});
+        let reviewing = cache(spec.clone());
+        assert!(reviews_tokens(&reviewing));
+        assert_eq!(automount(&reviewing), Some(true));
+        // GC Jobs never talk to the API server.
+        let job = gc_job(&reviewing, &Defaults::with_image("img:1"), 1_700_000_000).expect("job");
+        assert_eq!(
+            job.spec
+                .and_then(|s| s.template.spec)
+                .and_then(|p| p.automount_service_account_token),
+            Some(false)
+        );
+        let binding = token_review_binding(&reviewing);
+        assert_eq!(
+            binding.metadata.name.as_deref(),
+            Some("nixcache:team:web:token-review")
+        );
+        assert_eq!(binding.metadata.owner_references, None, "cluster-scoped");
+        assert_eq!(binding.role_ref.name, "system:auth-delegator");
+        let subjects = binding.subjects.expect("subjects");
+        assert_eq!(
+            (subjects[0].name.as_str(), subjects[0].namespace.as_deref()),
+            ("web", Some("team"))
+        );
+        // An access section granting nothing reviews nothing.
+        spec["serviceAccountAccess"] = json!({"audience": "x"});
+        assert!(!reviews_tokens(&cache(spec)));
+    }
+
+    #[test]
     fn the_deployment_runs_the_server_with_its_config_secrets_and_probes() {
         let nc = ha();
         let d = deployment(&nc, &Defaults::with_image("img:1"), "web-1:AAAA", "").expect("deploy");

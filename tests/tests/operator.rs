@@ -371,7 +371,9 @@ async fn helm_installs_the_chart_and_every_manifest_validates() {
         "{listed}"
     );
     assert!(
-        listed.contains("kind: ClusterRoleBinding\nmetadata:\n  name: op-nixcache-operator-token-review"),
+        listed.contains(
+            "kind: ClusterRoleBinding\nmetadata:\n  name: op-nixcache-operator-token-review"
+        ),
         "{listed}"
     );
     assert!(
@@ -611,7 +613,9 @@ async fn helm_installs_the_chart_and_every_manifest_validates() {
     let args: ServeArgs = toml::from_str(&rendered).expect("rendered configuration");
     assert_eq!(args.read_service_accounts, vec!["ci/*".to_string()]);
     assert_eq!(args.push_service_accounts, vec!["ci/pusher".to_string()]);
-    let config = args.resolve().expect("the server takes the rendered settings");
+    let config = args
+        .resolve()
+        .expect("the server takes the rendered settings");
     assert!(config.uploads.is_some_and(|u| u.token.is_none()));
     // Deleting the cache deletes the binding, then lets the cache go.
     caches
