@@ -807,6 +807,162 @@ fn client_config_as_nix_config(e: &E2e, fx: &Fixture) {
     ]);
 }
 
+/// A cache that ServiceAccounts read and push with their projected tokens: the operator binds
+/// its ServiceAccount to system:auth-delegator, its server reviews tokens as that account, and
+/// Nix in a pod of a granted ServiceAccount substitutes and pushes with the token in netrc, set up
+/// as the README says; a pod of another ServiceAccount is refused. Deleting the cache deletes
+/// the binding.
+fn service_account_access(e: &E2e, fx: &Fixture, upstream: &str) {
+    for sa in ["builder", "outsider"] {
+        e.k.apply(
+            &json!({"apiVersion": "v1", "kind": "ServiceAccount",
+                "metadata": {"name": sa, "namespace": NS}})
+            .to_string(),
+        );
+    }
+    e.k.apply(
+        &json!({"apiVersion": "nixcache.io/v1alpha1", "kind": "NixCache",
+        "metadata": {"name": "private", "namespace": NS},
+        "spec": {
+            "upstreams": [{"url": upstream, "publicKeys": [fx.key]}],
+            "uploads": {},
+            "serviceAccountAccess": {
+                "read": [{"namespace": "readers"}],
+                "push": [{"namespace": NS, "name": "builder"}],
+            },
+        }})
+        .to_string(),
+    );
+    let st = e.wait_cache_ready("private", 1);
+    let url = st["url"].as_str().expect("status.url").to_string();
+    let key = st["publicKey"]
+        .as_str()
+        .expect("status.publicKey")
+        .to_string();
+    let binding = e.k.kubectl_ok(&[
+        "get",
+        "clusterrolebinding",
+        "nixcache:default:private:token-review",
+        "-o",
+        "jsonpath={.roleRef.name} {.subjects[0].namespace}/{.subjects[0].name}",
+    ]);
+    assert_eq!(binding.trim(), "system:auth-delegator default/private");
+
+    let host = format!("private.{NS}.svc.cluster.local");
+    let pod = |name: &str, sa: &str| {
+        e.k.apply(
+            &json!({"apiVersion": "v1", "kind": "Pod",
+            "metadata": {"name": name, "namespace": NS},
+            "spec": {
+                "serviceAccountName": sa,
+                "terminationGracePeriodSeconds": 1,
+                "hostAliases": [{"ip": e.cluster_ip("private"), "hostnames": [host]}],
+                "volumes": [{"name": "nixcache-token", "projected": {"sources": [
+                    {"serviceAccountToken":
+                        {"audience": "nixcache", "expirationSeconds": 3600, "path": "token"}}]}}],
+                "containers": [{
+                    "name": "nix", "image": common::image::NIX_CLIENT, "imagePullPolicy": "Never",
+                    "command": ["sleep", "86400"],
+                    "env": [{"name": "NIX_CONFIG", "value":
+                        format!("{}\nnetrc-file = /tmp/nixcache.netrc", common::NIX_CONFIG)}],
+                    "volumeMounts": [{"name": "nixcache-token",
+                        "mountPath": "/var/run/secrets/nixcache", "readOnly": true}],
+                }],
+            }})
+            .to_string(),
+        );
+    };
+    pod("builder-client", "builder");
+    pod("outsider-client", "outsider");
+    for p in ["builder-client", "outsider-client"] {
+        e.k.kubectl_ok(&[
+            "-n",
+            NS,
+            "wait",
+            "--for=condition=Ready",
+            &format!("pod/{p}"),
+            "--timeout=120s",
+        ]);
+    }
+    let netrc = format!(
+        "printf 'machine {host} login serviceaccount password %s\\n' \
+         \"$(cat /var/run/secrets/nixcache/token)\" > /tmp/nixcache.netrc"
+    );
+    let substitute = format!(
+        "{netrc} && nix copy --from '{url}' --to /tmp/store '{}' \
+         --option trusted-public-keys '{key}' --option require-sigs true",
+        fx.top()
+    );
+    let out = e.exec("builder-client", &substitute);
+    assert!(
+        out.status.success(),
+        "nix copy from {url} as ServiceAccount builder:\n{}{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+        e.k.diagnose()
+    );
+    let push = format!(
+        "{netrc} && echo pushed-from-a-pod > /tmp/pushed && \
+         p=$(nix store add-file /tmp/pushed) && nix copy --to '{url}' \"$p\" && echo \"$p\""
+    );
+    let out = e.exec("builder-client", &push);
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "nix copy --to {url} as ServiceAccount builder:\n{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let pushed = stdout.trim().lines().last().unwrap_or_default().to_string();
+    assert!(pushed.starts_with("/nix/store/"), "{stdout}");
+    let out = e.exec("outsider-client", &substitute);
+    assert!(
+        !out.status.success(),
+        "a ServiceAccount no grant names substituted from {url}"
+    );
+    let out = e.exec("outsider-client", &push);
+    assert!(
+        !out.status.success(),
+        "a ServiceAccount no grant names pushed to {url}"
+    );
+    // What the builder pushed is there for it, through the cache.
+    let out = e.exec(
+        "builder-client",
+        &format!("{netrc} && nix path-info --store '{url}' '{pushed}'"),
+    );
+    assert!(
+        out.status.success(),
+        "the pushed path in the cache:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    e.k.kubectl_ok(&[
+        "-n",
+        NS,
+        "delete",
+        "nc",
+        "private",
+        "--wait=true",
+        "--timeout=60s",
+    ]);
+    let left = e.k.kubectl(&[
+        "get",
+        "clusterrolebinding",
+        "nixcache:default:private:token-review",
+    ]);
+    assert!(!left.status.success(), "the binding outlived its cache");
+    for p in ["builder-client", "outsider-client"] {
+        let _ = e.k.kubectl(&[
+            "-n",
+            NS,
+            "delete",
+            "pod",
+            p,
+            "--grace-period=1",
+            "--wait=false",
+        ]);
+    }
+}
+
 #[test]
 fn the_chart_and_the_examples_serve_nix_clients_in_a_real_cluster() {
     let t0 = Instant::now();
@@ -1132,6 +1288,8 @@ fn the_chart_and_the_examples_serve_nix_clients_in_a_real_cluster() {
     claim_backed_cache(&e, &rt, fx, &upstream_a.url);
     // 15. The client ConfigMap, as NIX_CONFIG in a Nix client pod, is all it needs.
     client_config_as_nix_config(&e, fx);
+    // 16. ServiceAccounts read and push with their own tokens.
+    service_account_access(&e, fx, &upstream_a.url);
     let times = format!(
         "test cluster: start-up (until the node is Ready) {:.1} s; the end-to-end test {:.1} s\n",
         e.k.started_in.as_secs_f64(),
