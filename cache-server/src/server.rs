@@ -12,7 +12,7 @@ use crate::cache::tasks::{TaskSettings, Tasks};
 use crate::cache::{memory_ttl, Cache, CacheSettings};
 use crate::config::{load_signing_key, Config, DatabaseBackend, LocalCacheConfig, StorageBackend};
 use crate::db::{Database, SqlDatabase};
-use crate::http::{configure, count_requests, require_read_token, AppState};
+use crate::http::{configure, count_requests, require_read_access, AppState};
 use crate::identity::ServiceAccounts;
 use crate::lock::{FallbackLock, LocalLock, Lock, RedisLock};
 use crate::metrics::Metrics;
@@ -265,7 +265,7 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
     let server = HttpServer::new(move || {
         App::new()
             .app_data(state.clone())
-            .wrap(middleware::from_fn(require_read_token))
+            .wrap(middleware::from_fn(require_read_access))
             .wrap(middleware::from_fn(count_requests))
             .configure(configure)
     })

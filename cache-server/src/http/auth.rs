@@ -130,7 +130,7 @@ pub fn reads_need_credential(state: &AppState) -> bool {
 /// On a private cache, GET and HEAD need a credential that may read ([`allow`]), except for
 /// the health endpoints and the public key, and `/metrics` when it is public. PUTs are checked
 /// in their handlers.
-pub async fn require_read_token(
+pub async fn require_read_access(
     req: ServiceRequest,
     next: Next<impl MessageBody + 'static>,
 ) -> Result<ServiceResponse<EitherBody<impl MessageBody>>, actix_web::Error> {

@@ -16,7 +16,7 @@ mod range;
 mod respond;
 pub(crate) mod upload;
 
-pub use auth::require_read_token;
+pub use auth::require_read_access;
 pub use error::{HttpError, NotServed};
 pub(crate) use respond::text;
 
@@ -233,7 +233,7 @@ mod tests {
         let app = init_service(
             App::new()
                 .app_data(state(dir.path(), &up).await)
-                .wrap(actix_web::middleware::from_fn(require_read_token))
+                .wrap(actix_web::middleware::from_fn(require_read_access))
                 .wrap(actix_web::middleware::from_fn(count_requests))
                 .configure(configure),
         )
