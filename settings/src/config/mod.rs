@@ -1095,7 +1095,7 @@ impl ServeArgs {
         }
         let review_ttl = given_or(
             "token-review-ttl",
-            self.token_review_ttl.clone(),
+            self.token_review_ttl,
             defaults::TOKEN_REVIEW_TTL,
         )?
         .0;
