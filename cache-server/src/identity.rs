@@ -47,10 +47,18 @@ const MAX_ANSWERS: u64 = 10_000;
 /// How long one TokenReview may take.
 const REVIEW_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// While the Kubernetes API cannot be asked, a ServiceAccount's token it vouched for this
+/// recently still stands for that ServiceAccount (a control-plane upgrade does not lock pods
+/// out); a token it never saw is refused with 503.
+pub const STANDS_WHILE_UNREVIEWABLE: Duration = Duration::from_secs(300);
+
 pub struct ServiceAccounts {
     config: ServiceAccountConfig,
     client: kube::Client,
     answers: moka::future::Cache<[u8; 32], Reviewed>,
+    /// ServiceAccounts' answers for [`STANDS_WHILE_UNREVIEWABLE`], taken only when no review
+    /// can be had.
+    vouched: moka::future::Cache<[u8; 32], Reviewed>,
     metrics: Metrics,
 }
 
@@ -83,10 +91,15 @@ impl ServiceAccounts {
             .max_capacity(MAX_ANSWERS)
             .time_to_live(config.review_ttl)
             .build();
+        let vouched = moka::future::Cache::builder()
+            .max_capacity(MAX_ANSWERS)
+            .time_to_live(STANDS_WHILE_UNREVIEWABLE.max(config.review_ttl))
+            .build();
         Self {
             config,
             client,
             answers,
+            vouched,
             metrics,
         }
     }
@@ -96,16 +109,30 @@ impl ServiceAccounts {
     }
 
     /// Whose `token` is. One review is asked for any number of requests with the same token at
-    /// once, and its answer reused for the review TTL; a failure to ask is not kept.
+    /// once, and its answer reused for the review TTL; a failure to ask is not kept. When no
+    /// review can be had, a ServiceAccount's token vouched for within
+    /// [`STANDS_WHILE_UNREVIEWABLE`] stands.
     pub async fn review(&self, token: &str) -> Result<Reviewed, Arc<ReviewFailed>> {
         if !looks_like_jwt(token) {
             return Ok(Reviewed::Invalid);
         }
         let key: [u8; 32] = Sha256::digest(token.as_bytes()).into();
-        self.answers.try_get_with(key, self.ask(token)).await
+        match self.answers.try_get_with(key, self.ask(key, token)).await {
+            Ok(answer) => Ok(answer),
+            Err(failed) => match self.vouched.get(&key).await {
+                Some(answer) => {
+                    self.metrics
+                        .token_reviews
+                        .with_label_values(&["vouched_before"])
+                        .inc();
+                    Ok(answer)
+                }
+                None => Err(failed),
+            },
+        }
     }
 
-    async fn ask(&self, token: &str) -> Result<Reviewed, ReviewFailed> {
+    async fn ask(&self, key: [u8; 32], token: &str) -> Result<Reviewed, ReviewFailed> {
         let review = TokenReview {
             spec: TokenReviewSpec {
                 token: Some(token.to_string()),
@@ -131,8 +158,17 @@ impl ServiceAccounts {
             Err(_) => "failed",
         };
         self.metrics.token_reviews.with_label_values(&[label]).inc();
-        if let Err(e) = &reviewed {
-            tracing::warn!(error = %e, "cannot review a ServiceAccount token; the request is refused");
+        match &reviewed {
+            Ok(answer @ Reviewed::ServiceAccount { .. }) => {
+                self.vouched.insert(key, answer.clone()).await;
+            }
+            Ok(_) => {}
+            Err(e) => tracing::warn!(
+                error = %e,
+                "cannot review a ServiceAccount token: one vouched for in the last {} s stands, \
+                 any other is refused with 503",
+                STANDS_WHILE_UNREVIEWABLE.as_secs()
+            ),
         }
         reviewed
     }

@@ -107,7 +107,7 @@ impl Metrics {
             backend_errors: counters(&r, "nixcache_backend_errors_total", "Errors from storage, database or locks", &["backend"]),
             backend_up: reg(&r, IntGaugeVec::new(Opts::new("nixcache_backend_up", "1 while a backend (database, storage) answers this process's checks, 0 while it does not"), &["backend"]).unwrap_or_else(|e| panic!("{e}"))),
             refused: counters(&r, "nixcache_refused_total", "Input refused by source (upstream, upload, client) and reason", &["source", "reason"]),
-            token_reviews: counters(&r, "nixcache_token_reviews_total", "TokenReviews asked of the Kubernetes API (answers reused are not counted) by answer (service_account, other, invalid, failed)", &["answer"]),
+            token_reviews: counters(&r, "nixcache_token_reviews_total", "TokenReviews asked of the Kubernetes API (answers reused are not counted) by answer (service_account, other, invalid, failed), and vouched_before: requests let through on an earlier answer while none could be had", &["answer"]),
             lock_acquisitions: counters(&r, "nixcache_lock_acquisitions_total", "Lock acquisitions by result (acquired, busy, error)", &["result"]),
             lock_wait: histograms(&r, "nixcache_lock_wait_seconds", "Time spent acquiring locks, by result", &["result"]),
             lock_extensions: counters(&r, "nixcache_lock_extensions_total", "Extensions of held locks (long downloads, GC) by result (ok, failed, lost)", &["result"]),

@@ -81,6 +81,17 @@ impl KubeApiServer {
     pub fn dir(&self) -> &Path {
         self.dir.path()
     }
+
+    /// Kills the API server (etcd stays): its clients' requests fail from now on.
+    pub fn kill_api_server(&self) {
+        let run = self.kubeconfig.parent().expect("run dir");
+        let pid = std::fs::read_to_string(run.join("apiserver.pid")).expect("apiserver.pid");
+        let status = Command::new("kill")
+            .args(["-KILL", pid.trim()])
+            .status()
+            .expect("kill");
+        assert!(status.success(), "kill the API server");
+    }
 }
 
 fn kill_pids(run: &Path) {

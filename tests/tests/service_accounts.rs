@@ -2,8 +2,9 @@
 //! the tokens with TokenRequests and reviews them) and the real Nix clients, 2.8 and 2.34: a
 //! granted ServiceAccount's token in a netrc file substitutes and pushes; one no grant names is
 //! refused, as is a token for another audience; a deleted ServiceAccount's token stops working
-//! once the review's answer expires; concurrent requests with one token cost one review; and
-//! when the server's own token file is replaced, the server reads it again.
+//! once the review's answer expires; concurrent requests with one token cost one review; with
+//! the API server gone, tokens it vouched for lately still stand and others are 503; and when
+//! the server's own token file is replaced, the server reads it again.
 
 mod common;
 
@@ -445,6 +446,24 @@ async fn service_accounts_read_and_push_as_granted_with_tokens_the_api_server_re
         "a deleted ServiceAccount's token was refused {:.1} s after the deletion",
         deleted.elapsed().as_secs_f64()
     );
+
+    // The API server gone: a token it vouched for within minutes still stands for its
+    // ServiceAccount (the pusher reads, the intruder is still 403), past the review TTL; one it
+    // never vouched for is 503, try again.
+    assert_eq!(get_status(&narinfo, Some(&pusher)).await, 200);
+    assert_eq!(get_status(&narinfo, Some(&intruder)).await, 403);
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    s.kube.api.kill_api_server();
+    assert_eq!(get_status(&narinfo, Some(&pusher)).await, 200);
+    assert_eq!(get_status(&narinfo, Some(&intruder)).await, 403);
+    let never_seen = reqwest::Client::new()
+        .get(&narinfo)
+        .bearer_auth(&for_the_api)
+        .send()
+        .await
+        .expect("GET");
+    assert_eq!(never_seen.status(), 503);
+    assert!(reviews(&s.cache, "vouched_before").await >= 2.0);
 
     let logs = s.cache.logs();
     for token in [&reader, &pusher, &intruder, &for_the_api] {
