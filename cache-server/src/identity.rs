@@ -152,24 +152,23 @@ impl ServiceAccounts {
             })
             .map(|answer| self.judge(answer));
         let label = match &reviewed {
-            Ok(Reviewed::ServiceAccount { .. }) => "service_account",
-            Ok(Reviewed::Other(_)) => "other",
-            Ok(Reviewed::Invalid) => "invalid",
-            Err(_) => "failed",
-        };
-        self.metrics.token_reviews.with_label_values(&[label]).inc();
-        match &reviewed {
             Ok(answer @ Reviewed::ServiceAccount { .. }) => {
                 self.vouched.insert(key, answer.clone()).await;
+                "service_account"
             }
-            Ok(_) => {}
-            Err(e) => tracing::warn!(
-                error = %e,
-                "cannot review a ServiceAccount token: one vouched for in the last {} s stands, \
-                 any other is refused with 503",
-                STANDS_WHILE_UNREVIEWABLE.as_secs()
-            ),
-        }
+            Ok(Reviewed::Other(_)) => "other",
+            Ok(Reviewed::Invalid) => "invalid",
+            Err(e) => {
+                tracing::warn!(
+                    error = %e,
+                    "cannot review a ServiceAccount token: one vouched for in the last {} s \
+                     stands, any other is refused with 503",
+                    STANDS_WHILE_UNREVIEWABLE.as_secs()
+                );
+                "failed"
+            }
+        };
+        self.metrics.token_reviews.with_label_values(&[label]).inc();
         reviewed
     }
 

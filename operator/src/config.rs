@@ -418,16 +418,7 @@ fn is_cache_name(s: &str) -> bool {
 
 /// A DNS-1123 subdomain, as Secret names are.
 fn is_name(s: &str) -> bool {
-    !s.is_empty()
-        && s.len() <= 253
-        && s.split('.').all(|part| {
-            !part.is_empty()
-                && part
-                    .chars()
-                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
-                && !part.starts_with('-')
-                && !part.ends_with('-')
-        })
+    nixcache_settings::config::is_dns_subdomain(s)
 }
 
 /// A Kubernetes quantity as storage sizes are written: digits, an optional fraction, a suffix.

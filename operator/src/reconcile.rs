@@ -401,21 +401,14 @@ async fn set_finalizers(
 async fn token_review_binding(nc: &NixCache, ctx: &Context, ns: &str) -> Result<(), Error> {
     if resources::reviews_tokens(nc) {
         if !has_finalizer(nc) {
+            info!(namespace = %ns, name = %nc.name_any(), role = resources::TOKEN_REVIEW_ROLE,
+                "binding the cache's ServiceAccount, whose server reviews tokens");
             let mut finalizers = nc.finalizers().to_vec();
             finalizers.push(FINALIZER.into());
             set_finalizers(nc, ctx, finalizers).await?;
         }
         let bindings: Api<ClusterRoleBinding> = Api::all(ctx.client.clone());
-        let binding = resources::token_review_binding(nc);
-        if bindings
-            .get_metadata_opt(&resources::token_review_binding_name(nc))
-            .await?
-            .is_none()
-        {
-            info!(namespace = %ns, name = %nc.name_any(), role = resources::TOKEN_REVIEW_ROLE,
-                "binding the cache's ServiceAccount, whose server reviews tokens");
-        }
-        apply(&bindings, &binding).await?;
+        apply(&bindings, &resources::token_review_binding(nc)).await?;
     } else if has_finalizer(nc) {
         drop_token_review_binding(nc, ctx).await?;
     }

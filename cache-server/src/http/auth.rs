@@ -119,7 +119,7 @@ fn admin_path(path: &str) -> bool {
 }
 
 /// Whether reads need a credential: with a read token, or ServiceAccounts granted reads.
-pub fn reads_need_credential(state: &AppState) -> bool {
+fn reads_need_credential(state: &AppState) -> bool {
     state.http.read_token.is_some()
         || state
             .service_accounts

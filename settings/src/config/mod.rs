@@ -520,11 +520,10 @@ impl ServiceAccountGrant {
     }
 }
 
-/// A DNS-1123 label (namespaces) or subdomain (ServiceAccount names), as Kubernetes allows.
-fn is_dns_name(s: &str, max: usize, dots: bool) -> bool {
+/// A DNS-1123 subdomain, as Kubernetes names Secrets, ServiceAccounts and claims.
+pub fn is_dns_subdomain(s: &str) -> bool {
     !s.is_empty()
-        && s.len() <= max
-        && (dots || !s.contains('.'))
+        && s.len() <= 253
         && s.split('.').all(|label| {
             !label.is_empty()
                 && label
@@ -533,6 +532,11 @@ fn is_dns_name(s: &str, max: usize, dots: bool) -> bool {
                 && !label.starts_with('-')
                 && !label.ends_with('-')
         })
+}
+
+/// A DNS-1123 label, as Kubernetes names namespaces: a subdomain of one part, 63 at most.
+pub fn is_dns_label(s: &str) -> bool {
+    s.len() <= 63 && !s.contains('.') && is_dns_subdomain(s)
 }
 
 impl FromStr for ServiceAccountGrant {
@@ -544,12 +548,12 @@ impl FromStr for ServiceAccountGrant {
         let (namespace, name) = s
             .split_once('/')
             .ok_or_else(|| format!("{shown:?}: write NAMESPACE/NAME or NAMESPACE/*"))?;
-        if !is_dns_name(namespace, 63, false) {
+        if !is_dns_label(namespace) {
             return Err(format!("{shown:?}: {namespace:?} is not a namespace name"));
         }
         let name = match name {
             "*" => None,
-            n if is_dns_name(n, 253, true) => Some(n.to_string()),
+            n if is_dns_subdomain(n) => Some(n.to_string()),
             n => return Err(format!("{shown:?}: {n:?} is not a ServiceAccount name")),
         };
         Ok(Self {
